@@ -1,0 +1,3 @@
+//! Sluice broker library.
+pub mod limits;
+pub mod storage;

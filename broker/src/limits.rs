@@ -1,0 +1,21 @@
+//! Every fixed maximum of the broker, in one place, with the reason for its value.
+
+/// Alignment of O_DIRECT writes and of every DMA buffer. 4 KiB covers the logical block size of
+/// every device we target (512 B and 4 KiB sectors).
+pub const DMA_ALIGNMENT: u64 = 4096;
+
+/// Largest batch the broker ever accepts, whatever a topic configures: 64 MiB keeps one request's
+/// memory bounded and fits comfortably in a write buffer.
+pub const BATCH_BYTES_MAX: usize = 64 << 20;
+
+/// Largest write buffer a log may configure. Two per partition are live at most.
+pub const WRITE_BUFFER_BYTES_MAX: usize = 256 << 20;
+
+/// Largest segment: offset-index positions are stored as u32, so a segment stays below 4 GiB.
+pub const SEGMENT_BYTES_MAX: u64 = (u32::MAX as u64) - (1 << 20);
+
+/// Bytes read from disk at once while scanning a segment (recovery, truncation, tools).
+pub const SCAN_CHUNK_BYTES: usize = 8 << 20;
+
+/// Most segments one partition may hold open; beyond it retention or larger segments are needed.
+pub const SEGMENTS_PER_PARTITION_MAX: usize = 100_000;

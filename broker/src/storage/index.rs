@@ -1,0 +1,263 @@
+//! Per-segment sparse indexes and their on-disk form.
+//!
+//! A [`SegmentIndex`] is built batch by batch as a segment is appended or scanned. It holds:
+//! - the offset index: one `(relative offset, file position)` entry per `index_interval_bytes`
+//!   of log, so a read at any offset costs one binary search in memory and one disk read;
+//! - the time index: `(largest timestamp so far, relative offset)` entries, strictly increasing
+//!   in both, so a lookup by time starts its scan at a batch no later than the answer;
+//! - the segment's summary: logical size, next offset and largest timestamp.
+//!
+//! Sealed segments persist it in two files next to the `.log`, each ending in a trailer with a
+//! CRC-32C (layout in `docs/format.md`). A missing or damaged index file is rebuilt from the log.
+
+use sluice_protocol::BatchHeader;
+
+pub const OFFSET_ENTRY_BYTES: usize = 8;
+pub const TIME_ENTRY_BYTES: usize = 12;
+pub const OFFSET_TRAILER_BYTES: usize = 48;
+pub const TIME_TRAILER_BYTES: usize = 16;
+const OFFSET_MAGIC: &[u8; 4] = b"SLIX";
+const TIME_MAGIC: &[u8; 4] = b"SLTI";
+const INDEX_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentIndex {
+    base_offset: u64,
+    interval_bytes: u32,
+    offsets: Vec<(u32, u32)>,
+    times: Vec<(i64, u32)>,
+    bytes_since_entry: u64,
+    size_bytes: u64,
+    next_offset: u64,
+    max_timestamp: i64,
+}
+
+impl SegmentIndex {
+    pub fn new(base_offset: u64, interval_bytes: u32) -> SegmentIndex {
+        SegmentIndex {
+            base_offset,
+            interval_bytes,
+            offsets: Vec::new(),
+            times: Vec::new(),
+            bytes_since_entry: 0,
+            size_bytes: 0,
+            next_offset: base_offset,
+            max_timestamp: i64::MIN,
+        }
+    }
+
+    pub fn base_offset(&self) -> u64 {
+        self.base_offset
+    }
+    /// Logical size of the segment: the end of its last batch.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+    /// Largest timestamp of any batch, `i64::MIN` when empty.
+    pub fn max_timestamp(&self) -> i64 {
+        self.max_timestamp
+    }
+    pub fn is_empty(&self) -> bool {
+        self.size_bytes == 0
+    }
+    pub fn offset_entries(&self) -> usize {
+        self.offsets.len()
+    }
+    pub fn time_entries(&self) -> usize {
+        self.times.len()
+    }
+
+    /// Records the batch that was just placed at `position`. Batches must arrive in log order.
+    pub fn observe(&mut self, position: u64, header: &BatchHeader) {
+        assert_eq!(
+            position, self.size_bytes,
+            "batches must be indexed in log order"
+        );
+        assert_eq!(
+            header.base_offset, self.next_offset,
+            "offsets must be contiguous"
+        );
+        let relative = u32::try_from(header.base_offset - self.base_offset)
+            .expect("a segment holds fewer than 2^32 offsets");
+        let position32 = u32::try_from(position).expect("segment positions fit in u32");
+        self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
+        if self.offsets.is_empty() || self.bytes_since_entry >= u64::from(self.interval_bytes) {
+            self.offsets.push((relative, position32));
+            self.bytes_since_entry = 0;
+            if self
+                .times
+                .last()
+                .is_none_or(|&(ts, _)| self.max_timestamp > ts)
+            {
+                self.times.push((self.max_timestamp, relative));
+            }
+        }
+        self.bytes_since_entry += u64::from(header.batch_len);
+        self.size_bytes += u64::from(header.batch_len);
+        self.next_offset = header.next_offset();
+    }
+
+    /// File position of the last indexed batch starting at or before `offset`: a read for
+    /// `offset` starts there and skips at most `index_interval_bytes` of earlier batches.
+    pub fn position_for_offset(&self, offset: u64) -> u64 {
+        let relative = offset
+            .saturating_sub(self.base_offset)
+            .min(u64::from(u32::MAX)) as u32;
+        let after = self.offsets.partition_point(|&(rel, _)| rel <= relative);
+        match after {
+            0 => 0,
+            n => u64::from(self.offsets[n - 1].1),
+        }
+    }
+
+    /// An offset from which a forward scan finds the first batch whose largest timestamp is at
+    /// or after `timestamp`: every batch before it has a smaller timestamp.
+    pub fn scan_start_for_timestamp(&self, timestamp: i64) -> u64 {
+        let below = self.times.partition_point(|&(ts, _)| ts < timestamp);
+        match below {
+            0 => self.base_offset,
+            n => self.base_offset + u64::from(self.times[n - 1].1),
+        }
+    }
+
+    /// The `.index` file: entries, then a trailer holding the segment summary and a CRC.
+    pub fn encode_offset_index(&self) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(self.offsets.len() * OFFSET_ENTRY_BYTES + OFFSET_TRAILER_BYTES);
+        for &(rel, pos) in &self.offsets {
+            out.extend_from_slice(&rel.to_le_bytes());
+            out.extend_from_slice(&pos.to_le_bytes());
+        }
+        out.extend_from_slice(OFFSET_MAGIC);
+        out.extend_from_slice(&INDEX_VERSION.to_le_bytes());
+        out.extend_from_slice(&(self.offsets.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.interval_bytes.to_le_bytes());
+        out.extend_from_slice(&self.size_bytes.to_le_bytes());
+        out.extend_from_slice(&self.next_offset.to_le_bytes());
+        out.extend_from_slice(&self.max_timestamp.to_le_bytes());
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out
+    }
+
+    /// The `.timeindex` file: entries, then a trailer with the count and a CRC.
+    pub fn encode_time_index(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.times.len() * TIME_ENTRY_BYTES + TIME_TRAILER_BYTES);
+        for &(ts, rel) in &self.times {
+            out.extend_from_slice(&ts.to_le_bytes());
+            out.extend_from_slice(&rel.to_le_bytes());
+        }
+        out.extend_from_slice(TIME_MAGIC);
+        out.extend_from_slice(&(self.times.len() as u32).to_le_bytes());
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out
+    }
+
+    /// Rebuilds a sealed segment's index from its two files, checking everything that can be
+    /// checked without reading the log: trailers, CRCs, monotonic entries, positions inside the
+    /// segment. Returns why the files are unusable so the caller can rebuild them from the log.
+    pub fn decode(
+        base_offset: u64,
+        offset_file: &[u8],
+        time_file: &[u8],
+    ) -> Result<SegmentIndex, String> {
+        let fail = |why: &str| Err(why.to_string());
+        if offset_file.len() < OFFSET_TRAILER_BYTES
+            || (offset_file.len() - OFFSET_TRAILER_BYTES) % OFFSET_ENTRY_BYTES != 0
+        {
+            return fail("offset index has an impossible length");
+        }
+        let trailer_at = offset_file.len() - OFFSET_TRAILER_BYTES;
+        let trailer = &offset_file[trailer_at..];
+        let u32_at =
+            |b: &[u8], p: usize| u32::from_le_bytes(b[p..p + 4].try_into().unwrap_or([0; 4]));
+        let u64_at =
+            |b: &[u8], p: usize| u64::from_le_bytes(b[p..p + 8].try_into().unwrap_or([0; 8]));
+        if &trailer[0..4] != OFFSET_MAGIC || u32_at(trailer, 4) != INDEX_VERSION {
+            return fail("offset index trailer is missing or of another version");
+        }
+        if crc32c::crc32c(&offset_file[..trailer_at + 40]) != u32_at(trailer, 40) {
+            return fail("offset index CRC mismatch");
+        }
+        let count = u32_at(trailer, 8) as usize;
+        if count * OFFSET_ENTRY_BYTES != trailer_at {
+            return fail("offset index entry count disagrees with its length");
+        }
+        let interval_bytes = u32_at(trailer, 12);
+        let size_bytes = u64_at(trailer, 16);
+        let next_offset = u64_at(trailer, 24);
+        let max_timestamp = u64_at(trailer, 32) as i64;
+        if next_offset < base_offset {
+            return fail("offset index next offset is below the segment base");
+        }
+        let offsets: Vec<(u32, u32)> = (0..count)
+            .map(|i| {
+                let at = i * OFFSET_ENTRY_BYTES;
+                (u32_at(offset_file, at), u32_at(offset_file, at + 4))
+            })
+            .collect();
+        let ordered = offsets
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1);
+        let in_range = offsets.iter().all(|&(rel, pos)| {
+            u64::from(pos) < size_bytes && base_offset + u64::from(rel) < next_offset
+        });
+        if !ordered
+            || !in_range
+            || (size_bytes > 0) != (count > 0)
+            || offsets.first().is_some_and(|e| *e != (0, 0))
+        {
+            return fail("offset index entries are out of order or out of range");
+        }
+
+        if time_file.len() < TIME_TRAILER_BYTES
+            || (time_file.len() - TIME_TRAILER_BYTES) % TIME_ENTRY_BYTES != 0
+        {
+            return fail("time index has an impossible length");
+        }
+        let time_trailer_at = time_file.len() - TIME_TRAILER_BYTES;
+        let time_trailer = &time_file[time_trailer_at..];
+        if &time_trailer[0..4] != TIME_MAGIC {
+            return fail("time index trailer is missing");
+        }
+        if crc32c::crc32c(&time_file[..time_trailer_at + 8]) != u32_at(time_trailer, 8) {
+            return fail("time index CRC mismatch");
+        }
+        let time_count = u32_at(time_trailer, 4) as usize;
+        if time_count * TIME_ENTRY_BYTES != time_trailer_at {
+            return fail("time index entry count disagrees with its length");
+        }
+        let times: Vec<(i64, u32)> = (0..time_count)
+            .map(|i| {
+                let at = i * TIME_ENTRY_BYTES;
+                (u64_at(time_file, at) as i64, u32_at(time_file, at + 8))
+            })
+            .collect();
+        let times_ordered = times.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1);
+        let times_in_range = times
+            .iter()
+            .all(|&(_, rel)| base_offset + u64::from(rel) < next_offset);
+        if !times_ordered || !times_in_range || (count > 0) != (time_count > 0) {
+            return fail("time index entries are out of order or out of range");
+        }
+        if times.last().is_some_and(|&(ts, _)| ts > max_timestamp) {
+            return fail("time index holds a timestamp above the segment's largest");
+        }
+        Ok(SegmentIndex {
+            base_offset,
+            interval_bytes,
+            offsets,
+            times,
+            bytes_since_entry: 0,
+            size_bytes,
+            next_offset,
+            max_timestamp,
+        })
+    }
+}

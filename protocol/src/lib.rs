@@ -1,0 +1,13 @@
+//! Sluice's shared formats: the record batch that producers send, brokers store and consumers
+//! read, byte for byte the same everywhere (see `docs/format.md`).
+//!
+//! This crate knows nothing of files, sockets or runtimes: it is pure encoding and validation,
+//! and every decoder returns a typed error instead of panicking on any input.
+
+pub mod batch;
+pub mod varint;
+
+pub use batch::{
+    BatchBuilder, BatchError, BatchHeader, BatchIter, BatchOptions, Compression, Record,
+    RecordIter, BATCH_HEADER_BYTES, FORMAT_VERSION,
+};
