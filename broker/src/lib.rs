@@ -1,3 +1,12 @@
-//! Sluice broker library.
+//! The Sluice broker.
+//!
+//! Today this crate holds the storage engine every other part builds on:
+//! - [`storage`]: the partition log (segments on direct I/O, indexes, group commit, recovery);
+//! - [`shard`]: what each executor thread does at start-up;
+//! - [`limits`]: every fixed maximum, with its reason;
+//! - [`notify`]: the single-threaded wake-up primitive the log's tasks use.
+
 pub mod limits;
+pub mod notify;
+pub mod shard;
 pub mod storage;

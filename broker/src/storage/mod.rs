@@ -1,6 +1,23 @@
-//! The partition log: an append-only sequence of segment files on direct I/O.
+//! The partition log: an append-only sequence of segment files written with direct I/O.
+//!
+//! This module knows nothing of sockets, requests or Raft: it stores and serves record batches
+//! for one partition at a time. Layers inside it, pure first:
+//! - [`index`] and [`scan`]: in-memory indexes and the batch scanner (no I/O, shared with tools);
+//! - [`cache`]: the tail cache of recently written batches;
+//! - [`segment`]: segment files on glommio DMA (`ActiveSegment` → `SealedSegment`);
+//! - [`log`]: `PartitionLog`, the API the broker uses.
+
 pub mod cache;
 pub mod config;
 pub mod error;
 pub mod index;
+pub mod log;
 pub mod scan;
+pub mod segment;
+
+pub use config::{FlushPolicy, LogConfig};
+pub use error::StorageError;
+pub use log::{
+    Appended, LogStats, OffsetSpec, PartitionLog, ReadBatches, ReadChunk, RecoveryReport,
+    RetentionReport,
+};

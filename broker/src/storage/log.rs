@@ -1,0 +1,1032 @@
+//! [`PartitionLog`]: one partition's segments, appends with group commit, reads, retention,
+//! truncation and recovery.
+//!
+//! A partition log lives on exactly one shard (glommio executor) and is never shared across
+//! threads: its state sits in a `RefCell` that is never borrowed across an `.await`.
+//!
+//! Write path: `append` validates the batch, copies it into the active segment's write buffer
+//! (stamping its offsets) and returns the assigned offsets; `wait_durable` then waits for the
+//! flush that covers them. One flusher task per log turns many appends into one DMA write and
+//! one fdatasync, as the [`FlushPolicy`] says. Flushes, rolls, truncations and retention are
+//! serialized by one lock; appends wait (backpressure) while the write buffer is full or a roll
+//! or truncation rebuilds the segments.
+//!
+//! Read path: consumers see offsets below the *durable end* (`high_watermark`): data that a
+//! crash cannot take back (for `FlushPolicy::Never`, data written to the device). Tail reads are
+//! served from the [`BatchCache`], others from the segment files with their CRCs checked.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+use glommio::io::ReadResult;
+use glommio::sync::Semaphore;
+use glommio::task::JoinHandle;
+use sluice_protocol::batch::{validate, BatchHeader};
+use sluice_protocol::{BatchIter, Compression, RecordIter, BATCH_HEADER_BYTES};
+
+use super::cache::{BatchCache, Chunk, ChunkBytes, ChunkSlice};
+use super::config::{FlushPolicy, LogConfig};
+use super::error::{io_error, Result, StorageError};
+use super::scan::parse_segment_file_name;
+use super::segment::{
+    find_batch_position, read_batches, remove_if_exists, sync_dir, ActiveSegment, FlushJob,
+    SealedSegment, SegmentPaths, TailRecovery,
+};
+use crate::limits::SEGMENTS_PER_PARTITION_MAX;
+use crate::notify::Notify;
+
+/// How often `FlushPolicy::Never` hands buffered data to the device.
+const WRITE_BEHIND_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Offsets assigned to an appended batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: u64,
+    pub last_offset: u64,
+}
+
+/// What opening a log found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    pub log_start: u64,
+    pub log_end: u64,
+    /// What was cut from the active segment's tail.
+    pub tail: TailRecovery,
+}
+
+/// Where to start a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    Earliest,
+    Latest,
+    /// The first offset whose record timestamp is at or after this (ms).
+    Timestamp(i64),
+}
+
+/// A piece of a read: bytes of whole batches, borrowed from the cache or a disk read.
+#[derive(Debug, Clone)]
+pub enum ReadChunk {
+    Cached(ChunkSlice),
+    Disk(ReadResult),
+}
+
+impl ReadChunk {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            ReadChunk::Cached(slice) => slice.as_bytes(),
+            ReadChunk::Disk(result) => result,
+        }
+    }
+}
+
+/// The answer to a read: whole batches, in offset order.
+#[derive(Debug, Clone, Default)]
+pub struct ReadBatches {
+    pub chunks: Vec<ReadChunk>,
+    /// The durable end of the log when the read was served.
+    pub high_watermark: u64,
+    pub log_start: u64,
+    /// Whether the bytes came from the tail cache.
+    pub from_cache: bool,
+}
+
+impl ReadBatches {
+    pub fn len_bytes(&self) -> usize {
+        self.chunks.iter().map(|c| c.as_bytes().len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Copies the batches into one buffer (tests and tools; the data path writes the chunks).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len_bytes());
+        for chunk in &self.chunks {
+            out.extend_from_slice(chunk.as_bytes());
+        }
+        out
+    }
+}
+
+/// Counters of one log since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    pub appends: u64,
+    /// DMA writes issued by flushes.
+    pub writes: u64,
+    /// fdatasync calls issued by flushes.
+    pub syncs: u64,
+    /// Bytes handed to the device, padding and rewritten partial blocks included.
+    pub bytes_written: u64,
+}
+
+/// What a retention pass deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub segments_deleted: usize,
+    pub bytes_deleted: u64,
+    pub log_start: u64,
+}
+
+#[derive(Debug)]
+struct LogState {
+    sealed: VecDeque<SealedSegment>,
+    active: ActiveSegment,
+    cache: BatchCache,
+    log_start: u64,
+    /// Offsets below this are durable per the flush policy and readable.
+    durable_end: u64,
+    /// A roll or truncation is replacing segments: appends wait.
+    exclusive: bool,
+    /// An append is waiting for buffer space: flush now.
+    starved: bool,
+    first_unflushed_at: Option<Instant>,
+    failed: Option<String>,
+    closed: bool,
+}
+
+impl LogState {
+    fn usable(&self) -> Result<()> {
+        if let Some(why) = &self.failed {
+            return Err(StorageError::Failed(why.clone()));
+        }
+        if self.closed {
+            return Err(StorageError::Closed);
+        }
+        Ok(())
+    }
+
+    fn total_bytes(&self) -> u64 {
+        self.sealed
+            .iter()
+            .map(|s| s.index().size_bytes())
+            .sum::<u64>()
+            + self.active.index().size_bytes()
+    }
+}
+
+#[derive(Debug)]
+struct LogInner {
+    dir: PathBuf,
+    config: LogConfig,
+    state: RefCell<LogState>,
+    /// Serializes flushes, rolls, truncation and retention.
+    flush_lock: Semaphore,
+    /// Data was appended (wakes the flusher).
+    appended: Notify,
+    /// The durable end moved, or the log failed or closed (wakes durability waiters).
+    flushed: Notify,
+    /// Write-buffer space was freed or a roll finished (wakes blocked appenders).
+    space: Notify,
+    flusher: RefCell<Option<JoinHandle<()>>>,
+    stats: std::cell::Cell<LogStats>,
+}
+
+/// One partition's log. Cheap to clone; every clone is the same log. Lives on one shard.
+#[derive(Debug, Clone)]
+pub struct PartitionLog {
+    inner: Rc<LogInner>,
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the log in `dir`, recovering it: sealed segments are opened from
+    /// their indexes (rebuilt when missing or damaged), the active segment is scanned and cut
+    /// at the first torn or corrupt batch.
+    pub async fn open(
+        dir: impl Into<PathBuf>,
+        config: LogConfig,
+    ) -> Result<(PartitionLog, RecoveryReport)> {
+        config.validate()?;
+        let dir = dir.into();
+        crate::shard::prime_dma_io(dir.parent().unwrap_or(&dir)).await?;
+        glommio::io::Directory::create(&dir)
+            .await
+            .map_err(io_error("create directory", &dir))?
+            .close()
+            .await
+            .map_err(io_error("close directory", &dir))?;
+        let bases = list_segments(&dir).await?;
+        let interval = config.index_interval_bytes;
+        let mut sealed = VecDeque::with_capacity(bases.len().saturating_sub(1));
+        for &base in bases.iter().take(bases.len().saturating_sub(1)) {
+            let segment = SealedSegment::open(&dir, base, interval).await?;
+            if let Some(previous) = sealed.back() {
+                check_continuity(previous, &segment)?;
+            }
+            sealed.push_back(segment);
+        }
+        let (active, tail) = match bases.last() {
+            Some(&base) => {
+                ActiveSegment::recover(&dir, base, interval, config.write_buffer_bytes).await?
+            }
+            None => {
+                let active =
+                    ActiveSegment::create(&dir, 0, interval, config.write_buffer_bytes).await?;
+                (
+                    active,
+                    TailRecovery {
+                        truncated_bytes: 0,
+                        padding_bytes: 0,
+                        reason: None,
+                        position: 0,
+                    },
+                )
+            }
+        };
+        if let Some(previous) = sealed.back() {
+            if previous.index().next_offset() != active.index().base_offset() {
+                return Err(StorageError::Corrupt {
+                    path: active.paths().log.clone(),
+                    position: 0,
+                    reason: format!(
+                        "segment starts at offset {} but the previous one ends at {}",
+                        active.index().base_offset(),
+                        previous.index().next_offset()
+                    ),
+                });
+            }
+        }
+        let log_start = sealed
+            .front()
+            .map_or(active.index().base_offset(), |s| s.index().base_offset());
+        let log_end = active.index().next_offset();
+        let report = RecoveryReport {
+            segments: sealed.len() + 1,
+            log_start,
+            log_end,
+            tail,
+        };
+        let state = LogState {
+            sealed,
+            active,
+            cache: BatchCache::new(config.cache_bytes_max),
+            log_start,
+            durable_end: log_end,
+            exclusive: false,
+            starved: false,
+            first_unflushed_at: None,
+            failed: None,
+            closed: false,
+        };
+        let inner = Rc::new(LogInner {
+            dir,
+            config,
+            state: RefCell::new(state),
+            flush_lock: Semaphore::new(1),
+            appended: Notify::new(),
+            flushed: Notify::new(),
+            space: Notify::new(),
+            flusher: RefCell::new(None),
+            stats: Default::default(),
+        });
+        let flusher = glommio::spawn_local(flusher_loop(Rc::downgrade(&inner))).detach();
+        *inner.flusher.borrow_mut() = Some(flusher);
+        Ok((PartitionLog { inner }, report))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.inner.config
+    }
+
+    /// The first offset still in the log.
+    pub fn log_start(&self) -> u64 {
+        self.inner.state.borrow().log_start
+    }
+
+    /// The offset the next append gets.
+    pub fn next_offset(&self) -> u64 {
+        self.inner.state.borrow().active.index().next_offset()
+    }
+
+    /// Offsets below this are durable per the flush policy, and readable.
+    pub fn high_watermark(&self) -> u64 {
+        self.inner.state.borrow().durable_end
+    }
+
+    /// Bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.inner.state.borrow().total_bytes()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        let state = self.inner.state.borrow();
+        state.sealed.len() + 1
+    }
+
+    /// Base offsets of all segments, oldest first.
+    pub fn segment_bases(&self) -> Vec<u64> {
+        let state = self.inner.state.borrow();
+        state
+            .sealed
+            .iter()
+            .map(|s| s.index().base_offset())
+            .chain(std::iter::once(state.active.index().base_offset()))
+            .collect()
+    }
+
+    pub fn stats(&self) -> LogStats {
+        self.inner.stats.get()
+    }
+
+    /// Bytes held by the tail cache.
+    pub fn cache_bytes(&self) -> usize {
+        self.inner.state.borrow().cache.bytes()
+    }
+
+    /// A future that completes when the durable end next moves (or the log fails or closes):
+    /// what a long-polling fetch waits on.
+    pub fn durable_end_changed(&self) -> crate::notify::Listener {
+        self.inner.flushed.listen()
+    }
+
+    /// Validates `batch`, assigns it the next offsets and buffers it for the next flush.
+    /// Returns once the batch is in the write buffer (waiting for space when the buffer is
+    /// full); call [`PartitionLog::wait_durable`] to wait for the flush that covers it.
+    /// On any error the log is unchanged.
+    pub async fn append(&self, batch: &[u8], leader_epoch: u32) -> Result<Appended> {
+        let inner = &self.inner;
+        validate(batch, inner.config.batch_bytes_max)?;
+        loop {
+            let space = inner.space.listen();
+            let must_roll = {
+                let mut state = inner.state.borrow_mut();
+                state.usable()?;
+                if state.exclusive {
+                    false
+                } else if needs_roll(&inner.config, &state.active, batch.len()) {
+                    true
+                } else if state.active.has_room(batch.len()) {
+                    let header = state.active.append(batch, leader_epoch);
+                    inner.bump(|s| s.appends += 1);
+                    state.first_unflushed_at.get_or_insert_with(Instant::now);
+                    inner.appended.notify();
+                    return Ok(Appended {
+                        base_offset: header.base_offset,
+                        last_offset: header.last_offset(),
+                    });
+                } else {
+                    state.starved = true;
+                    inner.appended.notify();
+                    false
+                }
+            };
+            if must_roll {
+                self.roll(batch.len()).await?;
+            } else {
+                space.await;
+            }
+        }
+    }
+
+    /// Waits until the batch is durable per the flush policy (at once for `Never`).
+    pub async fn wait_durable(&self, appended: Appended) -> Result<()> {
+        if self.inner.config.flush == FlushPolicy::Never {
+            return Ok(());
+        }
+        loop {
+            let flushed = self.inner.flushed.listen();
+            {
+                let state = self.inner.state.borrow();
+                if state.durable_end > appended.last_offset {
+                    return Ok(());
+                }
+                state.usable()?;
+            }
+            flushed.await;
+        }
+    }
+
+    /// Appends and waits for durability: what a producer with acks waits for.
+    pub async fn append_durable(&self, batch: &[u8], leader_epoch: u32) -> Result<Appended> {
+        let appended = self.append(batch, leader_epoch).await?;
+        self.wait_durable(appended).await?;
+        Ok(appended)
+    }
+
+    /// Flushes everything appended so far and makes it durable, whatever the policy.
+    pub async fn flush(&self) -> Result<()> {
+        let _permit = self
+            .inner
+            .flush_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        while self.inner.flush_once(true).await? {}
+        Ok(())
+    }
+
+    /// Reads whole batches starting with the one that contains `offset`, up to `max_bytes`
+    /// (always at least one batch, so a consumer makes progress), never past the high
+    /// watermark. A read at the high watermark returns no batches.
+    pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadBatches> {
+        let (file, path, position, readable, interval, high_watermark, log_start) = {
+            let state = self.inner.state.borrow();
+            state.usable()?;
+            let high_watermark = state.durable_end;
+            let log_start = state.log_start;
+            if offset < log_start || offset > high_watermark {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset,
+                    log_start,
+                    log_end: high_watermark,
+                });
+            }
+            let mut answer = ReadBatches {
+                chunks: Vec::new(),
+                high_watermark,
+                log_start,
+                from_cache: false,
+            };
+            if offset == high_watermark {
+                return Ok(answer);
+            }
+            if let Some(slices) = state.cache.read(offset, max_bytes) {
+                answer.chunks = slices.into_iter().map(ReadChunk::Cached).collect();
+                answer.from_cache = true;
+                return Ok(answer);
+            }
+            let interval = self.inner.config.index_interval_bytes;
+            if offset >= state.active.index().base_offset() {
+                let active = &state.active;
+                (
+                    Rc::clone(active.file()),
+                    active.paths().log.clone(),
+                    active.index().position_for_offset(offset),
+                    active.written_size(),
+                    interval,
+                    high_watermark,
+                    log_start,
+                )
+            } else {
+                let at = state
+                    .sealed
+                    .partition_point(|s| s.index().base_offset() <= offset);
+                let segment = &state.sealed[at.saturating_sub(1)];
+                (
+                    Rc::clone(segment.file()),
+                    segment.paths().log.clone(),
+                    segment.index().position_for_offset(offset),
+                    segment.index().size_bytes(),
+                    interval,
+                    high_watermark,
+                    log_start,
+                )
+            }
+        };
+        let data = read_batches(
+            &file, &path, position, readable, offset, max_bytes, interval,
+        )
+        .await?;
+        Ok(ReadBatches {
+            chunks: data.into_iter().map(ReadChunk::Disk).collect(),
+            high_watermark,
+            log_start,
+            from_cache: false,
+        })
+    }
+
+    /// Resolves an [`OffsetSpec`]: earliest, latest (the high watermark), or the first record
+    /// at or after a timestamp (`None` when every record is older).
+    pub async fn list_offset(&self, spec: OffsetSpec) -> Result<Option<u64>> {
+        let timestamp = match spec {
+            OffsetSpec::Earliest => return Ok(Some(self.log_start())),
+            OffsetSpec::Latest => return Ok(Some(self.high_watermark())),
+            OffsetSpec::Timestamp(timestamp) => timestamp,
+        };
+        let mut offset = {
+            let state = self.inner.state.borrow();
+            let segments = state
+                .sealed
+                .iter()
+                .map(|s| s.index())
+                .chain(std::iter::once(state.active.index()));
+            let mut start = None;
+            for index in segments {
+                if index.max_timestamp() >= timestamp {
+                    start = Some(index.scan_start_for_timestamp(timestamp));
+                    break;
+                }
+            }
+            match start {
+                Some(start) => start.max(state.log_start),
+                None => return Ok(None),
+            }
+        };
+        loop {
+            if offset >= self.high_watermark() {
+                return Ok(None);
+            }
+            let batches = self.read(offset, 1 << 20).await?;
+            for chunk in &batches.chunks {
+                for item in BatchIter::new(chunk.as_bytes()) {
+                    let (header, bytes) = item.map_err(|e| StorageError::Corrupt {
+                        path: self.inner.dir.clone(),
+                        position: 0,
+                        reason: format!(
+                            "batch at offset {offset} fails its check on a time lookup: {e}"
+                        ),
+                    })?;
+                    offset = header.next_offset();
+                    if header.max_timestamp >= timestamp {
+                        return Ok(Some(first_record_at_or_after(&header, bytes, timestamp)));
+                    }
+                }
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
+
+    /// Deletes sealed segments past the retention limits (never the active segment) and
+    /// advances the log start. `now_ms` is the current time in ms since the Unix epoch.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport> {
+        let inner = &self.inner;
+        let _permit = inner
+            .flush_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        let mut report = RetentionReport::default();
+        loop {
+            let victim = {
+                let mut state = inner.state.borrow_mut();
+                state.usable()?;
+                let Some(oldest) = state.sealed.front() else {
+                    break;
+                };
+                let expired = inner.config.retention_ms.is_some_and(|retention| {
+                    oldest.index().max_timestamp()
+                        < now_ms.saturating_sub(retention.as_millis() as i64)
+                });
+                let oversized = inner
+                    .config
+                    .retention_bytes
+                    .is_some_and(|limit| state.total_bytes() > limit);
+                if !expired && !oversized {
+                    break;
+                }
+                let Some(victim) = state.sealed.pop_front() else {
+                    break;
+                };
+                state.log_start = state
+                    .sealed
+                    .front()
+                    .map_or(state.active.index().base_offset(), |s| {
+                        s.index().base_offset()
+                    });
+                victim
+            };
+            report.segments_deleted += 1;
+            report.bytes_deleted += victim.index().size_bytes();
+            tracing::debug!(segment = %victim.paths().log.display(), "retention deletes segment");
+            SealedSegment::delete_files(victim.paths()).await?;
+        }
+        if report.segments_deleted > 0 {
+            sync_dir(&inner.dir).await?;
+        }
+        report.log_start = self.log_start();
+        Ok(report)
+    }
+
+    /// Removes every batch at or after `offset` (a batch containing `offset` goes whole), across
+    /// segments, and returns the new end of the log. Used by replication to cut a divergent tail.
+    pub async fn truncate_to(&self, offset: u64) -> Result<u64> {
+        let inner = &self.inner;
+        let _permit = inner
+            .flush_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        while inner.flush_once(true).await? {}
+        {
+            let mut state = inner.state.borrow_mut();
+            state.usable()?;
+            let end = state.active.index().next_offset();
+            if offset < state.log_start {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset,
+                    log_start: state.log_start,
+                    log_end: end,
+                });
+            }
+            if offset >= end {
+                return Ok(end);
+            }
+            state.exclusive = true;
+        }
+        let result = self.truncate_locked(offset).await;
+        let mut state = inner.state.borrow_mut();
+        state.exclusive = false;
+        if let Err(error) = &result {
+            state.failed = Some(error.to_string());
+            inner.flushed.notify();
+        }
+        inner.space.notify();
+        result
+    }
+
+    async fn truncate_locked(&self, offset: u64) -> Result<u64> {
+        let inner = &self.inner;
+        // The segment that keeps data: the last one starting at or before `offset`.
+        let (target_base, doomed, file, path, position, readable) = {
+            let state = inner.state.borrow();
+            let bases: Vec<u64> = state
+                .sealed
+                .iter()
+                .map(|s| s.index().base_offset())
+                .chain(std::iter::once(state.active.index().base_offset()))
+                .collect();
+            let at = bases.partition_point(|&b| b <= offset).saturating_sub(1);
+            let target_base = bases[at];
+            let doomed: Vec<u64> = bases[at + 1..].to_vec();
+            let (file, path, position, readable) = if at == state.sealed.len() {
+                let a = &state.active;
+                (
+                    Rc::clone(a.file()),
+                    a.paths().log.clone(),
+                    a.index().position_for_offset(offset),
+                    a.written_size(),
+                )
+            } else {
+                let s = &state.sealed[at];
+                (
+                    Rc::clone(s.file()),
+                    s.paths().log.clone(),
+                    s.index().position_for_offset(offset),
+                    s.index().size_bytes(),
+                )
+            };
+            (target_base, doomed, file, path, position, readable)
+        };
+        let cut = find_batch_position(&file, &path, position, readable, offset).await?;
+        drop(file);
+        // Delete later segments newest first, so a crash leaves a valid prefix of the log.
+        for &base in doomed.iter().rev() {
+            SealedSegment::delete_files(&SegmentPaths::new(&inner.dir, base)).await?;
+        }
+        let paths = SegmentPaths::new(&inner.dir, target_base);
+        remove_if_exists(&paths.offset_index).await?;
+        remove_if_exists(&paths.time_index).await?;
+        sync_dir(&inner.dir).await?;
+        {
+            let file = glommio::io::OpenOptions::new()
+                .write(true)
+                .dma_open(&paths.log)
+                .await
+                .map_err(io_error("open", &paths.log))?;
+            file.truncate(cut)
+                .await
+                .map_err(io_error("truncate", &paths.log))?;
+            file.fdatasync()
+                .await
+                .map_err(io_error("fdatasync", &paths.log))?;
+            file.close().await.map_err(io_error("close", &paths.log))?;
+        }
+        let (active, _) = ActiveSegment::recover(
+            &inner.dir,
+            target_base,
+            inner.config.index_interval_bytes,
+            inner.config.write_buffer_bytes,
+        )
+        .await?;
+        let mut state = inner.state.borrow_mut();
+        while state
+            .sealed
+            .back()
+            .is_some_and(|s| s.index().base_offset() >= target_base)
+        {
+            state.sealed.pop_back();
+        }
+        let end = active.index().next_offset();
+        state.active = active;
+        state.cache.clear();
+        state.durable_end = end;
+        state.first_unflushed_at = None;
+        inner.flushed.notify();
+        Ok(end)
+    }
+
+    /// Flushes and syncs everything, stops the flusher and closes the log. Later calls on any
+    /// clone fail with [`StorageError::Closed`].
+    pub async fn close(&self) -> Result<()> {
+        let inner = &self.inner;
+        {
+            let _permit = inner
+                .flush_lock
+                .acquire_permit(1)
+                .await
+                .map_err(|_| StorageError::Closed)?;
+            if inner.state.borrow().closed {
+                return Ok(());
+            }
+            let flushed = async {
+                while inner.flush_once(true).await? {}
+                let file = Rc::clone(inner.state.borrow().active.file());
+                let (size, path) = {
+                    let state = inner.state.borrow();
+                    (
+                        state.active.written_size(),
+                        state.active.paths().log.clone(),
+                    )
+                };
+                file.truncate(size)
+                    .await
+                    .map_err(io_error("truncate", &path))?;
+                file.fdatasync()
+                    .await
+                    .map_err(io_error("fdatasync", &path))?;
+                Ok::<(), StorageError>(())
+            }
+            .await;
+            let mut state = inner.state.borrow_mut();
+            state.closed = true;
+            inner.appended.notify();
+            inner.flushed.notify();
+            inner.space.notify();
+            drop(state);
+            flushed?;
+        }
+        let flusher = inner.flusher.borrow_mut().take();
+        if let Some(flusher) = flusher {
+            flusher.await;
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment and starts a new one, if it still needs it for a batch of
+    /// `batch_len` bytes once the flush lock is held.
+    async fn roll(&self, batch_len: usize) -> Result<()> {
+        let inner = &self.inner;
+        let _permit = inner
+            .flush_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        {
+            let mut state = inner.state.borrow_mut();
+            state.usable()?;
+            if state.exclusive || !needs_roll(&inner.config, &state.active, batch_len) {
+                return Ok(());
+            }
+            state.exclusive = true;
+        }
+        let result = self.roll_locked().await;
+        let mut state = inner.state.borrow_mut();
+        state.exclusive = false;
+        if let Err(error) = &result {
+            state.failed = Some(error.to_string());
+            inner.flushed.notify();
+        }
+        inner.space.notify();
+        result
+    }
+
+    async fn roll_locked(&self) -> Result<()> {
+        let inner = &self.inner;
+        while inner.flush_once(true).await? {}
+        let (plan, next_base) = {
+            let state = inner.state.borrow();
+            if state.sealed.len() + 1 >= SEGMENTS_PER_PARTITION_MAX {
+                return Err(StorageError::Config(format!(
+                    "partition holds {SEGMENTS_PER_PARTITION_MAX} segments: raise segment_bytes_max or lower retention"
+                )));
+            }
+            (state.active.seal_plan(), state.active.index().next_offset())
+        };
+        // Seal first, then create the next segment: a crash in between leaves the sealed
+        // segment last, and it is recovered as the active one.
+        plan.execute().await?;
+        let fresh = ActiveSegment::create(
+            &inner.dir,
+            next_base,
+            inner.config.index_interval_bytes,
+            inner.config.write_buffer_bytes,
+        )
+        .await?;
+        let mut state = inner.state.borrow_mut();
+        let old = std::mem::replace(&mut state.active, fresh);
+        state.sealed.push_back(old.into_sealed());
+        Ok(())
+    }
+}
+
+fn needs_roll(config: &LogConfig, active: &ActiveSegment, batch_len: usize) -> bool {
+    let index = active.index();
+    if index.is_empty() {
+        return false;
+    }
+    if index.size_bytes() + batch_len as u64 > config.segment_bytes_max {
+        return true;
+    }
+    config
+        .segment_age_max
+        .is_some_and(|age| active.created_at().elapsed() >= age)
+}
+
+fn check_continuity(previous: &SealedSegment, next: &SealedSegment) -> Result<()> {
+    if previous.index().next_offset() != next.index().base_offset() {
+        return Err(StorageError::Corrupt {
+            path: next.paths().log.clone(),
+            position: 0,
+            reason: format!(
+                "segment starts at offset {} but the previous one ends at {}",
+                next.index().base_offset(),
+                previous.index().next_offset()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The offset of the first record with a timestamp at or after `timestamp` in a batch whose
+/// largest timestamp qualifies.
+fn first_record_at_or_after(header: &BatchHeader, batch: &[u8], timestamp: i64) -> u64 {
+    if header.compression() != Some(Compression::None) {
+        return header.base_offset;
+    }
+    for record in RecordIter::new(header, &batch[BATCH_HEADER_BYTES..]).flatten() {
+        if record.timestamp >= timestamp {
+            return header.base_offset + u64::from(record.offset_delta);
+        }
+    }
+    header.base_offset
+}
+
+/// Lists segment base offsets in `dir`, oldest first; removes leftovers of interrupted work.
+async fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+    let owned = dir.to_owned();
+    let listing = glommio::executor()
+        .spawn_blocking(move || -> std::io::Result<Vec<String>> {
+            let mut names = Vec::new();
+            for entry in std::fs::read_dir(&owned)? {
+                names.push(entry?.file_name().to_string_lossy().into_owned());
+            }
+            Ok(names)
+        })
+        .await
+        .map_err(io_error("list directory", dir))?;
+    let mut bases: Vec<u64> = listing
+        .iter()
+        .filter_map(|name| parse_segment_file_name(name))
+        .filter(|(_, ext)| *ext == "log")
+        .map(|(base, _)| base)
+        .collect();
+    bases.sort_unstable();
+    for name in &listing {
+        if let Some((base, ext)) = parse_segment_file_name(name) {
+            if ext != "log" && bases.binary_search(&base).is_err() {
+                // An index whose log is gone (deleted by retention or truncation mid-way).
+                remove_if_exists(&dir.join(name)).await?;
+            }
+        }
+    }
+    Ok(bases)
+}
+
+impl LogInner {
+    fn bump(&self, update: impl FnOnce(&mut LogStats)) {
+        let mut stats = self.stats.get();
+        update(&mut stats);
+        self.stats.set(stats);
+    }
+
+    /// Writes the active segment's buffered appends (one DMA write), syncs them when asked,
+    /// and publishes the new durable end. Returns whether there was anything to flush. The
+    /// caller holds the flush lock.
+    async fn flush_once(&self, sync: bool) -> Result<bool> {
+        let job = {
+            let mut state = self.state.borrow_mut();
+            state.usable()?;
+            let job = state.active.take_flush();
+            if job.is_some() {
+                state.first_unflushed_at = None;
+                state.starved = false;
+            }
+            job
+        };
+        let Some(job) = job else { return Ok(false) };
+        // The new buffer has room again: appenders blocked on space may proceed.
+        self.space.notify();
+        let outcome = write_job(&job, sync).await;
+        let mut state = self.state.borrow_mut();
+        if let Err(error) = outcome {
+            tracing::error!(%error, "flush failed; the log stops accepting writes");
+            state.failed = Some(error.to_string());
+            self.flushed.notify();
+            self.space.notify();
+            return Err(error);
+        }
+        state.active.flushed(&job);
+        self.bump(|s| {
+            s.writes += 1;
+            s.syncs += u64::from(sync);
+            s.bytes_written += job.buf.len() as u64;
+        });
+        state.durable_end = job.next_offset;
+        let charge = job.buf.len();
+        let chunk = if job.new_bytes as usize * 4 >= self.config.write_buffer_bytes {
+            Chunk::new(ChunkBytes::Shared(Rc::clone(&job.buf)), charge, job.batches)
+        } else {
+            // Small flush: keep a right-sized copy rather than pinning a whole write buffer.
+            let first = job.batches.first().map_or(0, |b| b.start as usize);
+            let last = job.batches.last().map_or(0, |b| (b.start + b.len) as usize);
+            let copy: Box<[u8]> = job.buf.as_bytes()[first..last].into();
+            let batches = job
+                .batches
+                .iter()
+                .map(|b| super::cache::CachedBatch {
+                    start: b.start - first as u32,
+                    ..*b
+                })
+                .collect();
+            Chunk::new(ChunkBytes::Copied(copy), last - first, batches)
+        };
+        state.cache.push(chunk);
+        drop(state);
+        self.flushed.notify();
+        Ok(true)
+    }
+}
+
+async fn write_job(job: &FlushJob, sync: bool) -> Result<()> {
+    let wanted = job.buf.len();
+    let written = job
+        .file
+        .write_rc_at(Rc::clone(&job.buf), job.position)
+        .await
+        .map_err(io_error("write", &job.path))?;
+    if written != wanted {
+        return Err(StorageError::Io {
+            op: "write",
+            path: job.path.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                format!("short direct write: {written} of {wanted} bytes"),
+            ),
+        });
+    }
+    if sync {
+        job.file
+            .fdatasync()
+            .await
+            .map_err(io_error("fdatasync", &job.path))?;
+    }
+    Ok(())
+}
+
+/// The per-log background task: waits for appended data and flushes it as the policy says.
+async fn flusher_loop(log: Weak<LogInner>) {
+    loop {
+        let Some(inner) = log.upgrade() else { return };
+        let appended = inner.appended.listen();
+        let (has_data, closed, starved, unflushed, since) = {
+            let state = inner.state.borrow();
+            (
+                state.active.unflushed_bytes() > 0,
+                state.closed || state.failed.is_some(),
+                state.starved,
+                state.active.unflushed_bytes(),
+                state.first_unflushed_at,
+            )
+        };
+        if closed {
+            return;
+        }
+        if !has_data {
+            drop(inner);
+            appended.await;
+            continue;
+        }
+        let window = match inner.config.flush {
+            FlushPolicy::Always => None,
+            FlushPolicy::Interval { interval, bytes } => Some((interval, bytes)),
+            FlushPolicy::Never => Some((
+                WRITE_BEHIND_INTERVAL,
+                inner.config.write_buffer_bytes as u64 / 2,
+            )),
+        };
+        if let Some((interval, bytes)) = window {
+            let deadline = since.unwrap_or_else(Instant::now) + interval;
+            let now = Instant::now();
+            if !starved && unflushed < bytes && now < deadline {
+                drop(inner);
+                futures_lite::future::or(glommio::timer::sleep(deadline - now), appended).await;
+                continue;
+            }
+        }
+        let Ok(_permit) = inner.flush_lock.acquire_permit(1).await else {
+            return;
+        };
+        if inner.flush_once(inner.config.flush.syncs()).await.is_err() {
+            return;
+        }
+    }
+}

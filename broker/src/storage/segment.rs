@@ -1,0 +1,789 @@
+//! Segment files: the one [`ActiveSegment`] being appended, and read-only [`SealedSegment`]s.
+//!
+//! On-disk layout (see `docs/format.md`): `{base_offset:020}.log` holds batches end to end;
+//! sealed segments also have `.index` and `.timeindex`. Both kinds are owned by the shard that
+//! owns the partition; nothing here is shared across threads.
+//!
+//! The active segment is written with O_DIRECT through glommio's `DmaFile`. Appends are copied
+//! into an aligned write buffer; a flush writes the buffer from the block holding the previous
+//! logical end, rounded up to whole blocks, with the padding zeroed. The partial last block is
+//! carried into the next buffer and written again with more data next time, so padding never
+//! becomes part of the log: the logical end is the end of the last batch, and a sealed segment is
+//! truncated to exactly that size. The type-state is the guarantee that sealed segments are never
+//! appended to: `ActiveSegment::into_sealed` consumes the active segment, and `SealedSegment` has
+//! no method that writes its log.
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Instant;
+
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
+use sluice_protocol::batch::{stamp, validate_frame, BatchHeader};
+use sluice_protocol::BATCH_HEADER_BYTES;
+
+use super::cache::CachedBatch;
+use super::error::{io_error, Result, StorageError};
+use super::index::SegmentIndex;
+use super::scan::{segment_file_name, Feed, Scanner};
+use crate::limits::{DMA_ALIGNMENT, SCAN_CHUNK_BYTES};
+
+fn align_down(value: u64) -> u64 {
+    value & !(DMA_ALIGNMENT - 1)
+}
+
+fn align_up(value: u64) -> u64 {
+    align_down(value + DMA_ALIGNMENT - 1)
+}
+
+/// The three files of one segment.
+#[derive(Debug, Clone)]
+pub struct SegmentPaths {
+    pub log: PathBuf,
+    pub offset_index: PathBuf,
+    pub time_index: PathBuf,
+}
+
+impl SegmentPaths {
+    pub fn new(dir: &Path, base_offset: u64) -> SegmentPaths {
+        SegmentPaths {
+            log: dir.join(segment_file_name(base_offset, "log")),
+            offset_index: dir.join(segment_file_name(base_offset, "index")),
+            time_index: dir.join(segment_file_name(base_offset, "timeindex")),
+        }
+    }
+}
+
+async fn open_rw(path: &Path, create: bool) -> Result<DmaFile> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .dma_open(path)
+        .await
+        .map_err(io_error("open", path))
+}
+
+/// Reads a whole (small) file, or `None` if it does not exist.
+async fn read_small_file(path: &Path) -> Result<Option<Vec<u8>>> {
+    let file = match DmaFile::open(path).await {
+        Ok(file) => file,
+        Err(error) => {
+            let error = std::io::Error::from(error);
+            if error.kind() == std::io::ErrorKind::NotFound {
+                return Ok(None);
+            }
+            return Err(io_error("open", path)(error));
+        }
+    };
+    let size = file.file_size().await.map_err(io_error("stat", path))?;
+    let bytes = if size == 0 {
+        Vec::new()
+    } else {
+        let data = file
+            .read_at(0, size as usize)
+            .await
+            .map_err(io_error("read", path))?;
+        data.to_vec()
+    };
+    file.close().await.map_err(io_error("close", path))?;
+    Ok(Some(bytes))
+}
+
+/// Writes a small file durably with direct I/O.
+async fn write_small_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(path)
+        .await
+        .map_err(io_error("create", path))?;
+    if !bytes.is_empty() {
+        let aligned = align_up(bytes.len() as u64) as usize;
+        let mut buf = file.alloc_dma_buffer(aligned);
+        let out = buf.as_bytes_mut();
+        out[..bytes.len()].copy_from_slice(bytes);
+        out[bytes.len()..].fill(0);
+        let written = file
+            .write_at(buf, 0)
+            .await
+            .map_err(io_error("write", path))?;
+        if written != aligned {
+            return Err(short_write(path, written, aligned));
+        }
+    }
+    file.truncate(bytes.len() as u64)
+        .await
+        .map_err(io_error("truncate", path))?;
+    file.fdatasync()
+        .await
+        .map_err(io_error("fdatasync", path))?;
+    file.close().await.map_err(io_error("close", path))
+}
+
+fn short_write(path: &Path, written: usize, wanted: usize) -> StorageError {
+    StorageError::Io {
+        op: "write",
+        path: path.to_owned(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            format!("short direct write: {written} of {wanted} bytes"),
+        ),
+    }
+}
+
+/// Removes a file, ignoring that it may not exist.
+pub async fn remove_if_exists(path: &Path) -> Result<()> {
+    match glommio::io::remove(path).await {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            let error = std::io::Error::from(error);
+            if error.kind() == std::io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(io_error("remove", path)(error))
+            }
+        }
+    }
+}
+
+/// Makes a directory's entries (new, renamed or removed files) durable.
+pub async fn sync_dir(dir: &Path) -> Result<()> {
+    let handle = glommio::io::Directory::open(dir)
+        .await
+        .map_err(io_error("open directory", dir))?;
+    handle
+        .sync()
+        .await
+        .map_err(io_error("fsync directory", dir))?;
+    handle
+        .close()
+        .await
+        .map_err(io_error("close directory", dir))
+}
+
+fn corrupt(path: &Path, position: u64, reason: impl Into<String>) -> StorageError {
+    StorageError::Corrupt {
+        path: path.to_owned(),
+        position,
+        reason: reason.into(),
+    }
+}
+
+/// How a segment scan ended.
+#[derive(Debug)]
+struct ScanOutcome {
+    index: SegmentIndex,
+    file_size: u64,
+    /// Where and why the valid data ended before the end of the file.
+    stop: Option<(u64, String)>,
+}
+
+/// Scans a segment file from its start, reading it in chunks.
+async fn scan_file(
+    file: &DmaFile,
+    path: &Path,
+    base_offset: u64,
+    interval: u32,
+) -> Result<ScanOutcome> {
+    let file_size = file.file_size().await.map_err(io_error("stat", path))?;
+    let mut scanner = Scanner::new(base_offset, interval);
+    let mut want = SCAN_CHUNK_BYTES;
+    loop {
+        let position = scanner.position();
+        if position >= file_size {
+            return Ok(ScanOutcome {
+                index: scanner.into_index(),
+                file_size,
+                stop: None,
+            });
+        }
+        let chunk_position = align_down(position);
+        let len = (want as u64).min(file_size - chunk_position) as usize;
+        let chunk = file
+            .read_at(chunk_position, len)
+            .await
+            .map_err(io_error("read", path))?;
+        let stop = match scanner.feed(&chunk, chunk_position, |_, _, _| {}) {
+            Feed::NeedMore {
+                position,
+                len_at_least,
+            } => {
+                if position >= file_size {
+                    None
+                } else if position + len_at_least as u64 > file_size {
+                    Some((
+                        position,
+                        format!(
+                            "torn batch: {} bytes declared, {} present",
+                            len_at_least,
+                            file_size - position
+                        ),
+                    ))
+                } else {
+                    want = SCAN_CHUNK_BYTES.max(len_at_least + DMA_ALIGNMENT as usize);
+                    glommio::yield_if_needed().await;
+                    continue;
+                }
+            }
+            Feed::Padding { position } => Some((position, "zero padding".to_string())),
+            Feed::Invalid { position, reason } => Some((position, reason)),
+        };
+        return Ok(ScanOutcome {
+            index: scanner.into_index(),
+            file_size,
+            stop,
+        });
+    }
+}
+
+/// Reads whole batches from a segment file, starting with the batch that contains `offset`,
+/// up to `max_bytes` (at least one batch), never past `readable_size`. Each returned batch's
+/// frame and CRC are checked: damage is a [`StorageError::Corrupt`], never served.
+pub(crate) async fn read_batches(
+    file: &DmaFile,
+    path: &Path,
+    start_position: u64,
+    readable_size: u64,
+    offset: u64,
+    max_bytes: usize,
+    index_interval: u32,
+) -> Result<Option<ReadResult>> {
+    let mut position = start_position;
+    let mut want = max_bytes as u64 + u64::from(index_interval) + BATCH_HEADER_BYTES as u64;
+    let mut expected: Option<u64> = None;
+    loop {
+        if position >= readable_size {
+            return Ok(None);
+        }
+        let len = want.min(readable_size - position) as usize;
+        let data = file
+            .read_at(position, len)
+            .await
+            .map_err(io_error("read", path))?;
+        if data.len() < len {
+            return Err(corrupt(
+                path,
+                position + data.len() as u64,
+                "segment file is shorter than its logical size",
+            ));
+        }
+        let mut at = 0usize;
+        let mut first: Option<usize> = None;
+        let mut restart: Option<(u64, u64)> = None;
+        while data.len() - at >= BATCH_HEADER_BYTES {
+            let batch_position = position + at as u64;
+            let header = BatchHeader::parse(&data[at..])
+                .map_err(|e| corrupt(path, batch_position, e.to_string()))?;
+            let len = header.batch_len as usize;
+            if batch_position + len as u64 > readable_size {
+                return Err(corrupt(
+                    path,
+                    batch_position,
+                    "batch runs past the end of the segment",
+                ));
+            }
+            if let Some(expected) = expected {
+                if header.base_offset != expected {
+                    return Err(corrupt(
+                        path,
+                        batch_position,
+                        format!(
+                            "base offset {} where {expected} was expected",
+                            header.base_offset
+                        ),
+                    ));
+                }
+            }
+            expected = Some(header.next_offset());
+            if header.next_offset() <= offset {
+                // Before the wanted offset: skip (possibly beyond this read).
+                if len > data.len() - at {
+                    restart = Some((batch_position + len as u64, want));
+                    break;
+                }
+                at += len;
+                continue;
+            }
+            if len > data.len() - at {
+                if first.is_none() {
+                    restart = Some((batch_position, len as u64));
+                }
+                break;
+            }
+            let taken = first.map_or(0, |f| at - f);
+            if first.is_some() && taken + len > max_bytes {
+                break;
+            }
+            validate_frame(&data[at..at + len])
+                .map_err(|e| corrupt(path, batch_position, e.to_string()))?;
+            first.get_or_insert(at);
+            at += len;
+            if at - first.unwrap_or(at) >= max_bytes {
+                break;
+            }
+        }
+        if let Some(first) = first {
+            return Ok(ReadResult::slice(&data, first, at - first));
+        }
+        match restart {
+            Some((next_position, next_want)) => {
+                position = next_position;
+                want = next_want.max(want);
+                expected = None;
+            }
+            None => {
+                if data.len() - at > 0 && position + data.len() as u64 >= readable_size {
+                    return Err(corrupt(
+                        path,
+                        position + at as u64,
+                        "partial batch header at the end",
+                    ));
+                }
+                position += at as u64;
+                expected = None;
+            }
+        }
+        glommio::yield_if_needed().await;
+    }
+}
+
+/// A read-only segment.
+#[derive(Debug)]
+pub struct SealedSegment {
+    file: Rc<DmaFile>,
+    paths: SegmentPaths,
+    index: SegmentIndex,
+}
+
+impl SealedSegment {
+    /// Opens a sealed segment from its index files, or rebuilds them by scanning the log when
+    /// they are missing or damaged. Damage in the log itself is a [`StorageError::Corrupt`].
+    pub async fn open(dir: &Path, base_offset: u64, index_interval: u32) -> Result<SealedSegment> {
+        let paths = SegmentPaths::new(dir, base_offset);
+        let file = DmaFile::open(&paths.log)
+            .await
+            .map_err(io_error("open", &paths.log))?;
+        let size = file
+            .file_size()
+            .await
+            .map_err(io_error("stat", &paths.log))?;
+        let offset_bytes = read_small_file(&paths.offset_index).await?;
+        let time_bytes = read_small_file(&paths.time_index).await?;
+        let decoded = match (offset_bytes, time_bytes) {
+            (Some(offsets), Some(times)) => SegmentIndex::decode(base_offset, &offsets, &times)
+                .and_then(|index| {
+                    if index.size_bytes() == size {
+                        Ok(index)
+                    } else {
+                        Err(format!(
+                            "index covers {} bytes, the log has {size}",
+                            index.size_bytes()
+                        ))
+                    }
+                }),
+            _ => Err("index files are missing".to_string()),
+        };
+        let index = match decoded {
+            Ok(index) => index,
+            Err(why) => {
+                tracing::warn!(segment = %paths.log.display(), %why, "rebuilding segment index");
+                let outcome = scan_file(&file, &paths.log, base_offset, index_interval).await?;
+                if let Some((position, reason)) = outcome.stop {
+                    return Err(corrupt(&paths.log, position, reason));
+                }
+                write_small_file(&paths.offset_index, &outcome.index.encode_offset_index()).await?;
+                write_small_file(&paths.time_index, &outcome.index.encode_time_index()).await?;
+                outcome.index
+            }
+        };
+        if index.is_empty() {
+            return Err(corrupt(&paths.log, 0, "sealed segment holds no batches"));
+        }
+        Ok(SealedSegment {
+            file: Rc::new(file),
+            paths,
+            index,
+        })
+    }
+
+    pub fn index(&self) -> &SegmentIndex {
+        &self.index
+    }
+
+    pub fn paths(&self) -> &SegmentPaths {
+        &self.paths
+    }
+
+    pub fn file(&self) -> &Rc<DmaFile> {
+        &self.file
+    }
+
+    /// Deletes the segment's files (the open handle keeps serving reads already under way).
+    pub async fn delete_files(paths: &SegmentPaths) -> Result<()> {
+        remove_if_exists(&paths.log).await?;
+        remove_if_exists(&paths.offset_index).await?;
+        remove_if_exists(&paths.time_index).await
+    }
+}
+
+/// What recovery found in the active segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailRecovery {
+    /// Bytes cut from the end of the segment because they held torn or corrupt batches.
+    pub truncated_bytes: u64,
+    /// Zero padding found after the last batch (left by direct writes of whole blocks).
+    pub padding_bytes: u64,
+    /// Why the valid data ended early, if it did (not reported for plain zero padding).
+    pub reason: Option<String>,
+    pub position: u64,
+}
+
+/// A buffer handed to the disk by [`ActiveSegment::take_flush`].
+#[derive(Debug)]
+pub struct FlushJob {
+    pub file: Rc<DmaFile>,
+    pub path: PathBuf,
+    pub buf: Rc<DmaBuffer>,
+    /// Aligned file position the buffer is written at.
+    pub position: u64,
+    /// Logical end of the segment once this job is written.
+    pub end: u64,
+    /// Next offset once this job is written.
+    pub next_offset: u64,
+    /// Batches in the buffer, for the tail cache.
+    pub batches: Vec<CachedBatch>,
+    /// Bytes of new data (excluding the block carried from the previous buffer).
+    pub new_bytes: u64,
+}
+
+/// Makes a segment's final form durable: truncated to its logical size, with index files.
+#[derive(Debug)]
+pub struct SealPlan {
+    file: Rc<DmaFile>,
+    paths: SegmentPaths,
+    size: u64,
+    offset_index: Vec<u8>,
+    time_index: Vec<u8>,
+}
+
+impl SealPlan {
+    pub async fn execute(self) -> Result<()> {
+        let log = &self.paths.log;
+        self.file
+            .truncate(self.size)
+            .await
+            .map_err(io_error("truncate", log))?;
+        self.file
+            .fdatasync()
+            .await
+            .map_err(io_error("fdatasync", log))?;
+        write_small_file(&self.paths.offset_index, &self.offset_index).await?;
+        write_small_file(&self.paths.time_index, &self.time_index).await
+    }
+}
+
+/// File position of the first batch whose offsets reach past `offset` (the batch containing it,
+/// or the next one), scanning batch headers from `start` (a batch boundary) up to `readable`.
+pub(crate) async fn find_batch_position(
+    file: &DmaFile,
+    path: &Path,
+    start: u64,
+    readable: u64,
+    offset: u64,
+) -> Result<u64> {
+    let mut position = start;
+    while position < readable {
+        let len = (SCAN_CHUNK_BYTES as u64).min(readable - position) as usize;
+        let data = file
+            .read_at(position, len)
+            .await
+            .map_err(io_error("read", path))?;
+        let mut at = 0usize;
+        while data.len() - at >= BATCH_HEADER_BYTES {
+            let header = BatchHeader::parse(&data[at..])
+                .map_err(|e| corrupt(path, position + at as u64, e.to_string()))?;
+            if header.next_offset() > offset {
+                return Ok(position + at as u64);
+            }
+            if header.batch_len as usize > data.len() - at {
+                break;
+            }
+            at += header.batch_len as usize;
+        }
+        if at == 0 {
+            return Err(corrupt(
+                path,
+                position,
+                "batch header runs past the end of the segment",
+            ));
+        }
+        position += at as u64;
+        glommio::yield_if_needed().await;
+    }
+    Ok(readable)
+}
+
+/// The segment being appended to.
+#[derive(Debug)]
+pub struct ActiveSegment {
+    file: Rc<DmaFile>,
+    paths: SegmentPaths,
+    index: SegmentIndex,
+    created_at: Instant,
+    buffer_bytes: usize,
+    pending: DmaBuffer,
+    /// Aligned file position of `pending[0]`.
+    pending_position: u64,
+    /// Bytes of `pending` in use, the carried partial block included.
+    pending_len: usize,
+    /// Bytes at the start of `pending` carried over from the previous buffer.
+    pending_carried: usize,
+    pending_batches: Vec<CachedBatch>,
+    /// Logical bytes already handed to completed writes.
+    written_size: u64,
+}
+
+impl ActiveSegment {
+    /// Creates a new, empty active segment and makes its directory entry durable.
+    pub async fn create(
+        dir: &Path,
+        base_offset: u64,
+        index_interval: u32,
+        buffer_bytes: usize,
+    ) -> Result<ActiveSegment> {
+        let paths = SegmentPaths::new(dir, base_offset);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .dma_open(&paths.log)
+            .await
+            .map_err(io_error("create", &paths.log))?;
+        sync_dir(dir).await?;
+        let pending = file.alloc_dma_buffer(buffer_bytes);
+        Ok(ActiveSegment {
+            file: Rc::new(file),
+            paths,
+            index: SegmentIndex::new(base_offset, index_interval),
+            created_at: Instant::now(),
+            buffer_bytes,
+            pending,
+            pending_position: 0,
+            pending_len: 0,
+            pending_carried: 0,
+            pending_batches: Vec::new(),
+            written_size: 0,
+        })
+    }
+
+    /// Opens the last segment of a partition: scans it whole, cuts it at the first torn,
+    /// corrupt or out-of-sequence batch, and rebuilds its index in memory.
+    pub async fn recover(
+        dir: &Path,
+        base_offset: u64,
+        index_interval: u32,
+        buffer_bytes: usize,
+    ) -> Result<(ActiveSegment, TailRecovery)> {
+        let paths = SegmentPaths::new(dir, base_offset);
+        // Index files of the active segment are never trusted (it may have been sealed halfway).
+        remove_if_exists(&paths.offset_index).await?;
+        remove_if_exists(&paths.time_index).await?;
+        let file = open_rw(&paths.log, false).await?;
+        let outcome = scan_file(&file, &paths.log, base_offset, index_interval).await?;
+        let end = outcome.index.size_bytes();
+        let reason = outcome
+            .stop
+            .as_ref()
+            .filter(|(_, reason)| reason != "zero padding")
+            .map(|(_, reason)| reason.clone());
+        let cut = outcome.file_size - end;
+        let recovery = TailRecovery {
+            truncated_bytes: if reason.is_some() { cut } else { 0 },
+            padding_bytes: if reason.is_some() { 0 } else { cut },
+            reason,
+            position: end,
+        };
+        if end < outcome.file_size {
+            if let Some(reason) = &recovery.reason {
+                tracing::warn!(segment = %paths.log.display(), position = end, %reason,
+                               cut_bytes = recovery.truncated_bytes, "cutting the log tail");
+            }
+            file.truncate(end)
+                .await
+                .map_err(io_error("truncate", &paths.log))?;
+            file.fdatasync()
+                .await
+                .map_err(io_error("fdatasync", &paths.log))?;
+        }
+        let mut pending = file.alloc_dma_buffer(buffer_bytes);
+        let pending_position = align_down(end);
+        let carried = (end - pending_position) as usize;
+        if carried > 0 {
+            let block = file
+                .read_at(pending_position, carried)
+                .await
+                .map_err(io_error("read", &paths.log))?;
+            if block.len() != carried {
+                return Err(corrupt(
+                    &paths.log,
+                    pending_position,
+                    "short read of the last block",
+                ));
+            }
+            pending.as_bytes_mut()[..carried].copy_from_slice(&block);
+        }
+        Ok((
+            ActiveSegment {
+                file: Rc::new(file),
+                paths,
+                index: outcome.index,
+                created_at: Instant::now(),
+                buffer_bytes,
+                pending,
+                pending_position,
+                pending_len: carried,
+                pending_carried: carried,
+                pending_batches: Vec::new(),
+                written_size: end,
+            },
+            recovery,
+        ))
+    }
+
+    pub fn index(&self) -> &SegmentIndex {
+        &self.index
+    }
+
+    pub fn paths(&self) -> &SegmentPaths {
+        &self.paths
+    }
+
+    pub fn file(&self) -> &Rc<DmaFile> {
+        &self.file
+    }
+
+    pub fn created_at(&self) -> Instant {
+        self.created_at
+    }
+
+    /// Logical bytes whose writes have completed: what reads may touch on disk.
+    pub fn written_size(&self) -> u64 {
+        self.written_size
+    }
+
+    /// Bytes appended but not yet handed to a write.
+    pub fn unflushed_bytes(&self) -> u64 {
+        (self.pending_len - self.pending_carried) as u64
+    }
+
+    /// Whether a batch of `len` bytes fits in the write buffer now.
+    pub fn has_room(&self, len: usize) -> bool {
+        self.pending_len + len <= self.buffer_bytes
+    }
+
+    /// Copies a validated batch into the write buffer, stamping its offset and epoch, and
+    /// indexes it. The caller checked [`ActiveSegment::has_room`].
+    pub fn append(&mut self, batch: &[u8], leader_epoch: u32) -> BatchHeader {
+        assert!(
+            self.has_room(batch.len()),
+            "append without room in the write buffer"
+        );
+        let base_offset = self.index.next_offset();
+        let start = self.pending_len;
+        let dest = &mut self.pending.as_bytes_mut()[start..start + batch.len()];
+        dest.copy_from_slice(batch);
+        stamp(dest, base_offset, leader_epoch);
+        let header = match BatchHeader::parse(dest) {
+            Ok(header) => header,
+            Err(error) => panic!("a validated batch no longer parses after stamping: {error}"),
+        };
+        let position = self.pending_position + start as u64;
+        self.index.observe(position, &header);
+        self.pending_len += batch.len();
+        self.pending_batches.push(CachedBatch {
+            base_offset,
+            next_offset: header.next_offset(),
+            start: start as u32,
+            len: batch.len() as u32,
+        });
+        header
+    }
+
+    /// Hands the write buffer to the disk, if it holds new data, and starts a fresh one that
+    /// carries the partial last block.
+    pub fn take_flush(&mut self) -> Option<FlushJob> {
+        if self.pending_batches.is_empty() {
+            return None;
+        }
+        let end = self.index.size_bytes();
+        assert_eq!(
+            self.pending_position + self.pending_len as u64,
+            end,
+            "write buffer out of step with the index"
+        );
+        let aligned_len = align_up(self.pending_len as u64) as usize;
+        let mut next = self.file.alloc_dma_buffer(self.buffer_bytes);
+        let next_position = align_down(end);
+        let carried = (end - next_position) as usize;
+        let carried_from = (next_position - self.pending_position) as usize;
+        next.as_bytes_mut()[..carried]
+            .copy_from_slice(&self.pending.as_bytes()[carried_from..self.pending_len]);
+        let mut buf = std::mem::replace(&mut self.pending, next);
+        buf.as_bytes_mut()[self.pending_len..aligned_len].fill(0);
+        buf.trim_to_size(aligned_len);
+        let batches = std::mem::take(&mut self.pending_batches);
+        let new_bytes = batches.iter().map(|b| u64::from(b.len)).sum();
+        let job = FlushJob {
+            file: Rc::clone(&self.file),
+            path: self.paths.log.clone(),
+            buf: Rc::new(buf),
+            position: self.pending_position,
+            end,
+            next_offset: self.index.next_offset(),
+            batches,
+            new_bytes,
+        };
+        self.pending_position = next_position;
+        self.pending_len = carried;
+        self.pending_carried = carried;
+        Some(job)
+    }
+
+    /// Records that a flush job's write completed.
+    pub fn flushed(&mut self, job: &FlushJob) {
+        assert!(job.end >= self.written_size, "flushes complete in order");
+        self.written_size = job.end;
+    }
+
+    /// What sealing needs, owned, so the caller can await it without borrowing the segment.
+    /// All appended data must have been flushed.
+    pub fn seal_plan(&self) -> SealPlan {
+        assert!(
+            self.pending_batches.is_empty(),
+            "sealing with unflushed batches"
+        );
+        assert_eq!(
+            self.written_size,
+            self.index.size_bytes(),
+            "sealing with unwritten data"
+        );
+        SealPlan {
+            file: Rc::clone(&self.file),
+            paths: self.paths.clone(),
+            size: self.index.size_bytes(),
+            offset_index: self.index.encode_offset_index(),
+            time_index: self.index.encode_time_index(),
+        }
+    }
+
+    /// Turns the segment into a sealed one, after [`ActiveSegment::seal_files`].
+    pub fn into_sealed(self) -> SealedSegment {
+        SealedSegment {
+            file: self.file,
+            paths: self.paths,
+            index: self.index,
+        }
+    }
+}

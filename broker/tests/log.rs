@@ -1,0 +1,247 @@
+//! Integration tests of the partition log on real files with O_DIRECT, on glommio executors.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{batch, run, stamped, test_dir};
+use sluice_broker::storage::{FlushPolicy, LogConfig, OffsetSpec, PartitionLog, StorageError};
+use sluice_protocol::{BatchError, BatchIter};
+
+fn small_config() -> LogConfig {
+    LogConfig {
+        segment_bytes_max: 64 << 10,
+        index_interval_bytes: 4096,
+        batch_bytes_max: 16 << 10,
+        write_buffer_bytes: 64 << 10,
+        cache_bytes_max: 256 << 10,
+        flush: FlushPolicy::Always,
+        ..LogConfig::default()
+    }
+}
+
+#[test]
+fn append_read_round_trip_and_reopen() {
+    let dir = test_dir("roundtrip");
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let (log, report) = PartitionLog::open(&path, small_config()).await.unwrap();
+        assert_eq!((report.log_start, report.log_end), (0, 0));
+        let mut expected = Vec::new();
+        for i in 0..200u64 {
+            let bytes = batch(
+                i,
+                1 + (i % 4) as u32,
+                100 + (i as usize * 37) % 900,
+                1000 + i as i64,
+            );
+            let appended = log.append_durable(&bytes, 7).await.unwrap();
+            assert_eq!(
+                appended.base_offset,
+                expected.iter().map(|(_, n)| *n).sum::<u64>()
+            );
+            expected.push((
+                stamped(bytes, appended.base_offset, 7),
+                appended.last_offset - appended.base_offset + 1,
+            ));
+        }
+        assert!(log.segment_count() > 3, "small segments roll");
+        let all: Vec<u8> = expected.iter().flat_map(|(b, _)| b.clone()).collect();
+        // Read everything back, in pieces, from cache and disk.
+        let mut offset = 0;
+        let mut got = Vec::new();
+        while offset < log.high_watermark() {
+            let read = log.read(offset, 3000).await.unwrap();
+            let bytes = read.to_vec();
+            for item in BatchIter::new(&bytes) {
+                let (header, _) = item.unwrap();
+                offset = header.next_offset();
+            }
+            got.extend_from_slice(&bytes);
+        }
+        assert_eq!(got, all);
+        let end = log.next_offset();
+        log.close().await.unwrap();
+
+        let (log, report) = PartitionLog::open(&path, small_config()).await.unwrap();
+        assert_eq!(report.log_end, end);
+        assert_eq!(report.tail.truncated_bytes, 0);
+        let mut got = Vec::new();
+        let mut offset = 0;
+        while offset < log.high_watermark() {
+            let read = log.read(offset, 1 << 20).await.unwrap();
+            assert!(!read.from_cache, "a reopened log reads from disk");
+            let bytes = read.to_vec();
+            for item in BatchIter::new(&bytes) {
+                offset = item.unwrap().0.next_offset();
+            }
+            got.extend_from_slice(&bytes);
+        }
+        assert_eq!(got, all);
+        let next = log.append_durable(&batch(999, 1, 10, 5), 7).await.unwrap();
+        assert_eq!(next.base_offset, end);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn bad_input_is_a_typed_error_and_changes_nothing() {
+    let dir = test_dir("badinput");
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let (log, _) = PartitionLog::open(&path, small_config()).await.unwrap();
+        log.append_durable(&batch(1, 2, 10, 1), 0).await.unwrap();
+        let before = (log.next_offset(), log.size_bytes());
+        let empty = sluice_protocol::BatchBuilder::new(Default::default()).finish();
+        assert!(matches!(
+            log.append(&empty, 0).await,
+            Err(StorageError::InvalidBatch(BatchError::Empty))
+        ));
+        let huge = batch(2, 1, 20 << 10, 1);
+        assert!(matches!(
+            log.append(&huge, 0).await,
+            Err(StorageError::InvalidBatch(BatchError::TooLarge { .. }))
+        ));
+        let mut flipped = batch(3, 1, 10, 1);
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(matches!(
+            log.append(&flipped, 0).await,
+            Err(StorageError::InvalidBatch(BatchError::CrcMismatch { .. }))
+        ));
+        assert!(matches!(
+            log.append(&[1, 2, 3], 0).await,
+            Err(StorageError::InvalidBatch(_))
+        ));
+        assert_eq!((log.next_offset(), log.size_bytes()), before);
+        assert!(matches!(
+            log.read(99, 100).await,
+            Err(StorageError::OffsetOutOfRange { offset: 99, .. })
+        ));
+        assert!(
+            log.read(2, 100).await.unwrap().is_empty(),
+            "reading at the end is empty"
+        );
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn group_commit_shares_flushes_between_concurrent_appends() {
+    let dir = test_dir("groupcommit");
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let config = LogConfig {
+            flush: FlushPolicy::Interval {
+                interval: Duration::from_millis(50),
+                bytes: 64 << 20,
+            },
+            write_buffer_bytes: 16 << 20,
+            ..LogConfig::default()
+        };
+        let (log, _) = PartitionLog::open(&path, config).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200u64 {
+            let log = log.clone();
+            tasks.push(glommio::spawn_local(async move {
+                log.append_durable(&batch(i, 4, 256, 1), 0).await.unwrap()
+            }));
+        }
+        let mut offsets: Vec<u64> = Vec::new();
+        for task in tasks {
+            offsets.push(task.await.base_offset);
+        }
+        offsets.sort_unstable();
+        assert_eq!(offsets, (0..200).map(|i| i * 4).collect::<Vec<_>>());
+        let stats = log.stats();
+        assert_eq!(stats.appends, 200);
+        assert!(
+            stats.syncs < 20,
+            "200 concurrent appends should share a few flushes, got {stats:?}"
+        );
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn list_offsets_by_time_and_retention_and_truncation() {
+    let dir = test_dir("retention");
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let config = LogConfig {
+            retention_bytes: Some(200 << 10),
+            retention_ms: None,
+            ..small_config()
+        };
+        let (log, _) = PartitionLog::open(&path, config).await.unwrap();
+        for i in 0..600u64 {
+            log.append(&batch(i, 1, 900, 10_000 + i as i64 * 10), 0)
+                .await
+                .unwrap();
+        }
+        log.flush().await.unwrap();
+        assert_eq!(
+            log.list_offset(OffsetSpec::Earliest).await.unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            log.list_offset(OffsetSpec::Latest).await.unwrap(),
+            Some(600)
+        );
+        assert_eq!(
+            log.list_offset(OffsetSpec::Timestamp(10_000 + 3000))
+                .await
+                .unwrap(),
+            Some(300)
+        );
+        assert_eq!(
+            log.list_offset(OffsetSpec::Timestamp(10_000 + 3005))
+                .await
+                .unwrap(),
+            Some(301)
+        );
+        assert_eq!(
+            log.list_offset(OffsetSpec::Timestamp(99_999_999))
+                .await
+                .unwrap(),
+            None
+        );
+
+        let size_before = log.size_bytes();
+        let report = log.enforce_retention(i64::MAX / 2).await.unwrap();
+        assert!(report.segments_deleted > 0);
+        assert!(log.size_bytes() <= 200 << 10 || log.segment_count() == 1);
+        assert!(log.size_bytes() < size_before);
+        let start = log.log_start();
+        assert!(start > 0);
+        assert!(matches!(
+            log.read(start - 1, 100).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(
+            log.read(start, 100).await.unwrap().to_vec()[..8],
+            start.to_le_bytes()
+        );
+
+        // Truncate into a sealed segment: it becomes the active one again.
+        let bases = log.segment_bases();
+        let cut = bases[1] + 3;
+        assert_eq!(log.truncate_to(cut).await.unwrap(), cut);
+        assert_eq!(log.segment_count(), 2);
+        let appended = log.append_durable(&batch(7, 2, 10, 1), 1).await.unwrap();
+        assert_eq!(appended.base_offset, cut);
+        log.close().await.unwrap();
+        let (log, report) = PartitionLog::open(
+            &path,
+            LogConfig {
+                retention_bytes: None,
+                ..small_config()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.log_end, cut + 2);
+        assert_eq!(report.log_start, start);
+        log.close().await.unwrap();
+    });
+}
