@@ -7,6 +7,7 @@
 //! - [`notify`]: the single-threaded wake-up primitive the log's tasks use.
 
 pub mod limits;
+pub mod metadata;
 pub mod notify;
 pub mod shard;
 pub mod storage;

@@ -19,3 +19,15 @@ pub const SCAN_CHUNK_BYTES: usize = 8 << 20;
 
 /// Most segments one partition may hold open; beyond it retention or larger segments are needed.
 pub const SEGMENTS_PER_PARTITION_MAX: usize = 100_000;
+
+/// Longest topic name, as in Kafka: leaves room in a 255-byte file name for the partition suffix.
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+
+/// Most partitions one topic may have: bounds a create request and the placement work it causes.
+pub const TOPIC_PARTITIONS_MAX: u32 = 10_000;
+
+/// Largest metadata frame (Raft RPCs, snapshots, admin requests) accepted on the metadata port.
+pub const METADATA_FRAME_BYTES_MAX: usize = 256 << 20;
+
+/// Connections the metadata listener serves at once.
+pub const METADATA_CONNECTIONS_MAX: usize = 256;

@@ -1,0 +1,21 @@
+//! The metadata shard: cluster metadata replicated by one Raft group (openraft), on a dedicated
+//! thread with a current-thread tokio runtime.
+//!
+//! - [`types`]: the replicated model ([`types::ClusterState`]), commands, typed errors;
+//! - [`state`]: pure logic: validation, placement, deterministic `apply`;
+//! - [`store`]: durable Raft log, vote and rkyv snapshots;
+//! - [`wire`], [`network`], [`client`]: the metadata port's frames, Raft RPCs, admin client;
+//! - [`node`]: the running member: server, controller duties, registration and heartbeats.
+
+pub mod client;
+pub mod network;
+pub mod node;
+pub mod state;
+pub mod store;
+pub mod types;
+pub mod wire;
+
+pub use client::AdminClient;
+pub use node::{MetadataConfig, MetadataNode, NodeError};
+pub use types::{ClusterState, MetadataError, NodeId};
+pub use wire::{AdminReply, AdminRequest, ClusterView};

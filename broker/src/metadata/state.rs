@@ -1,0 +1,494 @@
+//! Pure logic of the metadata: validating requests, placing partitions, and applying commands.
+//!
+//! `apply` is deterministic: every broker applies the same committed commands in the same order
+//! and reaches the same state. Decisions that need a choice (placement, new leaders) are either
+//! made by the controller before proposing (placement travels inside `CreateTopic`) or derived
+//! deterministically from the state inside `apply` (leader moves when a broker dies).
+
+use super::types::{
+    Broker, BrokerState, ClusterState, Command, CommandResult, MetadataError, NodeId,
+    PartitionInfo, ReplicaPlacement, Topic, TopicConfig,
+};
+use crate::limits::{TOPIC_NAME_BYTES_MAX, TOPIC_PARTITIONS_MAX};
+
+/// Checks a topic name the way Kafka does: 1–249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<(), MetadataError> {
+    let invalid = |reason: &str| {
+        Err(MetadataError::InvalidTopicName {
+            name: name.chars().take(300).collect(),
+            reason: reason.to_string(),
+        })
+    };
+    if name.is_empty() {
+        return invalid("empty");
+    }
+    if name.len() > TOPIC_NAME_BYTES_MAX {
+        return invalid("longer than 249 characters");
+    }
+    if name == "." || name == ".." {
+        return invalid("'.' and '..' are reserved");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return invalid("only ASCII letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+pub fn validate_topic_config(config: &TopicConfig) -> Result<(), MetadataError> {
+    let invalid = |why: &str| Err(MetadataError::InvalidConfig(why.to_string()));
+    if config.message_bytes_max == 0
+        || config.message_bytes_max > crate::limits::BATCH_BYTES_MAX as u64
+    {
+        return invalid("message_bytes_max must be between 1 and 64 MiB");
+    }
+    if config.segment_bytes < config.message_bytes_max
+        || config.segment_bytes > crate::limits::SEGMENT_BYTES_MAX
+    {
+        return invalid("segment_bytes must hold a message and stay below 4 GiB");
+    }
+    Ok(())
+}
+
+impl ClusterState {
+    /// Brokers that may host and lead partitions, by id.
+    pub fn live_brokers(&self) -> Vec<&Broker> {
+        self.brokers
+            .values()
+            .filter(|b| b.state == BrokerState::Alive)
+            .collect()
+    }
+
+    /// Checks a topic creation against the current state (what the controller does before
+    /// proposing; `apply` checks again).
+    pub fn check_create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        config: &TopicConfig,
+    ) -> Result<(), MetadataError> {
+        validate_topic_name(name)?;
+        if partitions == 0 || partitions > TOPIC_PARTITIONS_MAX {
+            return Err(MetadataError::InvalidPartitionCount {
+                requested: partitions,
+                max: TOPIC_PARTITIONS_MAX,
+            });
+        }
+        validate_topic_config(config)?;
+        if self.topics.contains_key(name) {
+            return Err(MetadataError::TopicExists(name.to_string()));
+        }
+        let live = self.live_brokers().len() as u32;
+        if replication_factor == 0 || replication_factor > live {
+            return Err(MetadataError::ReplicationFactorTooLarge {
+                requested: replication_factor,
+                live,
+            });
+        }
+        Ok(())
+    }
+
+    /// Places `partitions` partitions with `replication_factor` replicas each: replicas of a
+    /// partition on distinct live brokers, leaders rotated across brokers (starting where the
+    /// topic id points, so topics do not all lead on the same broker), and each replica on the
+    /// least-loaded shard of its broker. Call after [`ClusterState::check_create_topic`].
+    pub fn place_partitions(
+        &self,
+        partitions: u32,
+        replication_factor: u32,
+    ) -> Vec<Vec<ReplicaPlacement>> {
+        let live: Vec<&Broker> = self.live_brokers();
+        assert!(
+            !live.is_empty() && replication_factor as usize <= live.len(),
+            "placement needs enough live brokers"
+        );
+        let mut load: std::collections::BTreeMap<ReplicaPlacement, u64> =
+            std::collections::BTreeMap::new();
+        for topic in self.topics.values() {
+            for partition in &topic.partitions {
+                for replica in &partition.replicas {
+                    *load.entry(*replica).or_default() += 1;
+                }
+            }
+        }
+        let start = self.next_topic_id as usize;
+        let mut placement = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions as usize {
+            let mut replicas = Vec::with_capacity(replication_factor as usize);
+            for r in 0..replication_factor as usize {
+                let broker = live[(start + p + r) % live.len()];
+                let shard = (0..broker.shards.max(1))
+                    .min_by_key(|&shard| {
+                        (
+                            load.get(&ReplicaPlacement {
+                                broker: broker.id,
+                                shard,
+                            })
+                            .copied()
+                            .unwrap_or(0),
+                            shard,
+                        )
+                    })
+                    .unwrap_or(0);
+                let replica = ReplicaPlacement {
+                    broker: broker.id,
+                    shard,
+                };
+                *load.entry(replica).or_default() += 1;
+                replicas.push(replica);
+            }
+            placement.push(replicas);
+        }
+        placement
+    }
+
+    /// Picks a coordinator for a group: a hash of its name over the live brokers' shards.
+    pub fn pick_coordinator(&self, group: &str) -> Result<ReplicaPlacement, MetadataError> {
+        let slots: Vec<ReplicaPlacement> = self
+            .live_brokers()
+            .iter()
+            .flat_map(|b| {
+                (0..b.shards.max(1)).map(move |shard| ReplicaPlacement {
+                    broker: b.id,
+                    shard,
+                })
+            })
+            .collect();
+        if slots.is_empty() {
+            return Err(MetadataError::NoLiveBrokers);
+        }
+        // FNV-1a: stable across processes and versions.
+        let hash = group.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        Ok(slots[(hash % slots.len() as u64) as usize])
+    }
+
+    /// Applies a committed command. Rejections change nothing, not even the version.
+    pub fn apply(&mut self, command: &Command) -> CommandResult {
+        let result = match command {
+            Command::RegisterBroker {
+                id,
+                address,
+                metadata_address,
+                shards,
+            } => {
+                let was_alive = self
+                    .brokers
+                    .get(id)
+                    .is_some_and(|b| b.state == BrokerState::Alive);
+                self.brokers.insert(
+                    *id,
+                    Broker {
+                        id: *id,
+                        address: address.clone(),
+                        metadata_address: metadata_address.clone(),
+                        shards: *shards,
+                        state: BrokerState::Alive,
+                    },
+                );
+                if !was_alive {
+                    self.restore_leaders(*id);
+                }
+                Ok(None)
+            }
+            Command::SetBrokerState { id, state } => match self.brokers.get_mut(id) {
+                None => Err(MetadataError::UnknownBroker(*id)),
+                Some(broker) => {
+                    let before = broker.state;
+                    broker.state = *state;
+                    match (before, *state) {
+                        (BrokerState::Alive, BrokerState::Dead | BrokerState::Fenced) => {
+                            self.move_leaders_off(*id)
+                        }
+                        (BrokerState::Dead | BrokerState::Fenced, BrokerState::Alive) => {
+                            self.restore_leaders(*id)
+                        }
+                        _ => {}
+                    }
+                    Ok(None)
+                }
+            },
+            Command::CreateTopic {
+                name,
+                replication_factor,
+                config,
+                partitions,
+            } => {
+                if self.topics.contains_key(name) {
+                    Err(MetadataError::TopicExists(name.clone()))
+                } else if let Err(error) = validate_topic_name(name) {
+                    Err(error)
+                } else if partitions.is_empty()
+                    || partitions
+                        .iter()
+                        .any(|r| r.len() != *replication_factor as usize)
+                {
+                    Err(MetadataError::Malformed(
+                        "placement does not match the replication factor".into(),
+                    ))
+                } else {
+                    let id = self.next_topic_id;
+                    self.next_topic_id += 1;
+                    let partitions = partitions
+                        .iter()
+                        .map(|replicas| PartitionInfo {
+                            leader: replicas.first().map(|r| r.broker),
+                            leader_epoch: 0,
+                            in_sync: replicas.iter().map(|r| r.broker).collect(),
+                            replicas: replicas.clone(),
+                        })
+                        .collect();
+                    self.topics.insert(
+                        name.clone(),
+                        Topic {
+                            name: name.clone(),
+                            id,
+                            replication_factor: *replication_factor,
+                            config: config.clone(),
+                            partitions,
+                        },
+                    );
+                    Ok(Some(id))
+                }
+            }
+            Command::DeleteTopic { name } => match self.topics.remove(name) {
+                Some(_) => Ok(None),
+                None => Err(MetadataError::UnknownTopic(name.clone())),
+            },
+            Command::AssignCoordinator { group, placement } => {
+                self.coordinators.entry(group.clone()).or_insert(*placement);
+                Ok(None)
+            }
+        };
+        match result {
+            Ok(topic_id) => {
+                self.version += 1;
+                match topic_id {
+                    Some(topic_id) => CommandResult::TopicCreated {
+                        version: self.version,
+                        topic_id,
+                    },
+                    None => CommandResult::Applied {
+                        version: self.version,
+                    },
+                }
+            }
+            Err(error) => CommandResult::Rejected(error),
+        }
+    }
+
+    fn is_alive(&self, id: NodeId) -> bool {
+        self.brokers
+            .get(&id)
+            .is_some_and(|b| b.state == BrokerState::Alive)
+    }
+
+    /// A broker died: partitions it led move to another live in-sync replica (or go offline),
+    /// and it leaves the in-sync sets (unless it is their last member).
+    fn move_leaders_off(&mut self, dead: NodeId) {
+        let alive: Vec<NodeId> = self
+            .brokers
+            .values()
+            .filter(|b| b.state == BrokerState::Alive)
+            .map(|b| b.id)
+            .collect();
+        for topic in self.topics.values_mut() {
+            for partition in &mut topic.partitions {
+                if partition.in_sync.len() > 1 {
+                    partition.in_sync.retain(|&b| b != dead);
+                }
+                if partition.leader == Some(dead) {
+                    partition.leader = partition
+                        .in_sync
+                        .iter()
+                        .copied()
+                        .find(|b| *b != dead && alive.contains(b));
+                    partition.leader_epoch += 1;
+                }
+            }
+        }
+        for placement in self.coordinators.values_mut() {
+            if placement.broker == dead {
+                // Re-placed lazily by the controller on the next lookup.
+                *placement = ReplicaPlacement {
+                    broker: NodeId::MAX,
+                    shard: 0,
+                };
+            }
+        }
+        self.coordinators.retain(|_, p| p.broker != NodeId::MAX);
+    }
+
+    /// A broker came back: offline partitions whose in-sync set holds it get it as leader.
+    fn restore_leaders(&mut self, back: NodeId) {
+        if !self.is_alive(back) {
+            return;
+        }
+        for topic in self.topics.values_mut() {
+            for partition in &mut topic.partitions {
+                if partition.leader.is_none() && partition.in_sync.contains(&back) {
+                    partition.leader = Some(back);
+                    partition.leader_epoch += 1;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(brokers: u64, shards: u32) -> ClusterState {
+        let mut state = ClusterState::default();
+        for id in 1..=brokers {
+            state.apply(&Command::RegisterBroker {
+                id,
+                address: format!("127.0.0.1:{}", 9000 + id),
+                metadata_address: format!("127.0.0.1:{}", 9100 + id),
+                shards,
+            });
+        }
+        state
+    }
+
+    fn create(state: &mut ClusterState, name: &str, partitions: u32, rf: u32) -> CommandResult {
+        state
+            .check_create_topic(name, partitions, rf, &TopicConfig::default())
+            .unwrap();
+        let placement = state.place_partitions(partitions, rf);
+        state.apply(&Command::CreateTopic {
+            name: name.into(),
+            replication_factor: rf,
+            config: TopicConfig::default(),
+            partitions: placement,
+        })
+    }
+
+    #[test]
+    fn placement_is_even_and_replicas_are_distinct() {
+        let mut state = cluster(3, 2);
+        create(&mut state, "orders", 12, 3);
+        let topic = &state.topics["orders"];
+        let mut leaders = std::collections::BTreeMap::new();
+        let mut per_shard = std::collections::BTreeMap::new();
+        for p in &topic.partitions {
+            let mut brokers: Vec<_> = p.replicas.iter().map(|r| r.broker).collect();
+            brokers.sort_unstable();
+            brokers.dedup();
+            assert_eq!(brokers.len(), 3, "replicas on distinct brokers");
+            *leaders.entry(p.leader.unwrap()).or_insert(0) += 1;
+            for r in &p.replicas {
+                *per_shard.entry(*r).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![4, 4, 4]);
+        assert!(per_shard.values().all(|&n| n == 6), "{per_shard:?}");
+    }
+
+    #[test]
+    fn bad_requests_are_typed_errors() {
+        let mut state = cluster(2, 1);
+        let config = TopicConfig::default();
+        assert!(matches!(
+            state.check_create_topic("", 1, 1, &config),
+            Err(MetadataError::InvalidTopicName { .. })
+        ));
+        assert!(matches!(
+            state.check_create_topic("a/b", 1, 1, &config),
+            Err(MetadataError::InvalidTopicName { .. })
+        ));
+        assert!(matches!(
+            state.check_create_topic("..", 1, 1, &config),
+            Err(MetadataError::InvalidTopicName { .. })
+        ));
+        assert!(matches!(
+            state.check_create_topic("t", 0, 1, &config),
+            Err(MetadataError::InvalidPartitionCount { .. })
+        ));
+        assert!(matches!(
+            state.check_create_topic("t", 1, 3, &config),
+            Err(MetadataError::ReplicationFactorTooLarge {
+                requested: 3,
+                live: 2
+            })
+        ));
+        create(&mut state, "t", 1, 1);
+        assert!(matches!(
+            state.check_create_topic("t", 1, 1, &config),
+            Err(MetadataError::TopicExists(_))
+        ));
+        let version = state.version;
+        assert_eq!(
+            state.apply(&Command::DeleteTopic {
+                name: "nope".into()
+            }),
+            CommandResult::Rejected(MetadataError::UnknownTopic("nope".into()))
+        );
+        assert_eq!(state.version, version, "a rejection changes nothing");
+    }
+
+    #[test]
+    fn leadership_moves_when_a_broker_dies_and_returns() {
+        let mut state = cluster(3, 1);
+        create(&mut state, "t", 6, 2);
+        create(&mut state, "single", 3, 1);
+        let led_by_1: Vec<usize> = state.topics["t"]
+            .partitions
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.leader == Some(1))
+            .map(|(i, _)| i)
+            .collect();
+        assert!(!led_by_1.is_empty());
+        state.apply(&Command::SetBrokerState {
+            id: 1,
+            state: BrokerState::Dead,
+        });
+        for (i, p) in state.topics["t"].partitions.iter().enumerate() {
+            assert_ne!(p.leader, Some(1));
+            assert!(p.leader.is_some(), "rf 2 partitions keep a leader");
+            if led_by_1.contains(&i) {
+                assert_eq!(p.leader_epoch, 1);
+            }
+        }
+        let offline = state.topics["single"]
+            .partitions
+            .iter()
+            .filter(|p| p.leader.is_none())
+            .count();
+        assert_eq!(offline, 1, "the rf-1 partition on broker 1 goes offline");
+        state.apply(&Command::SetBrokerState {
+            id: 1,
+            state: BrokerState::Alive,
+        });
+        assert!(state.topics["single"]
+            .partitions
+            .iter()
+            .all(|p| p.leader.is_some()));
+    }
+
+    #[test]
+    fn coordinator_choice_is_stable() {
+        let state = cluster(3, 2);
+        assert_eq!(
+            state.pick_coordinator("g1").unwrap(),
+            state.pick_coordinator("g1").unwrap()
+        );
+        assert!(ClusterState::default().pick_coordinator("g").is_err());
+    }
+
+    #[test]
+    fn snapshots_round_trip_through_rkyv() {
+        let mut state = cluster(3, 2);
+        create(&mut state, "orders", 4, 2);
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&state).unwrap();
+        let back: ClusterState =
+            rkyv::from_bytes::<ClusterState, rkyv::rancor::Error>(&bytes).unwrap();
+        assert_eq!(back, state);
+    }
+}

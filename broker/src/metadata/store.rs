@@ -1,0 +1,528 @@
+//! Durable storage of the metadata Raft group: the log, the vote, and the state machine with its
+//! snapshots.
+//!
+//! Files under `<data-dir>/metadata/`:
+//! - `raft.log`: entries end to end, each `[u32 len][u32 crc32c][JSON entry]`, fsynced before an
+//!   append is acknowledged to Raft. Recovery keeps the valid prefix (a torn tail was never
+//!   acknowledged). Truncation and purging rewrite the file (tmp, fsync, rename, fsync dir), which
+//!   keeps it bounded: purging follows every snapshot.
+//! - `vote`, `purged`: JSON, replaced atomically the same way.
+//! - `snapshot`: `[8 magic][u32 meta len][JSON meta][u64 state len][rkyv ClusterState][u32 crc]`.
+//!   The same bytes are what a leader ships to a follower that needs a snapshot.
+//!
+//! This storage runs on the dedicated metadata thread, never on a data-path shard, so it uses
+//! plain blocking file I/O: an fsync there delays only metadata work.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{Cursor, Write};
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership, Vote,
+};
+use tokio::sync::watch;
+
+use super::types::{ClusterState, CommandResult, NodeId, TypeConfig};
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"SLMETA01";
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock already aborts the process (panic = abort in release).
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Writes `bytes` to `path` atomically and durably.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> std::io::Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn encode_entry(entry: &Entry<TypeConfig>, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let payload = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(())
+}
+
+/// Decodes the valid prefix of a log file; returns the entries and the length of that prefix.
+fn decode_log(bytes: &[u8]) -> (Vec<Entry<TypeConfig>>, usize) {
+    let mut entries = Vec::new();
+    let mut at = 0;
+    while bytes.len() - at >= 8 {
+        let len =
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        let crc = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
+        let Some(payload) = bytes.get(at + 8..at + 8 + len) else {
+            break;
+        };
+        if crc32c::crc32c(payload) != crc {
+            break;
+        }
+        let Ok(entry) = serde_json::from_slice::<Entry<TypeConfig>>(payload) else {
+            break;
+        };
+        entries.push(entry);
+        at += 8 + len;
+    }
+    (entries, at)
+}
+
+#[derive(Debug)]
+struct LogInner {
+    dir: PathBuf,
+    file: File,
+    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    last_purged: Option<LogId<NodeId>>,
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+}
+
+impl LogInner {
+    fn log_path(dir: &Path) -> PathBuf {
+        dir.join("raft.log")
+    }
+
+    /// Rewrites the log file from the in-memory entries.
+    fn rewrite(&mut self) -> std::io::Result<()> {
+        let mut bytes = Vec::new();
+        for entry in self.entries.values() {
+            encode_entry(entry, &mut bytes)?;
+        }
+        let path = Self::log_path(&self.dir);
+        write_atomic(&path, &bytes)?;
+        self.file = OpenOptions::new().append(true).open(&path)?;
+        Ok(())
+    }
+}
+
+/// The Raft log and vote. Cloning shares the same store (the log reader is a clone).
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    inner: Arc<Mutex<LogInner>>,
+}
+
+impl LogStore {
+    pub fn open(dir: &Path) -> std::io::Result<LogStore> {
+        std::fs::create_dir_all(dir)?;
+        let path = LogInner::log_path(dir);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let (entries, valid) = decode_log(&bytes);
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        if valid < bytes.len() {
+            tracing::warn!(path = %path.display(), cut = bytes.len() - valid, "cutting a torn metadata log tail");
+            file.set_len(valid as u64)?;
+            file.sync_all()?;
+        }
+        let last_purged: Option<LogId<NodeId>> = read_json(&dir.join("purged"))?;
+        let entries = entries
+            .into_iter()
+            .filter(|e| last_purged.is_none_or(|p| e.log_id.index > p.index))
+            .map(|e| (e.log_id.index, e))
+            .collect();
+        Ok(LogStore {
+            inner: Arc::new(Mutex::new(LogInner {
+                dir: dir.to_owned(),
+                file,
+                entries,
+                last_purged,
+                vote: read_json(&dir.join("vote"))?,
+                committed: read_json(&dir.join("committed"))?,
+            })),
+        })
+    }
+
+    /// Entries currently held (for tests of log compaction).
+    pub fn len(&self) -> usize {
+        lock(&self.inner).entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let inner = lock(&self.inner);
+        Ok(inner.entries.range(range).map(|(_, e)| e.clone()).collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let inner = lock(&self.inner);
+        let last = inner
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(inner.last_purged);
+        Ok(LogState {
+            last_purged_log_id: inner.last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        let mut inner = lock(&self.inner);
+        let bytes = serde_json::to_vec(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        write_atomic(&inner.dir.join("vote"), &bytes)
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        inner.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        Ok(lock(&self.inner).vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        let mut inner = lock(&self.inner);
+        let bytes = serde_json::to_vec(&committed).map_err(|e| StorageIOError::write(&e))?;
+        write_atomic(&inner.dir.join("committed"), &bytes)
+            .map_err(|e| StorageIOError::write(&e))?;
+        inner.committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        Ok(lock(&self.inner).committed)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut inner = lock(&self.inner);
+        let mut bytes = Vec::new();
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        for entry in &entries {
+            encode_entry(entry, &mut bytes).map_err(|e| StorageIOError::write_logs(&e))?;
+        }
+        let outcome = inner
+            .file
+            .write_all(&bytes)
+            .and_then(|()| inner.file.sync_data());
+        if let Err(error) = outcome {
+            let message = error.to_string();
+            callback.log_io_completed(Err(error));
+            return Err(StorageIOError::write_logs(&std::io::Error::other(message)).into());
+        }
+        for entry in entries {
+            inner.entries.insert(entry.log_id.index, entry);
+        }
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let mut inner = lock(&self.inner);
+        inner.entries.split_off(&log_id.index);
+        inner
+            .rewrite()
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let mut inner = lock(&self.inner);
+        let bytes = serde_json::to_vec(&log_id).map_err(|e| StorageIOError::write_logs(&e))?;
+        write_atomic(&inner.dir.join("purged"), &bytes)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        inner.last_purged = Some(log_id);
+        let kept = inner.entries.split_off(&(log_id.index + 1));
+        inner.entries = kept;
+        inner
+            .rewrite()
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct StoredSnapshotMeta {
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+}
+
+/// Encodes a snapshot file: the metadata as JSON and the state as an rkyv archive, with a CRC.
+fn encode_snapshot(
+    meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+    state: &ClusterState,
+) -> std::io::Result<Vec<u8>> {
+    let meta_json = serde_json::to_vec(&StoredSnapshotMeta { meta: meta.clone() })
+        .map_err(std::io::Error::other)?;
+    let archive = rkyv::to_bytes::<rkyv::rancor::Error>(state).map_err(std::io::Error::other)?;
+    let mut out = Vec::with_capacity(meta_json.len() + archive.len() + 32);
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&(meta_json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&meta_json);
+    out.extend_from_slice(&(archive.len() as u64).to_le_bytes());
+    out.extend_from_slice(&archive);
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+fn invalid(why: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("metadata snapshot: {why}"),
+    )
+}
+
+/// Decodes and validates a snapshot file (CRC, then rkyv's bytecheck validation).
+fn decode_snapshot(
+    bytes: &[u8],
+) -> std::io::Result<(SnapshotMeta<NodeId, openraft::BasicNode>, ClusterState)> {
+    if bytes.len() < 8 + 4 + 8 + 4 || &bytes[..8] != SNAPSHOT_MAGIC {
+        return Err(invalid("bad magic or too short"));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32c::crc32c(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+        return Err(invalid("CRC mismatch"));
+    }
+    let meta_len = u32::from_le_bytes([body[8], body[9], body[10], body[11]]) as usize;
+    let meta_end = 12usize
+        .checked_add(meta_len)
+        .filter(|&e| e + 8 <= body.len())
+        .ok_or_else(|| invalid("bad meta length"))?;
+    let meta: StoredSnapshotMeta =
+        serde_json::from_slice(&body[12..meta_end]).map_err(|e| invalid(&e.to_string()))?;
+    let mut len_bytes = [0u8; 8];
+    len_bytes.copy_from_slice(&body[meta_end..meta_end + 8]);
+    let state_len = u64::from_le_bytes(len_bytes) as usize;
+    let state_bytes = body
+        .get(meta_end + 8..meta_end + 8 + state_len)
+        .ok_or_else(|| invalid("bad state length"))?;
+    // rkyv needs an aligned buffer.
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(state_bytes.len());
+    aligned.extend_from_slice(state_bytes);
+    let state = rkyv::from_bytes::<ClusterState, rkyv::rancor::Error>(&aligned)
+        .map_err(|e| invalid(&e.to_string()))?;
+    Ok((meta.meta, state))
+}
+
+#[derive(Debug)]
+struct MachineInner {
+    dir: PathBuf,
+    state: Arc<ClusterState>,
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, openraft::BasicNode>,
+    snapshot: Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)>,
+    snapshots_built: u64,
+    published: watch::Sender<Arc<ClusterState>>,
+}
+
+/// The state machine. Every applied change is published on a watch channel, which is how the
+/// rest of the broker sees versioned metadata.
+#[derive(Debug, Clone)]
+pub struct StateMachineStore {
+    inner: Arc<Mutex<MachineInner>>,
+}
+
+impl StateMachineStore {
+    /// Opens the state machine from its last snapshot, if any.
+    pub fn open(
+        dir: &Path,
+    ) -> std::io::Result<(StateMachineStore, watch::Receiver<Arc<ClusterState>>)> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("snapshot");
+        let (state, last_applied, membership, snapshot) = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let (meta, state) = decode_snapshot(&bytes)?;
+                (
+                    state,
+                    meta.last_log_id,
+                    meta.last_membership.clone(),
+                    Some((meta, bytes)),
+                )
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+                ClusterState::default(),
+                None,
+                StoredMembership::default(),
+                None,
+            ),
+            Err(e) => return Err(e),
+        };
+        let state = Arc::new(state);
+        let (published, receiver) = watch::channel(Arc::clone(&state));
+        Ok((
+            StateMachineStore {
+                inner: Arc::new(Mutex::new(MachineInner {
+                    dir: dir.to_owned(),
+                    state,
+                    last_applied,
+                    membership,
+                    snapshot,
+                    snapshots_built: 0,
+                    published,
+                })),
+            },
+            receiver,
+        ))
+    }
+
+    /// The current applied state.
+    pub fn state(&self) -> Arc<ClusterState> {
+        Arc::clone(&lock(&self.inner).state)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let mut inner = lock(&self.inner);
+        inner.snapshots_built += 1;
+        let last = inner.last_applied;
+        let meta = SnapshotMeta {
+            last_log_id: last,
+            last_membership: inner.membership.clone(),
+            snapshot_id: format!(
+                "{}-{}-{}",
+                last.map_or(0, |l| l.leader_id.term),
+                last.map_or(0, |l| l.index),
+                inner.snapshots_built
+            ),
+        };
+        let bytes = encode_snapshot(&meta, &inner.state)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        write_atomic(&inner.dir.join("snapshot"), &bytes)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        inner.snapshot = Some((meta.clone(), bytes.clone()));
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(
+        Option<LogId<NodeId>>,
+        StoredMembership<NodeId, openraft::BasicNode>,
+    )> {
+        let inner = lock(&self.inner);
+        Ok((inner.last_applied, inner.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<CommandResult>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut inner = lock(&self.inner);
+        let mut results = Vec::new();
+        let mut state = (*inner.state).clone();
+        for entry in entries {
+            inner.last_applied = Some(entry.log_id);
+            let result = match entry.payload {
+                EntryPayload::Blank => CommandResult::Applied {
+                    version: state.version,
+                },
+                EntryPayload::Normal(command) => state.apply(&command),
+                EntryPayload::Membership(membership) => {
+                    inner.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    CommandResult::Applied {
+                        version: state.version,
+                    }
+                }
+            };
+            results.push(result);
+        }
+        if state != *inner.state {
+            let state = Arc::new(state);
+            inner.state = Arc::clone(&state);
+            inner.published.send_replace(state);
+        }
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let bytes = snapshot.into_inner();
+        let (_, state) = decode_snapshot(&bytes)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let mut inner = lock(&self.inner);
+        write_atomic(&inner.dir.join("snapshot"), &bytes)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        tracing::info!(last = ?meta.last_log_id, version = state.version, "installed a metadata snapshot");
+        let state = Arc::new(state);
+        inner.state = Arc::clone(&state);
+        inner.last_applied = meta.last_log_id;
+        inner.membership = meta.last_membership.clone();
+        inner.snapshot = Some((meta.clone(), bytes));
+        inner.published.send_replace(state);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let inner = lock(&self.inner);
+        Ok(inner.snapshot.as_ref().map(|(meta, bytes)| Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(Cursor::new(bytes.clone())),
+        }))
+    }
+}

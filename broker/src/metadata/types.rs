@@ -1,0 +1,278 @@
+//! The cluster metadata model: what the Raft group replicates, the commands that change it and
+//! the typed errors of metadata requests.
+//!
+//! Every type here is plain data: serde for the Raft log and the wire, rkyv for snapshots.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// Raft types of the metadata group.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// A broker's liveness as the controller sees it.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub enum BrokerState {
+    Alive,
+    /// Registered but not allowed to lead (reserved for controlled shutdown).
+    Fenced,
+    /// Its lease expired: it leads nothing until it heartbeats again.
+    Dead,
+}
+
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct Broker {
+    pub id: NodeId,
+    /// Native-protocol address clients connect to.
+    pub address: String,
+    /// Metadata (Raft) address.
+    pub metadata_address: String,
+    pub shards: u32,
+    pub state: BrokerState,
+}
+
+/// Durability setting of a topic's partitions, as stored in metadata.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub enum FlushSetting {
+    Always,
+    Interval { interval_ms: u64, bytes: u64 },
+    Never,
+}
+
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct TopicConfig {
+    pub segment_bytes: u64,
+    pub segment_age_ms: Option<u64>,
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
+    pub flush: FlushSetting,
+    pub message_bytes_max: u64,
+}
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        TopicConfig {
+            segment_bytes: 1 << 30,
+            segment_age_ms: Some(7 * 24 * 3600 * 1000),
+            retention_ms: Some(7 * 24 * 3600 * 1000),
+            retention_bytes: None,
+            flush: FlushSetting::Interval {
+                interval_ms: 5,
+                bytes: 4 << 20,
+            },
+            message_bytes_max: 1 << 20,
+        }
+    }
+}
+
+/// Where one replica of a partition lives.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct ReplicaPlacement {
+    pub broker: NodeId,
+    pub shard: u32,
+}
+
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct PartitionInfo {
+    pub replicas: Vec<ReplicaPlacement>,
+    /// `None` when no in-sync replica is alive (the partition is offline).
+    pub leader: Option<NodeId>,
+    pub leader_epoch: u32,
+    pub in_sync: Vec<NodeId>,
+}
+
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct Topic {
+    pub name: String,
+    pub id: u64,
+    pub replication_factor: u32,
+    pub config: TopicConfig,
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// The replicated state machine's data.
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct ClusterState {
+    /// Increases with every applied change.
+    pub version: u64,
+    pub brokers: BTreeMap<NodeId, Broker>,
+    pub topics: BTreeMap<String, Topic>,
+    /// Consumer group → coordinating (broker, shard).
+    pub coordinators: BTreeMap<String, ReplicaPlacement>,
+    pub next_topic_id: u64,
+}
+
+/// A change to the metadata, proposed by the controller and applied identically everywhere.
+/// Commands carry every decision (placement, leaders) so applying them is deterministic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    RegisterBroker {
+        id: NodeId,
+        address: String,
+        metadata_address: String,
+        shards: u32,
+    },
+    SetBrokerState {
+        id: NodeId,
+        state: BrokerState,
+    },
+    CreateTopic {
+        name: String,
+        replication_factor: u32,
+        config: TopicConfig,
+        partitions: Vec<Vec<ReplicaPlacement>>,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    AssignCoordinator {
+        group: String,
+        placement: ReplicaPlacement,
+    },
+}
+
+/// What applying a command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    Applied { version: u64 },
+    TopicCreated { version: u64, topic_id: u64 },
+    Rejected(MetadataError),
+}
+
+/// Typed errors of metadata requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MetadataError {
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidTopicName { name: String, reason: String },
+    #[error("a topic needs between 1 and {max} partitions, not {requested}")]
+    InvalidPartitionCount { requested: u32, max: u32 },
+    #[error("replication factor {requested} exceeds the {live} live brokers")]
+    ReplicationFactorTooLarge { requested: u32, live: u32 },
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    #[error("unknown broker {0}")]
+    UnknownBroker(NodeId),
+    #[error("invalid topic configuration: {0}")]
+    InvalidConfig(String),
+    #[error("this broker is not the controller; the controller is {}", controller_text(.controller))]
+    NotController {
+        /// The current controller's id and metadata address, when known.
+        controller: Option<(NodeId, String)>,
+    },
+    #[error("no live broker can coordinate groups")]
+    NoLiveBrokers,
+    #[error("metadata request failed: {0}")]
+    Unavailable(String),
+    #[error("malformed request: {0}")]
+    Malformed(String),
+}
+
+fn controller_text(controller: &Option<(NodeId, String)>) -> String {
+    match controller {
+        Some((id, address)) => format!("broker {id} at {address}"),
+        None => "not known yet (election in progress)".to_string(),
+    }
+}

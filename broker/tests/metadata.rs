@@ -1,0 +1,419 @@
+//! Integration tests of the metadata shard: real `sluice-broker` processes on 127.0.0.1, killed
+//! with SIGKILL, talking Raft over TCP.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_broker::metadata::types::BrokerState;
+use sluice_broker::metadata::{AdminClient, AdminReply, AdminRequest, ClusterView, MetadataError};
+
+const ELECTION_MS: u64 = 150;
+const LEASE_MS: u64 = 1_000;
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+struct Broker {
+    id: u64,
+    dir: PathBuf,
+    address: String,
+    peers: String,
+    snapshot_logs: u64,
+    child: Option<Child>,
+}
+
+impl Broker {
+    fn start(&mut self) {
+        assert!(self.child.is_none());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice-broker"));
+        command
+            .arg("--node-id")
+            .arg(self.id.to_string())
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .arg("--metadata-listen")
+            .arg(&self.address)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", 20_000 + self.id))
+            .arg("--shards")
+            .arg("2")
+            .arg("--election-timeout-ms")
+            .arg(ELECTION_MS.to_string())
+            .arg("--lease-ms")
+            .arg(LEASE_MS.to_string())
+            .arg("--snapshot-logs")
+            .arg(self.snapshot_logs.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if !self.peers.is_empty() {
+            command.arg("--peers").arg(&self.peers);
+        }
+        self.child = Some(command.spawn().expect("spawn sluice-broker"));
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe_sigterm(child.id());
+        child.wait().expect("wait")
+    }
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct Cluster {
+    _root: tempfile::TempDir,
+    brokers: Vec<Broker>,
+}
+
+impl Cluster {
+    fn new(size: u64, snapshot_logs: u64) -> Cluster {
+        let root = tempfile::Builder::new()
+            .prefix("meta")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("tempdir");
+        let addresses: Vec<String> = (0..size)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let peers = if size == 1 {
+            String::new()
+        } else {
+            addresses
+                .iter()
+                .enumerate()
+                .map(|(i, a)| format!("{}={a}", i + 1))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let brokers = (0..size)
+            .map(|i| Broker {
+                id: i + 1,
+                dir: root.path().join(format!("broker-{}", i + 1)),
+                address: addresses[i as usize].clone(),
+                peers: peers.clone(),
+                snapshot_logs,
+                child: None,
+            })
+            .collect();
+        let mut cluster = Cluster {
+            _root: root,
+            brokers,
+        };
+        for broker in &mut cluster.brokers {
+            broker.start();
+        }
+        cluster
+    }
+
+    fn broker(&mut self, id: u64) -> &mut Broker {
+        &mut self.brokers[id as usize - 1]
+    }
+
+    fn client(&self) -> AdminClient {
+        AdminClient::new(self.brokers.iter().map(|b| b.address.clone()).collect())
+            .with_timeout(Duration::from_secs(20))
+    }
+
+    fn describe(&self, id: u64) -> Option<ClusterView> {
+        let client = AdminClient::new(vec![]).with_timeout(Duration::from_secs(2));
+        match client.request_to_blocking(
+            &self.brokers[id as usize - 1].address,
+            AdminRequest::Describe,
+        ) {
+            Ok(AdminReply::Cluster(view)) => Some(*view),
+            _ => None,
+        }
+    }
+
+    /// Waits until every listed broker answers and agrees on one controller.
+    fn wait_for_controller(&self, among: &[u64]) -> u64 {
+        let mut found = None;
+        wait_until(
+            "a controller everyone agrees on",
+            Duration::from_secs(20),
+            || {
+                let views: Vec<Option<u64>> = among
+                    .iter()
+                    .map(|&id| self.describe(id).and_then(|v| v.controller))
+                    .collect();
+                match views.first().copied().flatten() {
+                    Some(leader)
+                        if views.iter().all(|v| *v == Some(leader)) && among.contains(&leader) =>
+                    {
+                        found = Some(leader);
+                        true
+                    }
+                    _ => false,
+                }
+            },
+        );
+        found.expect("controller")
+    }
+
+    fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        rf: u32,
+    ) -> Result<AdminReply, MetadataError> {
+        self.client().request_blocking(AdminRequest::CreateTopic {
+            name: name.into(),
+            partitions,
+            replication_factor: rf,
+            config: None,
+        })
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+#[test]
+fn single_broker_keeps_metadata_across_restart() {
+    let mut cluster = Cluster::new(1, 1_000);
+    assert_eq!(cluster.wait_for_controller(&[1]), 1);
+    wait_until("the broker registers", Duration::from_secs(10), || {
+        cluster
+            .describe(1)
+            .is_some_and(|v| v.state.brokers.contains_key(&1))
+    });
+    cluster.create_topic("orders", 8, 1).expect("create");
+    assert_eq!(
+        cluster.create_topic("orders", 8, 1).unwrap_err(),
+        MetadataError::TopicExists("orders".into())
+    );
+    assert!(matches!(
+        cluster.create_topic("a b", 1, 1),
+        Err(MetadataError::InvalidTopicName { .. })
+    ));
+    assert!(matches!(
+        cluster.create_topic("zero", 0, 1),
+        Err(MetadataError::InvalidPartitionCount { .. })
+    ));
+    assert!(matches!(
+        cluster.create_topic("wide", 1, 2),
+        Err(MetadataError::ReplicationFactorTooLarge {
+            requested: 2,
+            live: 1
+        })
+    ));
+    assert!(matches!(
+        cluster
+            .client()
+            .request_blocking(AdminRequest::DeleteTopic {
+                name: "nope".into()
+            }),
+        Err(MetadataError::UnknownTopic(_))
+    ));
+    let before = cluster.describe(1).expect("describe").state;
+    assert_eq!(before.topics["orders"].partitions.len(), 8);
+    assert!(!before.topics.contains_key("zero"), "nothing half-applied");
+
+    let status = cluster.broker(1).terminate();
+    assert!(status.success(), "SIGTERM exits 0, got {status:?}");
+    cluster.broker(1).start();
+    cluster.wait_for_controller(&[1]);
+    let after = cluster.describe(1).expect("describe").state;
+    assert_eq!(after.topics, before.topics);
+    assert!(after.version >= before.version);
+}
+
+#[test]
+fn three_brokers_replicate_fail_over_and_catch_up() {
+    let mut cluster = Cluster::new(3, 1_000);
+    let controller = cluster.wait_for_controller(&[1, 2, 3]);
+    wait_until("all brokers registered", Duration::from_secs(10), || {
+        cluster
+            .describe(controller)
+            .is_some_and(|v| v.state.brokers.len() == 3)
+    });
+    // A non-controller answers with where the controller is.
+    let follower = (1..=3).find(|&id| id != controller).expect("follower");
+    let direct = AdminClient::new(vec![]).request_to_blocking(
+        &cluster.brokers[follower as usize - 1].address,
+        AdminRequest::CreateTopic {
+            name: "direct".into(),
+            partitions: 1,
+            replication_factor: 1,
+            config: None,
+        },
+    );
+    match direct {
+        Err(MetadataError::NotController {
+            controller: Some((id, address)),
+        }) => {
+            assert_eq!(id, controller);
+            assert_eq!(address, cluster.brokers[controller as usize - 1].address);
+        }
+        other => panic!("expected NotController, got {other:?}"),
+    }
+    // Created through any broker (the client follows the redirect), visible on all three.
+    let client = AdminClient::new(vec![cluster.brokers[follower as usize - 1].address.clone()]);
+    client
+        .request_blocking(AdminRequest::CreateTopic {
+            name: "events".into(),
+            partitions: 6,
+            replication_factor: 3,
+            config: None,
+        })
+        .expect("create via follower");
+    let mut placements = Vec::new();
+    wait_until("the topic everywhere", Duration::from_secs(10), || {
+        placements = (1..=3)
+            .filter_map(|id| cluster.describe(id))
+            .filter_map(|v| v.state.topics.get("events").cloned())
+            .collect();
+        placements.len() == 3
+    });
+    assert!(
+        placements.windows(2).all(|w| w[0] == w[1]),
+        "identical placement everywhere"
+    );
+    for partition in &placements[0].partitions {
+        let mut brokers: Vec<u64> = partition.replicas.iter().map(|r| r.broker).collect();
+        brokers.sort_unstable();
+        assert_eq!(brokers, vec![1, 2, 3]);
+    }
+
+    // Kill the controller: a new one is elected and serves a topic creation.
+    let killed_at = Instant::now();
+    cluster.broker(controller).kill9();
+    let survivors: Vec<u64> = (1..=3).filter(|&id| id != controller).collect();
+    let new_controller = cluster.wait_for_controller(&survivors);
+    assert_ne!(new_controller, controller);
+    cluster
+        .create_topic("after-failover", 3, 2)
+        .expect("create after failover");
+    eprintln!(
+        "failover: new controller serving after {:?}",
+        killed_at.elapsed()
+    );
+
+    // The killed broker comes back and catches up to the same version.
+    cluster.broker(controller).start();
+    wait_until(
+        "the restarted broker catches up",
+        Duration::from_secs(20),
+        || {
+            let views: Vec<ClusterView> = (1..=3).filter_map(|id| cluster.describe(id)).collect();
+            views.len() == 3
+                && views
+                    .iter()
+                    .all(|v| v.state.topics.contains_key("after-failover"))
+                && views.windows(2).all(|w| w[0].state == w[1].state)
+        },
+    );
+}
+
+#[test]
+fn expired_lease_moves_leadership_and_heartbeat_revives() {
+    let mut cluster = Cluster::new(3, 1_000);
+    let controller = cluster.wait_for_controller(&[1, 2, 3]);
+    wait_until("all brokers registered", Duration::from_secs(10), || {
+        cluster
+            .describe(controller)
+            .is_some_and(|v| v.state.brokers.len() == 3)
+    });
+    cluster.create_topic("leases", 6, 2).expect("create");
+    let victim = (1..=3)
+        .find(|&id| id != controller)
+        .expect("non-controller");
+    let led_before = cluster.describe(controller).expect("describe").state.topics["leases"]
+        .partitions
+        .iter()
+        .filter(|p| p.leader == Some(victim))
+        .count();
+    assert!(led_before > 0, "the victim leads some partitions");
+    cluster.broker(victim).kill9();
+    wait_until(
+        "the victim marked dead with no leadership",
+        Duration::from_secs(15),
+        || {
+            cluster.describe(controller).is_some_and(|v| {
+                v.state.brokers[&victim].state == BrokerState::Dead
+                    && v.state.topics["leases"]
+                        .partitions
+                        .iter()
+                        .all(|p| p.leader.is_some() && p.leader != Some(victim))
+            })
+        },
+    );
+    cluster.broker(victim).start();
+    wait_until("the victim alive again", Duration::from_secs(15), || {
+        cluster
+            .describe(controller)
+            .is_some_and(|v| v.state.brokers[&victim].state == BrokerState::Alive)
+    });
+}
+
+#[test]
+fn snapshots_bound_the_log_and_a_fresh_follower_installs_one() {
+    let mut cluster = Cluster::new(3, 20);
+    let controller = cluster.wait_for_controller(&[1, 2, 3]);
+    wait_until("all brokers registered", Duration::from_secs(10), || {
+        cluster
+            .describe(controller)
+            .is_some_and(|v| v.state.brokers.len() == 3)
+    });
+    let fresh = (1..=3).find(|&id| id != controller).expect("follower");
+    cluster.broker(fresh).kill9();
+    let _ = std::fs::remove_dir_all(&cluster.broker(fresh).dir);
+    for i in 0..120 {
+        cluster
+            .create_topic(&format!("t{i}"), 2, 2)
+            .expect("create");
+    }
+    let view = cluster.describe(controller).expect("describe");
+    assert!(view.snapshot_index.is_some(), "snapshots were taken");
+    assert!(
+        view.log_entries < 60,
+        "the log is compacted behind snapshots: {} entries",
+        view.log_entries
+    );
+    // A follower with an empty data directory can only catch up from a snapshot.
+    cluster.broker(fresh).start();
+    wait_until(
+        "the fresh follower catches up",
+        Duration::from_secs(20),
+        || {
+            let leader = cluster.describe(controller);
+            let follower = cluster.describe(fresh);
+            matches!((leader, follower), (Some(l), Some(f)) if f.state.topics.len() == 120 && l.state.topics == f.state.topics)
+        },
+    );
+    let follower = cluster.describe(fresh).expect("describe");
+    assert!(
+        follower.snapshot_index.is_some(),
+        "the follower installed a snapshot"
+    );
+}
