@@ -20,8 +20,12 @@ struct Args {
     /// The fixed voter set as `id=host:port` metadata addresses, comma-separated, this broker
     /// included (e.g. `1=127.0.0.1:9492,2=127.0.0.1:9592,3=127.0.0.1:9692`). Without it the
     /// broker forms a cluster of one.
-    #[arg(long, value_delimiter = ',', value_parser = parse_peer)]
+    #[arg(long, value_delimiter = ',', value_parser = parse_peer, conflicts_with = "join")]
     peers: Vec<(NodeId, String)>,
+    /// Join a running cluster through these brokers' metadata addresses (comma-separated): the
+    /// controller adds this broker as a learner, and once it has caught up, as a voter.
+    #[arg(long, value_delimiter = ',')]
+    join: Vec<String>,
     /// Directory for all data: partitions and metadata.
     #[arg(long, default_value = "./sluice-data")]
     data_dir: PathBuf,
@@ -123,6 +127,7 @@ fn main() -> ExitCode {
         dir: metadata_dir,
         listen: metadata_listen,
         peers,
+        join: args.join.clone(),
         broker_address: args.listen.clone(),
         shards,
         election_timeout_ms: args.election_timeout_ms,

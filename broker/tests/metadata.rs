@@ -22,6 +22,7 @@ struct Broker {
     address: String,
     peers: String,
     snapshot_logs: u64,
+    join: Option<String>,
     child: Option<Child>,
 }
 
@@ -48,7 +49,9 @@ impl Broker {
             .arg(self.snapshot_logs.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if !self.peers.is_empty() {
+        if let Some(join) = &self.join {
+            command.arg("--join").arg(join);
+        } else if !self.peers.is_empty() {
             command.arg("--peers").arg(&self.peers);
         }
         self.child = Some(command.spawn().expect("spawn sluice-broker"));
@@ -114,6 +117,7 @@ impl Cluster {
                 address: addresses[i as usize].clone(),
                 peers: peers.clone(),
                 snapshot_logs,
+                join: None,
                 child: None,
             })
             .collect();
@@ -317,6 +321,36 @@ fn three_brokers_replicate_fail_over_and_catch_up() {
     eprintln!(
         "failover: new controller serving after {:?}",
         killed_at.elapsed()
+    );
+
+    // A fourth broker joins the running cluster: learner first, then voter.
+    let joiner_dir = cluster.brokers[0].dir.with_file_name("broker-4");
+    let joiner_address = format!("127.0.0.1:{}", free_port());
+    let join = survivors
+        .iter()
+        .map(|&id| cluster.brokers[id as usize - 1].address.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    cluster.brokers.push(Broker {
+        id: 4,
+        dir: joiner_dir,
+        address: joiner_address,
+        peers: String::new(),
+        snapshot_logs: 1_000,
+        join: Some(join),
+        child: None,
+    });
+    cluster.broker(4).start();
+    wait_until(
+        "broker 4 is a voter with the metadata",
+        Duration::from_secs(20),
+        || {
+            cluster.describe(4).is_some_and(|v| {
+                v.voters.contains(&4)
+                    && v.state.topics.contains_key("after-failover")
+                    && v.state.brokers.contains_key(&4)
+            })
+        },
     );
 
     // The killed broker comes back and catches up to the same version.

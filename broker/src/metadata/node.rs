@@ -37,6 +37,9 @@ pub struct MetadataConfig {
     pub listen: String,
     /// The fixed voter set (`--peers`), this node included; empty for a cluster of one.
     pub peers: BTreeMap<NodeId, String>,
+    /// Metadata addresses of a running cluster to join (`--join`): the node starts empty and
+    /// asks the controller to add it, first as a learner, then as a voter.
+    pub join: Vec<String>,
     /// Native-protocol address advertised to clients.
     pub broker_address: String,
     pub shards: u32,
@@ -56,6 +59,7 @@ impl MetadataConfig {
             broker_address: listen.clone(),
             listen,
             peers: BTreeMap::new(),
+            join: Vec::new(),
             shards: 1,
             election_timeout_ms: 300,
             lease_ms: 6_000,
@@ -172,13 +176,15 @@ impl MetadataNode {
                 leases: Mutex::new(Leases::default()),
             }),
         };
-        if !node
+        let initialized = node
             .inner
             .raft
             .is_initialized()
             .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?
-        {
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        if !initialized && !node.inner.config.join.is_empty() {
+            tokio::spawn(join_cluster(node.clone()));
+        } else if !initialized {
             let members: BTreeMap<NodeId, BasicNode> = if node.inner.config.peers.is_empty() {
                 BTreeMap::from([(node.id(), BasicNode::new(&node.inner.config.listen))])
             } else {
@@ -508,6 +514,29 @@ async fn controller_duties(node: MetadataNode) {
                 .await
             {
                 tracing::warn!(broker = id, %error, "could not mark broker dead");
+            }
+        }
+    }
+}
+
+/// Asks the controller of the cluster to join to add this node as a learner, then a voter,
+/// retrying until it succeeds.
+async fn join_cluster(node: MetadataNode) {
+    let config = &node.inner.config;
+    let client = AdminClient::new(config.join.clone()).with_timeout(Duration::from_secs(30));
+    loop {
+        let request = AdminRequest::AddVoter {
+            id: config.node_id,
+            metadata_address: config.listen.clone(),
+        };
+        match client.request(request).await {
+            Ok(_) => {
+                tracing::info!(node = config.node_id, "joined the cluster as a voter");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "joining the cluster failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }
