@@ -5,6 +5,7 @@
 //! and every decoder returns a typed error instead of panicking on any input.
 
 pub mod batch;
+pub mod native;
 pub mod varint;
 
 pub use batch::{

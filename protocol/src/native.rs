@@ -1,0 +1,511 @@
+//! The native protocol: length-prefixed frames whose control part is an rkyv archive and whose
+//! data part is raw record batches (the storage format, never re-encoded).
+//!
+//! Request frame (all integers little-endian; layout in `docs/protocol.md`):
+//! ```text
+//!  0  u32 frame_len        bytes after this field
+//!  4  u16 api_key
+//!  6  u16 api_version
+//!  8  u32 correlation_id
+//! 12  u32 control_len      bytes of the rkyv archive
+//! 16  ... control          rkyv archive of the API's request type
+//!     ... data             record batches (produce), laid end to end
+//! ```
+//! Response frame:
+//! ```text
+//!  0  u32 frame_len
+//!  4  u32 correlation_id
+//!  8  u16 frame_error      FrameError code; 0 when the control part is a response
+//! 10  u16 reserved
+//! 12  u32 control_len
+//! 16  ... control          rkyv archive of the API's response type
+//!     ... data             record batches (fetch)
+//! ```
+//! Responses on a connection come back in request order and carry the correlation id.
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+
+/// Bytes before the control part in both directions.
+pub const FRAME_HEADER_BYTES: usize = 16;
+
+/// API keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ApiKey {
+    ApiVersions = 0,
+    Metadata = 1,
+    CreateTopic = 2,
+    DeleteTopic = 3,
+    Produce = 4,
+    Fetch = 5,
+    ListOffsets = 6,
+}
+
+impl ApiKey {
+    pub const ALL: [ApiKey; 7] = [
+        ApiKey::ApiVersions,
+        ApiKey::Metadata,
+        ApiKey::CreateTopic,
+        ApiKey::DeleteTopic,
+        ApiKey::Produce,
+        ApiKey::Fetch,
+        ApiKey::ListOffsets,
+    ];
+
+    pub fn from_u16(value: u16) -> Option<ApiKey> {
+        ApiKey::ALL.into_iter().find(|k| *k as u16 == value)
+    }
+
+    /// Versions of each API this code speaks: (min, max).
+    pub fn versions(self) -> (u16, u16) {
+        (0, 0)
+    }
+}
+
+/// Errors about a frame as a whole (the connection stays open unless the framing is broken).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum FrameError {
+    None = 0,
+    UnsupportedApi = 1,
+    UnsupportedVersion = 2,
+    MalformedControl = 3,
+    FrameTooLarge = 4,
+    Throttled = 5,
+}
+
+impl FrameError {
+    pub fn from_u16(value: u16) -> Option<FrameError> {
+        [
+            FrameError::None,
+            FrameError::UnsupportedApi,
+            FrameError::UnsupportedVersion,
+            FrameError::MalformedControl,
+            FrameError::FrameTooLarge,
+            FrameError::Throttled,
+        ]
+        .into_iter()
+        .find(|e| *e as u16 == value)
+    }
+}
+
+/// Per-partition or per-request error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum ErrorCode {
+    None,
+    UnknownTopicOrPartition,
+    /// This broker or shard does not own the partition; refresh metadata.
+    NotLeaderOrWrongShard,
+    OffsetOutOfRange,
+    CorruptBatch,
+    BatchTooLarge,
+    InvalidBatch,
+    TopicExists,
+    InvalidTopic,
+    InvalidPartitions,
+    InvalidReplicationFactor,
+    InvalidConfig,
+    NotController,
+    Timeout,
+    /// The broker's storage failed; the broker is stopping.
+    StorageFailure,
+    Unavailable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ApiVersionsRequest {
+    pub client_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ApiRange {
+    pub key: u16,
+    pub min: u16,
+    pub max: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ApiVersionsResponse {
+    pub apis: Vec<ApiRange>,
+    pub broker_id: u64,
+    /// The shard this connection is served by.
+    pub shard: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct MetadataRequest {
+    /// `None`: all topics.
+    pub topics: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct BrokerInfo {
+    pub id: u64,
+    pub address: String,
+    /// One address per shard: connect there to reach a partition's owning shard directly.
+    pub shard_addresses: Vec<String>,
+    pub alive: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct PartitionMetadata {
+    pub partition: u32,
+    pub leader: Option<u64>,
+    pub leader_epoch: u32,
+    /// The leader's shard that owns this partition.
+    pub shard: u32,
+    pub replicas: Vec<u64>,
+    pub in_sync: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct TopicMetadata {
+    pub name: String,
+    pub error: ErrorCode,
+    pub partitions: Vec<PartitionMetadata>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct MetadataResponse {
+    pub version: u64,
+    pub controller: Option<u64>,
+    pub brokers: Vec<BrokerInfo>,
+    pub topics: Vec<TopicMetadata>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct CreateTopicRequest {
+    pub name: String,
+    pub partitions: u32,
+    pub replication_factor: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct TopicResponse {
+    pub error: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct DeleteTopicRequest {
+    pub name: String,
+}
+
+/// Acknowledgement level of a produce request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum Acks {
+    /// No response is sent.
+    None,
+    /// Durable on the leader per the partition's flush policy.
+    Leader,
+    /// All in-sync replicas (today the same as `Leader`: replication comes later).
+    All,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ProducePartition {
+    pub topic: String,
+    pub partition: u32,
+    /// Bytes of this partition's batch in the data part, in order.
+    pub batch_len: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ProduceRequest {
+    pub acks: Acks,
+    pub timeout_ms: u32,
+    pub partitions: Vec<ProducePartition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ProducePartitionResponse {
+    pub topic: String,
+    pub partition: u32,
+    pub error: ErrorCode,
+    pub base_offset: u64,
+    pub log_start: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ProduceResponse {
+    pub partitions: Vec<ProducePartitionResponse>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct FetchPartition {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub max_bytes: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct FetchRequest {
+    pub max_wait_ms: u32,
+    pub min_bytes: u32,
+    pub max_bytes: u32,
+    pub partitions: Vec<FetchPartition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct FetchPartitionResponse {
+    pub topic: String,
+    pub partition: u32,
+    pub error: ErrorCode,
+    pub high_watermark: u64,
+    pub log_start: u64,
+    /// Bytes of whole batches for this partition in the data part, in order.
+    pub bytes_len: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct FetchResponse {
+    pub partitions: Vec<FetchPartitionResponse>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum OffsetQuery {
+    Earliest,
+    Latest,
+    Timestamp(i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ListOffsetsPartition {
+    pub topic: String,
+    pub partition: u32,
+    pub query: OffsetQuery,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ListOffsetsRequest {
+    pub partitions: Vec<ListOffsetsPartition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ListOffsetsPartitionResponse {
+    pub topic: String,
+    pub partition: u32,
+    pub error: ErrorCode,
+    /// `None` when no record is at or after the timestamp.
+    pub offset: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ListOffsetsResponse {
+    pub partitions: Vec<ListOffsetsPartitionResponse>,
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameDecodeError {
+    #[error("frame of {len} bytes is shorter than its {FRAME_HEADER_BYTES}-byte header")]
+    TooShort { len: usize },
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("control part of {control} bytes runs past the {len}-byte frame")]
+    ControlOverrun { control: usize, len: usize },
+    #[error("control part does not decode: {0}")]
+    Control(String),
+}
+
+/// The fixed part of a request frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHeader {
+    pub api_key: u16,
+    pub api_version: u16,
+    pub correlation_id: u32,
+}
+
+/// A request frame split into its parts (borrowing the frame's bytes).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFrame<'a> {
+    pub header: RequestHeader,
+    pub control: &'a [u8],
+    pub data: &'a [u8],
+}
+
+/// Splits a request frame (without its leading length field, i.e. `frame_len` bytes).
+pub fn split_request(frame: &[u8]) -> Result<RequestFrame<'_>, FrameDecodeError> {
+    let (header, control, data) = split(frame)?;
+    Ok(RequestFrame {
+        header: RequestHeader {
+            api_key: u16::from_le_bytes([header[0], header[1]]),
+            api_version: u16::from_le_bytes([header[2], header[3]]),
+            correlation_id: u32::from_le_bytes([header[4], header[5], header[6], header[7]]),
+        },
+        control,
+        data,
+    })
+}
+
+/// A response frame split into its parts.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseFrame<'a> {
+    pub correlation_id: u32,
+    pub frame_error: u16,
+    pub control: &'a [u8],
+    pub data: &'a [u8],
+}
+
+/// Splits a response frame (without its leading length field).
+pub fn split_response(frame: &[u8]) -> Result<ResponseFrame<'_>, FrameDecodeError> {
+    let (header, control, data) = split(frame)?;
+    Ok(ResponseFrame {
+        correlation_id: u32::from_le_bytes([header[0], header[1], header[2], header[3]]),
+        frame_error: u16::from_le_bytes([header[4], header[5]]),
+        control,
+        data,
+    })
+}
+
+fn split(frame: &[u8]) -> Result<(&[u8], &[u8], &[u8]), FrameDecodeError> {
+    let body_start = FRAME_HEADER_BYTES - 4;
+    if frame.len() < body_start {
+        return Err(FrameDecodeError::TooShort {
+            len: frame.len() + 4,
+        });
+    }
+    let control_len = u32::from_le_bytes([frame[8], frame[9], frame[10], frame[11]]) as usize;
+    let control_end = body_start
+        .checked_add(control_len)
+        .filter(|&end| end <= frame.len())
+        .ok_or(FrameDecodeError::ControlOverrun {
+            control: control_len,
+            len: frame.len(),
+        })?;
+    Ok((
+        &frame[..8],
+        &frame[body_start..control_end],
+        &frame[control_end..],
+    ))
+}
+
+/// Encodes a control message.
+pub fn encode_control<T>(message: &T) -> AlignedVec
+where
+    T: for<'a> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<
+            AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rancor::Error,
+        >,
+    >,
+{
+    match rkyv::to_bytes::<rancor::Error>(message) {
+        Ok(bytes) => bytes,
+        // Serializing plain owned data into a growable buffer cannot fail.
+        Err(error) => panic!("rkyv serialization of a control message failed: {error}"),
+    }
+}
+
+/// Decodes (validating, then deserializing) a control message from untrusted bytes.
+pub fn decode_control<T>(bytes: &[u8]) -> Result<T, FrameDecodeError>
+where
+    T: rkyv::Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
+        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+{
+    // Archives must be aligned; frames read off a socket are not.
+    let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
+    aligned.extend_from_slice(bytes);
+    rkyv::from_bytes::<T, rancor::Error>(&aligned)
+        .map_err(|e| FrameDecodeError::Control(e.to_string()))
+}
+
+/// Builds a request frame: header, control, then `data` parts.
+pub fn encode_request(
+    api_key: ApiKey,
+    api_version: u16,
+    correlation_id: u32,
+    control: &[u8],
+    data_len: usize,
+) -> Vec<u8> {
+    let frame_len = FRAME_HEADER_BYTES - 4 + control.len() + data_len;
+    let mut out = Vec::with_capacity(4 + frame_len);
+    out.extend_from_slice(&(frame_len as u32).to_le_bytes());
+    out.extend_from_slice(&(api_key as u16).to_le_bytes());
+    out.extend_from_slice(&api_version.to_le_bytes());
+    out.extend_from_slice(&correlation_id.to_le_bytes());
+    out.extend_from_slice(&(control.len() as u32).to_le_bytes());
+    out.extend_from_slice(control);
+    out
+}
+
+/// Builds the head of a response frame (header and control); `data_len` bytes follow it.
+pub fn encode_response_head(
+    correlation_id: u32,
+    frame_error: FrameError,
+    control: &[u8],
+    data_len: usize,
+) -> Vec<u8> {
+    let frame_len = FRAME_HEADER_BYTES - 4 + control.len() + data_len;
+    let mut out = Vec::with_capacity(4 + FRAME_HEADER_BYTES + control.len());
+    out.extend_from_slice(&(frame_len as u32).to_le_bytes());
+    out.extend_from_slice(&correlation_id.to_le_bytes());
+    out.extend_from_slice(&(frame_error as u16).to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&(control.len() as u32).to_le_bytes());
+    out.extend_from_slice(control);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn produce_request_round_trips() {
+        let request = ProduceRequest {
+            acks: Acks::Leader,
+            timeout_ms: 500,
+            partitions: vec![ProducePartition {
+                topic: "orders".into(),
+                partition: 3,
+                batch_len: 5,
+            }],
+        };
+        let control = encode_control(&request);
+        let mut frame = encode_request(ApiKey::Produce, 0, 77, &control, 5);
+        frame.extend_from_slice(b"hello");
+        let parsed = split_request(&frame[4..]).unwrap();
+        assert_eq!(
+            parsed.header,
+            RequestHeader {
+                api_key: ApiKey::Produce as u16,
+                api_version: 0,
+                correlation_id: 77
+            }
+        );
+        assert_eq!(parsed.data, b"hello");
+        assert_eq!(
+            decode_control::<ProduceRequest>(parsed.control).unwrap(),
+            request
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_frames_never_panic(bytes: Vec<u8>) {
+            if let Ok(frame) = split_request(&bytes) {
+                let _ = decode_control::<ProduceRequest>(frame.control);
+                let _ = decode_control::<FetchRequest>(frame.control);
+                let _ = decode_control::<MetadataRequest>(frame.control);
+                let _ = decode_control::<ListOffsetsRequest>(frame.control);
+            }
+            let _ = split_response(&bytes);
+        }
+
+        #[test]
+        fn corrupted_control_is_an_error_not_a_panic(flip in 0usize..200, bit in 0u8..8) {
+            let request = FetchRequest { max_wait_ms: 5, min_bytes: 1, max_bytes: 1 << 20,
+                partitions: vec![FetchPartition { topic: "t".into(), partition: 0, offset: 9, max_bytes: 100 }] };
+            let mut control = encode_control(&request).to_vec();
+            let at = flip % control.len();
+            control[at] ^= 1 << bit;
+            let _ = decode_control::<FetchRequest>(&control);
+        }
+    }
+}
