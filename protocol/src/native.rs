@@ -360,7 +360,10 @@ pub fn split_response(frame: &[u8]) -> Result<ResponseFrame<'_>, FrameDecodeErro
     })
 }
 
-fn split(frame: &[u8]) -> Result<(&[u8], &[u8], &[u8]), FrameDecodeError> {
+/// Header bytes after the length field, the control part, and the data part of a frame.
+type FrameParts<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+fn split(frame: &[u8]) -> Result<FrameParts<'_>, FrameDecodeError> {
     let body_start = FRAME_HEADER_BYTES - 4;
     if frame.len() < body_start {
         return Err(FrameDecodeError::TooShort {
