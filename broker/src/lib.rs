@@ -9,5 +9,6 @@
 pub mod limits;
 pub mod metadata;
 pub mod notify;
+pub mod server;
 pub mod shard;
 pub mod storage;

@@ -31,3 +31,19 @@ pub const METADATA_FRAME_BYTES_MAX: usize = 256 << 20;
 
 /// Connections the metadata listener serves at once.
 pub const METADATA_CONNECTIONS_MAX: usize = 256;
+
+/// Largest native-protocol frame: one produce request of maximal batches plus its control part.
+pub const FRAME_BYTES_MAX: usize = BATCH_BYTES_MAX + (1 << 20);
+
+/// Requests in flight on one connection (read but not yet answered). The reader stops reading
+/// the socket beyond it: that is the per-connection backpressure.
+pub const IN_FLIGHT_REQUESTS_MAX: usize = 32;
+
+/// Bytes of request frames being handled on one shard at once, across its connections.
+pub const SHARD_BUFFERED_BYTES_MAX: u64 = 512 << 20;
+
+/// Connections one shard serves at once; more wait in the listen backlog.
+pub const CONNECTIONS_PER_SHARD_MAX: usize = 4096;
+
+/// Admin requests queued from the shards to the metadata thread.
+pub const ADMIN_QUEUE_MAX: usize = 1024;

@@ -1,15 +1,23 @@
 //! `sluice-broker`: starts one broker.
 //!
-//! Today a broker runs its metadata node: the Raft member that replicates cluster metadata, the
-//! controller duties when it leads, and its own registration and heartbeats. The data-path
-//! shards serving the native protocol arrive with the broker issue.
+//! Start-up order: the shards first (one pinned glommio executor per core; each binds the main
+//! address and its own port), then the metadata node on this thread's current-thread tokio
+//! runtime, registering the broker with its shard addresses. The metadata thread forwards every
+//! applied metadata version to the shards and serves their admin requests. SIGTERM or SIGINT:
+//! shards stop accepting, finish in-flight requests, flush and close their logs; exit 0. A shard
+//! whose storage fails stops the whole process (exit 1) rather than leaving the others serving.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use clap::Parser;
-use sluice_broker::metadata::{MetadataConfig, MetadataNode, NodeId};
+use sluice_broker::limits::ADMIN_QUEUE_MAX;
+use sluice_broker::metadata::{AdminClient, ClusterState, MetadataConfig, MetadataNode, NodeId};
+use sluice_broker::server::shard::Shards;
+use sluice_broker::server::{AdminCall, MetadataLink, Mode, ShardConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "sluice-broker", version, about = "The Sluice message broker")]
@@ -29,14 +37,18 @@ struct Args {
     /// Directory for all data: partitions and metadata.
     #[arg(long, default_value = "./sluice-data")]
     data_dir: PathBuf,
-    /// Native-protocol address advertised to clients in the metadata.
+    /// Native-protocol address: every shard accepts connections here.
     #[arg(long, default_value = "127.0.0.1:9490")]
     listen: String,
+    /// `throughput`: group commit over each topic's flush window, large buffers.
+    /// `latency`: flush as soon as data arrives, small buffers.
+    #[arg(long, value_enum, default_value = "throughput")]
+    mode: Mode,
     /// Address of the metadata port (Raft traffic and admin requests). Defaults to this
     /// broker's entry in --peers, else 127.0.0.1:9492.
     #[arg(long)]
     metadata_listen: Option<String>,
-    /// Shards (cores) this broker offers for partitions; default: the cores available.
+    /// Shards (pinned executors, one per core) serving partitions; default: the cores available.
     #[arg(long)]
     shards: Option<u32>,
     /// Lower bound of the Raft election timeout in milliseconds (the upper bound is twice it).
@@ -127,16 +139,55 @@ fn main() -> ExitCode {
         dir: metadata_dir,
         listen: metadata_listen,
         peers,
-        join: args.join.clone(),
         broker_address: args.listen.clone(),
         shards,
+        shard_addresses: Vec::new(),
+        join: args.join.clone(),
         election_timeout_ms: args.election_timeout_ms,
         lease_ms: args.lease_ms,
         snapshot_logs: args.snapshot_logs,
     };
 
-    // The metadata node runs on this thread's current-thread runtime; data-path shards will run
-    // on their own pinned threads.
+    let (state_tx, state_rx) = tokio::sync::watch::channel(Arc::new(ClusterState::default()));
+    let (admin_tx, admin_rx) = flume::bounded::<AdminCall>(ADMIN_QUEUE_MAX);
+    let shard_config = ShardConfig {
+        node_id: args.node_id,
+        data_dir: args.data_dir.clone(),
+        listen: args.listen.clone(),
+        mode: args.mode,
+    };
+    let shards = match Shards::start(
+        shard_config,
+        shards,
+        MetadataLink {
+            state: state_rx,
+            admin: admin_tx,
+        },
+    ) {
+        Ok(shards) => shards,
+        Err(error) => return fail(error),
+    };
+    let mut config = config;
+    config.shard_addresses = shards.addresses.clone();
+    let (stopper, threads) = shards.split();
+    // A shard thread that ends on its own has failed: stop the whole process.
+    let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let watchers: Vec<std::thread::JoinHandle<()>> = threads
+        .into_iter()
+        .enumerate()
+        .map(|(shard, thread)| {
+            let failed_tx = failed_tx.clone();
+            std::thread::spawn(move || {
+                let outcome = thread
+                    .join()
+                    .map_err(|e| format!("shard {shard} panicked: {e}"))
+                    .and_then(|r| r);
+                let _ = failed_tx.send(outcome.err().unwrap_or_default());
+            })
+        })
+        .collect();
+    drop(failed_tx);
+
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -144,25 +195,68 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return fail(format_args!("cannot start the metadata runtime: {error}")),
     };
-    runtime.block_on(async move {
+    let mut bootstrap = vec![config.listen.clone()];
+    bootstrap.extend(config.peers.values().chain(&config.join).cloned());
+    let outcome = runtime.block_on(async move {
         let node = match MetadataNode::start(config).await {
             Ok(node) => node,
-            Err(error) => return fail(error),
+            Err(error) => return Err(error.to_string()),
         };
+        // Every applied metadata version goes to the shards.
+        let mut applied = node.state();
+        tokio::spawn(async move {
+            loop {
+                let current = applied.borrow_and_update().clone();
+                state_tx.send_replace(current);
+                if applied.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        // Shards' admin requests go to the controller, wherever it is.
+        let client = AdminClient::new(bootstrap);
+        tokio::spawn(async move {
+            while let Ok(call) = admin_rx.recv_async().await {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let _ = call.reply.send(client.request(call.request).await);
+                });
+            }
+        });
         tracing::info!(node = node.id(), "broker started");
         let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(error) => {
-                    return fail(format_args!("cannot install the SIGTERM handler: {error}"))
-                }
-            };
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
+        let failure = tokio::select! {
+            _ = terminate.recv() => None,
+            _ = tokio::signal::ctrl_c() => None,
+            failure = failed_rx.recv() => Some(failure.unwrap_or_default()),
+        };
+        if let Some(failure) = failure {
+            return Err(format!("stopping: {failure}"));
         }
         tracing::info!("shutting down");
+        stopper.stop();
+        // Shards finish in-flight requests and flush; the metadata node keeps running meanwhile.
+        while let Some(failure) = failed_rx.recv().await {
+            if !failure.is_empty() {
+                node.shutdown().await;
+                return Err(failure);
+            }
+        }
         node.shutdown().await;
-        ExitCode::SUCCESS
-    })
+        Ok(())
+    });
+    match outcome {
+        Ok(()) => {
+            for watcher in watchers {
+                let _ = watcher.join();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("sluice-broker: {error}");
+            ExitCode::from(1)
+        }
+    }
 }

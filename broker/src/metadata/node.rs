@@ -43,6 +43,8 @@ pub struct MetadataConfig {
     /// Native-protocol address advertised to clients.
     pub broker_address: String,
     pub shards: u32,
+    /// Native-protocol address of each shard.
+    pub shard_addresses: Vec<String>,
     /// Lower bound of the randomized election timeout; the upper bound is twice it.
     pub election_timeout_ms: u64,
     /// How long a broker stays alive without a heartbeat.
@@ -61,6 +63,7 @@ impl MetadataConfig {
             peers: BTreeMap::new(),
             join: Vec::new(),
             shards: 1,
+            shard_addresses: Vec::new(),
             election_timeout_ms: 300,
             lease_ms: 6_000,
             snapshot_logs: 1_000,
@@ -324,6 +327,7 @@ impl MetadataNode {
                 address,
                 metadata_address,
                 shards,
+                shard_addresses,
             } => {
                 self.require_controller()?;
                 self.touch_lease(id);
@@ -332,6 +336,7 @@ impl MetadataNode {
                     b.address == address
                         && b.metadata_address == metadata_address
                         && b.shards == shards
+                        && b.shard_addresses == shard_addresses
                         && b.state == BrokerState::Alive
                 });
                 if unchanged {
@@ -344,6 +349,7 @@ impl MetadataNode {
                     address,
                     metadata_address,
                     shards,
+                    shard_addresses,
                 })
                 .await
             }
@@ -559,6 +565,7 @@ async fn register_and_heartbeat(node: MetadataNode) {
         address: config.broker_address.clone(),
         metadata_address: config.listen.clone(),
         shards: config.shards,
+        shard_addresses: config.shard_addresses.clone(),
     };
     let interval = Duration::from_millis((config.lease_ms / 4).max(50));
     let mut registered = false;

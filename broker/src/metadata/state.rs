@@ -175,6 +175,7 @@ impl ClusterState {
                 address,
                 metadata_address,
                 shards,
+                shard_addresses,
             } => {
                 let was_alive = self
                     .brokers
@@ -187,6 +188,7 @@ impl ClusterState {
                         address: address.clone(),
                         metadata_address: metadata_address.clone(),
                         shards: *shards,
+                        shard_addresses: shard_addresses.clone(),
                         state: BrokerState::Alive,
                     },
                 );
@@ -351,6 +353,7 @@ mod tests {
                 address: format!("127.0.0.1:{}", 9000 + id),
                 metadata_address: format!("127.0.0.1:{}", 9100 + id),
                 shards,
+                shard_addresses: Vec::new(),
             });
         }
         state

@@ -63,6 +63,8 @@ pub struct Broker {
     /// Metadata (Raft) address.
     pub metadata_address: String,
     pub shards: u32,
+    /// One native-protocol address per shard, for clients that connect to the owning shard.
+    pub shard_addresses: Vec<String>,
     pub state: BrokerState,
 }
 
@@ -212,6 +214,7 @@ pub enum Command {
         address: String,
         metadata_address: String,
         shards: u32,
+        shard_addresses: Vec<String>,
     },
     SetBrokerState {
         id: NodeId,

@@ -40,6 +40,7 @@ pub enum AdminRequest {
         address: String,
         metadata_address: String,
         shards: u32,
+        shard_addresses: Vec<String>,
     },
     Heartbeat {
         id: NodeId,

@@ -1,0 +1,71 @@
+//! The data plane: thread-per-core shards serving the native protocol.
+//!
+//! Each shard is a glommio executor pinned to a core. It accepts connections on the broker's main
+//! address (every shard listens there with SO_REUSEPORT, so the kernel spreads connections) and
+//! on its own address (advertised in the metadata, so shard-aware clients connect straight to the
+//! shard that owns a partition). A shard opens and serves the logs of the partitions the metadata
+//! places on it; nothing else touches them. Requests for a partition owned by another shard of
+//! this broker are answered with `NotLeaderOrWrongShard` and the owning shard's address is in
+//! the metadata (see `ARCHITECTURE.md`).
+//!
+//! Shards see cluster metadata through a tokio `watch` channel fed by the metadata thread, and
+//! send the requests that need the controller (create and delete topic) to that thread over a
+//! bounded flume channel.
+
+pub mod connection;
+pub mod partitions;
+pub mod shard;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::metadata::{AdminReply, AdminRequest, ClusterState, MetadataError, NodeId};
+
+/// How the broker trades latency for throughput.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Group commit over the topic's flush window; large buffers.
+    Throughput,
+    /// Flush as soon as data arrives (group commit with no window); latency-sensitive queues.
+    Latency,
+}
+
+/// Settings every shard of a broker shares.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    /// The main native-protocol address (all shards accept here).
+    pub listen: String,
+    pub mode: Mode,
+}
+
+/// A request from a shard to the metadata thread, with where to send the answer.
+#[derive(Debug)]
+pub struct AdminCall {
+    pub request: AdminRequest,
+    pub reply: flume::Sender<Result<AdminReply, MetadataError>>,
+}
+
+/// What a shard needs from the metadata thread.
+#[derive(Debug, Clone)]
+pub struct MetadataLink {
+    pub state: watch::Receiver<Arc<ClusterState>>,
+    pub admin: flume::Sender<AdminCall>,
+}
+
+impl MetadataLink {
+    /// Sends an admin request to the metadata thread and waits for the answer.
+    pub async fn call(&self, request: AdminRequest) -> Result<AdminReply, MetadataError> {
+        let (reply, answer) = flume::bounded(1);
+        self.admin
+            .send_async(AdminCall { request, reply })
+            .await
+            .map_err(|_| MetadataError::Unavailable("the metadata thread stopped".into()))?;
+        answer.recv_async().await.map_err(|_| {
+            MetadataError::Unavailable("the metadata thread dropped the request".into())
+        })?
+    }
+}

@@ -1,0 +1,196 @@
+//! A shard's partitions: which logs it owns, opened and closed as the metadata changes.
+//!
+//! Partition directories live under `<data-dir>/topics/` and are named
+//! `{topic}-{partition}@{topic_id}`, so a topic deleted and created again never reuses old data.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Mode, ShardConfig};
+use crate::metadata::types::{FlushSetting, TopicConfig};
+use crate::metadata::{ClusterState, NodeId};
+use crate::storage::{FlushPolicy, LogConfig, PartitionLog, StorageError};
+
+/// One partition this shard holds a replica of.
+#[derive(Debug, Clone)]
+pub struct OwnedPartition {
+    pub topic_id: u64,
+    pub log: PartitionLog,
+    /// Whether this broker leads the partition (only the leader serves produce and fetch).
+    pub leader: bool,
+    pub leader_epoch: u32,
+}
+
+#[derive(Debug)]
+pub struct Partitions {
+    config: ShardConfig,
+    shard: u32,
+    owned: RefCell<HashMap<(String, u32), OwnedPartition>>,
+}
+
+/// The log configuration of a topic's partition on this broker.
+pub fn log_config(topic: &TopicConfig, mode: Mode) -> LogConfig {
+    let flush = match (mode, topic.flush) {
+        (_, FlushSetting::Never) => FlushPolicy::Never,
+        (Mode::Latency, _) | (_, FlushSetting::Always) => FlushPolicy::Always,
+        (Mode::Throughput, FlushSetting::Interval { interval_ms, bytes }) => {
+            FlushPolicy::Interval {
+                interval: Duration::from_millis(interval_ms.max(1)),
+                bytes: bytes.max(1),
+            }
+        }
+    };
+    let batch_bytes_max = topic.message_bytes_max as usize;
+    LogConfig {
+        segment_bytes_max: topic.segment_bytes,
+        segment_age_max: topic.segment_age_ms.map(Duration::from_millis),
+        retention_ms: topic.retention_ms.map(Duration::from_millis),
+        retention_bytes: topic.retention_bytes,
+        flush,
+        batch_bytes_max,
+        write_buffer_bytes: match mode {
+            Mode::Throughput => (8 << 20).max(2 * batch_bytes_max + 4096),
+            Mode::Latency => (2 << 20).max(2 * batch_bytes_max + 4096),
+        },
+        ..LogConfig::default()
+    }
+}
+
+impl Partitions {
+    pub fn new(config: ShardConfig, shard: u32) -> Partitions {
+        Partitions {
+            config,
+            shard,
+            owned: RefCell::new(HashMap::new()),
+        }
+    }
+
+    pub fn get(&self, topic: &str, partition: u32) -> Option<OwnedPartition> {
+        self.owned
+            .borrow()
+            .get(&(topic.to_string(), partition))
+            .cloned()
+    }
+
+    fn dir(&self, topic: &str, partition: u32, topic_id: u64) -> PathBuf {
+        self.config
+            .data_dir
+            .join("topics")
+            .join(format!("{topic}-{partition}@{topic_id}"))
+    }
+
+    /// Opens logs for partitions newly placed on this shard, updates leadership, and closes and
+    /// deletes the logs of deleted topics. An error opening a log is an environment failure.
+    pub async fn reconcile(&self, state: &Arc<ClusterState>) -> Result<(), StorageError> {
+        let me: NodeId = self.config.node_id;
+        let mut wanted: HashMap<(String, u32), (u64, bool, u32, &TopicConfig)> = HashMap::new();
+        for topic in state.topics.values() {
+            for (index, partition) in topic.partitions.iter().enumerate() {
+                if partition
+                    .replicas
+                    .iter()
+                    .any(|r| r.broker == me && r.shard == self.shard)
+                {
+                    wanted.insert(
+                        (topic.name.clone(), index as u32),
+                        (
+                            topic.id,
+                            partition.leader == Some(me),
+                            partition.leader_epoch,
+                            &topic.config,
+                        ),
+                    );
+                }
+            }
+        }
+        // Close logs whose partition is gone (topic deleted) or was recreated with another id.
+        let stale: Vec<((String, u32), OwnedPartition)> = self
+            .owned
+            .borrow()
+            .iter()
+            .filter(|(key, owned)| wanted.get(*key).is_none_or(|w| w.0 != owned.topic_id))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (key, owned) in stale {
+            self.owned.borrow_mut().remove(&key);
+            owned.log.close().await?;
+            let dir = owned.log.dir().to_owned();
+            let removed = glommio::executor()
+                .spawn_blocking(move || std::fs::remove_dir_all(&dir))
+                .await;
+            if let Err(error) = removed {
+                tracing::warn!(%error, topic = %key.0, partition = key.1, "could not remove a deleted partition");
+            }
+        }
+        for ((topic, partition), (topic_id, leader, epoch, config)) in wanted {
+            let key = (topic.clone(), partition);
+            let existing = self.owned.borrow().get(&key).cloned();
+            match existing {
+                Some(mut owned) => {
+                    owned.leader = leader;
+                    owned.leader_epoch = epoch;
+                    self.owned.borrow_mut().insert(key, owned);
+                }
+                None => {
+                    let (log, report) = PartitionLog::open(
+                        self.dir(&topic, partition, topic_id),
+                        log_config(config, self.config.mode),
+                    )
+                    .await?;
+                    if report.tail.truncated_bytes > 0 {
+                        tracing::warn!(%topic, partition, cut = report.tail.truncated_bytes, "recovered a torn log tail");
+                    }
+                    self.owned.borrow_mut().insert(
+                        key,
+                        OwnedPartition {
+                            topic_id,
+                            log,
+                            leader,
+                            leader_epoch: epoch,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes and closes every log (graceful shutdown).
+    pub async fn close_all(&self) -> Result<(), StorageError> {
+        let logs: Vec<PartitionLog> = self
+            .owned
+            .borrow_mut()
+            .drain()
+            .map(|(_, o)| o.log)
+            .collect();
+        for log in logs {
+            log.close().await?;
+        }
+        Ok(())
+    }
+
+    /// Applies retention to every owned log.
+    pub async fn enforce_retention(&self) -> Result<(), StorageError> {
+        let logs: Vec<PartitionLog> = self
+            .owned
+            .borrow()
+            .values()
+            .map(|o| o.log.clone())
+            .collect();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for log in logs {
+            log.enforce_retention(now_ms).await?;
+            glommio::yield_if_needed().await;
+        }
+        Ok(())
+    }
+}
+
+/// Shared handle to a shard's partitions.
+pub type SharedPartitions = Rc<Partitions>;

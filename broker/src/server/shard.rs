@@ -1,0 +1,265 @@
+//! Starting, running and stopping the shards: one pinned glommio executor each.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::FutureExt;
+use glommio::net::TcpListener;
+use glommio::sync::Semaphore;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use super::connection::{serve, ShardContext};
+use super::partitions::Partitions;
+use super::{MetadataLink, ShardConfig};
+use crate::limits::{CONNECTIONS_PER_SHARD_MAX, SHARD_BUFFERED_BYTES_MAX};
+use crate::notify::Notify;
+
+/// How often each shard applies retention to its logs.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a stopping shard waits for its connections to finish in-flight requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The running shards of a broker.
+#[derive(Debug)]
+pub struct Shards {
+    /// Each shard's own native-protocol address, by shard index.
+    pub addresses: Vec<String>,
+    stops: Vec<flume::Sender<()>>,
+    threads: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>,
+}
+
+impl Shards {
+    /// Starts `count` shards, pinned to cores round-robin, each listening on the main address
+    /// and on its own port (same host, port chosen by the OS).
+    pub fn start(config: ShardConfig, count: u32, link: MetadataLink) -> Result<Shards, String> {
+        let main: SocketAddr = config
+            .listen
+            .parse()
+            .map_err(|e| format!("--listen {:?} is not host:port: {e}", config.listen))?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut shards = Shards {
+            addresses: Vec::new(),
+            stops: Vec::new(),
+            threads: Vec::new(),
+        };
+        for shard in 0..count {
+            let (address_tx, address_rx) = std::sync::mpsc::channel::<Result<String, String>>();
+            let (stop_tx, stop_rx) = flume::bounded::<()>(1);
+            let config = config.clone();
+            let link = link.clone();
+            let thread =
+                LocalExecutorBuilder::new(Placement::Fixed(shard as usize % cpus))
+                    .name(&format!("shard-{shard}"))
+                    .preempt_timer(Duration::from_millis(1))
+                    .spawn(move || async move {
+                        run(config, shard, main, link, address_tx, stop_rx).await
+                    })
+                    .map_err(|e| format!("cannot start shard {shard}: {e}"))?;
+            let address = address_rx
+                .recv()
+                .map_err(|_| format!("shard {shard} stopped during start-up"))??;
+            shards.addresses.push(address);
+            shards.stops.push(stop_tx);
+            shards.threads.push(thread);
+        }
+        Ok(shards)
+    }
+
+    /// Asks every shard to stop: stop accepting, finish in-flight requests, flush and close logs.
+    pub fn stop(&self) {
+        for stop in &self.stops {
+            let _ = stop.try_send(());
+        }
+    }
+
+    /// Waits for every shard thread; the first error wins.
+    pub fn join(self) -> Result<(), String> {
+        let mut outcome = Ok(());
+        for (shard, thread) in self.threads.into_iter().enumerate() {
+            let result = thread
+                .join()
+                .map_err(|e| format!("shard {shard} panicked: {e}"))
+                .and_then(|r| r);
+            if outcome.is_ok() {
+                outcome = result;
+            }
+        }
+        outcome
+    }
+
+    /// Takes the join handles out, so a supervisor can watch them while `stop` stays usable.
+    pub fn split(
+        self,
+    ) -> (
+        ShardStopper,
+        Vec<glommio::ExecutorJoinHandle<Result<(), String>>>,
+    ) {
+        (ShardStopper { stops: self.stops }, self.threads)
+    }
+}
+
+/// Stops shards whose threads are watched elsewhere.
+#[derive(Debug, Clone)]
+pub struct ShardStopper {
+    stops: Vec<flume::Sender<()>>,
+}
+
+impl ShardStopper {
+    pub fn stop(&self) {
+        for stop in &self.stops {
+            let _ = stop.try_send(());
+        }
+    }
+}
+
+async fn run(
+    config: ShardConfig,
+    shard: u32,
+    main: SocketAddr,
+    link: MetadataLink,
+    address_tx: std::sync::mpsc::Sender<Result<String, String>>,
+    stop_rx: flume::Receiver<()>,
+) -> Result<(), String> {
+    let topics_dir = config.data_dir.join("topics");
+    let started = async {
+        crate::shard::prime_dma_io(&topics_dir)
+            .await
+            .map_err(|e| e.to_string())?;
+        let main_listener =
+            TcpListener::bind(main).map_err(|e| format!("cannot listen on {main}: {e}"))?;
+        let own_listener = TcpListener::bind(SocketAddr::new(main.ip(), 0))
+            .map_err(|e| format!("cannot listen on {}: {e}", main.ip()))?;
+        let own = own_listener.local_addr().map_err(|e| e.to_string())?;
+        Ok::<_, String>((main_listener, own_listener, own))
+    }
+    .await;
+    let (main_listener, own_listener, own) = match started {
+        Ok(started) => started,
+        Err(error) => {
+            let _ = address_tx.send(Err(error.clone()));
+            return Err(error);
+        }
+    };
+    let _ = address_tx.send(Ok(own.to_string()));
+
+    let partitions = Rc::new(Partitions::new(config.clone(), shard));
+    let ctx = Rc::new(ShardContext {
+        node_id: config.node_id,
+        shard,
+        partitions: Rc::clone(&partitions),
+        link: link.clone(),
+        buffered: Rc::new(Semaphore::new(SHARD_BUFFERED_BYTES_MAX)),
+        stop: Notify::new(),
+        storage_failed: Notify::new(),
+    });
+
+    // Follow the metadata: open and close this shard's partitions.
+    let failure: Rc<Cell<Option<String>>> = Rc::new(Cell::new(None));
+    let reconcile = {
+        let ctx = Rc::clone(&ctx);
+        let failure = Rc::clone(&failure);
+        let mut state = link.state.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let current = state.borrow_and_update().clone();
+                if let Err(error) = ctx.partitions.reconcile(&current).await {
+                    failure.set(Some(format!("shard {shard}: {error}")));
+                    ctx.storage_failed.notify();
+                    return;
+                }
+                if state.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .detach()
+    };
+    let retention = {
+        let ctx = Rc::clone(&ctx);
+        let failure = Rc::clone(&failure);
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(RETENTION_INTERVAL).await;
+                if let Err(error) = ctx.partitions.enforce_retention().await {
+                    if error.is_environmental() {
+                        failure.set(Some(format!("shard {shard}: retention: {error}")));
+                        ctx.storage_failed.notify();
+                        return;
+                    }
+                }
+            }
+        })
+        .detach()
+    };
+
+    let connections = Rc::new(Semaphore::new(CONNECTIONS_PER_SHARD_MAX as u64));
+    let accept = |listener: TcpListener| {
+        let ctx = Rc::clone(&ctx);
+        let connections = Rc::clone(&connections);
+        glommio::spawn_local(async move {
+            loop {
+                let Ok(permit) = connections.acquire_static_permit(1).await else {
+                    return;
+                };
+                let stop = ctx.stop.listen();
+                let accepted = async { Some(listener.accept().await) }.or(async {
+                    stop.await;
+                    None
+                });
+                match accepted.await {
+                    None => return,
+                    Some(Ok(stream)) => {
+                        let ctx = Rc::clone(&ctx);
+                        glommio::spawn_local(async move {
+                            serve(ctx, stream).await;
+                            drop(permit);
+                        })
+                        .detach();
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, shard, "accept failed");
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        })
+        .detach()
+    };
+    let accept_main = accept(main_listener);
+    let accept_own = accept(own_listener);
+
+    // Run until asked to stop or until storage fails.
+    let storage_failed = ctx.storage_failed.listen();
+    async {
+        let _ = stop_rx.recv_async().await;
+    }
+    .or(storage_failed)
+    .await;
+    ctx.stop.notify();
+    let _ = accept_main.await;
+    let _ = accept_own.await;
+    // Wait for connections to finish what they have in flight.
+    let drained = async {
+        let _ = connections.acquire(CONNECTIONS_PER_SHARD_MAX as u64).await;
+        true
+    }
+    .or(async {
+        glommio::timer::sleep(DRAIN_TIMEOUT).await;
+        false
+    })
+    .await;
+    if !drained {
+        tracing::warn!(shard, "connections still busy after the drain timeout");
+    }
+    reconcile.cancel();
+    retention.cancel();
+    if let Some(error) = failure.take() {
+        return Err(error);
+    }
+    partitions
+        .close_all()
+        .await
+        .map_err(|e| format!("shard {shard}: closing logs: {e}"))
+}

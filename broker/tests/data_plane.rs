@@ -1,0 +1,600 @@
+//! Integration tests of the broker's data plane: a real `sluice-broker` process, real TCP, the
+//! native protocol spoken by a minimal synchronous client defined here.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_protocol::batch::BatchHeader;
+use sluice_protocol::native::{
+    decode_control, encode_control, encode_request, split_response, Acks, ApiKey,
+    CreateTopicRequest, ErrorCode, FetchPartition, FetchRequest, FetchResponse, FrameError,
+    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, OffsetQuery, ProducePartition, ProduceRequest, ProduceResponse,
+    TopicResponse,
+};
+use sluice_protocol::{BatchBuilder, BatchIter, BatchOptions, RecordIter, BATCH_HEADER_BYTES};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Broker {
+    dir: tempfile::TempDir,
+    listen: String,
+    metadata: String,
+    child: Option<Child>,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let dir = tempfile::Builder::new()
+            .prefix("dataplane")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap();
+        let mut broker = Broker {
+            dir,
+            listen: format!("127.0.0.1:{}", free_port()),
+            metadata: format!("127.0.0.1:{}", free_port()),
+            child: None,
+        };
+        broker.spawn();
+        broker
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice-broker"))
+            .args(["--data-dir", self.dir.path().to_str().unwrap()])
+            .args([
+                "--listen",
+                &self.listen,
+                "--metadata-listen",
+                &self.metadata,
+            ])
+            .args(["--shards", "2", "--election-timeout-ms", "100"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut client) = Client::connect(&self.listen) {
+                let (error, meta): (u16, Option<MetadataResponse>) =
+                    client.call(ApiKey::Metadata, &MetadataRequest { topics: None }, &[]);
+                if error == 0
+                    && meta.is_some_and(|m| m.brokers.iter().any(|b| b.shard_addresses.len() == 2))
+                {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "broker did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+struct Client {
+    stream: TcpStream,
+    next_id: u32,
+}
+
+impl Client {
+    fn connect(address: &str) -> std::io::Result<Client> {
+        let stream = TcpStream::connect(address)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Client { stream, next_id: 1 })
+    }
+
+    fn send<T>(&mut self, api: ApiKey, request: &T, data: &[u8]) -> u32
+    where
+        T: for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<
+                rkyv::util::AlignedVec,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                rkyv::rancor::Error,
+            >,
+        >,
+    {
+        let id = self.next_id;
+        self.next_id += 1;
+        let control = encode_control(request);
+        let mut frame = encode_request(api, 0, id, &control, data.len());
+        frame.extend_from_slice(data);
+        self.stream.write_all(&frame).unwrap();
+        id
+    }
+
+    /// Reads one response frame: (correlation id, frame error, control, data).
+    fn receive(&mut self) -> std::io::Result<(u32, u16, Vec<u8>, Vec<u8>)> {
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len)?;
+        let mut frame = vec![0u8; u32::from_le_bytes(len) as usize];
+        self.stream.read_exact(&mut frame)?;
+        let parsed = split_response(&frame).unwrap();
+        Ok((
+            parsed.correlation_id,
+            parsed.frame_error,
+            parsed.control.to_vec(),
+            parsed.data.to_vec(),
+        ))
+    }
+
+    fn call<T, R>(&mut self, api: ApiKey, request: &T, data: &[u8]) -> (u16, Option<R>)
+    where
+        T: for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<
+                rkyv::util::AlignedVec,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                rkyv::rancor::Error,
+            >,
+        >,
+        R: rkyv::Archive,
+        R::Archived: for<'a> rkyv::bytecheck::CheckBytes<
+                rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>,
+            > + rkyv::Deserialize<R, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+    {
+        let (response, _) = self.call_with_data(api, request, data);
+        response
+    }
+
+    fn call_with_data<T, R>(
+        &mut self,
+        api: ApiKey,
+        request: &T,
+        data: &[u8],
+    ) -> ((u16, Option<R>), Vec<u8>)
+    where
+        T: for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<
+                rkyv::util::AlignedVec,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                rkyv::rancor::Error,
+            >,
+        >,
+        R: rkyv::Archive,
+        R::Archived: for<'a> rkyv::bytecheck::CheckBytes<
+                rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>,
+            > + rkyv::Deserialize<R, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+    {
+        let id = self.send(api, request, data);
+        let (got, error, control, data) = self.receive().unwrap();
+        assert_eq!(
+            got, id,
+            "responses come back in order with their correlation id"
+        );
+        if error != 0 {
+            return ((error, None), data);
+        }
+        ((0, Some(decode_control::<R>(&control).unwrap())), data)
+    }
+}
+
+fn batch(tag: &str, records: u32) -> Vec<u8> {
+    let mut builder = BatchBuilder::new(BatchOptions::default());
+    for i in 0..records {
+        builder.push(
+            1_700_000_000_000 + i64::from(i),
+            Some(tag.as_bytes()),
+            Some(format!("{tag}-{i}").as_bytes()),
+            &[],
+        );
+    }
+    builder.finish()
+}
+
+fn create_topic(client: &mut Client, name: &str, partitions: u32) -> ErrorCode {
+    let (error, response): (u16, Option<TopicResponse>) = client.call(
+        ApiKey::CreateTopic,
+        &CreateTopicRequest {
+            name: name.into(),
+            partitions,
+            replication_factor: 1,
+        },
+        &[],
+    );
+    assert_eq!(error, 0);
+    response.unwrap().error
+}
+
+/// Shard address owning each partition of a topic.
+fn owners(client: &mut Client, topic: &str) -> Vec<String> {
+    let (_, meta): (u16, Option<MetadataResponse>) = client.call(
+        ApiKey::Metadata,
+        &MetadataRequest {
+            topics: Some(vec![topic.into()]),
+        },
+        &[],
+    );
+    let meta = meta.unwrap();
+    let broker = &meta.brokers[0];
+    meta.topics[0]
+        .partitions
+        .iter()
+        .map(|p| broker.shard_addresses[p.shard as usize].clone())
+        .collect()
+}
+
+fn produce(
+    client: &mut Client,
+    topic: &str,
+    partition: u32,
+    bytes: &[u8],
+    acks: Acks,
+) -> (ErrorCode, u64) {
+    let request = ProduceRequest {
+        acks,
+        timeout_ms: 10_000,
+        partitions: vec![ProducePartition {
+            topic: topic.into(),
+            partition,
+            batch_len: bytes.len() as u32,
+        }],
+    };
+    let (error, response): (u16, Option<ProduceResponse>) =
+        client.call(ApiKey::Produce, &request, bytes);
+    assert_eq!(error, 0);
+    let p = &response.unwrap().partitions[0];
+    (p.error, p.base_offset)
+}
+
+/// Produces, retrying while the new partition's log is being opened on its shard.
+fn produce_ready(client: &mut Client, topic: &str, partition: u32, bytes: &[u8]) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match produce(client, topic, partition, bytes, Acks::Leader) {
+            (ErrorCode::None, offset) => return offset,
+            (ErrorCode::NotLeaderOrWrongShard, _) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            (error, _) => panic!("produce failed: {error:?}"),
+        }
+    }
+}
+
+fn fetch(
+    client: &mut Client,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    wait_ms: u32,
+) -> (FetchResponse, Vec<u8>) {
+    let request = FetchRequest {
+        max_wait_ms: wait_ms,
+        min_bytes: 1,
+        max_bytes: 4 << 20,
+        partitions: vec![FetchPartition {
+            topic: topic.into(),
+            partition,
+            offset,
+            max_bytes: 4 << 20,
+        }],
+    };
+    let ((error, response), data) =
+        client.call_with_data::<_, FetchResponse>(ApiKey::Fetch, &request, &[]);
+    assert_eq!(error, 0);
+    (response.unwrap(), data)
+}
+
+/// Values of every record from `offset` to the end of the partition.
+fn read_all(client: &mut Client, topic: &str, partition: u32) -> Vec<(u64, String)> {
+    let mut offset = 0;
+    let mut out = Vec::new();
+    loop {
+        let (response, data) = fetch(client, topic, partition, offset, 0);
+        assert_eq!(response.partitions[0].error, ErrorCode::None);
+        if data.is_empty() {
+            return out;
+        }
+        for item in BatchIter::new(&data) {
+            let (header, bytes) = item.unwrap();
+            for record in RecordIter::new(&header, &bytes[BATCH_HEADER_BYTES..]) {
+                let record = record.unwrap();
+                out.push((
+                    header.base_offset + u64::from(record.offset_delta),
+                    String::from_utf8(record.value.unwrap().to_vec()).unwrap(),
+                ));
+            }
+            offset = header.next_offset();
+        }
+    }
+}
+
+#[test]
+fn produce_and_fetch_across_shards_keep_order_and_survive_restart() {
+    let mut broker = Broker::start();
+    let mut admin = Client::connect(&broker.listen).unwrap();
+    assert_eq!(create_topic(&mut admin, "orders", 4), ErrorCode::None);
+    assert_eq!(
+        create_topic(&mut admin, "orders", 4),
+        ErrorCode::TopicExists
+    );
+    assert_eq!(
+        create_topic(&mut admin, "bad name", 1),
+        ErrorCode::InvalidTopic
+    );
+    let owners = owners(&mut admin, "orders");
+    assert!(
+        owners
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            == 2,
+        "partitions spread over both shards"
+    );
+    let mut clients: Vec<Client> = owners.iter().map(|a| Client::connect(a).unwrap()).collect();
+    for round in 0..30u32 {
+        for partition in 0..4u32 {
+            let tag = format!("p{partition}-r{round}");
+            let offset = produce_ready(
+                &mut clients[partition as usize],
+                "orders",
+                partition,
+                &batch(&tag, 3),
+            );
+            assert_eq!(
+                offset,
+                u64::from(round) * 3,
+                "offsets are assigned in order per partition"
+            );
+        }
+    }
+    for partition in 0..4u32 {
+        let records = read_all(&mut clients[partition as usize], "orders", partition);
+        assert_eq!(records.len(), 90);
+        for (i, (offset, value)) in records.iter().enumerate() {
+            assert_eq!(*offset, i as u64);
+            assert_eq!(*value, format!("p{partition}-r{}-{}", i / 3, i % 3));
+        }
+    }
+    // A request for a partition owned by the other shard says so.
+    let wrong = (1..4).find(|&p| owners[p] != owners[0]).unwrap() as u32;
+    assert_eq!(
+        produce(
+            &mut clients[0],
+            "orders",
+            wrong,
+            &batch("x", 1),
+            Acks::Leader
+        )
+        .0,
+        ErrorCode::NotLeaderOrWrongShard
+    );
+
+    drop(clients);
+    let status = broker.terminate();
+    assert!(status.success(), "graceful shutdown exits 0: {status:?}");
+    broker.spawn();
+    let mut admin = Client::connect(&broker.listen).unwrap();
+    let owners = self::owners(&mut admin, "orders");
+    for partition in 0..4u32 {
+        let mut client = Client::connect(&owners[partition as usize]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (response, _) = fetch(&mut client, "orders", partition, 0, 0);
+            if response.partitions[0].error == ErrorCode::None || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            read_all(&mut client, "orders", partition).len(),
+            90,
+            "data intact after restart"
+        );
+    }
+}
+
+#[test]
+fn long_poll_fetch_is_woken_by_produce() {
+    let broker = Broker::start();
+    let mut admin = Client::connect(&broker.listen).unwrap();
+    assert_eq!(create_topic(&mut admin, "tail", 1), ErrorCode::None);
+    let owner = owners(&mut admin, "tail")[0].clone();
+    let mut producer = Client::connect(&owner).unwrap();
+    produce_ready(&mut producer, "tail", 0, &batch("first", 1));
+    let consumer_address = owner.clone();
+    let waiter = std::thread::spawn(move || {
+        let mut consumer = Client::connect(&consumer_address).unwrap();
+        let started = Instant::now();
+        let (response, data) = fetch(&mut consumer, "tail", 0, 1, 20_000);
+        (started.elapsed(), response, data)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    produce_ready(&mut producer, "tail", 0, &batch("second", 2));
+    let (elapsed, response, data) = waiter.join().unwrap();
+    assert!(!data.is_empty(), "the waiting fetch returned the new batch");
+    assert!(
+        elapsed < Duration::from_secs(15),
+        "woken by the append, not by the 20 s deadline"
+    );
+    assert_eq!(response.partitions[0].high_watermark, 3);
+    let header = BatchHeader::parse(&data).unwrap();
+    assert_eq!(header.base_offset, 1);
+}
+
+#[test]
+fn bad_input_gets_typed_errors_while_others_keep_working() {
+    let broker = Broker::start();
+    let mut admin = Client::connect(&broker.listen).unwrap();
+    assert_eq!(create_topic(&mut admin, "safe", 1), ErrorCode::None);
+    let owner = owners(&mut admin, "safe")[0].clone();
+    let mut good = Client::connect(&owner).unwrap();
+    produce_ready(&mut good, "safe", 0, &batch("ok", 1));
+    let mut bad = Client::connect(&owner).unwrap();
+
+    // Unknown topic, partition out of range.
+    assert_eq!(
+        produce(&mut bad, "nope", 0, &batch("x", 1), Acks::Leader).0,
+        ErrorCode::UnknownTopicOrPartition
+    );
+    assert_eq!(
+        produce(&mut bad, "safe", 7, &batch("x", 1), Acks::Leader).0,
+        ErrorCode::UnknownTopicOrPartition
+    );
+    // CRC mismatch.
+    let mut flipped = batch("x", 1);
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x55;
+    assert_eq!(
+        produce(&mut bad, "safe", 0, &flipped, Acks::Leader).0,
+        ErrorCode::CorruptBatch
+    );
+    // Oversized message (the topic's default limit is 1 MiB).
+    let mut builder = BatchBuilder::new(BatchOptions::default());
+    builder.push(1, None, Some(&vec![7u8; 2 << 20]), &[]);
+    assert_eq!(
+        produce(&mut bad, "safe", 0, &builder.finish(), Acks::Leader).0,
+        ErrorCode::BatchTooLarge
+    );
+    // Empty and truncated batches.
+    assert_eq!(
+        produce(&mut bad, "safe", 0, &[0u8; 10], Acks::Leader).0,
+        ErrorCode::InvalidBatch
+    );
+    // Fetch out of range.
+    let (response, _) = fetch(&mut bad, "safe", 0, 99, 0);
+    assert_eq!(response.partitions[0].error, ErrorCode::OffsetOutOfRange);
+    // Malformed control part: a frame error, and the connection keeps working.
+    let mut frame = encode_request(ApiKey::Produce, 0, 4242, &[1, 2, 3, 4, 5, 6, 7], 0);
+    frame.extend_from_slice(&[]);
+    bad.stream.write_all(&frame).unwrap();
+    let (id, error, _, _) = bad.receive().unwrap();
+    assert_eq!((id, error), (4242, FrameError::MalformedControl as u16));
+    // Unknown API key and unsupported version.
+    let frame = encode_request(
+        ApiKey::Metadata,
+        9,
+        77,
+        &encode_control(&MetadataRequest { topics: None }),
+        0,
+    );
+    bad.stream.write_all(&frame).unwrap();
+    assert_eq!(
+        bad.receive().unwrap().1,
+        FrameError::UnsupportedVersion as u16
+    );
+    let mut frame = encode_request(ApiKey::Metadata, 0, 78, &[], 0);
+    frame[4] = 99;
+    bad.stream.write_all(&frame).unwrap();
+    assert_eq!(bad.receive().unwrap().1, FrameError::UnsupportedApi as u16);
+    // The log is unchanged by all of it, and the good client carries on.
+    let (_, offset) = produce(&mut good, "safe", 0, &batch("still", 1), Acks::Leader);
+    assert_eq!(offset, 1);
+    let (offsets, _) = {
+        let request = ListOffsetsRequest {
+            partitions: vec![ListOffsetsPartition {
+                topic: "safe".into(),
+                partition: 0,
+                query: OffsetQuery::Latest,
+            }],
+        };
+        let (error, response): (u16, Option<ListOffsetsResponse>) =
+            good.call(ApiKey::ListOffsets, &request, &[]);
+        (response.unwrap(), error)
+    };
+    assert_eq!(offsets.partitions[0].offset, Some(2));
+    // Broken framing (an impossible length): answered, then the connection closes.
+    bad.stream.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    let (_, error, _, _) = bad.receive().unwrap();
+    assert_eq!(error, FrameError::FrameTooLarge as u16);
+    let mut rest = Vec::new();
+    assert_eq!(
+        bad.stream.read_to_end(&mut rest).unwrap_or(0),
+        0,
+        "connection closed"
+    );
+    assert_eq!(read_all(&mut good, "safe", 0).len(), 2);
+}
+
+#[test]
+fn graceful_shutdown_loses_no_acknowledged_message() {
+    let mut broker = Broker::start();
+    let mut admin = Client::connect(&broker.listen).unwrap();
+    assert_eq!(create_topic(&mut admin, "drain", 1), ErrorCode::None);
+    let owner = owners(&mut admin, "drain")[0].clone();
+    let mut producer = Client::connect(&owner).unwrap();
+    produce_ready(&mut producer, "drain", 0, &batch("warm", 1));
+    let acked = std::thread::spawn(move || {
+        let mut acked = 1u64;
+        loop {
+            let request = ProduceRequest {
+                acks: Acks::Leader,
+                timeout_ms: 10_000,
+                partitions: vec![ProducePartition {
+                    topic: "drain".into(),
+                    partition: 0,
+                    batch_len: 0,
+                }],
+            };
+            let bytes = batch(&format!("m{acked}"), 1);
+            let request = ProduceRequest {
+                partitions: vec![ProducePartition {
+                    batch_len: bytes.len() as u32,
+                    ..request.partitions[0].clone()
+                }],
+                ..request
+            };
+            producer.send(ApiKey::Produce, &request, &bytes);
+            match producer.receive() {
+                Ok((_, 0, control, _)) => {
+                    let response: ProduceResponse = decode_control(&control).unwrap();
+                    if response.partitions[0].error != ErrorCode::None {
+                        return acked;
+                    }
+                    assert_eq!(response.partitions[0].base_offset, acked);
+                    acked += 1;
+                }
+                _ => return acked,
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let status = broker.terminate();
+    assert!(status.success());
+    let acked = acked.join().unwrap();
+    assert!(acked > 1);
+    broker.spawn();
+    let mut admin = Client::connect(&broker.listen).unwrap();
+    let owner = owners(&mut admin, "drain")[0].clone();
+    let mut client = Client::connect(&owner).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let records = loop {
+        let (response, _) = fetch(&mut client, "drain", 0, 0, 0);
+        if response.partitions[0].error == ErrorCode::None {
+            break read_all(&mut client, "drain", 0);
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        records.len() as u64 >= acked,
+        "every acknowledged message survived: {} < {acked}",
+        records.len()
+    );
+}
