@@ -15,13 +15,25 @@ use std::sync::Arc;
 
 use clap::Parser;
 use sluice_broker::limits::ADMIN_QUEUE_MAX;
+use sluice_broker::metadata::types::{FlushSetting, TopicConfig};
 use sluice_broker::metadata::{AdminClient, ClusterState, MetadataConfig, MetadataNode, NodeId};
 use sluice_broker::server::shard::Shards;
 use sluice_broker::server::{AdminCall, MetadataLink, Mode, ShardConfig};
 
 #[derive(Debug, Parser)]
-#[command(name = "sluice-broker", version, about = "The Sluice message broker")]
+#[command(
+    name = "sluice-broker",
+    version,
+    about = "The Sluice message broker",
+    long_about = "The Sluice message broker. Every flag can also be set in a TOML file given with \
+                  --config (keys are the flag names, e.g. `data_dir = \"/var/lib/sluice\"`); \
+                  flags on the command line win over the file.",
+    args_override_self = true
+)]
 struct Args {
+    /// TOML file with settings (keys are flag names); command-line flags win over it.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// This broker's id, unique in the cluster.
     #[arg(long, default_value_t = 1)]
     node_id: NodeId,
@@ -63,6 +75,116 @@ struct Args {
     /// Log filter (tracing syntax), e.g. `info` or `sluice_broker=debug`.
     #[arg(long, default_value = "warn")]
     log: String,
+    /// Default segment size of new topics' partitions, in bytes.
+    #[arg(long, default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1 << 20..=(4u64 << 30) - (2 << 20)))]
+    segment_bytes: u64,
+    /// Default age after which a segment is rolled, in ms.
+    #[arg(long, default_value_t = 7 * 24 * 3600 * 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    segment_ms: u64,
+    /// Default retention time of new topics in ms; -1 keeps data forever.
+    #[arg(long, default_value_t = 7 * 24 * 3600 * 1000, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
+    retention_ms: i64,
+    /// Default retention size per partition in bytes; -1 for no limit.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
+    retention_bytes: i64,
+    /// Default flush policy: `always` (fsync before every ack, shared by concurrent appends),
+    /// `interval` (group commit every --flush-interval-ms or --flush-bytes), `never`.
+    #[arg(long, value_enum, default_value = "interval")]
+    flush: FlushFlag,
+    /// Group-commit window of the `interval` flush policy, in ms.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    flush_interval_ms: u64,
+    /// Group-commit byte window of the `interval` flush policy.
+    #[arg(long, default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
+    flush_bytes: u64,
+    /// Default largest batch (message set) a producer may send to a new topic, in bytes.
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(64..=64 << 20))]
+    message_bytes_max: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FlushFlag {
+    Always,
+    Interval,
+    Never,
+}
+
+impl Args {
+    fn topic_defaults(&self) -> TopicConfig {
+        TopicConfig {
+            segment_bytes: self.segment_bytes,
+            segment_age_ms: Some(self.segment_ms),
+            retention_ms: u64::try_from(self.retention_ms).ok(),
+            retention_bytes: u64::try_from(self.retention_bytes).ok(),
+            flush: match self.flush {
+                FlushFlag::Always => FlushSetting::Always,
+                FlushFlag::Never => FlushSetting::Never,
+                FlushFlag::Interval => FlushSetting::Interval {
+                    interval_ms: self.flush_interval_ms,
+                    bytes: self.flush_bytes,
+                },
+            },
+            message_bytes_max: self.message_bytes_max,
+        }
+    }
+}
+
+/// The command line with the settings of a `--config` file inserted before the flags, so the
+/// flags (parsed later, overriding) win.
+fn arguments_with_config() -> Result<Vec<std::ffi::OsString>, String> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut path = None;
+    for (i, arg) in args.iter().enumerate() {
+        let text = arg.to_string_lossy();
+        if let Some(value) = text.strip_prefix("--config=") {
+            path = Some(PathBuf::from(value));
+        } else if text == "--config" {
+            path = args.get(i + 1).map(PathBuf::from);
+        }
+    }
+    let Some(path) = path else { return Ok(args) };
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("config {}: {e}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("config {}: {e}", path.display()))?;
+    let mut settings = Vec::new();
+    for (key, value) in table {
+        if key == "config" {
+            return Err(format!(
+                "config {}: a config file cannot name another",
+                path.display()
+            ));
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|item| match item {
+                    toml::Value::String(s) => Ok(s.clone()),
+                    other => Ok(other.to_string()),
+                })
+                .collect::<Result<Vec<_>, String>>()?
+                .join(","),
+            other => {
+                return Err(format!(
+                    "config {}: {key} has an unsupported value {other}",
+                    path.display()
+                ))
+            }
+        };
+        settings.push(std::ffi::OsString::from(format!(
+            "--{}={value}",
+            key.replace('_', "-")
+        )));
+    }
+    let program = args.remove(0);
+    Ok(std::iter::once(program)
+        .chain(settings)
+        .chain(args)
+        .collect())
 }
 
 fn parse_peer(text: &str) -> Result<(NodeId, String), String> {
@@ -89,7 +211,10 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match arguments_with_config() {
+        Ok(args) => Args::parse_from(args),
+        Err(error) => return fail(error),
+    };
     let filter = match tracing_subscriber::EnvFilter::try_new(&args.log) {
         Ok(filter) => filter,
         Err(error) => return fail(format_args!("invalid --log filter: {error}")),
@@ -155,6 +280,7 @@ fn main() -> ExitCode {
         data_dir: args.data_dir.clone(),
         listen: args.listen.clone(),
         mode: args.mode,
+        topic_defaults: args.topic_defaults(),
     };
     let shards = match Shards::start(
         shard_config,

@@ -598,3 +598,73 @@ fn graceful_shutdown_loses_no_acknowledged_message() {
         records.len()
     );
 }
+
+#[test]
+fn bad_flags_and_unusable_data_dirs_exit_2_and_config_files_yield_to_flags() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sluice-broker"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["--bogus"][..],
+        &["--mode", "fast"],
+        &["--peers", "1=nowhere"],
+        &["--shards", "0"],
+    ] {
+        let output = run(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(!String::from_utf8_lossy(&output.stderr).contains("panicked"));
+    }
+    let file = tempfile::Builder::new()
+        .tempfile_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let output = run(&["--data-dir", file.path().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+
+    // Settings from a TOML file, with a flag overriding one of them.
+    let dir = tempfile::Builder::new()
+        .prefix("config")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let (from_file, from_flag) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let config = dir.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = {from_file:?}\nmetadata_listen = \"127.0.0.1:{}\"\nshards = 1\nmode = \"latency\"\n",
+            dir.path().join("data"),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-broker"))
+        .args(["--config", config.to_str().unwrap(), "--listen", &from_flag])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Client::connect(&from_flag).is_err() {
+        assert!(Instant::now() < deadline, "the flag's address is served");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        Client::connect(&from_file).is_err(),
+        "the file's address lost to the flag"
+    );
+    assert!(
+        dir.path().join("data").join("metadata").exists(),
+        "the file's data_dir is used"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -41,6 +41,7 @@ use crate::storage::{Appended, OffsetSpec, ReadChunk, StorageError};
 pub struct ShardContext {
     pub node_id: NodeId,
     pub shard: u32,
+    pub topic_defaults: crate::metadata::types::TopicConfig,
     pub partitions: SharedPartitions,
     pub link: MetadataLink,
     /// Bytes of request frames being handled on this shard.
@@ -284,7 +285,7 @@ async fn dispatch(
                         name: request.name,
                         partitions: request.partitions,
                         replication_factor: request.replication_factor,
-                        config: None,
+                        config: Some(ctx.topic_defaults.clone()),
                     })
                     .await;
                 Some(response(id, &topic_outcome(&ctx, outcome).await))

@@ -40,6 +40,8 @@ pub struct ShardConfig {
     /// The main native-protocol address (all shards accept here).
     pub listen: String,
     pub mode: Mode,
+    /// Configuration of topics created through this broker.
+    pub topic_defaults: crate::metadata::types::TopicConfig,
 }
 
 /// A request from a shard to the metadata thread, with where to send the answer.

@@ -148,6 +148,7 @@ async fn run(
     let ctx = Rc::new(ShardContext {
         node_id: config.node_id,
         shard,
+        topic_defaults: config.topic_defaults.clone(),
         partitions: Rc::clone(&partitions),
         link: link.clone(),
         buffered: Rc::new(Semaphore::new(SHARD_BUFFERED_BYTES_MAX)),
