@@ -103,13 +103,22 @@ impl SegmentIndex {
     /// File position of the last indexed batch starting at or before `offset`: a read for
     /// `offset` starts there and skips at most `index_interval_bytes` of earlier batches.
     pub fn position_for_offset(&self, offset: u64) -> u64 {
+        self.entry_for_offset(offset).1
+    }
+
+    /// The last indexed batch starting at or before `offset`, as (its base offset, its file
+    /// position): a read starting there can check that every batch continues the sequence.
+    pub fn entry_for_offset(&self, offset: u64) -> (u64, u64) {
         let relative = offset
             .saturating_sub(self.base_offset)
             .min(u64::from(u32::MAX)) as u32;
         let after = self.offsets.partition_point(|&(rel, _)| rel <= relative);
         match after {
-            0 => 0,
-            n => u64::from(self.offsets[n - 1].1),
+            0 => (self.base_offset, 0),
+            n => {
+                let (rel, position) = self.offsets[n - 1];
+                (self.base_offset + u64::from(rel), u64::from(position))
+            }
         }
     }
 

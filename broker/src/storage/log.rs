@@ -33,7 +33,7 @@ use super::error::{io_error, Result, StorageError};
 use super::scan::parse_segment_file_name;
 use super::segment::{
     find_batch_position, read_batches, remove_if_exists, sync_dir, ActiveSegment, FlushJob,
-    SealedSegment, SegmentPaths, TailRecovery,
+    ReadStart, SealedSegment, SegmentPaths, TailRecovery,
 };
 use crate::limits::SEGMENTS_PER_PARTITION_MAX;
 use crate::notify::Notify;
@@ -428,7 +428,7 @@ impl PartitionLog {
     /// (always at least one batch, so a consumer makes progress), never past the high
     /// watermark. A read at the high watermark returns no batches.
     pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadBatches> {
-        let (file, path, position, readable, interval, high_watermark, log_start) = {
+        let (file, path, start, readable, interval, high_watermark, log_start) = {
             let state = self.inner.state.borrow();
             state.usable()?;
             let high_watermark = state.durable_end;
@@ -460,7 +460,7 @@ impl PartitionLog {
                 (
                     Rc::clone(active.file()),
                     active.paths().log.clone(),
-                    active.index().position_for_offset(offset),
+                    read_start(active.index(), offset),
                     active.written_size(),
                     interval,
                     high_watermark,
@@ -474,7 +474,7 @@ impl PartitionLog {
                 (
                     Rc::clone(segment.file()),
                     segment.paths().log.clone(),
-                    segment.index().position_for_offset(offset),
+                    read_start(segment.index(), offset),
                     segment.index().size_bytes(),
                     interval,
                     high_watermark,
@@ -482,10 +482,7 @@ impl PartitionLog {
                 )
             }
         };
-        let data = read_batches(
-            &file, &path, position, readable, offset, max_bytes, interval,
-        )
-        .await?;
+        let data = read_batches(&file, &path, start, readable, offset, max_bytes, interval).await?;
         Ok(ReadBatches {
             chunks: data.into_iter().map(ReadChunk::Disk).collect(),
             high_watermark,
@@ -815,6 +812,14 @@ impl PartitionLog {
         let old = std::mem::replace(&mut state.active, fresh);
         state.sealed.push_back(old.into_sealed());
         Ok(())
+    }
+}
+
+fn read_start(index: &super::index::SegmentIndex, offset: u64) -> ReadStart {
+    let (base_offset, position) = index.entry_for_offset(offset);
+    ReadStart {
+        position,
+        base_offset,
     }
 }
 

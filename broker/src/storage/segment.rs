@@ -226,7 +226,16 @@ async fn scan_file(
                     continue;
                 }
             }
-            Feed::Padding { position } => Some((position, "zero padding".to_string())),
+            Feed::Padding { position } => {
+                if zeros_to_end(file, path, position, file_size).await? {
+                    Some((position, "zero padding".to_string()))
+                } else {
+                    Some((
+                        position,
+                        "zeroed bytes followed by data (a torn write)".to_string(),
+                    ))
+                }
+            }
             Feed::Invalid { position, reason } => Some((position, reason)),
         };
         return Ok(ScanOutcome {
@@ -237,21 +246,51 @@ async fn scan_file(
     }
 }
 
+/// Where a read starts: a batch boundary and the base offset of the batch there (an index entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReadStart {
+    pub position: u64,
+    pub base_offset: u64,
+}
+
+/// Whether every byte of the file from `from` to `file_size` is zero.
+async fn zeros_to_end(file: &DmaFile, path: &Path, from: u64, file_size: u64) -> Result<bool> {
+    let mut position = from;
+    while position < file_size {
+        let len = (SCAN_CHUNK_BYTES as u64).min(file_size - position) as usize;
+        let data = file
+            .read_at(position, len)
+            .await
+            .map_err(io_error("read", path))?;
+        if data.is_empty() {
+            return Ok(true);
+        }
+        if data.iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        position += data.len() as u64;
+        glommio::yield_if_needed().await;
+    }
+    Ok(true)
+}
+
 /// Reads whole batches from a segment file, starting with the batch that contains `offset`,
-/// up to `max_bytes` (at least one batch), never past `readable_size`. Each returned batch's
-/// frame and CRC are checked: damage is a [`StorageError::Corrupt`], never served.
+/// up to `max_bytes` (at least one batch), never past `readable_size`. Every batch looked at
+/// must continue the offset sequence from `start`, and each returned batch's frame and CRC are
+/// checked: damage is a [`StorageError::Corrupt`], never served.
 pub(crate) async fn read_batches(
     file: &DmaFile,
     path: &Path,
-    start_position: u64,
+    start: ReadStart,
     readable_size: u64,
     offset: u64,
     max_bytes: usize,
     index_interval: u32,
 ) -> Result<Option<ReadResult>> {
-    let mut position = start_position;
+    let mut position = start.position;
+    // The base offset the batch at `position` must have.
+    let mut expected = start.base_offset;
     let mut want = max_bytes as u64 + u64::from(index_interval) + BATCH_HEADER_BYTES as u64;
-    let mut expected: Option<u64> = None;
     loop {
         if position >= readable_size {
             return Ok(None);
@@ -270,7 +309,8 @@ pub(crate) async fn read_batches(
         }
         let mut at = 0usize;
         let mut first: Option<usize> = None;
-        let mut restart: Option<(u64, u64)> = None;
+        let mut restart: Option<(u64, u64, u64)> = None;
+        let mut next_expected = expected;
         while data.len() - at >= BATCH_HEADER_BYTES {
             let batch_position = position + at as u64;
             let header = BatchHeader::parse(&data[at..])
@@ -283,31 +323,29 @@ pub(crate) async fn read_batches(
                     "batch runs past the end of the segment",
                 ));
             }
-            if let Some(expected) = expected {
-                if header.base_offset != expected {
-                    return Err(corrupt(
-                        path,
-                        batch_position,
-                        format!(
-                            "base offset {} where {expected} was expected",
-                            header.base_offset
-                        ),
-                    ));
-                }
+            if header.base_offset != next_expected || header.record_count == 0 {
+                return Err(corrupt(
+                    path,
+                    batch_position,
+                    format!(
+                        "base offset {} where {next_expected} was expected",
+                        header.base_offset
+                    ),
+                ));
             }
-            expected = Some(header.next_offset());
             if header.next_offset() <= offset {
                 // Before the wanted offset: skip (possibly beyond this read).
                 if len > data.len() - at {
-                    restart = Some((batch_position + len as u64, want));
+                    restart = Some((batch_position + len as u64, header.next_offset(), want));
                     break;
                 }
+                next_expected = header.next_offset();
                 at += len;
                 continue;
             }
             if len > data.len() - at {
                 if first.is_none() {
-                    restart = Some((batch_position, len as u64));
+                    restart = Some((batch_position, header.base_offset, len as u64));
                 }
                 break;
             }
@@ -318,6 +356,7 @@ pub(crate) async fn read_batches(
             validate_frame(&data[at..at + len])
                 .map_err(|e| corrupt(path, batch_position, e.to_string()))?;
             first.get_or_insert(at);
+            next_expected = header.next_offset();
             at += len;
             if at - first.unwrap_or(at) >= max_bytes {
                 break;
@@ -327,10 +366,10 @@ pub(crate) async fn read_batches(
             return Ok(ReadResult::slice(&data, first, at - first));
         }
         match restart {
-            Some((next_position, next_want)) => {
+            Some((next_position, next_base, next_want)) => {
                 position = next_position;
+                expected = next_base;
                 want = next_want.max(want);
-                expected = None;
             }
             None => {
                 if data.len() - at > 0 && position + data.len() as u64 >= readable_size {
@@ -341,7 +380,7 @@ pub(crate) async fn read_batches(
                     ));
                 }
                 position += at as u64;
-                expected = None;
+                expected = next_expected;
             }
         }
         glommio::yield_if_needed().await;
