@@ -47,3 +47,14 @@ pub const CONNECTIONS_PER_SHARD_MAX: usize = 4096;
 
 /// Admin requests queued from the shards to the metadata thread.
 pub const ADMIN_QUEUE_MAX: usize = 1024;
+
+/// Producer ids a shard asks the controller for at once: one Raft commit per this many
+/// idempotent producers.
+pub const PRODUCER_ID_BLOCK_MAX: u64 = 1000;
+
+/// Batches remembered per producer and partition to answer retries (as Kafka: 5, matching the
+/// producer's maximum in-flight batches per partition with idempotence).
+pub const PRODUCER_BATCHES_REMEMBERED: usize = 5;
+
+/// Idempotent producers tracked per partition; the least recently active is forgotten beyond it.
+pub const PRODUCERS_PER_PARTITION_MAX: usize = 10_000;

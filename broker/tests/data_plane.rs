@@ -668,3 +668,110 @@ fn bad_flags_and_unusable_data_dirs_exit_2_and_config_files_yield_to_flags() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+fn idempotent_batch(producer_id: i64, base_sequence: i32, tag: &str) -> Vec<u8> {
+    let mut builder = BatchBuilder::new(BatchOptions {
+        producer_id,
+        producer_epoch: 0,
+        base_sequence,
+    });
+    builder.push(1, None, Some(tag.as_bytes()), &[]);
+    builder.push(2, None, Some(tag.as_bytes()), &[]);
+    builder.finish()
+}
+
+fn init_producer_id(client: &mut Client) -> i64 {
+    use sluice_protocol::native::{InitProducerIdRequest, InitProducerIdResponse};
+    let (error, response): (u16, Option<InitProducerIdResponse>) = client.call(
+        ApiKey::InitProducerId,
+        &InitProducerIdRequest {
+            transactional_id: None,
+        },
+        &[],
+    );
+    assert_eq!(error, 0);
+    let response = response.unwrap();
+    assert_eq!(response.error, ErrorCode::None);
+    response.producer_id
+}
+
+#[test]
+fn idempotent_retries_are_written_once_even_across_a_restart() {
+    let mut broker = Broker::start();
+    let mut admin = Client::connect(&broker.listen).unwrap();
+    assert_eq!(create_topic(&mut admin, "once", 1), ErrorCode::None);
+    let owner = owners(&mut admin, "once")[0].clone();
+    let mut client = Client::connect(&owner).unwrap();
+    let id = init_producer_id(&mut client);
+    assert_ne!(id, init_producer_id(&mut client), "producer ids are unique");
+    let first = idempotent_batch(id, 0, "a");
+    assert_eq!(produce_ready(&mut client, "once", 0, &first), 0);
+    // A retry after a lost response: the same offset, nothing written twice.
+    assert_eq!(
+        produce(&mut client, "once", 0, &first, Acks::Leader),
+        (ErrorCode::None, 0)
+    );
+    assert_eq!(
+        produce(
+            &mut client,
+            "once",
+            0,
+            &idempotent_batch(id, 2, "b"),
+            Acks::Leader
+        ),
+        (ErrorCode::None, 2)
+    );
+    // A gap means a batch was lost in between: refused.
+    assert_eq!(
+        produce(
+            &mut client,
+            "once",
+            0,
+            &idempotent_batch(id, 9, "c"),
+            Acks::Leader
+        )
+        .0,
+        ErrorCode::OutOfOrderSequence
+    );
+    drop(client);
+    assert!(broker.terminate().success());
+    broker.spawn();
+    let mut admin = Client::connect(&broker.listen).unwrap();
+    let owner = owners(&mut admin, "once")[0].clone();
+    let mut client = Client::connect(&owner).unwrap();
+    // The producer state came back from the log: the retry is still recognized.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (error, offset) = loop {
+        let outcome = produce(
+            &mut client,
+            "once",
+            0,
+            &idempotent_batch(id, 2, "b"),
+            Acks::Leader,
+        );
+        if outcome.0 != ErrorCode::NotLeaderOrWrongShard || Instant::now() > deadline {
+            break outcome;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!((error, offset), (ErrorCode::None, 2));
+    assert_eq!(
+        produce(
+            &mut client,
+            "once",
+            0,
+            &idempotent_batch(id, 4, "d"),
+            Acks::Leader
+        ),
+        (ErrorCode::None, 4)
+    );
+    let values: Vec<String> = read_all(&mut client, "once", 0)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(values, ["a", "a", "b", "b", "d", "d"]);
+    assert!(
+        init_producer_id(&mut client) > id,
+        "ids stay unique across restarts"
+    );
+}

@@ -40,10 +40,11 @@ pub enum ApiKey {
     Produce = 4,
     Fetch = 5,
     ListOffsets = 6,
+    InitProducerId = 7,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 7] = [
+    pub const ALL: [ApiKey; 8] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopic,
@@ -51,6 +52,7 @@ impl ApiKey {
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::ListOffsets,
+        ApiKey::InitProducerId,
     ];
 
     pub fn from_u16(value: u16) -> Option<ApiKey> {
@@ -111,6 +113,23 @@ pub enum ErrorCode {
     /// The broker's storage failed; the broker is stopping.
     StorageFailure,
     Unavailable,
+    /// An idempotent producer's batch skips sequence numbers: an earlier batch was lost.
+    OutOfOrderSequence,
+    /// A newer epoch of this producer id exists.
+    ProducerFenced,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct InitProducerIdRequest {
+    /// Reserved for transactions; must be `None` today.
+    pub transactional_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct InitProducerIdResponse {
+    pub error: ErrorCode,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

@@ -274,6 +274,9 @@ impl MetadataNode {
                 CommandResult::TopicCreated { version, topic_id } => {
                     Ok(AdminReply::TopicCreated { version, topic_id })
                 }
+                CommandResult::ProducerIds { start, count, .. } => {
+                    Ok(AdminReply::ProducerIds { start, count })
+                }
                 CommandResult::Rejected(error) => Err(error),
             },
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
@@ -391,6 +394,16 @@ impl MetadataNode {
                     .ok_or_else(|| {
                         MetadataError::Unavailable("coordinator assignment was not applied".into())
                     })
+            }
+            AdminRequest::AllocateProducerIds { count } => {
+                self.require_controller()?;
+                if count == 0 || count > crate::limits::PRODUCER_ID_BLOCK_MAX {
+                    return Err(MetadataError::Malformed(format!(
+                        "a producer id block holds 1 to {} ids",
+                        crate::limits::PRODUCER_ID_BLOCK_MAX
+                    )));
+                }
+                self.propose(Command::AllocateProducerIds { count }).await
             }
             AdminRequest::AddVoter {
                 id,

@@ -265,6 +265,26 @@ impl ClusterState {
                 self.coordinators.entry(group.clone()).or_insert(*placement);
                 Ok(None)
             }
+            Command::AllocateProducerIds { count } => {
+                let start = self.next_producer_id;
+                match start
+                    .checked_add(*count)
+                    .filter(|end| *end <= i64::MAX as u64)
+                {
+                    Some(end) if *count > 0 => {
+                        self.next_producer_id = end;
+                        self.version += 1;
+                        return CommandResult::ProducerIds {
+                            version: self.version,
+                            start,
+                            count: *count,
+                        };
+                    }
+                    _ => Err(MetadataError::Malformed(
+                        "producer id space exhausted or empty block".into(),
+                    )),
+                }
+            }
         };
         match result {
             Ok(topic_id) => {

@@ -203,6 +203,8 @@ pub struct ClusterState {
     /// Consumer group → coordinating (broker, shard).
     pub coordinators: BTreeMap<String, ReplicaPlacement>,
     pub next_topic_id: u64,
+    /// Producer ids below this have been handed out (in blocks, to brokers' shards).
+    pub next_producer_id: u64,
 }
 
 /// A change to the metadata, proposed by the controller and applied identically everywhere.
@@ -233,13 +235,27 @@ pub enum Command {
         group: String,
         placement: ReplicaPlacement,
     },
+    /// Hands out `count` producer ids, unique in the cluster for good.
+    AllocateProducerIds {
+        count: u64,
+    },
 }
 
 /// What applying a command produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
-    Applied { version: u64 },
-    TopicCreated { version: u64, topic_id: u64 },
+    Applied {
+        version: u64,
+    },
+    TopicCreated {
+        version: u64,
+        topic_id: u64,
+    },
+    ProducerIds {
+        version: u64,
+        start: u64,
+        count: u64,
+    },
     Rejected(MetadataError),
 }
 

@@ -48,6 +48,10 @@ pub enum AdminRequest {
     FindCoordinator {
         group: String,
     },
+    /// Hands out a block of producer ids.
+    AllocateProducerIds {
+        count: u64,
+    },
     /// Adds a broker to the Raft group: first as a learner, then as a voter.
     AddVoter {
         id: NodeId,
@@ -58,6 +62,7 @@ pub enum AdminRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum AdminReply {
     TopicCreated { version: u64, topic_id: u64 },
+    ProducerIds { start: u64, count: u64 },
     Done { version: u64 },
     Cluster(Box<ClusterView>),
     Coordinator(ReplicaPlacement),

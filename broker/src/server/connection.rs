@@ -22,11 +22,14 @@ use sluice_protocol::native::{
     decode_control, encode_control, encode_response_head, split_request, Acks, ApiKey, ApiRange,
     ApiVersionsResponse, BrokerInfo, CreateTopicRequest, DeleteTopicRequest, ErrorCode,
     FetchPartitionResponse, FetchRequest, FetchResponse, FrameDecodeError, FrameError,
-    ListOffsetsPartitionResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, OffsetQuery, PartitionMetadata, ProducePartitionResponse, ProduceRequest,
-    ProduceResponse, RequestHeader, TopicMetadata, TopicResponse,
+    InitProducerIdRequest, InitProducerIdResponse, ListOffsetsPartitionResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetQuery,
+    PartitionMetadata, ProducePartitionResponse, ProduceRequest, ProduceResponse, RequestHeader,
+    TopicMetadata, TopicResponse,
 };
-use sluice_protocol::BatchError;
+use sluice_protocol::{BatchError, BatchHeader};
+
+use super::producers::SequenceCheck;
 
 use super::partitions::SharedPartitions;
 use super::MetadataLink;
@@ -50,6 +53,8 @@ pub struct ShardContext {
     pub stop: Notify,
     /// Fired when a log fails: the broker must stop.
     pub storage_failed: Notify,
+    /// This shard's unused block of producer ids: [next, end).
+    pub producer_ids: std::cell::Cell<(u64, u64)>,
 }
 
 /// A response: header and control, then the data chunks written as they are.
@@ -311,6 +316,13 @@ async fn dispatch(
             let request: FetchRequest = decode_control(control)?;
             glommio::spawn_local(async move { Some(fetch(&ctx, id, request).await) }).detach()
         }
+        ApiKey::InitProducerId => {
+            let request: InitProducerIdRequest = decode_control(control)?;
+            glommio::spawn_local(async move {
+                Some(response(id, &init_producer_id(&ctx, request).await))
+            })
+            .detach()
+        }
         ApiKey::ListOffsets => {
             let request: ListOffsetsRequest = decode_control(control)?;
             glommio::spawn_local(
@@ -410,6 +422,51 @@ async fn topic_outcome(
     }
 }
 
+/// Hands out the next producer id of this shard's block, fetching a new block from the
+/// controller when it runs out.
+async fn init_producer_id(
+    ctx: &ShardContext,
+    request: InitProducerIdRequest,
+) -> InitProducerIdResponse {
+    let refused = |error| InitProducerIdResponse {
+        error,
+        producer_id: -1,
+        producer_epoch: -1,
+    };
+    if request.transactional_id.is_some() {
+        return refused(ErrorCode::InvalidConfig);
+    }
+    let (next, end) = ctx.producer_ids.get();
+    let id = if next < end {
+        ctx.producer_ids.set((next + 1, end));
+        next
+    } else {
+        match ctx
+            .link
+            .call(AdminRequest::AllocateProducerIds {
+                count: crate::limits::PRODUCER_ID_BLOCK_MAX,
+            })
+            .await
+        {
+            Ok(AdminReply::ProducerIds { start, count }) if count > 0 => {
+                // Another request on this shard may have refilled meanwhile: keep the newer block.
+                ctx.producer_ids.set((start + 1, start + count));
+                start
+            }
+            Ok(_) => return refused(ErrorCode::Unavailable),
+            Err(error) => return refused(metadata_code(&error)),
+        }
+    };
+    match i64::try_from(id) {
+        Ok(producer_id) => InitProducerIdResponse {
+            error: ErrorCode::None,
+            producer_id,
+            producer_epoch: 0,
+        },
+        Err(_) => refused(ErrorCode::Unavailable),
+    }
+}
+
 async fn produce(
     ctx: Rc<ShardContext>,
     id: u32,
@@ -442,16 +499,42 @@ async fn produce(
         };
         match ctx.partitions.get(&p.topic, p.partition) {
             Some(owned) if owned.leader => {
-                match owned.log.append(batch, owned.leader_epoch).await {
-                    Ok(appended) => {
-                        result.base_offset = appended.base_offset;
+                let check = match BatchHeader::parse(batch) {
+                    Ok(header) => Some((header, owned.producers.borrow().check(&header))),
+                    Err(_) => None, // `append` reports the precise error.
+                };
+                match check {
+                    Some((_, SequenceCheck::Duplicate { base_offset })) => {
+                        // A retry of a batch already written: answer with its offset.
+                        result.base_offset = base_offset;
                         result.log_start = owned.log.log_start();
+                        let appended = Appended {
+                            base_offset,
+                            last_offset: base_offset,
+                        };
                         waits.push((results.len(), owned.log.clone(), appended));
                     }
-                    Err(error) => {
-                        ctx.report_storage(&error);
-                        result.error = storage_code(&error);
+                    Some((_, SequenceCheck::OutOfOrder)) => {
+                        result.error = ErrorCode::OutOfOrderSequence
                     }
+                    Some((_, SequenceCheck::Fenced)) => result.error = ErrorCode::ProducerFenced,
+                    _ => match owned.log.append(batch, owned.leader_epoch).await {
+                        Ok(appended) => {
+                            if let Some((header, _)) = check {
+                                owned
+                                    .producers
+                                    .borrow_mut()
+                                    .record(&header, appended.base_offset);
+                            }
+                            result.base_offset = appended.base_offset;
+                            result.log_start = owned.log.log_start();
+                            waits.push((results.len(), owned.log.clone(), appended));
+                        }
+                        Err(error) => {
+                            ctx.report_storage(&error);
+                            result.error = storage_code(&error);
+                        }
+                    },
                 }
             }
             Some(_) => result.error = ErrorCode::NotLeaderOrWrongShard,

@@ -14,6 +14,7 @@
 
 pub mod connection;
 pub mod partitions;
+pub mod producers;
 pub mod shard;
 
 use std::path::PathBuf;

@@ -4,12 +4,15 @@
 //! `{topic}-{partition}@{topic_id}`, so a topic deleted and created again never reuses old data.
 
 use std::cell::RefCell;
+
+use sluice_protocol::BatchIter;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::producers::ProducerState;
 use super::{Mode, ShardConfig};
 use crate::metadata::types::{FlushSetting, TopicConfig};
 use crate::metadata::{ClusterState, NodeId};
@@ -23,6 +26,39 @@ pub struct OwnedPartition {
     /// Whether this broker leads the partition (only the leader serves produce and fetch).
     pub leader: bool,
     pub leader_epoch: u32,
+    /// Idempotent producers' sequences, rebuilt from the log on open.
+    pub producers: Rc<RefCell<ProducerState>>,
+}
+
+/// Rebuilds producer state from the newest two segments (a producer silent for longer than that
+/// is treated as new: its next batch is accepted whatever its sequence).
+async fn rebuild_producers(log: &PartitionLog) -> Result<ProducerState, StorageError> {
+    let mut state = ProducerState::default();
+    let bases = log.segment_bases();
+    let mut offset = bases
+        .len()
+        .checked_sub(2)
+        .map_or(log.log_start(), |i| bases[i])
+        .max(log.log_start());
+    while offset < log.high_watermark() {
+        let read = log.read(offset, 4 << 20).await?;
+        if read.is_empty() {
+            break;
+        }
+        for chunk in &read.chunks {
+            for item in BatchIter::new(chunk.as_bytes()) {
+                let (header, _) = item.map_err(|e| StorageError::Corrupt {
+                    path: log.dir().to_owned(),
+                    position: 0,
+                    reason: format!("rebuilding producer state at offset {offset}: {e}"),
+                })?;
+                state.record(&header, header.base_offset);
+                offset = header.next_offset();
+            }
+        }
+        glommio::yield_if_needed().await;
+    }
+    Ok(state)
 }
 
 #[derive(Debug)]
@@ -144,6 +180,7 @@ impl Partitions {
                     if report.tail.truncated_bytes > 0 {
                         tracing::warn!(%topic, partition, cut = report.tail.truncated_bytes, "recovered a torn log tail");
                     }
+                    let producers = rebuild_producers(&log).await?;
                     self.owned.borrow_mut().insert(
                         key,
                         OwnedPartition {
@@ -151,6 +188,7 @@ impl Partitions {
                             log,
                             leader,
                             leader_epoch: epoch,
+                            producers: Rc::new(RefCell::new(producers)),
                         },
                     );
                 }

@@ -154,6 +154,7 @@ async fn run(
         buffered: Rc::new(Semaphore::new(SHARD_BUFFERED_BYTES_MAX)),
         stop: Notify::new(),
         storage_failed: Notify::new(),
+        producer_ids: std::cell::Cell::new((0, 0)),
     });
 
     // Follow the metadata: open and close this shard's partitions.

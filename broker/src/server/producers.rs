@@ -1,0 +1,229 @@
+//! Idempotent producers: per-partition sequence tracking that turns retries into no-ops.
+//!
+//! A producer with an id (handed out by the controller in blocks) numbers its batches per
+//! partition. The partition remembers, per producer, its epoch, the last sequence number it
+//! accepted and its last few batches. A batch is accepted when it continues the sequence; a
+//! retry of a remembered batch is answered with the offset it got the first time and not written
+//! again; a gap is refused (`OutOfOrderSequence`), and so is an older epoch (`ProducerFenced`).
+//! The state is rebuilt from the log when a partition is opened.
+
+use std::collections::{HashMap, VecDeque};
+
+use sluice_protocol::BatchHeader;
+
+use crate::limits::{PRODUCERS_PER_PARTITION_MAX, PRODUCER_BATCHES_REMEMBERED};
+
+/// One remembered batch of a producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SeenBatch {
+    base_sequence: i32,
+    last_sequence: i32,
+    base_offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ProducerEntry {
+    epoch: i16,
+    recent: VecDeque<SeenBatch>,
+    /// Monotonic activity stamp, to forget the least recently active producer first.
+    touched: u64,
+}
+
+/// What to do with a producer's batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceCheck {
+    /// Not from an idempotent producer, or the next in sequence: append it.
+    Append,
+    /// A retry of a batch already in the log at this offset: answer with it, append nothing.
+    Duplicate {
+        base_offset: u64,
+    },
+    OutOfOrder,
+    Fenced,
+}
+
+/// The last sequence number of a batch (sequences wrap at `i32::MAX`).
+fn last_sequence(header: &BatchHeader) -> i32 {
+    let span = header.record_count.saturating_sub(1) as i64;
+    ((i64::from(header.base_sequence) + span) % (i64::from(i32::MAX) + 1)) as i32
+}
+
+fn next_sequence(sequence: i32) -> i32 {
+    if sequence == i32::MAX {
+        0
+    } else {
+        sequence + 1
+    }
+}
+
+/// The producers of one partition.
+#[derive(Debug, Default)]
+pub struct ProducerState {
+    producers: HashMap<i64, ProducerEntry>,
+    clock: u64,
+}
+
+impl ProducerState {
+    /// Decides what to do with a batch before it is appended.
+    pub fn check(&self, header: &BatchHeader) -> SequenceCheck {
+        if header.producer_id < 0 {
+            return SequenceCheck::Append;
+        }
+        let Some(entry) = self.producers.get(&header.producer_id) else {
+            // A producer we do not know (new, or forgotten): nothing to compare with.
+            return SequenceCheck::Append;
+        };
+        if header.producer_epoch < entry.epoch {
+            return SequenceCheck::Fenced;
+        }
+        if header.producer_epoch > entry.epoch {
+            return if header.base_sequence == 0 {
+                SequenceCheck::Append
+            } else {
+                SequenceCheck::OutOfOrder
+            };
+        }
+        let last = last_sequence(header);
+        if let Some(seen) = entry
+            .recent
+            .iter()
+            .find(|b| b.base_sequence == header.base_sequence && b.last_sequence == last)
+        {
+            return SequenceCheck::Duplicate {
+                base_offset: seen.base_offset,
+            };
+        }
+        match entry.recent.back() {
+            Some(newest) if next_sequence(newest.last_sequence) == header.base_sequence => {
+                SequenceCheck::Append
+            }
+            None => SequenceCheck::Append,
+            Some(_) => SequenceCheck::OutOfOrder,
+        }
+    }
+
+    /// Records a batch that is now in the log at `base_offset`.
+    pub fn record(&mut self, header: &BatchHeader, base_offset: u64) {
+        if header.producer_id < 0 {
+            return;
+        }
+        self.clock += 1;
+        let clock = self.clock;
+        let entry = self
+            .producers
+            .entry(header.producer_id)
+            .or_insert_with(|| ProducerEntry {
+                epoch: header.producer_epoch,
+                recent: VecDeque::new(),
+                touched: clock,
+            });
+        if header.producer_epoch != entry.epoch {
+            entry.epoch = header.producer_epoch;
+            entry.recent.clear();
+        }
+        entry.touched = clock;
+        entry.recent.push_back(SeenBatch {
+            base_sequence: header.base_sequence,
+            last_sequence: last_sequence(header),
+            base_offset,
+        });
+        while entry.recent.len() > PRODUCER_BATCHES_REMEMBERED {
+            entry.recent.pop_front();
+        }
+        if self.producers.len() > PRODUCERS_PER_PARTITION_MAX {
+            if let Some((&oldest, _)) = self.producers.iter().min_by_key(|(_, e)| e.touched) {
+                self.producers.remove(&oldest);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.producers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.producers.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_protocol::{BatchBuilder, BatchOptions};
+
+    fn header(producer_id: i64, epoch: i16, base_sequence: i32, records: u32) -> BatchHeader {
+        let mut builder = BatchBuilder::new(BatchOptions {
+            producer_id,
+            producer_epoch: epoch,
+            base_sequence,
+        });
+        for _ in 0..records {
+            builder.push(1, None, Some(b"v"), &[]);
+        }
+        BatchHeader::parse(&builder.finish()).unwrap()
+    }
+
+    #[test]
+    fn sequences_accept_dedupe_and_refuse_gaps() {
+        let mut state = ProducerState::default();
+        let first = header(7, 0, 0, 3);
+        assert_eq!(state.check(&first), SequenceCheck::Append);
+        state.record(&first, 100);
+        assert_eq!(
+            state.check(&first),
+            SequenceCheck::Duplicate { base_offset: 100 }
+        );
+        let second = header(7, 0, 3, 2);
+        assert_eq!(state.check(&second), SequenceCheck::Append);
+        state.record(&second, 103);
+        assert_eq!(
+            state.check(&header(7, 0, 3, 2)),
+            SequenceCheck::Duplicate { base_offset: 103 }
+        );
+        assert_eq!(
+            state.check(&header(7, 0, 9, 1)),
+            SequenceCheck::OutOfOrder,
+            "a gap"
+        );
+        assert_eq!(
+            state.check(&header(7, 0, 4, 1)),
+            SequenceCheck::OutOfOrder,
+            "overlapping, not a known batch"
+        );
+        assert_eq!(state.check(&header(7, 0, 5, 1)), SequenceCheck::Append);
+        assert_eq!(
+            state.check(&header(-1, -1, -1, 1)),
+            SequenceCheck::Append,
+            "not idempotent"
+        );
+    }
+
+    #[test]
+    fn epochs_fence_and_reset() {
+        let mut state = ProducerState::default();
+        state.record(&header(1, 2, 0, 1), 0);
+        assert_eq!(state.check(&header(1, 1, 1, 1)), SequenceCheck::Fenced);
+        assert_eq!(state.check(&header(1, 3, 5, 1)), SequenceCheck::OutOfOrder);
+        assert_eq!(state.check(&header(1, 3, 0, 1)), SequenceCheck::Append);
+    }
+
+    #[test]
+    fn sequences_wrap() {
+        let mut state = ProducerState::default();
+        state.record(&header(1, 0, i32::MAX - 1, 2), 0);
+        assert_eq!(state.check(&header(1, 0, 0, 1)), SequenceCheck::Append);
+    }
+
+    #[test]
+    fn only_the_last_five_batches_are_remembered() {
+        let mut state = ProducerState::default();
+        for i in 0..8 {
+            state.record(&header(1, 0, i, 1), i as u64);
+        }
+        assert_eq!(
+            state.check(&header(1, 0, 7, 1)),
+            SequenceCheck::Duplicate { base_offset: 7 }
+        );
+        assert_eq!(state.check(&header(1, 0, 1, 1)), SequenceCheck::OutOfOrder);
+    }
+}
