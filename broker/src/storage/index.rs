@@ -191,7 +191,9 @@ impl SegmentIndex {
         if &trailer[0..4] != OFFSET_MAGIC || u32_at(trailer, 4) != INDEX_VERSION {
             return fail("offset index trailer is missing or of another version");
         }
-        if crc32c::crc32c(&offset_file[..trailer_at + 40]) != u32_at(trailer, 40) {
+        if crc32c::crc32c(&offset_file[..trailer_at + 40]) != u32_at(trailer, 40)
+            || u32_at(trailer, 44) != 0
+        {
             return fail("offset index CRC mismatch");
         }
         let count = u32_at(trailer, 8) as usize;
@@ -235,7 +237,9 @@ impl SegmentIndex {
         if &time_trailer[0..4] != TIME_MAGIC {
             return fail("time index trailer is missing");
         }
-        if crc32c::crc32c(&time_file[..time_trailer_at + 8]) != u32_at(time_trailer, 8) {
+        if crc32c::crc32c(&time_file[..time_trailer_at + 8]) != u32_at(time_trailer, 8)
+            || u32_at(time_trailer, 12) != 0
+        {
             return fail("time index CRC mismatch");
         }
         let time_count = u32_at(time_trailer, 4) as usize;
@@ -268,5 +272,100 @@ impl SegmentIndex {
             next_offset,
             max_timestamp,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// (record count, batch bytes, max timestamp) of each batch.
+    fn batches() -> impl Strategy<Value = Vec<(u32, u32, i64)>> {
+        proptest::collection::vec((1u32..20, 64u32..5000, 0i64..10_000), 1..200)
+    }
+
+    fn build(
+        base: u64,
+        interval: u32,
+        batches: &[(u32, u32, i64)],
+    ) -> (SegmentIndex, Vec<(u64, u64, u64, i64)>) {
+        let mut index = SegmentIndex::new(base, interval);
+        let mut layout = Vec::new();
+        let (mut offset, mut position) = (base, 0u64);
+        for &(count, len, ts) in batches {
+            let header = BatchHeader {
+                base_offset: offset,
+                batch_len: len,
+                leader_epoch: 0,
+                magic: 1,
+                crc: 0,
+                attributes: 0,
+                record_count: count,
+                first_timestamp: ts,
+                max_timestamp: ts,
+                producer_id: -1,
+                producer_epoch: -1,
+                base_sequence: -1,
+            };
+            index.observe(position, &header);
+            layout.push((offset, offset + u64::from(count), position, ts));
+            offset += u64::from(count);
+            position += u64::from(len);
+        }
+        (index, layout)
+    }
+
+    proptest! {
+        #[test]
+        fn lookups_land_at_or_before_the_batch_and_within_an_interval(
+            base in 0u64..1_000_000, interval in 1u32..20_000, batches in batches(), probe: prop::sample::Index,
+        ) {
+            let (index, layout) = build(base, interval, &batches);
+            let (first, next, position, _) = layout[probe.index(layout.len())];
+            let target = first + (next - first) / 2;
+            let (entry_offset, start) = index.entry_for_offset(target);
+            prop_assert!(start <= position);
+            prop_assert!(entry_offset <= first);
+            // The entry is a batch boundary with that offset.
+            prop_assert!(layout.iter().any(|&(o, _, p, _)| o == entry_offset && p == start));
+            // Skipped bytes are bounded by the interval plus one batch.
+            let max_len = batches.iter().map(|b| u64::from(b.1)).max().unwrap_or(0);
+            prop_assert!(position - start <= u64::from(interval) + max_len);
+        }
+
+        #[test]
+        fn time_lookups_never_skip_the_answer(batches in batches(), target in 0i64..10_000) {
+            let (index, layout) = build(0, 4096, &batches);
+            let start = index.scan_start_for_timestamp(target);
+            let answer = layout.iter().find(|&&(_, _, _, ts)| ts >= target).map(|l| l.0);
+            if let Some(answer) = answer {
+                prop_assert!(start <= answer, "scan starts at {start}, answer at {answer}");
+            }
+            prop_assert!(layout.iter().filter(|&&(o, _, _, _)| o < start).all(|&(_, _, _, ts)| ts < target));
+        }
+
+        #[test]
+        fn index_files_round_trip_and_detect_damage(
+            base in 0u64..1_000_000, batches in batches(), flip: prop::sample::Index, bit in 0u8..8,
+        ) {
+            let (index, _) = build(base, 4096, &batches);
+            let offsets = index.encode_offset_index();
+            let times = index.encode_time_index();
+            let decoded = SegmentIndex::decode(base, &offsets, &times).unwrap();
+            prop_assert_eq!(decoded.size_bytes(), index.size_bytes());
+            prop_assert_eq!(decoded.next_offset(), index.next_offset());
+            prop_assert_eq!(decoded.max_timestamp(), index.max_timestamp());
+            prop_assert_eq!(decoded.offsets.clone(), index.offsets.clone());
+            prop_assert_eq!(decoded.times.clone(), index.times.clone());
+            let mut damaged = offsets.clone();
+            let at = flip.index(damaged.len());
+            damaged[at] ^= 1 << bit;
+            prop_assert!(SegmentIndex::decode(base, &damaged, &times).is_err());
+            let mut damaged = times.clone();
+            let at = flip.index(damaged.len());
+            damaged[at] ^= 1 << bit;
+            prop_assert!(SegmentIndex::decode(base, &offsets, &damaged).is_err());
+        }
     }
 }
