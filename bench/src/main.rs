@@ -1,1 +1,322 @@
-fn main() {}
+//! `sluice-bench`: Sluice's benchmark harness.
+//!
+//! Every scenario runs the machine-limits probe in the same run and reports its figures as
+//! ratios to it, because absolute numbers on a shared 2-core VM mean little on their own.
+//! Today's scenarios: `probe` (the raw limits alone) and `storage` (the partition log alone).
+
+mod metadata;
+mod probe;
+mod storage;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+#[derive(Debug, Parser)]
+#[command(name = "sluice-bench", version, about = "Benchmarks for the Sluice broker", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Option<Scenario>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// The machine's limits: O_DIRECT write with fdatasync per MiB, O_DIRECT read, loopback TCP.
+    Probe(ProbeArgs),
+    /// The partition log alone: concurrent durable appends, then a sequential read from disk.
+    Storage(StorageArgs),
+    /// Cluster metadata on Raft: topic creation rate, commit latency, controller failover.
+    Metadata(MetadataArgs),
+}
+
+#[derive(Debug, Args)]
+struct MetadataArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Brokers in the cluster (each a metadata node on its own thread and port).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=7))]
+    brokers: u64,
+    /// Topics created, one request after another.
+    #[arg(long, default_value_t = 1000)]
+    topics: u32,
+    /// Partitions per topic.
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    /// Raft election timeout (lower bound) in milliseconds.
+    #[arg(long, default_value_t = 300)]
+    election_timeout_ms: u64,
+    /// Snapshot every this many Raft log entries.
+    #[arg(long, default_value_t = 1000)]
+    snapshot_logs: u64,
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// Directory for benchmark data (must be on the disk under test; removed afterwards).
+    #[arg(long, default_value = "./sluice-bench-data")]
+    dir: PathBuf,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ProbeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// MiB written and read by the disk probe.
+    #[arg(long, default_value_t = 512)]
+    disk_mib: u64,
+}
+
+#[derive(Debug, Args)]
+struct StorageArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Shards (one partition each); default: the cores available.
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Concurrent appenders per partition.
+    #[arg(long, default_value_t = 32)]
+    appenders: usize,
+    /// Bytes of each record's value.
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
+    /// Records per batch.
+    #[arg(long, default_value_t = 16)]
+    batch_records: u32,
+    /// MiB appended per partition.
+    #[arg(long, default_value_t = 1024)]
+    mib_per_shard: u64,
+    /// Group-commit window in milliseconds (flush = interval).
+    #[arg(long, default_value_t = 5)]
+    flush_interval_ms: u64,
+    /// Group-commit byte window in KiB: flush as soon as this much is waiting.
+    #[arg(long, default_value_t = 1024)]
+    flush_kib: u64,
+    /// Segment size in MiB.
+    #[arg(long, default_value_t = 128)]
+    segment_mib: u64,
+    /// Bytes per read request in the read phase, in KiB.
+    #[arg(long, default_value_t = 1024)]
+    read_kib: usize,
+    /// Seed for record payloads.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report<P: Serialize, R: Serialize> {
+    scenario: &'static str,
+    git_revision: String,
+    machine: Machine,
+    params: P,
+    probe: probe::ProbeResult,
+    result: R,
+    ratios: serde_json::Value,
+}
+
+#[derive(Debug, Serialize)]
+struct Machine {
+    cpus: usize,
+    kernel: String,
+}
+
+fn machine() -> Machine {
+    Machine {
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+    }
+}
+
+fn git_revision() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn write_json<T: Serialize>(path: &Option<PathBuf>, report: &T) -> Result<(), String> {
+    if let Some(path) = path {
+        let text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+        std::fs::write(path, text + "\n").map_err(|e| format!("write {}: {e}", path.display()))?;
+        println!("report written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn run_probe(dir: &std::path::Path, disk_mib: u64) -> Result<probe::ProbeResult, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let mut config = probe::ProbeConfig::quick(dir.to_path_buf());
+    config.write_bytes = disk_mib << 20;
+    config.read_bytes = disk_mib << 20;
+    eprintln!("probe: raw disk and loopback limits ({disk_mib} MiB) ...");
+    probe::run(&config).map_err(|e| format!("probe: {e}"))
+}
+
+fn print_probe(p: &probe::ProbeResult) {
+    println!("raw limits (same run, {}):", p.fs_type);
+    println!(
+        "  O_DIRECT write + fdatasync/MiB   {:>9.0} MB/s   (p99 {} us per MiB)",
+        p.disk_write_fdatasync_mb_s, p.disk_write_fdatasync_p99_us
+    );
+    println!(
+        "  O_DIRECT sequential read         {:>9.0} MB/s",
+        p.disk_read_mb_s
+    );
+    println!(
+        "  loopback TCP, one stream         {:>9.0} MB/s",
+        p.tcp_loopback_mb_s
+    );
+}
+
+fn storage(args: StorageArgs) -> Result<(), String> {
+    let shards = args
+        .shards
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if shards == 0 || args.appenders == 0 || args.batch_records == 0 || args.mib_per_shard == 0 {
+        return Err("shards, appenders, batch-records and mib-per-shard must be positive".into());
+    }
+    let params = storage::StorageParams {
+        shards,
+        appenders_per_shard: args.appenders,
+        record_bytes: args.record_bytes,
+        records_per_batch: args.batch_records,
+        bytes_per_shard: args.mib_per_shard << 20,
+        flush_interval_ms: args.flush_interval_ms,
+        flush_bytes: args.flush_kib << 10,
+        segment_bytes: args.segment_mib << 20,
+        write_buffer_bytes: ((args.flush_kib << 10) as usize * 2).max(8 << 20),
+        read_bytes_max: args.read_kib << 10,
+        seed: args.seed,
+    };
+    let probe = run_probe(&args.common.dir, 512)?;
+    eprintln!(
+        "storage: {} shard(s) x {} appenders, {} MiB each, {}-record batches of {} B records ...",
+        params.shards,
+        params.appenders_per_shard,
+        args.mib_per_shard,
+        params.records_per_batch,
+        params.record_bytes
+    );
+    let result = storage::run(&params, &args.common.dir.join("storage"))?;
+    let append_ratio = result.append_mb_s / probe.disk_write_fdatasync_mb_s;
+    let read_ratio = result.read_mb_s / probe.disk_read_mb_s;
+    let p99_ratio =
+        result.append_to_durable.p99_us as f64 / (params.flush_interval_ms as f64 * 1000.0);
+    print_probe(&probe);
+    let l = &result.append_to_durable;
+    println!(
+        "storage (flush = interval {} ms / {} KiB):",
+        params.flush_interval_ms, args.flush_kib
+    );
+    println!("  append   {:>9.0} MB/s  {:>10.0} records/s   {:.2}x raw write   ({} fdatasyncs, {} segments)",
+        result.append_mb_s, result.append_records_s, append_ratio, result.fdatasyncs, result.segments);
+    println!(
+        "  append-to-durable latency us: p50 {} p90 {} p99 {} p99.9 {} p99.99 {} max {} mean {:.0}",
+        l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.p9999_us, l.max_us, l.mean_us
+    );
+    println!("  p99 / flush interval = {p99_ratio:.2} (target <= 2)");
+    println!(
+        "  read     {:>9.0} MB/s   {:.2}x raw read",
+        result.read_mb_s, read_ratio
+    );
+    let report = Report {
+        scenario: "storage",
+        git_revision: git_revision(),
+        machine: machine(),
+        params,
+        probe,
+        ratios: serde_json::json!({
+            "append_vs_raw_write": append_ratio,
+            "read_vs_raw_read": read_ratio,
+            "p99_vs_flush_interval": p99_ratio,
+        }),
+        result,
+    };
+    write_json(&args.common.json, &report)
+}
+
+fn metadata(args: MetadataArgs) -> Result<(), String> {
+    let params = metadata::MetadataParams {
+        brokers: args.brokers,
+        topics: args.topics,
+        partitions: args.partitions,
+        election_timeout_ms: args.election_timeout_ms,
+        snapshot_logs: args.snapshot_logs,
+    };
+    eprintln!(
+        "metadata: {} broker(s), {} topics of {} partitions ...",
+        params.brokers, params.topics, params.partitions
+    );
+    let result = metadata::run(&params, &args.common.dir.join("metadata"))?;
+    let l = &result.commit_latency;
+    println!(
+        "metadata ({} broker(s), election timeout {} ms):",
+        params.brokers, params.election_timeout_ms
+    );
+    println!(
+        "  {} topics x {} partitions in {:.2} s ({:.0} topics/s)",
+        params.topics, params.partitions, result.create_seconds, result.topics_per_second
+    );
+    println!(
+        "  create-topic commit latency us: p50 {} p90 {} p99 {} p99.9 {} max {} mean {:.0}",
+        l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.mean_us
+    );
+    if let Some(failover) = result.failover_ms {
+        println!(
+            "  controller killed -> new controller served a creation in {failover:.0} ms ({:.2}x the election timeout)",
+            failover / params.election_timeout_ms as f64
+        );
+    }
+    let report = serde_json::json!({
+        "scenario": "metadata",
+        "git_revision": git_revision(),
+        "machine": machine(),
+        "params": params,
+        "result": result,
+    });
+    write_json(&args.common.json, &report)
+}
+
+fn probe_only(args: ProbeArgs) -> Result<(), String> {
+    let probe = run_probe(&args.common.dir, args.disk_mib)?;
+    print_probe(&probe);
+    let report = Report {
+        scenario: "probe",
+        git_revision: git_revision(),
+        machine: machine(),
+        params: serde_json::json!({ "disk_mib": args.disk_mib }),
+        probe,
+        result: serde_json::Value::Null,
+        ratios: serde_json::Value::Null,
+    };
+    write_json(&args.common.json, &report)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.scenario {
+        Some(Scenario::Probe(args)) => probe_only(args),
+        Some(Scenario::Storage(args)) => storage(args),
+        Some(Scenario::Metadata(args)) => metadata(args),
+        None => match Cli::parse_from(["sluice-bench", "storage"]).scenario {
+            Some(Scenario::Storage(args)) => storage(args),
+            _ => Err("the default scenario could not be parsed".into()),
+        },
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("sluice-bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

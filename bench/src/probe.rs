@@ -1,0 +1,275 @@
+//! The machine-limits probe: raw O_DIRECT disk and loopback TCP, measured in the same run as a
+//! benchmark so its results can be reported as ratios to what the hardware does.
+//!
+//! - write: sequential 1 MiB O_DIRECT writes to a new file, fdatasync after each (the durable
+//!   write ceiling for a log that syncs every MiB);
+//! - read: sequential 1 MiB O_DIRECT reads of that file (nothing comes from the page cache);
+//! - TCP: one stream over 127.0.0.1, 1 MiB writes, measured on the receiver.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+const ALIGNMENT: usize = 4096;
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ProbeConfig {
+    pub dir: PathBuf,
+    pub write_bytes: u64,
+    pub read_bytes: u64,
+    pub tcp_bytes: u64,
+    pub block_bytes: usize,
+}
+
+impl ProbeConfig {
+    /// A short probe: 256 MiB of disk writes and reads, 1 GiB over TCP, 1 MiB blocks.
+    pub fn quick(dir: PathBuf) -> Self {
+        ProbeConfig {
+            dir,
+            write_bytes: 256 << 20,
+            read_bytes: 256 << 20,
+            tcp_bytes: 1 << 30,
+            block_bytes: 1 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ProbeResult {
+    /// O_DIRECT sequential writes of `block_bytes`, fdatasync after each.
+    pub disk_write_fdatasync_mb_s: f64,
+    /// p99 of one (write + fdatasync) of `block_bytes`, in µs.
+    pub disk_write_fdatasync_p99_us: u64,
+    /// O_DIRECT sequential reads of the file just written.
+    pub disk_read_mb_s: f64,
+    /// One TCP stream over loopback.
+    pub tcp_loopback_mb_s: f64,
+    /// The file system of `dir`.
+    pub fs_type: String,
+}
+
+/// An aligned, zero-initialised buffer for O_DIRECT.
+struct AlignedBuf {
+    ptr: *mut u8,
+    layout: Layout,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> std::io::Result<AlignedBuf> {
+        let layout = Layout::from_size_align(len.max(ALIGNMENT), ALIGNMENT)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::OutOfMemory,
+                "aligned allocation failed",
+            ));
+        }
+        Ok(AlignedBuf { ptr, layout })
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` points to `layout.size()` initialised bytes owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { dealloc(self.ptr, self.layout) }
+    }
+}
+
+/// Removes the probe file however the probe ends.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn fs_type(dir: &std::path::Path) -> String {
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return "unknown".into();
+    };
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
+        return "unknown".into();
+    };
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() >= 3).then(|| (fields[1].to_string(), fields[2].to_string()))
+        })
+        .filter(|(mount, _)| dir.starts_with(mount))
+        .max_by_key(|(mount, _)| mount.len())
+        .map_or_else(|| "unknown".into(), |(_, kind)| kind)
+}
+
+fn disk(config: &ProbeConfig) -> std::io::Result<(f64, u64, f64)> {
+    let block = config.block_bytes.max(ALIGNMENT) / ALIGNMENT * ALIGNMENT;
+    let path = config
+        .dir
+        .join(format!(".sluice-probe-{}", std::process::id()));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{} does not support O_DIRECT (tmpfs?)",
+                        config.dir.display()
+                    ),
+                )
+            } else {
+                e
+            }
+        })?;
+    let _cleanup = TempFile(path);
+    let mut buf = AlignedBuf::new(block)?;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for chunk in buf.as_mut_slice().chunks_mut(8) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+    }
+    let blocks = (config.write_bytes / block as u64).max(1);
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let started = Instant::now();
+    for i in 0..blocks {
+        let t0 = Instant::now();
+        file.write_all_at(buf.as_slice(), i * block as u64)?;
+        file.sync_data()?;
+        let _ = histogram.record((t0.elapsed().as_micros() as u64).max(1));
+    }
+    let write_seconds = started.elapsed().as_secs_f64();
+    let written = blocks * block as u64;
+
+    let read_blocks = (config.read_bytes / block as u64).clamp(1, blocks);
+    let started = Instant::now();
+    for i in 0..read_blocks {
+        let n = read_exact_at(&file, buf.as_mut_slice(), i * block as u64)?;
+        if n != block {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "short O_DIRECT read",
+            ));
+        }
+    }
+    let read_seconds = started.elapsed().as_secs_f64();
+    Ok((
+        written as f64 / 1e6 / write_seconds.max(1e-9),
+        histogram.value_at_quantile(0.99),
+        (read_blocks * block as u64) as f64 / 1e6 / read_seconds.max(1e-9),
+    ))
+}
+
+fn read_exact_at(file: &File, buf: &mut [u8], position: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = file.read_at(&mut buf[done..], position + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
+}
+
+fn tcp(config: &ProbeConfig) -> std::io::Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let address = listener.local_addr()?;
+    let total = config.tcp_bytes.max(1);
+    let receiver = std::thread::spawn(move || -> std::io::Result<f64> {
+        let (mut stream, _) = listener.accept()?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut received = 0u64;
+        let mut started = None;
+        while received < total {
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            started.get_or_insert_with(Instant::now);
+            received += n as u64;
+        }
+        let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        Ok(received as f64 / 1e6 / seconds.max(1e-9))
+    });
+    let mut stream = TcpStream::connect(address)?;
+    let block = vec![0x5au8; config.block_bytes.max(1)];
+    let mut sent = 0u64;
+    while sent < total {
+        let n = (total - sent).min(block.len() as u64) as usize;
+        stream.write_all(&block[..n])?;
+        sent += n as u64;
+    }
+    drop(stream);
+    receiver
+        .join()
+        .map_err(|_| std::io::Error::other("TCP probe receiver panicked"))?
+}
+
+/// Runs the probe.
+pub fn run(config: &ProbeConfig) -> std::io::Result<ProbeResult> {
+    std::fs::create_dir_all(&config.dir)?;
+    let (write, write_p99, read) = disk(config)?;
+    let tcp = tcp(config)?;
+    Ok(ProbeResult {
+        disk_write_fdatasync_mb_s: write,
+        disk_write_fdatasync_p99_us: write_p99,
+        disk_read_mb_s: read,
+        tcp_loopback_mb_s: tcp,
+        fs_type: fs_type(&config.dir),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tiny_probe_reports_finite_positive_figures() {
+        let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/probe-test"));
+        let config = ProbeConfig {
+            dir: dir.clone(),
+            write_bytes: 8 << 20,
+            read_bytes: 8 << 20,
+            tcp_bytes: 16 << 20,
+            block_bytes: 1 << 20,
+        };
+        let result = run(&config).unwrap();
+        for figure in [
+            result.disk_write_fdatasync_mb_s,
+            result.disk_read_mb_s,
+            result.tcp_loopback_mb_s,
+        ] {
+            assert!(figure.is_finite() && figure > 0.0, "{result:?}");
+        }
+        assert!(result.disk_write_fdatasync_p99_us > 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
