@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::Placement;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use sluice_broker::storage::{FlushPolicy, LogConfig, LogStats, PartitionLog};
@@ -19,6 +19,9 @@ use sluice_protocol::{BatchBuilder, BatchOptions};
 pub struct StorageParams {
     pub shards: usize,
     pub appenders_per_shard: usize,
+    /// Appends each appender keeps waiting for durability at once (pipelining, as a producer
+    /// with several requests in flight does).
+    pub in_flight: usize,
     pub record_bytes: usize,
     pub records_per_batch: u32,
     pub bytes_per_shard: u64,
@@ -68,6 +71,10 @@ pub struct StorageResult {
     pub append_records_s: f64,
     pub append_to_durable: Latency,
     pub fdatasyncs: u64,
+    /// Share of the write phase the flushers spent in DMA writes and in fdatasync (summed over
+    /// shards, so up to `shards`).
+    pub flush_write_share: f64,
+    pub flush_sync_share: f64,
     pub device_bytes_written: u64,
     pub segments: usize,
     pub bytes_read: u64,
@@ -146,12 +153,26 @@ async fn run_shard(
         let batch = make_batch(&params, (shard * 1000 + appender) as u64);
         let share = batches_total / params.appenders_per_shard as u64
             + u64::from((appender as u64) < batches_total % params.appenders_per_shard as u64);
+        let in_flight = params.in_flight.max(1);
         tasks.push(glommio::spawn_local(async move {
             let mut histogram =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+            let mut pending = std::collections::VecDeque::with_capacity(in_flight);
             for _ in 0..share {
                 let t0 = Instant::now();
-                log.append_durable(&batch, 0)
+                let appended = log.append(&batch, 0).await.map_err(|e| e.to_string())?;
+                pending.push_back((t0, appended));
+                if pending.len() >= in_flight {
+                    if let Some((t0, appended)) = pending.pop_front() {
+                        log.wait_durable(appended)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let _ = histogram.record((t0.elapsed().as_micros() as u64).max(1));
+                    }
+                }
+            }
+            while let Some((t0, appended)) = pending.pop_front() {
+                log.wait_durable(appended)
                     .await
                     .map_err(|e| e.to_string())?;
                 let _ = histogram.record((t0.elapsed().as_micros() as u64).max(1));
@@ -223,10 +244,12 @@ pub fn run(params: &StorageParams, root: &Path) -> Result<StorageResult, String>
         let params = params.clone();
         let dir = root.join(format!("shard-{shard}")).join("bench-0");
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(shard % cpus))
-            .name(&format!("shard-{shard}"))
-            .spawn(move || async move { run_shard(params, dir, shard).await })
-            .map_err(|e| format!("start shard {shard}: {e}"))?;
+        let handle = sluice_broker::shard::executor_builder(
+            Placement::Fixed(shard % cpus),
+            &format!("shard-{shard}"),
+        )
+        .spawn(move || async move { run_shard(params, dir, shard).await })
+        .map_err(|e| format!("start shard {shard}: {e}"))?;
         handles.push(handle);
     }
     let mut outcomes = Vec::new();
@@ -245,6 +268,8 @@ pub fn run(params: &StorageParams, root: &Path) -> Result<StorageResult, String>
         append_records_s: 0.0,
         append_to_durable: Latency::default(),
         fdatasyncs: 0,
+        flush_write_share: 0.0,
+        flush_sync_share: 0.0,
         device_bytes_written: 0,
         segments: 0,
         bytes_read: 0,
@@ -260,6 +285,10 @@ pub fn run(params: &StorageParams, root: &Path) -> Result<StorageResult, String>
         result.batches_written += outcome.batches;
         result.write_seconds = result.write_seconds.max(outcome.write_seconds);
         result.fdatasyncs += outcome.stats.syncs;
+        result.flush_write_share +=
+            outcome.stats.write_us as f64 / 1e6 / outcome.write_seconds.max(1e-9);
+        result.flush_sync_share +=
+            outcome.stats.sync_us as f64 / 1e6 / outcome.write_seconds.max(1e-9);
         result.device_bytes_written += outcome.stats.bytes_written;
         result.segments += outcome.segments;
         result.bytes_read += outcome.bytes_read;

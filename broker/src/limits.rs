@@ -58,3 +58,13 @@ pub const PRODUCER_BATCHES_REMEMBERED: usize = 5;
 
 /// Idempotent producers tracked per partition; the least recently active is forgotten beyond it.
 pub const PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
+
+/// Registered (pinned) memory each shard's io_uring gets for DMA buffers. Write buffers come from
+/// it; when it is exhausted glommio falls back to the system allocator, which costs a fresh
+/// mapping per flush: measured here, 8 MiB flush buffers reach 2.7 GB/s from this pool and 0.85
+/// GB/s without it. 128 MiB covers eight partitions writing at full speed per shard.
+pub const SHARD_IO_MEMORY_BYTES: usize = 128 << 20;
+
+/// How often a shard's executor checks whether a task has run too long and another queue (or
+/// the I/O reactor) should run.
+pub const SHARD_PREEMPT_MS: u64 = 1;

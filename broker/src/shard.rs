@@ -9,8 +9,20 @@ use std::cell::Cell;
 use std::path::Path;
 
 use glommio::io::DmaFile;
+use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::storage::error::{io_error, Result, StorageError};
+
+/// The executor builder every shard uses: pinned placement, a 1 ms preemption check, and the
+/// registered I/O memory that write buffers come from.
+pub fn executor_builder(placement: Placement, name: &str) -> LocalExecutorBuilder {
+    LocalExecutorBuilder::new(placement)
+        .name(name)
+        .preempt_timer(std::time::Duration::from_millis(
+            crate::limits::SHARD_PREEMPT_MS,
+        ))
+        .io_memory(crate::limits::SHARD_IO_MEMORY_BYTES)
+}
 
 thread_local! {
     static DMA_PRIMED: Cell<bool> = const { Cell::new(false) };

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_lite::FutureExt;
 use glommio::net::TcpListener;
 use glommio::sync::Semaphore;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::Placement;
 
 use super::connection::{serve, ShardContext};
 use super::partitions::Partitions;
@@ -49,14 +49,12 @@ impl Shards {
             let (stop_tx, stop_rx) = flume::bounded::<()>(1);
             let config = config.clone();
             let link = link.clone();
-            let thread =
-                LocalExecutorBuilder::new(Placement::Fixed(shard as usize % cpus))
-                    .name(&format!("shard-{shard}"))
-                    .preempt_timer(Duration::from_millis(1))
-                    .spawn(move || async move {
-                        run(config, shard, main, link, address_tx, stop_rx).await
-                    })
-                    .map_err(|e| format!("cannot start shard {shard}: {e}"))?;
+            let thread = crate::shard::executor_builder(
+                Placement::Fixed(shard as usize % cpus),
+                &format!("shard-{shard}"),
+            )
+            .spawn(move || async move { run(config, shard, main, link, address_tx, stop_rx).await })
+            .map_err(|e| format!("cannot start shard {shard}: {e}"))?;
             let address = address_rx
                 .recv()
                 .map_err(|_| format!("shard {shard} stopped during start-up"))??;

@@ -123,6 +123,10 @@ pub struct LogStats {
     pub syncs: u64,
     /// Bytes handed to the device, padding and rewritten partial blocks included.
     pub bytes_written: u64,
+    /// Time spent in DMA writes issued by flushes, in µs.
+    pub write_us: u64,
+    /// Time spent in fdatasync issued by flushes, in µs.
+    pub sync_us: u64,
 }
 
 /// What a retention pass deleted.
@@ -202,14 +206,17 @@ impl PartitionLog {
         config: LogConfig,
     ) -> Result<(PartitionLog, RecoveryReport)> {
         config.validate()?;
-        let dir = dir.into();
+        let dir: PathBuf = dir.into();
+        let dir = std::path::absolute(&dir).map_err(io_error("resolve", &dir))?;
         crate::shard::prime_dma_io(dir.parent().unwrap_or(&dir)).await?;
-        glommio::io::Directory::create(&dir)
+        let created = dir.clone();
+        glommio::executor()
+            .spawn_blocking(move || std::fs::create_dir_all(&created))
             .await
-            .map_err(io_error("create directory", &dir))?
-            .close()
-            .await
-            .map_err(io_error("close directory", &dir))?;
+            .map_err(io_error("create directory", &dir))?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent).await?;
+        }
         let bases = list_segments(&dir).await?;
         let interval = config.index_interval_bytes;
         let mut sealed = VecDeque::with_capacity(bases.len().saturating_sub(1));
@@ -922,18 +929,23 @@ impl LogInner {
         self.space.notify();
         let outcome = write_job(&job, sync).await;
         let mut state = self.state.borrow_mut();
-        if let Err(error) = outcome {
-            tracing::error!(%error, "flush failed; the log stops accepting writes");
-            state.failed = Some(error.to_string());
-            self.flushed.notify();
-            self.space.notify();
-            return Err(error);
-        }
+        let (write_us, sync_us) = match outcome {
+            Ok(times) => times,
+            Err(error) => {
+                tracing::error!(%error, "flush failed; the log stops accepting writes");
+                state.failed = Some(error.to_string());
+                self.flushed.notify();
+                self.space.notify();
+                return Err(error);
+            }
+        };
         state.active.flushed(&job);
         self.bump(|s| {
             s.writes += 1;
             s.syncs += u64::from(sync);
             s.bytes_written += job.buf.len() as u64;
+            s.write_us += write_us;
+            s.sync_us += sync_us;
         });
         state.durable_end = job.next_offset;
         let charge = job.buf.len();
@@ -961,7 +973,9 @@ impl LogInner {
     }
 }
 
-async fn write_job(job: &FlushJob, sync: bool) -> Result<()> {
+/// Writes a flush job (and syncs it when asked); returns the µs spent writing and syncing.
+async fn write_job(job: &FlushJob, sync: bool) -> Result<(u64, u64)> {
+    let started = Instant::now();
     let wanted = job.buf.len();
     let written = job
         .file
@@ -978,13 +992,17 @@ async fn write_job(job: &FlushJob, sync: bool) -> Result<()> {
             ),
         });
     }
+    let written = Instant::now();
     if sync {
         job.file
             .fdatasync()
             .await
             .map_err(io_error("fdatasync", &job.path))?;
     }
-    Ok(())
+    Ok((
+        written.duration_since(started).as_micros() as u64,
+        written.elapsed().as_micros() as u64,
+    ))
 }
 
 /// The per-log background task: waits for appended data and flushes it as the policy says.
