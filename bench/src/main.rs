@@ -44,8 +44,9 @@ struct MetadataArgs {
     /// Partitions per topic.
     #[arg(long, default_value_t = 8)]
     partitions: u32,
-    /// Raft election timeout (lower bound) in milliseconds.
-    #[arg(long, default_value_t = 300)]
+    /// Raft election timeout in milliseconds (a follower starts an election between 5/6 of it
+    /// and all of it after the controller's last heartbeat).
+    #[arg(long, default_value_t = 600)]
     election_timeout_ms: u64,
     /// Snapshot every this many Raft log entries.
     #[arg(long, default_value_t = 1000)]

@@ -63,8 +63,9 @@ struct Args {
     /// Shards (pinned executors, one per core) serving partitions; default: the cores available.
     #[arg(long)]
     shards: Option<u32>,
-    /// Lower bound of the Raft election timeout in milliseconds (the upper bound is twice it).
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(20..=60_000))]
+    /// Raft election timeout in milliseconds: a follower that has not heard from the controller
+    /// for this long (randomized between 5/6 of it and all of it) starts an election.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(30..=60_000))]
     election_timeout_ms: u64,
     /// A broker that has not heartbeated for this long is marked dead and loses leadership.
     #[arg(long, default_value_t = 6_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]

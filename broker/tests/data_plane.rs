@@ -56,7 +56,7 @@ impl Broker {
                 "--metadata-listen",
                 &self.metadata,
             ])
-            .args(["--shards", "2", "--election-timeout-ms", "100"])
+            .args(["--shards", "2", "--election-timeout-ms", "150"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sluice_broker::metadata::types::BrokerState;
 use sluice_broker::metadata::{AdminClient, AdminReply, AdminRequest, ClusterView, MetadataError};
 
-const ELECTION_MS: u64 = 150;
+const ELECTION_MS: u64 = 300;
 const LEASE_MS: u64 = 1_000;
 
 fn free_port() -> u16 {

@@ -10,7 +10,7 @@ use super::wire::{read_frame, write_frame, AdminReply, AdminRequest, WireRequest
 
 /// How many redirects one request follows before backing off.
 const REDIRECTS_MAX: usize = 8;
-const RETRY_PAUSE: Duration = Duration::from_millis(100);
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone)]
 pub struct AdminClient {

@@ -45,7 +45,7 @@ pub struct MetadataConfig {
     pub shards: u32,
     /// Native-protocol address of each shard.
     pub shard_addresses: Vec<String>,
-    /// Lower bound of the randomized election timeout; the upper bound is twice it.
+    /// Time after the controller's last heartbeat by which a follower starts an election.
     pub election_timeout_ms: u64,
     /// How long a broker stays alive without a heartbeat.
     pub lease_ms: u64,
@@ -64,7 +64,7 @@ impl MetadataConfig {
             join: Vec::new(),
             shards: 1,
             shard_addresses: Vec::new(),
-            election_timeout_ms: 300,
+            election_timeout_ms: 600,
             lease_ms: 6_000,
             snapshot_logs: 1_000,
         }
@@ -137,9 +137,12 @@ impl MetadataNode {
         let (machine, state) = StateMachineStore::open(&config.dir).map_err(storage_error)?;
         let raft_config = Config {
             cluster_name: "sluice".into(),
-            heartbeat_interval: (config.election_timeout_ms / 3).max(10),
-            election_timeout_min: config.election_timeout_ms,
-            election_timeout_max: config.election_timeout_ms * 2,
+            // openraft waits a leader lease (= election_timeout_max) plus a randomized election
+            // timeout before starting an election; these bounds make that land between 5/6 and
+            // all of `election_timeout_ms` after the controller's last heartbeat.
+            heartbeat_interval: (config.election_timeout_ms / 9).max(1),
+            election_timeout_min: (config.election_timeout_ms / 3).max(3),
+            election_timeout_max: (config.election_timeout_ms / 2).max(4),
             install_snapshot_timeout: 5_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
             max_in_snapshot_log_to_keep: (config.snapshot_logs / 10).max(10),
