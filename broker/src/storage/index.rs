@@ -66,6 +66,13 @@ impl SegmentIndex {
     pub fn offset_entries(&self) -> usize {
         self.offsets.len()
     }
+    /// File positions of the offset-index entries.
+    pub fn indexed_positions(&self) -> impl Iterator<Item = u64> + '_ {
+        self.offsets
+            .iter()
+            .map(|&(_, position)| u64::from(position))
+    }
+
     pub fn time_entries(&self) -> usize {
         self.times.len()
     }
