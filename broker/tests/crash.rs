@@ -274,6 +274,7 @@ struct Found {
 /// with exactly these bytes.
 #[derive(Debug, Default)]
 struct Verifier {
+    seed: u64,
     bytes: Vec<u8>,
     batches: Vec<Found>,
     by_base: HashMap<u64, usize>,
@@ -287,6 +288,8 @@ struct Verifier {
     truncated_bytes: u64,
     padding_bytes: u64,
     torn_rounds: u32,
+    /// Rounds where the parent tore the tail itself.
+    tears: u32,
 }
 
 /// What the parent saw when recovering the log after a kill.
@@ -376,18 +379,123 @@ fn recover(dir: &Path, read_seed: u64) -> Recovered {
     })
 }
 
+/// What the parent did to the active segment's unacknowledged tail before recovering, and what
+/// recovery must make of it.
+#[derive(Debug, Clone)]
+struct Tear {
+    what: String,
+    /// The active segment's logical end after recovery.
+    position: u64,
+    /// Whether the cut must be reported as torn (`truncated_bytes`) rather than as padding.
+    torn: bool,
+}
+
+/// Simulates a write in flight at the crash, which a SIGKILL alone cannot produce once the
+/// write completed: truncates the active segment, or flips one byte, somewhere after `floor`
+/// (the first offset neither acknowledged nor verified in an earlier round).
+fn tear_tail(dir: &Path, floor: u64, rng: &mut Rng) -> Option<Tear> {
+    use std::os::unix::fs::FileExt;
+    let &(base, size) = segment_files(dir).last()?;
+    let path = dir.join(format!("{base:020}.log"));
+    let bytes = std::fs::read(&path).expect("read the active segment");
+    assert_eq!(bytes.len() as u64, size);
+    // Batch boundaries of the valid prefix: (position, base offset).
+    let mut starts: Vec<(u64, u64)> = Vec::new();
+    let mut position = 0usize;
+    let mut next = base;
+    while let Ok(header) = sluice_protocol::batch::validate_frame(&bytes[position..]) {
+        if header.base_offset != next || header.record_count == 0 {
+            break;
+        }
+        starts.push((position as u64, header.base_offset));
+        position += header.batch_len as usize;
+        next = header.next_offset();
+    }
+    let end = position as u64;
+    let from = starts
+        .iter()
+        .find(|&&(_, offset)| offset >= floor)
+        .map_or(end, |&(position, _)| position);
+    if from >= size {
+        return None;
+    }
+    let boundary_at_or_below = |at: u64| {
+        starts
+            .iter()
+            .map(|&(position, _)| position)
+            .chain(std::iter::once(end))
+            .filter(|&position| position <= at)
+            .max()
+            .unwrap_or(0)
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open the active segment");
+    let tear = if rng.below(2) == 0 {
+        let cut = rng.range(from, size - 1);
+        file.set_len(cut).expect("truncate");
+        let position = boundary_at_or_below(cut.min(end));
+        // Zeros after the last batch are padding; anything else is a torn write.
+        let torn = if cut <= end {
+            cut > position
+        } else {
+            bytes[end as usize..cut as usize].iter().any(|&b| b != 0)
+        };
+        Tear {
+            what: format!("truncated {} to {cut} bytes (of {size})", path.display()),
+            position,
+            torn,
+        }
+    } else {
+        let mut at = rng.range(from, size - 1);
+        let start = boundary_at_or_below(at);
+        if at < end && (start + 12..start + 16).contains(&at) {
+            // The leader epoch is stamped by the broker and not covered by the CRC.
+            at = start + 16;
+        }
+        let flipped = bytes[at as usize] ^ (1 << rng.below(8));
+        file.write_at(&[flipped], at).expect("flip a byte");
+        Tear {
+            what: format!(
+                "flipped the byte at {at} of {} ({size} bytes)",
+                path.display()
+            ),
+            position: start,
+            // Even in the padding after the last batch: zeros followed by data are torn.
+            torn: true,
+        }
+    };
+    file.sync_all().expect("sync the torn segment");
+    Some(tear)
+}
+
 impl Verifier {
     /// Checks the recovered log against everything known so far and this round's acks.
     fn check_round(
         &mut self,
-        seed: u64,
         round: u32,
         before: &[(u64, u64)],
         after_segments: &[(u64, u64)],
         recovered: &Recovered,
         acks: &[Ack],
+        tear: Option<&Tear>,
     ) {
         let report = &recovered.report;
+        if let Some(tear) = tear {
+            assert_eq!(
+                report.tail.position, tear.position,
+                "after the parent {}: recovery kept the wrong tail: {:?}",
+                tear.what, report.tail
+            );
+            assert_eq!(
+                report.tail.truncated_bytes > 0,
+                tear.torn,
+                "after the parent {}: {:?}",
+                tear.what,
+                report.tail
+            );
+        }
         // The recovery report adds up.
         assert_eq!(report.log_start, 0, "nothing deletes segments here");
         assert_eq!(report.log_end, recovered.next_offset);
@@ -457,7 +565,7 @@ impl Verifier {
                 key.round <= round,
                 "batch at {next_offset} from a future round"
             );
-            let mut expected = make_batch(seed, key);
+            let mut expected = make_batch(self.seed, key);
             stamp(&mut expected, header.base_offset, key.round);
             assert!(
                 stored == &expected[..],
@@ -594,7 +702,7 @@ fn run_child(dir: &Path, seed: u64, round: u32, rng: &mut Rng) -> ChildOutput {
     // recovering the log.
     let early = rng.below(6) == 0;
     let delay = if early {
-        Duration::from_millis(rng.below(25))
+        Duration::from_millis(rng.below(60))
     } else {
         Duration::from_millis(rng.range(5, 80))
     };
@@ -647,35 +755,60 @@ fn run_child(dir: &Path, seed: u64, round: u32, rng: &mut Rng) -> ChildOutput {
 
 fn parent(seed: u64, rounds: u32, dir: &Path) {
     let mut rng = Rng::new(seed);
-    let mut verifier = Verifier::default();
+    let mut verifier = Verifier {
+        seed,
+        ..Verifier::default()
+    };
     let started = Instant::now();
     for round in 1..=rounds {
         let output = run_child(dir, seed, round, &mut rng);
+        // Half the rounds also tear the unacknowledged tail (if any), as an interrupted write would.
+        let acked_end = output
+            .acks
+            .iter()
+            .map(|a| a.last_offset + 1)
+            .fold(verifier.acked_end, u64::max);
+        let verified_end = verifier.batches.last().map_or(0, |b| b.next_offset);
+        let tear = if rng.below(2) == 0 {
+            tear_tail(dir, acked_end.max(verified_end), &mut rng)
+        } else {
+            None
+        };
+        verifier.tears += u32::from(tear.is_some());
         let before = segment_files(dir);
         let recovered = recover(dir, rng.next_u64());
         let after = segment_files(dir);
-        verifier.check_round(seed, round, &before, &after, &recovered, &output.acks);
+        verifier.check_round(
+            round,
+            &before,
+            &after,
+            &recovered,
+            &output.acks,
+            tear.as_ref(),
+        );
         if std::env::var_os("SLUICE_CRASH_VERBOSE").is_some() {
             println!(
-                "crash: round {round}: killed after {:?} (ready: {}), {} acks, log end {}, {} segments, tail {:?}",
+                "crash: round {round}: killed after {:?} (ready: {}), {} acks, log end {}, {} segments, tail {:?}, tear {:?}",
                 output.killed_at,
                 output.ready,
                 output.acks.len(),
                 recovered.report.log_end,
                 recovered.report.segments,
-                recovered.report.tail
+                recovered.report.tail,
+                tear.map(|t| t.what)
             );
         }
     }
     println!(
         "crash: {rounds} rounds, {} acknowledged batches verified ({} batches, {} bytes in {} segments), \
-         {} bytes cut from torn tails in {} rounds, {} bytes of padding, {:.1?}",
+         {} bytes cut from torn tails in {} rounds ({} tails torn by the test), {} bytes of padding, {:.1?}",
         verifier.acks_verified,
         verifier.batches.len(),
         verifier.bytes.len(),
         segment_files(dir).len(),
         verifier.truncated_bytes,
         verifier.torn_rounds,
+        verifier.tears,
         verifier.padding_bytes,
         started.elapsed()
     );
