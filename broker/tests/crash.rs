@@ -307,6 +307,10 @@ struct Recovered {
 
 fn segment_files(dir: &Path) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
+    if !dir.exists() {
+        // The child was killed before it created the log directory.
+        return out;
+    }
     for entry in std::fs::read_dir(dir).expect("list log dir") {
         let entry = entry.expect("dir entry");
         let name = entry.file_name().to_string_lossy().into_owned();

@@ -8,8 +8,19 @@ use std::time::{Duration, Instant};
 use sluice_broker::metadata::types::BrokerState;
 use sluice_broker::metadata::{AdminClient, AdminReply, AdminRequest, ClusterView, MetadataError};
 
-const ELECTION_MS: u64 = 300;
-const LEASE_MS: u64 = 1_000;
+/// Generous for a loaded 2-core CI machine running debug builds: shorter timeouts make elections
+/// churn there while heartbeats queue behind other work.
+const ELECTION_MS: u64 = 1_000;
+const LEASE_MS: u64 = 2_000;
+
+/// Cluster tests run one at a time: each starts up to four broker processes.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -204,6 +215,7 @@ fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool
 
 #[test]
 fn single_broker_keeps_metadata_across_restart() {
+    let _serial = serial();
     let mut cluster = Cluster::new(1, 1_000);
     assert_eq!(cluster.wait_for_controller(&[1]), 1);
     wait_until("the broker registers", Duration::from_secs(10), || {
@@ -254,6 +266,7 @@ fn single_broker_keeps_metadata_across_restart() {
 
 #[test]
 fn three_brokers_replicate_fail_over_and_catch_up() {
+    let _serial = serial();
     let mut cluster = Cluster::new(3, 1_000);
     let controller = cluster.wait_for_controller(&[1, 2, 3]);
     wait_until("all brokers registered", Duration::from_secs(10), || {
@@ -371,6 +384,7 @@ fn three_brokers_replicate_fail_over_and_catch_up() {
 
 #[test]
 fn expired_lease_moves_leadership_and_heartbeat_revives() {
+    let _serial = serial();
     let mut cluster = Cluster::new(3, 1_000);
     let controller = cluster.wait_for_controller(&[1, 2, 3]);
     wait_until("all brokers registered", Duration::from_secs(10), || {
@@ -412,6 +426,7 @@ fn expired_lease_moves_leadership_and_heartbeat_revives() {
 
 #[test]
 fn snapshots_bound_the_log_and_a_fresh_follower_installs_one() {
+    let _serial = serial();
     let mut cluster = Cluster::new(3, 20);
     let controller = cluster.wait_for_controller(&[1, 2, 3]);
     wait_until("all brokers registered", Duration::from_secs(10), || {
