@@ -240,9 +240,10 @@ fn storage(args: StorageArgs) -> Result<(), String> {
     );
     println!("  p99 / flush interval = {p99_ratio:.2} (target <= 2)");
     println!(
-        "  flushers busy: {:.0}% writing, {:.0}% in fdatasync (per shard, summed)",
+        "  flushers busy: {:.0}% writing, {:.0}% in fdatasync; appends held by rolls {:.0}% (per shard, summed)",
         result.flush_write_share * 100.0,
-        result.flush_sync_share * 100.0
+        result.flush_sync_share * 100.0,
+        result.roll_share * 100.0
     );
     println!(
         "  read     {:>9.0} MB/s   {:.2}x raw read",

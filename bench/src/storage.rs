@@ -75,6 +75,8 @@ pub struct StorageResult {
     /// shards, so up to `shards`).
     pub flush_write_share: f64,
     pub flush_sync_share: f64,
+    /// Share of the write phase appends were held by segment rolls (summed over shards).
+    pub roll_share: f64,
     pub device_bytes_written: u64,
     pub segments: usize,
     pub bytes_read: u64,
@@ -270,6 +272,7 @@ pub fn run(params: &StorageParams, root: &Path) -> Result<StorageResult, String>
         fdatasyncs: 0,
         flush_write_share: 0.0,
         flush_sync_share: 0.0,
+        roll_share: 0.0,
         device_bytes_written: 0,
         segments: 0,
         bytes_read: 0,
@@ -287,6 +290,7 @@ pub fn run(params: &StorageParams, root: &Path) -> Result<StorageResult, String>
         result.fdatasyncs += outcome.stats.syncs;
         result.flush_write_share +=
             outcome.stats.write_us as f64 / 1e6 / outcome.write_seconds.max(1e-9);
+        result.roll_share += outcome.stats.roll_us as f64 / 1e6 / outcome.write_seconds.max(1e-9);
         result.flush_sync_share +=
             outcome.stats.sync_us as f64 / 1e6 / outcome.write_seconds.max(1e-9);
         result.device_bytes_written += outcome.stats.bytes_written;

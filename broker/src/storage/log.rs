@@ -127,6 +127,9 @@ pub struct LogStats {
     pub write_us: u64,
     /// Time spent in fdatasync issued by flushes, in µs.
     pub sync_us: u64,
+    /// Segment rolls, and the time appends were held while they ran, in µs.
+    pub rolls: u64,
+    pub roll_us: u64,
 }
 
 /// What a retention pass deleted.
@@ -782,7 +785,12 @@ impl PartitionLog {
             }
             state.exclusive = true;
         }
+        let started = Instant::now();
         let result = self.roll_locked().await;
+        inner.bump(|s| {
+            s.rolls += 1;
+            s.roll_us += started.elapsed().as_micros() as u64;
+        });
         let mut state = inner.state.borrow_mut();
         state.exclusive = false;
         if let Err(error) = &result {
