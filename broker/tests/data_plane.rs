@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use sluice_protocol::batch::BatchHeader;
 use sluice_protocol::native::{
     decode_control, encode_control, encode_request, split_response, Acks, ApiKey,
-    CreateTopicRequest, ErrorCode, FetchPartition, FetchRequest, FetchResponse, FrameError,
-    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, OffsetQuery, ProducePartition, ProduceRequest, ProduceResponse,
-    TopicResponse,
+    CreateTopicRequest, DecodeControl, EncodeControl, ErrorCode, FetchPartition, FetchRequest,
+    FetchResponse, FrameError, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse, OffsetQuery, ProducePartition, ProduceRequest,
+    ProduceResponse, TopicResponse,
 };
 use sluice_protocol::{BatchBuilder, BatchIter, BatchOptions, RecordIter, BATCH_HEADER_BYTES};
 
@@ -111,16 +111,7 @@ impl Client {
         Ok(Client { stream, next_id: 1 })
     }
 
-    fn send<T>(&mut self, api: ApiKey, request: &T, data: &[u8]) -> u32
-    where
-        T: for<'a> rkyv::Serialize<
-            rkyv::api::high::HighSerializer<
-                rkyv::util::AlignedVec,
-                rkyv::ser::allocator::ArenaHandle<'a>,
-                rkyv::rancor::Error,
-            >,
-        >,
-    {
+    fn send<T: EncodeControl>(&mut self, api: ApiKey, request: &T, data: &[u8]) -> u32 {
         let id = self.next_id;
         self.next_id += 1;
         let control = encode_control(request);
@@ -145,43 +136,22 @@ impl Client {
         ))
     }
 
-    fn call<T, R>(&mut self, api: ApiKey, request: &T, data: &[u8]) -> (u16, Option<R>)
-    where
-        T: for<'a> rkyv::Serialize<
-            rkyv::api::high::HighSerializer<
-                rkyv::util::AlignedVec,
-                rkyv::ser::allocator::ArenaHandle<'a>,
-                rkyv::rancor::Error,
-            >,
-        >,
-        R: rkyv::Archive,
-        R::Archived: for<'a> rkyv::bytecheck::CheckBytes<
-                rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>,
-            > + rkyv::Deserialize<R, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
-    {
-        let (response, _) = self.call_with_data(api, request, data);
-        response
-    }
-
-    fn call_with_data<T, R>(
+    fn call<T: EncodeControl, R: DecodeControl>(
         &mut self,
         api: ApiKey,
         request: &T,
         data: &[u8],
-    ) -> ((u16, Option<R>), Vec<u8>)
-    where
-        T: for<'a> rkyv::Serialize<
-            rkyv::api::high::HighSerializer<
-                rkyv::util::AlignedVec,
-                rkyv::ser::allocator::ArenaHandle<'a>,
-                rkyv::rancor::Error,
-            >,
-        >,
-        R: rkyv::Archive,
-        R::Archived: for<'a> rkyv::bytecheck::CheckBytes<
-                rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>,
-            > + rkyv::Deserialize<R, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
-    {
+    ) -> (u16, Option<R>) {
+        let (response, _) = self.call_with_data(api, request, data);
+        response
+    }
+
+    fn call_with_data<T: EncodeControl, R: DecodeControl>(
+        &mut self,
+        api: ApiKey,
+        request: &T,
+        data: &[u8],
+    ) -> ((u16, Option<R>), Vec<u8>) {
         let id = self.send(api, request, data);
         let (got, error, control, data) = self.receive().unwrap();
         assert_eq!(

@@ -404,17 +404,50 @@ fn split(frame: &[u8]) -> Result<FrameParts<'_>, FrameDecodeError> {
     ))
 }
 
-/// Encodes a control message.
-pub fn encode_control<T>(message: &T) -> AlignedVec
-where
+/// A type that can be sent as a control message (any rkyv-serializable type).
+pub trait EncodeControl:
+    for<'a> rkyv::Serialize<
+    rkyv::api::high::HighSerializer<
+        AlignedVec,
+        rkyv::ser::allocator::ArenaHandle<'a>,
+        rancor::Error,
+    >,
+>
+{
+}
+
+impl<T> EncodeControl for T where
     T: for<'a> rkyv::Serialize<
         rkyv::api::high::HighSerializer<
             AlignedVec,
             rkyv::ser::allocator::ArenaHandle<'a>,
             rancor::Error,
         >,
-    >,
+    >
 {
+}
+
+/// A type that can be received as a control message: its archive is validated, then deserialized.
+pub trait DecodeControl:
+    rkyv::Archive<
+        Archived: for<'a> rkyv::bytecheck::CheckBytes<
+            rkyv::api::high::HighValidator<'a, rancor::Error>,
+        > + rkyv::Deserialize<Self, rkyv::api::high::HighDeserializer<rancor::Error>>,
+    > + Sized
+{
+}
+
+impl<T> DecodeControl for T where
+    T: rkyv::Archive<
+        Archived: for<'a> rkyv::bytecheck::CheckBytes<
+            rkyv::api::high::HighValidator<'a, rancor::Error>,
+        > + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+    >
+{
+}
+
+/// Encodes a control message.
+pub fn encode_control<T: EncodeControl>(message: &T) -> AlignedVec {
     match rkyv::to_bytes::<rancor::Error>(message) {
         Ok(bytes) => bytes,
         // Serializing plain owned data into a growable buffer cannot fail.
@@ -423,12 +456,7 @@ where
 }
 
 /// Decodes (validating, then deserializing) a control message from untrusted bytes.
-pub fn decode_control<T>(bytes: &[u8]) -> Result<T, FrameDecodeError>
-where
-    T: rkyv::Archive,
-    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
-        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
-{
+pub fn decode_control<T: DecodeControl>(bytes: &[u8]) -> Result<T, FrameDecodeError> {
     // Archives must be aligned; frames read off a socket are not.
     let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
     aligned.extend_from_slice(bytes);

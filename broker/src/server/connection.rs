@@ -20,8 +20,8 @@ use glommio::sync::Semaphore;
 use glommio::task::JoinHandle;
 use sluice_protocol::native::{
     decode_control, encode_control, encode_response_head, split_request, Acks, ApiKey, ApiRange,
-    ApiVersionsResponse, BrokerInfo, CreateTopicRequest, DeleteTopicRequest, ErrorCode,
-    FetchPartitionResponse, FetchRequest, FetchResponse, FrameDecodeError, FrameError,
+    ApiVersionsResponse, BrokerInfo, CreateTopicRequest, DeleteTopicRequest, EncodeControl,
+    ErrorCode, FetchPartitionResponse, FetchRequest, FetchResponse, FrameDecodeError, FrameError,
     InitProducerIdRequest, InitProducerIdResponse, ListOffsetsPartitionResponse,
     ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetQuery,
     PartitionMetadata, ProducePartitionResponse, ProduceRequest, ProduceResponse, RequestHeader,
@@ -64,16 +64,7 @@ struct Response {
     data: Vec<ReadChunk>,
 }
 
-fn response<T>(correlation_id: u32, control: &T) -> Response
-where
-    T: for<'a> rkyv::Serialize<
-        rkyv::api::high::HighSerializer<
-            rkyv::util::AlignedVec,
-            rkyv::ser::allocator::ArenaHandle<'a>,
-            rkyv::rancor::Error,
-        >,
-    >,
-{
+fn response<T: EncodeControl>(correlation_id: u32, control: &T) -> Response {
     let control = encode_control(control);
     Response {
         head: encode_response_head(correlation_id, FrameError::None, &control, 0),

@@ -30,6 +30,7 @@ use sluice_protocol::{BatchIter, Compression, RecordIter, BATCH_HEADER_BYTES};
 use super::cache::{BatchCache, Chunk, ChunkBytes, ChunkSlice};
 use super::config::{FlushPolicy, LogConfig};
 use super::error::{io_error, Result, StorageError};
+use super::index::SegmentIndex;
 use super::scan::parse_segment_file_name;
 use super::segment::{
     find_batch_position, read_batches, remove_if_exists, sync_dir, ActiveSegment, FlushJob,
@@ -222,11 +223,12 @@ impl PartitionLog {
         }
         let bases = list_segments(&dir).await?;
         let interval = config.index_interval_bytes;
-        let mut sealed = VecDeque::with_capacity(bases.len().saturating_sub(1));
+        let mut sealed: VecDeque<SealedSegment> =
+            VecDeque::with_capacity(bases.len().saturating_sub(1));
         for &base in bases.iter().take(bases.len().saturating_sub(1)) {
             let segment = SealedSegment::open(&dir, base, interval).await?;
             if let Some(previous) = sealed.back() {
-                check_continuity(previous, &segment)?;
+                check_continuity(previous.index(), segment.index(), &segment.paths().log)?;
             }
             sealed.push_back(segment);
         }
@@ -249,17 +251,7 @@ impl PartitionLog {
             }
         };
         if let Some(previous) = sealed.back() {
-            if previous.index().next_offset() != active.index().base_offset() {
-                return Err(StorageError::Corrupt {
-                    path: active.paths().log.clone(),
-                    position: 0,
-                    reason: format!(
-                        "segment starts at offset {} but the previous one ends at {}",
-                        active.index().base_offset(),
-                        previous.index().next_offset()
-                    ),
-                });
-            }
+            check_continuity(previous.index(), active.index(), &active.paths().log)?;
         }
         let log_start = sealed
             .front()
@@ -830,7 +822,7 @@ impl PartitionLog {
     }
 }
 
-fn read_start(index: &super::index::SegmentIndex, offset: u64) -> ReadStart {
+fn read_start(index: &SegmentIndex, offset: u64) -> ReadStart {
     let (base_offset, position) = index.entry_for_offset(offset);
     ReadStart {
         position,
@@ -851,15 +843,16 @@ fn needs_roll(config: &LogConfig, active: &ActiveSegment, batch_len: usize) -> b
         .is_some_and(|age| active.created_at().elapsed() >= age)
 }
 
-fn check_continuity(previous: &SealedSegment, next: &SealedSegment) -> Result<()> {
-    if previous.index().next_offset() != next.index().base_offset() {
+/// Offsets must continue from one segment into the next.
+fn check_continuity(previous: &SegmentIndex, next: &SegmentIndex, next_path: &Path) -> Result<()> {
+    if previous.next_offset() != next.base_offset() {
         return Err(StorageError::Corrupt {
-            path: next.paths().log.clone(),
+            path: next_path.to_owned(),
             position: 0,
             reason: format!(
                 "segment starts at offset {} but the previous one ends at {}",
-                next.index().base_offset(),
-                previous.index().next_offset()
+                next.base_offset(),
+                previous.next_offset()
             ),
         });
     }
