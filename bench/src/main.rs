@@ -4,6 +4,7 @@
 //! ratios to it, because absolute numbers on a shared 2-core VM mean little on their own.
 //! Today's scenarios: `probe` (the raw limits alone) and `storage` (the partition log alone).
 
+mod hop;
 mod metadata;
 mod probe;
 mod storage;
@@ -29,6 +30,21 @@ enum Scenario {
     Storage(StorageArgs),
     /// Cluster metadata on Raft: topic creation rate, commit latency, controller failover.
     Metadata(MetadataArgs),
+    /// The cost of a cross-shard hop (what shard-aware clients avoid).
+    Hop(HopArgs),
+}
+
+#[derive(Debug, Args)]
+struct HopArgs {
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Round trips measured.
+    #[arg(long, default_value_t = 100_000)]
+    round_trips: u64,
+    /// Bytes forwarded per round trip (a produce batch).
+    #[arg(long, default_value_t = 16 << 10)]
+    batch_bytes: usize,
 }
 
 #[derive(Debug, Args)]
@@ -307,6 +323,31 @@ fn metadata(args: MetadataArgs) -> Result<(), String> {
     write_json(&args.common.json, &report)
 }
 
+fn hop(args: HopArgs) -> Result<(), String> {
+    let params = hop::HopParams {
+        round_trips: args.round_trips,
+        batch_bytes: args.batch_bytes,
+    };
+    let result = hop::run(&params)?;
+    let l = &result.round_trip;
+    println!(
+        "cross-shard hop ({} B batch out, 8 B reply back, shared channels between pinned shards):",
+        params.batch_bytes
+    );
+    println!(
+        "  round trip us: p50 {} p90 {} p99 {} p99.9 {} max {} mean {:.1}; {:.0} round trips/s",
+        l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.mean_us, result.round_trips_per_second
+    );
+    let report = serde_json::json!({
+        "scenario": "hop",
+        "git_revision": git_revision(),
+        "machine": machine(),
+        "params": params,
+        "result": result,
+    });
+    write_json(&args.json, &report)
+}
+
 fn probe_only(args: ProbeArgs) -> Result<(), String> {
     let probe = run_probe(&args.common.dir, args.disk_mib)?;
     print_probe(&probe);
@@ -328,6 +369,7 @@ fn main() -> ExitCode {
         Some(Scenario::Probe(args)) => probe_only(args),
         Some(Scenario::Storage(args)) => storage(args),
         Some(Scenario::Metadata(args)) => metadata(args),
+        Some(Scenario::Hop(args)) => hop(args),
         None => match Cli::parse_from(["sluice-bench", "storage"]).scenario {
             Some(Scenario::Storage(args)) => storage(args),
             _ => Err("the default scenario could not be parsed".into()),
