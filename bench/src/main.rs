@@ -6,6 +6,7 @@
 
 mod hop;
 mod metadata;
+mod network;
 mod probe;
 mod storage;
 
@@ -32,6 +33,45 @@ enum Scenario {
     Metadata(MetadataArgs),
     /// The cost of a cross-shard hop (what shard-aware clients avoid).
     Hop(HopArgs),
+    /// Producers (and optionally a tail consumer) against a `sluice-broker` process over TCP,
+    /// then a read-back of everything from the start.
+    Produce(ProduceArgs),
+}
+
+#[derive(Debug, Args)]
+struct ProduceArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Broker mode: throughput or latency.
+    #[arg(long, default_value = "throughput", value_parser = ["throughput", "latency"])]
+    mode: String,
+    /// Partitions, one producer connection each (spread over the broker's shards).
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Bytes of each record's value.
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
+    /// Records per produce request.
+    #[arg(long, default_value_t = 64)]
+    batch_records: u32,
+    /// Produce requests in flight per connection.
+    #[arg(long, default_value_t = 8)]
+    in_flight: usize,
+    /// Total records per second (paced; latency from the intended send time); omit for full speed.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Seconds measured (after the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of warm-up, not measured.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Run a tail consumer per partition and measure produce-to-consume latency.
+    #[arg(long)]
+    tail: bool,
+    /// Skip reading everything back after producing.
+    #[arg(long)]
+    no_read_back: bool,
 }
 
 #[derive(Debug, Args)]
@@ -348,6 +388,84 @@ fn hop(args: HopArgs) -> Result<(), String> {
     write_json(&args.json, &report)
 }
 
+fn produce(args: ProduceArgs) -> Result<(), String> {
+    if args.partitions == 0
+        || args.batch_records == 0
+        || args.in_flight == 0
+        || args.record_bytes < 8
+    {
+        return Err(
+            "partitions, batch-records and in-flight must be positive, record-bytes at least 8"
+                .into(),
+        );
+    }
+    let params = network::NetworkParams {
+        mode: args.mode.clone(),
+        partitions: args.partitions,
+        record_bytes: args.record_bytes,
+        records_per_batch: args.batch_records,
+        in_flight: args.in_flight,
+        rate: args.rate,
+        duration_s: args.duration,
+        warmup_s: args.warmup,
+        tail_consumer: args.tail,
+        read_back: !args.no_read_back,
+    };
+    let probe = run_probe(&args.common.dir, 512)?;
+    eprintln!(
+        "produce: --mode {}, {} partitions, {} x {} B records per request, {} in flight, {} ...",
+        params.mode,
+        params.partitions,
+        params.records_per_batch,
+        params.record_bytes,
+        params.in_flight,
+        params
+            .rate
+            .map_or("full speed".to_string(), |r| format!("{r} records/s"))
+    );
+    let result = network::run(&params, &args.common.dir.join("broker"))?;
+    print_probe(&probe);
+    let l = &result.produce_to_ack;
+    println!("produce (--mode {}):", params.mode);
+    println!(
+        "  {:.0} MB/s, {:.0} records/s = {:.2}x raw write; broker CPU {:.1} s, bench CPU {:.1} s",
+        result.produce_mb_s,
+        result.produce_records_s,
+        result.produce_mb_s / probe.disk_write_fdatasync_mb_s,
+        result.broker_cpu_s,
+        result.bench_cpu_s
+    );
+    println!(
+        "  produce-to-ack us: p50 {} p90 {} p99 {} p99.9 {} max {} mean {:.0}",
+        l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.mean_us
+    );
+    if let Some(e2e) = &result.produce_to_consume {
+        println!(
+            "  produce-to-consume us: p50 {} p90 {} p99 {} p99.9 {} max {} mean {:.0} ({} records consumed at the tail)",
+            e2e.p50_us, e2e.p90_us, e2e.p99_us, e2e.p999_us, e2e.max_us, e2e.mean_us, result.tail_records
+        );
+    }
+    if let Some(read) = result.read_back_mb_s {
+        println!(
+            "  read back from the start: {read:.0} MB/s = {:.2}x raw read",
+            read / probe.disk_read_mb_s
+        );
+    }
+    println!(
+        "  broker RSS: {:.0} MB at start, {:.0} MB peak, {:.0} MB at end",
+        result.broker_rss_start_mb, result.broker_rss_peak_mb, result.broker_rss_end_mb
+    );
+    let report = serde_json::json!({
+        "scenario": "produce",
+        "git_revision": git_revision(),
+        "machine": machine(),
+        "params": params,
+        "probe": probe,
+        "result": result,
+    });
+    write_json(&args.common.json, &report)
+}
+
 fn probe_only(args: ProbeArgs) -> Result<(), String> {
     let probe = run_probe(&args.common.dir, args.disk_mib)?;
     print_probe(&probe);
@@ -370,6 +488,7 @@ fn main() -> ExitCode {
         Some(Scenario::Storage(args)) => storage(args),
         Some(Scenario::Metadata(args)) => metadata(args),
         Some(Scenario::Hop(args)) => hop(args),
+        Some(Scenario::Produce(args)) => produce(args),
         None => match Cli::parse_from(["sluice-bench", "storage"]).scenario {
             Some(Scenario::Storage(args)) => storage(args),
             _ => Err("the default scenario could not be parsed".into()),

@@ -1,0 +1,677 @@
+//! The network scenarios (`produce`, `e2e`): a real `sluice-broker` process driven over TCP.
+//!
+//! The broker runs as a child process (so its CPU time and RSS are measured apart from the
+//! benchmark's) on a temporary data directory. One connection per partition goes straight to
+//! the shard that owns it, as shard-aware clients do. Producers pipeline produce requests (a
+//! bounded number in flight per connection) of batches of 1 KiB records with acks = leader,
+//! either at full speed or at a fixed total rate; at a fixed rate, latency is measured from each
+//! request's intended send time, so a stalled broker cannot hide (no coordinated omission).
+//! Every record carries its send time, so a tail consumer measures produce-to-consume latency.
+//! After producing, a consumer reads everything back from the start (mostly from disk).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use sluice_protocol::native::{
+    decode_control, encode_control, encode_request, split_response, Acks, ApiKey,
+    CreateTopicRequest, DecodeControl, EncodeControl, ErrorCode, FetchPartition, FetchRequest,
+    FetchResponse, MetadataRequest, MetadataResponse, ProducePartition, ProduceRequest,
+    ProduceResponse, TopicResponse,
+};
+use sluice_protocol::{BatchBuilder, BatchIter, BatchOptions, RecordIter, BATCH_HEADER_BYTES};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::storage::Latency;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkParams {
+    pub mode: String,
+    pub partitions: u32,
+    pub record_bytes: usize,
+    pub records_per_batch: u32,
+    pub in_flight: usize,
+    /// Records per second over all producers; `None` for full speed.
+    pub rate: Option<u64>,
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    pub tail_consumer: bool,
+    pub read_back: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NetworkResult {
+    pub records_sent: u64,
+    pub bytes_sent: u64,
+    pub produce_mb_s: f64,
+    pub produce_records_s: f64,
+    pub produce_to_ack: Latency,
+    pub produce_to_consume: Option<Latency>,
+    pub tail_records: u64,
+    pub read_back_mb_s: Option<f64>,
+    pub broker_cpu_s: f64,
+    pub bench_cpu_s: f64,
+    pub broker_rss_start_mb: f64,
+    pub broker_rss_peak_mb: f64,
+    pub broker_rss_end_mb: f64,
+    /// Throughput per second of the measured phase, MB/s.
+    pub time_series_mb_s: Vec<f64>,
+}
+
+/// A broker child process on a temporary data directory.
+pub struct Broker {
+    child: Child,
+    pub listen: String,
+    dir: PathBuf,
+}
+
+fn free_address() -> Result<String, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(listener
+        .local_addr()
+        .map_err(|e| e.to_string())?
+        .to_string())
+}
+
+impl Broker {
+    pub fn start(dir: &Path, mode: &str) -> Result<Broker, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let binary = exe.with_file_name("sluice-broker");
+        if !binary.exists() {
+            return Err(format!(
+                "{} not found: build it first with `cargo build --release --bin sluice-broker`",
+                binary.display()
+            ));
+        }
+        let _ = std::fs::remove_dir_all(dir);
+        let listen = free_address()?;
+        let child = Command::new(&binary)
+            .arg("--data-dir")
+            .arg(dir)
+            .args([
+                "--listen",
+                &listen,
+                "--metadata-listen",
+                &free_address()?,
+                "--mode",
+                mode,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", binary.display()))?;
+        Ok(Broker {
+            child,
+            listen,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// (CPU seconds, RSS in MB) from /proc.
+    pub fn usage(&self) -> (f64, f64) {
+        let pid = self.child.id();
+        let ticks = 100.0; // USER_HZ on Linux.
+        let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+                Some(
+                    (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
+                        / ticks,
+                )
+            })
+            .unwrap_or(0.0);
+        let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|status| {
+                let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+                line.split_whitespace().nth(1)?.parse::<f64>().ok()
+            })
+            .map_or(0.0, |kb| kb / 1024.0);
+        (cpu, rss)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One request frame.
+fn request<T: EncodeControl>(api: ApiKey, id: u32, control: &T, data: &[u8]) -> Vec<u8> {
+    let control = encode_control(control);
+    let mut frame = encode_request(api, 0, id, &control, data.len());
+    frame.extend_from_slice(data);
+    frame
+}
+
+/// Reads one response frame: (correlation id, frame error, control, data).
+async fn read_response(
+    stream: &mut (impl AsyncReadExt + Unpin),
+) -> Result<(u32, u16, Vec<u8>, Vec<u8>), String> {
+    let mut len = [0u8; 4];
+    stream
+        .read_exact(&mut len)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut frame = vec![0u8; u32::from_le_bytes(len) as usize];
+    stream
+        .read_exact(&mut frame)
+        .await
+        .map_err(|e| e.to_string())?;
+    let parsed = split_response(&frame).map_err(|e| e.to_string())?;
+    Ok((
+        parsed.correlation_id,
+        parsed.frame_error,
+        parsed.control.to_vec(),
+        parsed.data.to_vec(),
+    ))
+}
+
+async fn call<T: EncodeControl, R: DecodeControl>(
+    address: &str,
+    api: ApiKey,
+    control: &T,
+) -> Result<R, String> {
+    let mut stream = TcpStream::connect(address)
+        .await
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(&request(api, 1, control, &[]))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (_, error, control, _) = read_response(&mut stream).await?;
+    if error != 0 {
+        return Err(format!("frame error {error}"));
+    }
+    decode_control(&control).map_err(|e| e.to_string())
+}
+
+/// Waits for the broker, creates the topic, and returns each partition's shard address.
+async fn prepare(address: &str, partitions: u32) -> Result<Vec<String>, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = call::<_, MetadataResponse>(
+            address,
+            ApiKey::Metadata,
+            &MetadataRequest { topics: None },
+        )
+        .await
+        .is_ok_and(|m| m.brokers.iter().any(|b| !b.shard_addresses.is_empty()));
+        if ready {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("the broker did not come up within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let created: TopicResponse = call(
+        address,
+        ApiKey::CreateTopic,
+        &CreateTopicRequest {
+            name: "bench".into(),
+            partitions,
+            replication_factor: 1,
+        },
+    )
+    .await?;
+    if created.error != ErrorCode::None {
+        return Err(format!(
+            "create topic: {:?} {}",
+            created.error, created.message
+        ));
+    }
+    let meta: MetadataResponse = call(
+        address,
+        ApiKey::Metadata,
+        &MetadataRequest {
+            topics: Some(vec!["bench".into()]),
+        },
+    )
+    .await?;
+    let broker = meta.brokers.first().ok_or("no broker in metadata")?;
+    let addresses: Vec<String> = meta.topics[0]
+        .partitions
+        .iter()
+        .map(|p| {
+            broker
+                .shard_addresses
+                .get(p.shard as usize)
+                .cloned()
+                .ok_or_else(|| "no shard address".to_string())
+        })
+        .collect::<Result<_, _>>()?;
+    // The owning shards open the new partitions' logs right after the creation commits.
+    for (partition, address) in addresses.iter().enumerate() {
+        loop {
+            let fetch = FetchRequest {
+                max_wait_ms: 0,
+                min_bytes: 0,
+                max_bytes: 1,
+                partitions: vec![FetchPartition {
+                    topic: "bench".into(),
+                    partition: partition as u32,
+                    offset: 0,
+                    max_bytes: 1,
+                }],
+            };
+            let response: FetchResponse = call(address, ApiKey::Fetch, &fetch).await?;
+            match response.partitions[0].error {
+                ErrorCode::None => break,
+                ErrorCode::NotLeaderOrWrongShard if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                other => return Err(format!("partition {partition} is not served: {other:?}")),
+            }
+        }
+    }
+    Ok(addresses)
+}
+
+/// A batch of `records` records whose values start with the send time (ns since `epoch`).
+fn batch(records: u32, record_bytes: usize, sent_ns: u64, value: &mut [u8]) -> Vec<u8> {
+    let mut builder = BatchBuilder::with_capacity(
+        BatchOptions::default(),
+        (record_bytes + 16) * records as usize + 64,
+    );
+    value[..8].copy_from_slice(&sent_ns.to_le_bytes());
+    for _ in 0..records {
+        builder.push(0, None, Some(value), &[]);
+    }
+    builder.finish()
+}
+
+fn new_histogram() -> Result<Histogram<u64>, String> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())
+}
+
+struct Shared {
+    epoch: Instant,
+    measure_from: Instant,
+    stop: AtomicBool,
+    records: AtomicU64,
+    bytes: AtomicU64,
+    acks: Mutex<Histogram<u64>>,
+    e2e: Mutex<Histogram<u64>>,
+    tail_records: AtomicU64,
+}
+
+/// One producer connection for one partition.
+async fn produce_loop(
+    shared: Arc<Shared>,
+    address: String,
+    partition: u32,
+    params: NetworkParams,
+    per_second: Option<f64>,
+) -> Result<(), String> {
+    let stream = TcpStream::connect(&address)
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (mut reader, mut writer) = stream.into_split();
+    // (correlation id, intended or actual send time, records) of requests awaiting their ack.
+    let pending: Arc<Mutex<VecDeque<(u32, Instant, u64)>>> = Arc::new(Mutex::new(VecDeque::new()));
+    let slots = Arc::new(tokio::sync::Semaphore::new(params.in_flight));
+    let acks = {
+        let pending = Arc::clone(&pending);
+        let slots = Arc::clone(&slots);
+        let shared = Arc::clone(&shared);
+        let record_bytes = params.record_bytes as u64;
+        tokio::spawn(async move {
+            let outcome = async {
+                loop {
+                    let (id, error, control, _) = read_response(&mut reader).await?;
+                    let sent = {
+                        let mut queue = pending.lock().map_err(|_| "poisoned")?;
+                        queue.pop_front()
+                    };
+                    let Some((expected, sent, records)) = sent else {
+                        return Err("unexpected response".to_string());
+                    };
+                    if id != expected || error != 0 {
+                        return Err(format!(
+                            "response {id} (frame error {error}) where {expected} was expected"
+                        ));
+                    }
+                    let response: ProduceResponse =
+                        decode_control(&control).map_err(|e| e.to_string())?;
+                    if let Some(p) = response
+                        .partitions
+                        .iter()
+                        .find(|p| p.error != ErrorCode::None)
+                    {
+                        return Err(format!("produce failed: {:?}", p.error));
+                    }
+                    let now = Instant::now();
+                    if sent >= shared.measure_from {
+                        let micros = (now.duration_since(sent).as_micros() as u64).max(1);
+                        if let Ok(mut h) = shared.acks.lock() {
+                            let _ = h.record(micros);
+                        }
+                        shared.records.fetch_add(records, Ordering::Relaxed);
+                        shared
+                            .bytes
+                            .fetch_add(records * record_bytes, Ordering::Relaxed);
+                    }
+                    slots.add_permits(1);
+                    if shared.stop.load(Ordering::Relaxed)
+                        && pending.lock().map_or(true, |q| q.is_empty())
+                    {
+                        return Ok::<(), String>(());
+                    }
+                }
+            }
+            .await;
+            // Wake a producer waiting for a slot, so a failure ends the run instead of hanging it.
+            slots.close();
+            outcome
+        })
+    };
+    let mut value = vec![0x5au8; params.record_bytes.max(8)];
+    let mut next_send = Instant::now();
+    let interval =
+        per_second.map(|rate| Duration::from_secs_f64(f64::from(params.records_per_batch) / rate));
+    let mut id = 0u32;
+    while !shared.stop.load(Ordering::Relaxed) {
+        if interval.is_some() {
+            let now = Instant::now();
+            if next_send > now {
+                tokio::time::sleep(next_send - now).await;
+            }
+        }
+        let Ok(permit) = slots.acquire().await else {
+            break;
+        };
+        permit.forget();
+        let intended = if interval.is_some() {
+            next_send
+        } else {
+            Instant::now()
+        };
+        let sent_ns = intended.duration_since(shared.epoch).as_nanos() as u64;
+        let bytes = batch(
+            params.records_per_batch,
+            params.record_bytes,
+            sent_ns,
+            &mut value,
+        );
+        id = id.wrapping_add(1);
+        let frame = request(
+            ApiKey::Produce,
+            id,
+            &ProduceRequest {
+                acks: Acks::Leader,
+                timeout_ms: 30_000,
+                partitions: vec![ProducePartition {
+                    topic: "bench".into(),
+                    partition,
+                    batch_len: bytes.len() as u32,
+                }],
+            },
+            &bytes,
+        );
+        pending.lock().map_err(|_| "poisoned")?.push_back((
+            id,
+            intended,
+            u64::from(params.records_per_batch),
+        ));
+        writer.write_all(&frame).await.map_err(|e| e.to_string())?;
+        if let Some(step) = interval {
+            next_send += step;
+        }
+    }
+    drop(writer);
+    match tokio::time::timeout(Duration::from_secs(30), acks).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("acks did not drain".into()),
+    }
+}
+
+/// A tail consumer for one partition: long-polls from the end and records produce-to-consume.
+async fn tail_loop(shared: Arc<Shared>, address: String, partition: u32) -> Result<(), String> {
+    let mut stream = TcpStream::connect(&address)
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut offset = 0u64;
+    let mut id = 0u32;
+    while !shared.stop.load(Ordering::Relaxed) {
+        id = id.wrapping_add(1);
+        let frame = request(
+            ApiKey::Fetch,
+            id,
+            &FetchRequest {
+                max_wait_ms: 100,
+                min_bytes: 1,
+                max_bytes: 8 << 20,
+                partitions: vec![FetchPartition {
+                    topic: "bench".into(),
+                    partition,
+                    offset,
+                    max_bytes: 4 << 20,
+                }],
+            },
+            &[],
+        );
+        stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+        let (_, error, control, data) = read_response(&mut stream).await?;
+        if error != 0 {
+            return Err(format!("fetch frame error {error}"));
+        }
+        let response: FetchResponse = decode_control(&control).map_err(|e| e.to_string())?;
+        if response.partitions[0].error != ErrorCode::None {
+            return Err(format!("fetch: {:?}", response.partitions[0].error));
+        }
+        let now_ns = shared.epoch.elapsed().as_nanos() as u64;
+        let measure_from = shared.measure_from.duration_since(shared.epoch).as_nanos() as u64;
+        for item in BatchIter::new(&data) {
+            let (header, bytes) = item.map_err(|e| e.to_string())?;
+            let mut first = true;
+            for record in RecordIter::new(&header, &bytes[BATCH_HEADER_BYTES..]) {
+                let record = record.map_err(|e| e.to_string())?;
+                if first {
+                    first = false;
+                    let sent = record
+                        .value
+                        .and_then(|v| v.get(..8))
+                        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+                    if let Some(sent) = sent.filter(|&s| s >= measure_from) {
+                        let micros = (now_ns.saturating_sub(sent) / 1000).max(1);
+                        if let Ok(mut h) = shared.e2e.lock() {
+                            let _ = h.record(micros);
+                        }
+                    }
+                }
+            }
+            shared
+                .tail_records
+                .fetch_add(u64::from(header.record_count), Ordering::Relaxed);
+            offset = header.next_offset();
+        }
+    }
+    Ok(())
+}
+
+/// Reads a partition from offset 0 to its end; returns the bytes read.
+async fn read_back(address: String, partition: u32) -> Result<u64, String> {
+    let mut stream = TcpStream::connect(&address)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut offset, mut total, mut id) = (0u64, 0u64, 0u32);
+    loop {
+        id = id.wrapping_add(1);
+        let frame = request(
+            ApiKey::Fetch,
+            id,
+            &FetchRequest {
+                max_wait_ms: 0,
+                min_bytes: 0,
+                max_bytes: 8 << 20,
+                partitions: vec![FetchPartition {
+                    topic: "bench".into(),
+                    partition,
+                    offset,
+                    max_bytes: 4 << 20,
+                }],
+            },
+            &[],
+        );
+        stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+        let (_, _, control, data) = read_response(&mut stream).await?;
+        let response: FetchResponse = decode_control(&control).map_err(|e| e.to_string())?;
+        if data.is_empty() || response.partitions[0].error != ErrorCode::None {
+            return Ok(total);
+        }
+        total += data.len() as u64;
+        let mut at = 0;
+        while at < data.len() {
+            let header =
+                sluice_protocol::BatchHeader::parse(&data[at..]).map_err(|e| e.to_string())?;
+            offset = header.next_offset();
+            at += header.batch_len as usize;
+        }
+    }
+}
+
+fn process_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+            Some(
+                (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
+                    / 100.0,
+            )
+        })
+        .unwrap_or(0.0)
+}
+
+/// Runs a network scenario against a broker started in `dir`.
+pub fn run(params: &NetworkParams, dir: &Path) -> Result<NetworkResult, String> {
+    let broker = Broker::start(dir, &params.mode)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let addresses = prepare(&broker.listen, params.partitions).await?;
+        let (cpu_start, rss_start) = broker.usage();
+        let bench_cpu_start = process_cpu_seconds();
+        let epoch = Instant::now();
+        let shared = Arc::new(Shared {
+            epoch,
+            measure_from: epoch + Duration::from_secs_f64(params.warmup_s),
+            stop: AtomicBool::new(false),
+            records: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            acks: Mutex::new(new_histogram()?),
+            e2e: Mutex::new(new_histogram()?),
+            tail_records: AtomicU64::new(0),
+        });
+        let per_partition = params
+            .rate
+            .map(|rate| rate as f64 / f64::from(params.partitions));
+        let mut tasks = Vec::new();
+        for (partition, address) in addresses.iter().enumerate() {
+            tasks.push(tokio::spawn(produce_loop(
+                Arc::clone(&shared),
+                address.clone(),
+                partition as u32,
+                params.clone(),
+                per_partition,
+            )));
+        }
+        let mut tails = Vec::new();
+        if params.tail_consumer {
+            for (partition, address) in addresses.iter().enumerate() {
+                tails.push(tokio::spawn(tail_loop(
+                    Arc::clone(&shared),
+                    address.clone(),
+                    partition as u32,
+                )));
+            }
+        }
+        // Sample throughput and broker RSS once a second.
+        let mut series = Vec::new();
+        let mut rss_peak = rss_start;
+        let mut last = 0u64;
+        let total = params.warmup_s + params.duration_s;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        while epoch.elapsed().as_secs_f64() < total {
+            tick.tick().await;
+            let bytes = shared.bytes.load(Ordering::Relaxed);
+            if epoch.elapsed().as_secs_f64() > params.warmup_s + 1.0 {
+                series.push((bytes - last) as f64 / 1e6);
+            }
+            last = bytes;
+            rss_peak = rss_peak.max(broker.usage().1);
+            if tasks.iter().any(|t| t.is_finished()) {
+                break;
+            }
+        }
+        shared.stop.store(true, Ordering::Relaxed);
+        for task in tasks {
+            task.await.map_err(|e| e.to_string())??;
+        }
+        for tail in tails {
+            tail.await.map_err(|e| e.to_string())??;
+        }
+        let measured = (epoch.elapsed().as_secs_f64() - params.warmup_s).max(1e-9);
+        let (cpu_end, rss_end) = broker.usage();
+        let mut result = NetworkResult {
+            records_sent: shared.records.load(Ordering::Relaxed),
+            bytes_sent: shared.bytes.load(Ordering::Relaxed),
+            produce_to_ack: Latency::from_histogram(&*shared.acks.lock().map_err(|_| "poisoned")?),
+            produce_to_consume: params
+                .tail_consumer
+                .then(|| shared.e2e.lock().map(|h| Latency::from_histogram(&h)).ok())
+                .flatten(),
+            tail_records: shared.tail_records.load(Ordering::Relaxed),
+            broker_cpu_s: cpu_end - cpu_start,
+            bench_cpu_s: process_cpu_seconds() - bench_cpu_start,
+            broker_rss_start_mb: rss_start,
+            broker_rss_peak_mb: rss_peak.max(rss_end),
+            broker_rss_end_mb: rss_end,
+            time_series_mb_s: series,
+            ..NetworkResult::default()
+        };
+        result.produce_mb_s = result.bytes_sent as f64 / 1e6 / measured;
+        result.produce_records_s = result.records_sent as f64 / measured;
+        if params.read_back {
+            let started = Instant::now();
+            let mut readers = Vec::new();
+            for (partition, address) in addresses.iter().enumerate() {
+                readers.push(tokio::spawn(read_back(address.clone(), partition as u32)));
+            }
+            let mut bytes = 0u64;
+            for reader in readers {
+                bytes += reader.await.map_err(|e| e.to_string())??;
+            }
+            result.read_back_mb_s =
+                Some(bytes as f64 / 1e6 / started.elapsed().as_secs_f64().max(1e-9));
+        }
+        Ok(result)
+    })
+}
