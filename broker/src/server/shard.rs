@@ -65,29 +65,8 @@ impl Shards {
         Ok(shards)
     }
 
-    /// Asks every shard to stop: stop accepting, finish in-flight requests, flush and close logs.
-    pub fn stop(&self) {
-        for stop in &self.stops {
-            let _ = stop.try_send(());
-        }
-    }
-
-    /// Waits for every shard thread; the first error wins.
-    pub fn join(self) -> Result<(), String> {
-        let mut outcome = Ok(());
-        for (shard, thread) in self.threads.into_iter().enumerate() {
-            let result = thread
-                .join()
-                .map_err(|e| format!("shard {shard} panicked: {e}"))
-                .and_then(|r| r);
-            if outcome.is_ok() {
-                outcome = result;
-            }
-        }
-        outcome
-    }
-
-    /// Takes the join handles out, so a supervisor can watch them while `stop` stays usable.
+    /// Splits the running shards into what stops them and their threads, so a supervisor can
+    /// watch the threads while the stopper stays usable.
     pub fn split(
         self,
     ) -> (
@@ -105,6 +84,7 @@ pub struct ShardStopper {
 }
 
 impl ShardStopper {
+    /// Asks every shard to stop: stop accepting, finish in-flight requests, flush and close logs.
     pub fn stop(&self) {
         for stop in &self.stops {
             let _ = stop.try_send(());
