@@ -288,17 +288,41 @@ async fn prepare(address: &str, partitions: u32) -> Result<Vec<String>, String> 
     Ok(addresses)
 }
 
-/// A batch of `records` records whose values start with the send time (ns since `epoch`).
-fn batch(records: u32, record_bytes: usize, sent_ns: u64, value: &mut [u8]) -> Vec<u8> {
-    let mut builder = BatchBuilder::with_capacity(
-        BatchOptions::default(),
-        (record_bytes + 16) * records as usize + 64,
-    );
-    value[..8].copy_from_slice(&sent_ns.to_le_bytes());
-    for _ in 0..records {
-        builder.push(0, None, Some(value), &[]);
+/// A producer's batch, built once: each request only writes its send time into the first
+/// record's value and recomputes the CRC, so the load generator spends its CPU on sending.
+struct BatchTemplate {
+    bytes: Vec<u8>,
+    /// Where the first record's value (and so the send time) starts.
+    time_at: usize,
+}
+
+impl BatchTemplate {
+    fn new(records: u32, record_bytes: usize) -> Result<BatchTemplate, String> {
+        const MARK: [u8; 8] = *b"SLUICE!!";
+        let mut value = vec![0x5au8; record_bytes.max(8)];
+        value[..8].copy_from_slice(&MARK);
+        let mut builder = BatchBuilder::with_capacity(
+            BatchOptions::default(),
+            (record_bytes + 16) * records as usize + 64,
+        );
+        for _ in 0..records {
+            builder.push(0, None, Some(&value), &[]);
+        }
+        let bytes = builder.finish();
+        let time_at = bytes
+            .windows(8)
+            .position(|w| w == MARK)
+            .ok_or("the batch template lost its marker")?;
+        Ok(BatchTemplate { bytes, time_at })
     }
-    builder.finish()
+
+    /// The batch stamped with `sent_ns` (ns since the run's epoch), with a valid CRC.
+    fn stamp(&mut self, sent_ns: u64) -> &[u8] {
+        self.bytes[self.time_at..self.time_at + 8].copy_from_slice(&sent_ns.to_le_bytes());
+        let crc = sluice_protocol::batch::compute_crc(&self.bytes);
+        self.bytes[20..24].copy_from_slice(&crc.to_le_bytes());
+        &self.bytes
+    }
 }
 
 fn new_histogram() -> Result<Histogram<u64>, String> {
@@ -387,7 +411,7 @@ async fn produce_loop(
             outcome
         })
     };
-    let mut value = vec![0x5au8; params.record_bytes.max(8)];
+    let mut template = BatchTemplate::new(params.records_per_batch, params.record_bytes)?;
     let mut next_send = Instant::now();
     let interval =
         per_second.map(|rate| Duration::from_secs_f64(f64::from(params.records_per_batch) / rate));
@@ -409,12 +433,7 @@ async fn produce_loop(
             Instant::now()
         };
         let sent_ns = intended.duration_since(shared.epoch).as_nanos() as u64;
-        let bytes = batch(
-            params.records_per_batch,
-            params.record_bytes,
-            sent_ns,
-            &mut value,
-        );
+        let bytes = template.stamp(sent_ns);
         id = id.wrapping_add(1);
         let frame = request(
             ApiKey::Produce,
@@ -428,7 +447,7 @@ async fn produce_loop(
                     batch_len: bytes.len() as u32,
                 }],
             },
-            &bytes,
+            bytes,
         );
         pending.lock().map_err(|_| "poisoned")?.push_back((
             id,
@@ -487,20 +506,17 @@ async fn tail_loop(shared: Arc<Shared>, address: String, partition: u32) -> Resu
         let measure_from = shared.measure_from.duration_since(shared.epoch).as_nanos() as u64;
         for item in BatchIter::new(&data) {
             let (header, bytes) = item.map_err(|e| e.to_string())?;
-            let mut first = true;
-            for record in RecordIter::new(&header, &bytes[BATCH_HEADER_BYTES..]) {
+            // Only the first record carries the send time: decode just that one.
+            if let Some(record) = RecordIter::new(&header, &bytes[BATCH_HEADER_BYTES..]).next() {
                 let record = record.map_err(|e| e.to_string())?;
-                if first {
-                    first = false;
-                    let sent = record
-                        .value
-                        .and_then(|v| v.get(..8))
-                        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
-                    if let Some(sent) = sent.filter(|&s| s >= measure_from) {
-                        let micros = (now_ns.saturating_sub(sent) / 1000).max(1);
-                        if let Ok(mut h) = shared.e2e.lock() {
-                            let _ = h.record(micros);
-                        }
+                let sent = record
+                    .value
+                    .and_then(|v| v.get(..8))
+                    .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+                if let Some(sent) = sent.filter(|&s| s >= measure_from) {
+                    let micros = (now_ns.saturating_sub(sent) / 1000).max(1);
+                    if let Ok(mut h) = shared.e2e.lock() {
+                        let _ = h.record(micros);
                     }
                 }
             }
