@@ -16,6 +16,7 @@ use sluice_broker::metadata::{
     AdminClient, AdminReply, AdminRequest, MetadataConfig, MetadataNode,
 };
 
+use crate::network::free_address;
 use crate::storage::Latency;
 
 #[derive(Debug, Clone, Serialize)]
@@ -94,14 +95,6 @@ fn start_node(config: MetadataConfig) -> Result<RunningNode, String> {
         stop: Some(stop_tx),
         thread: Some(thread),
     })
-}
-
-fn free_address() -> Result<String, String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(listener
-        .local_addr()
-        .map_err(|e| e.to_string())?
-        .to_string())
 }
 
 fn controller_of(client: &AdminClient, address: &str) -> Option<u64> {

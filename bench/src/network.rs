@@ -71,7 +71,8 @@ pub struct Broker {
     dir: PathBuf,
 }
 
-fn free_address() -> Result<String, String> {
+/// A loopback address with a port nobody listens on right now.
+pub fn free_address() -> Result<String, String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(listener
         .local_addr()

@@ -622,13 +622,7 @@ impl PartitionLog {
             state.exclusive = true;
         }
         let result = self.truncate_locked(offset).await;
-        let mut state = inner.state.borrow_mut();
-        state.exclusive = false;
-        if let Err(error) = &result {
-            state.failed = Some(error.to_string());
-            inner.flushed.notify();
-        }
-        inner.space.notify();
+        inner.end_exclusive(&result);
         result
     }
 
@@ -783,13 +777,7 @@ impl PartitionLog {
             s.rolls += 1;
             s.roll_us += started.elapsed().as_micros() as u64;
         });
-        let mut state = inner.state.borrow_mut();
-        state.exclusive = false;
-        if let Err(error) = &result {
-            state.failed = Some(error.to_string());
-            inner.flushed.notify();
-        }
-        inner.space.notify();
+        inner.end_exclusive(&result);
         result
     }
 
@@ -905,6 +893,17 @@ async fn list_segments(dir: &Path) -> Result<Vec<u64>> {
 }
 
 impl LogInner {
+    /// Ends a roll or truncation: appends may go on; a failure stops the log.
+    fn end_exclusive<T>(&self, result: &Result<T>) {
+        let mut state = self.state.borrow_mut();
+        state.exclusive = false;
+        if let Err(error) = result {
+            state.failed = Some(error.to_string());
+            self.flushed.notify();
+        }
+        self.space.notify();
+    }
+
     fn bump(&self, update: impl FnOnce(&mut LogStats)) {
         let mut stats = self.stats.get();
         update(&mut stats);
