@@ -65,12 +65,17 @@ impl Broker {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(mut client) = Client::connect(&self.listen) {
-                let (error, meta): (u16, Option<MetadataResponse>) =
-                    client.call(ApiKey::Metadata, &MetadataRequest { topics: None }, &[]);
-                if error == 0
-                    && meta.is_some_and(|m| m.brokers.iter().any(|b| b.shard_addresses.len() == 2))
-                {
+                if client.ready() {
                     return;
+                }
+            }
+            // Free ports are picked by binding and releasing, so a parallel test can take one
+            // first: a broker that could not bind exits, and is started again on new ports.
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(_)) = child.try_wait() {
+                    self.listen = format!("127.0.0.1:{}", free_port());
+                    self.metadata = format!("127.0.0.1:{}", free_port());
+                    return self.spawn();
                 }
             }
             assert!(Instant::now() < deadline, "broker did not come up");
@@ -119,6 +124,16 @@ impl Client {
         frame.extend_from_slice(data);
         self.stream.write_all(&frame).unwrap();
         id
+    }
+
+    /// Whether the broker answers metadata with both shards' addresses (errors mean not yet).
+    fn ready(&mut self) -> bool {
+        self.send(ApiKey::Metadata, &MetadataRequest { topics: None }, &[]);
+        match self.receive() {
+            Ok((_, 0, control, _)) => decode_control::<MetadataResponse>(&control)
+                .is_ok_and(|m| m.brokers.iter().any(|b| b.shard_addresses.len() == 2)),
+            _ => false,
+        }
     }
 
     /// Reads one response frame: (correlation id, frame error, control, data).
