@@ -9,6 +9,6 @@ pub mod native;
 pub mod varint;
 
 pub use batch::{
-    BatchBuilder, BatchError, BatchHeader, BatchIter, BatchOptions, Compression, Record,
-    RecordIter, BATCH_HEADER_BYTES, FORMAT_VERSION,
+    set_producer, with_compressed_records, BatchBuilder, BatchError, BatchHeader, BatchIter,
+    BatchOptions, Compression, Record, RecordIter, BATCH_HEADER_BYTES, FORMAT_VERSION,
 };
