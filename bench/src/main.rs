@@ -7,7 +7,11 @@
 mod hop;
 mod metadata;
 mod network;
+// Not yet called by a scenario (they will write `<json>.svg` charts next to their JSON).
+#[cfg_attr(not(test), allow(dead_code))]
+mod plot;
 mod probe;
+mod report;
 mod storage;
 
 use std::path::PathBuf;
@@ -36,6 +40,22 @@ enum Scenario {
     /// Producers (and optionally a tail consumer) against a `sluice-broker` process over TCP,
     /// then a read-back of everything from the start.
     Produce(ProduceArgs),
+    /// Regenerate the markdown results page from the JSON result files in a directory.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// Directory of JSON result files (written by the scenarios' `--json`).
+    #[arg(long)]
+    results: PathBuf,
+    /// Markdown file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Hand-written preamble placed before the generated sections; default:
+    /// `benchmarks-intro.md` next to the results directory, if it exists.
+    #[arg(long)]
+    intro: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -481,6 +501,25 @@ fn probe_only(args: ProbeArgs) -> Result<(), String> {
     write_json(&args.common.json, &report)
 }
 
+fn report(args: ReportArgs) -> Result<(), String> {
+    let mut command = format!(
+        "sluice-bench report --results {} --out {}",
+        args.results.display(),
+        args.out.display()
+    );
+    if let Some(intro) = &args.intro {
+        command.push_str(&format!(" --intro {}", intro.display()));
+    }
+    let files = report::generate(&args.results, &args.out, args.intro.as_deref(), &command)
+        .map_err(|e| e.to_string())?;
+    println!(
+        "{} written from {files} result file(s) in {}",
+        args.out.display(),
+        args.results.display()
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.scenario {
@@ -489,6 +528,7 @@ fn main() -> ExitCode {
         Some(Scenario::Metadata(args)) => metadata(args),
         Some(Scenario::Hop(args)) => hop(args),
         Some(Scenario::Produce(args)) => produce(args),
+        Some(Scenario::Report(args)) => report(args),
         None => match Cli::parse_from(["sluice-bench", "storage"]).scenario {
             Some(Scenario::Storage(args)) => storage(args),
             _ => Err("the default scenario could not be parsed".into()),
