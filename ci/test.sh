@@ -10,3 +10,5 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+# The client's rustdoc must build without warnings (broken links, bad examples).
+RUSTDOCFLAGS="-D warnings" cargo doc -p sluice-client --no-deps --quiet

@@ -1,0 +1,150 @@
+//! A blocking facade over the async client, for synchronous code.
+//!
+//! Each blocking object owns a small tokio runtime (one worker thread) that runs its background
+//! tasks; methods block the calling thread until the async operation completes. Do not call
+//! them from inside an async runtime: use the async types there.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use sluice_client::blocking::{Consumer, Producer};
+//! use sluice_client::{ClientConfig, ConsumerConfig, ProducerConfig, ProducerRecord, Seek, TopicPartition};
+//!
+//! # fn main() -> Result<(), sluice_client::Error> {
+//! let client = ClientConfig::new(["127.0.0.1:9490"]);
+//! let producer = Producer::new(ProducerConfig::new(client.clone()))?;
+//! let offset = producer.send(ProducerRecord::new("greetings").value("hello"))?.wait()?.offset;
+//! producer.close()?;
+//!
+//! let mut consumer = Consumer::new(ConsumerConfig::new(client))?;
+//! let tp = TopicPartition::new("greetings", 0);
+//! consumer.assign([tp.clone()]);
+//! consumer.seek(&tp, Seek::Earliest)?;
+//! let records = consumer.poll(Duration::from_secs(1))?;
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::runtime::Runtime;
+
+use crate::config::{ClientConfig, ConsumerConfig, ProducerConfig};
+use crate::consumer::{ConsumerRecord, Seek, TopicPartition};
+use crate::error::{Error, Result};
+use crate::producer::{ProducerRecord, RecordMetadata};
+
+fn runtime() -> Result<Arc<Runtime>> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("sluice-client")
+        .enable_all()
+        .build()
+        .map(Arc::new)
+        .map_err(|e| Error::Config(format!("cannot start the client runtime: {e}")))
+}
+
+/// A blocking [`crate::Producer`].
+#[derive(Debug, Clone)]
+pub struct Producer {
+    inner: crate::Producer,
+    runtime: Arc<Runtime>,
+}
+
+/// The outcome of one send; [`DeliveryHandle::wait`] blocks until it is known.
+#[derive(Debug)]
+#[must_use = "a DeliveryHandle reports whether the record was delivered"]
+pub struct DeliveryHandle(crate::Delivery);
+
+impl DeliveryHandle {
+    pub fn wait(self) -> Result<RecordMetadata> {
+        self.0.wait_blocking()
+    }
+}
+
+impl Producer {
+    pub fn new(config: ProducerConfig) -> Result<Producer> {
+        let runtime = runtime()?;
+        let inner = runtime.block_on(crate::Producer::new(config))?;
+        Ok(Producer { inner, runtime })
+    }
+
+    /// Queues a record, blocking while the buffer is full; see [`crate::Producer::send`].
+    pub fn send(&self, record: ProducerRecord) -> Result<DeliveryHandle> {
+        self.runtime
+            .block_on(self.inner.send(record))
+            .map(DeliveryHandle)
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.runtime.block_on(self.inner.flush())
+    }
+
+    pub fn close(&self) -> Result<()> {
+        self.runtime.block_on(self.inner.close())
+    }
+}
+
+/// A blocking [`crate::Consumer`].
+#[derive(Debug)]
+pub struct Consumer {
+    inner: crate::Consumer,
+    runtime: Arc<Runtime>,
+}
+
+impl Consumer {
+    pub fn new(config: ConsumerConfig) -> Result<Consumer> {
+        let runtime = runtime()?;
+        let inner = {
+            let _entered = runtime.enter();
+            crate::Consumer::new(config)?
+        };
+        Ok(Consumer { inner, runtime })
+    }
+
+    pub fn assign(&mut self, partitions: impl IntoIterator<Item = TopicPartition>) {
+        self.inner.assign(partitions)
+    }
+
+    pub fn seek(&mut self, tp: &TopicPartition, to: Seek) -> Result<u64> {
+        self.runtime.block_on(self.inner.seek(tp, to))
+    }
+
+    pub fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
+        self.runtime.block_on(self.inner.poll(timeout))
+    }
+
+    pub fn position(&self, tp: &TopicPartition) -> Result<Option<u64>> {
+        self.inner.position(tp)
+    }
+}
+
+/// A blocking [`crate::Admin`].
+#[derive(Debug)]
+pub struct Admin {
+    inner: crate::Admin,
+    runtime: Arc<Runtime>,
+}
+
+impl Admin {
+    pub fn new(config: ClientConfig) -> Result<Admin> {
+        Ok(Admin {
+            inner: crate::Admin::new(config)?,
+            runtime: runtime()?,
+        })
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32, replication_factor: u32) -> Result<()> {
+        self.runtime.block_on(
+            self.inner
+                .create_topic(name, partitions, replication_factor),
+        )
+    }
+
+    pub fn delete_topic(&self, name: &str) -> Result<()> {
+        self.runtime.block_on(self.inner.delete_topic(name))
+    }
+
+    pub fn offset(&self, tp: &TopicPartition, at: Seek) -> Result<Option<u64>> {
+        self.runtime.block_on(self.inner.offset(tp, at))
+    }
+}
