@@ -10,18 +10,17 @@ use std::time::Instant;
 
 use glommio::channels::shared_channel;
 use glommio::Placement;
-use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::storage::Latency;
+use crate::storage::{new_histogram, Latency};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct HopParams {
     pub round_trips: u64,
     pub batch_bytes: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct HopResult {
     pub round_trip: Latency,
     pub round_trips_per_second: f64,
@@ -52,8 +51,7 @@ pub fn run(params: &HopParams) -> Result<HopResult, String> {
             let send = to_owner.connect().await;
             let replies = caller_inbox.connect().await;
             let batch = vec![7u8; batch_bytes];
-            let mut histogram =
-                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+            let mut histogram = new_histogram()?;
             let started = Instant::now();
             for _ in 0..rounds {
                 let t0 = Instant::now();

@@ -1,24 +1,35 @@
 //! `sluice-bench`: Sluice's benchmark harness.
 //!
-//! Every scenario runs the machine-limits probe in the same run and reports its figures as
-//! ratios to it, because absolute numbers on a shared 2-core VM mean little on their own.
-//! Today's scenarios: `probe` (the raw limits alone) and `storage` (the partition log alone).
+//! Scenarios held against the machine's limits run the probe in the same run and report their
+//! figures as ratios to it, because absolute numbers on a shared 2-core VM mean little on their
+//! own. Scenarios: `probe` (the raw limits alone), `storage` (the partition log alone),
+//! `metadata` (Raft), `hop` (the cross-shard hop) and `produce` (a broker process over TCP);
+//! `report` regenerates the results page. Options and the JSON result files: `docs/bench.md`.
 
 mod hop;
 mod metadata;
 mod network;
-// Not yet called by a scenario (they will write `<json>.svg` charts next to their JSON).
-#[cfg_attr(not(test), allow(dead_code))]
+mod pace;
 mod plot;
 mod probe;
+mod progress;
+mod record;
 mod report;
+mod rng;
 mod storage;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
-use serde::Serialize;
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use hdrhistogram::Histogram;
+
+/// The payload seed when `--seed` is not given (the value earlier storage runs used).
+const DEFAULT_SEED: u64 = 42;
+/// MiB written and read by the probe (the one that runs before the storage and produce
+/// scenarios, and `probe`'s default).
+const PROBE_MIB: u64 = 512;
 
 #[derive(Debug, Parser)]
 #[command(name = "sluice-bench", version, about = "Benchmarks for the Sluice broker", long_about = None)]
@@ -62,6 +73,8 @@ struct ReportArgs {
 struct ProduceArgs {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    workload: Workload,
     /// Broker mode: throughput or latency.
     #[arg(long, default_value = "throughput", value_parser = ["throughput", "latency"])]
     mode: String,
@@ -78,11 +91,15 @@ struct ProduceArgs {
     #[arg(long, default_value_t = 8)]
     in_flight: usize,
     /// Total records per second (paced; latency from the intended send time); omit for full speed.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     rate: Option<u64>,
     /// Seconds measured (after the warm-up).
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, conflicts_with = "messages")]
     duration: f64,
+    /// Instead of a duration: records sent in the measured phase (after the warm-up), over all
+    /// producers; the run ends when the last one is acknowledged.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    messages: Option<u64>,
     /// Seconds of warm-up, not measured.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
@@ -139,12 +156,24 @@ struct Common {
     json: Option<PathBuf>,
 }
 
+/// Options of the scenarios that generate records.
+#[derive(Debug, Args)]
+struct Workload {
+    /// Seed for the record payloads: the same seed writes the same bytes.
+    #[arg(long, default_value_t = DEFAULT_SEED)]
+    seed: u64,
+    /// Also draw throughput over time and the latency percentile curve as an SVG to this file
+    /// (name it like the JSON file, with `.svg`, for `report` to show it).
+    #[arg(long, value_name = "PATH")]
+    plot: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 struct ProbeArgs {
     #[command(flatten)]
     common: Common,
     /// MiB written and read by the disk probe.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = PROBE_MIB)]
     disk_mib: u64,
 }
 
@@ -152,6 +181,8 @@ struct ProbeArgs {
 struct StorageArgs {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    workload: Workload,
     /// Shards (one partition each); default: the cores available.
     #[arg(long)]
     shards: Option<usize>,
@@ -184,52 +215,26 @@ struct StorageArgs {
     /// Bytes per read request in the read phase, in KiB.
     #[arg(long, default_value_t = 1024)]
     read_kib: usize,
-    /// Seed for record payloads.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
 }
 
-#[derive(Debug, Serialize)]
-struct Report<P: Serialize, R: Serialize> {
-    scenario: &'static str,
-    git_revision: String,
-    machine: Machine,
-    params: P,
-    probe: probe::ProbeResult,
-    result: R,
-    ratios: serde_json::Value,
-}
-
-#[derive(Debug, Serialize)]
-struct Machine {
-    cpus: usize,
-    kernel: String,
-}
-
-fn machine() -> Machine {
-    Machine {
-        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default(),
-    }
-}
-
-fn git_revision() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn write_json<T: Serialize>(path: &Option<PathBuf>, report: &T) -> Result<(), String> {
+/// Writes the SVG chart of a run to `path`, if there is one: throughput over time from a
+/// series of MB/s points `interval_s` apart, and the latency percentile curve.
+fn write_plot(
+    path: Option<&Path>,
+    title: &str,
+    series_mb_s: &[f64],
+    interval_s: f64,
+    latency: &Histogram<u64>,
+) -> Result<(), String> {
     if let Some(path) = path {
-        let text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
-        std::fs::write(path, text + "\n").map_err(|e| format!("write {}: {e}", path.display()))?;
-        println!("report written to {}", path.display());
+        plot::write_svg(
+            path,
+            title,
+            &plot::series_points(series_mb_s, interval_s),
+            &plot::percentile_curve(latency),
+        )
+        .map_err(|e| format!("write {}: {e}", path.display()))?;
+        println!("chart written to {}", path.display());
     }
     Ok(())
 }
@@ -285,9 +290,9 @@ fn storage(args: StorageArgs) -> Result<(), String> {
         segment_bytes: args.segment_mib << 20,
         write_buffer_bytes: ((args.flush_kib << 10) as usize * 2).max(8 << 20),
         read_bytes_max: args.read_kib << 10,
-        seed: args.seed,
+        seed: args.workload.seed,
     };
-    let probe = run_probe(&args.common.dir, 512)?;
+    let probe = run_probe(&args.common.dir, PROBE_MIB)?;
     eprintln!(
         "storage: {} shard(s) x {} appenders x {} in flight, {} MiB each, {}-record batches of {} B records ...",
         params.shards,
@@ -297,24 +302,33 @@ fn storage(args: StorageArgs) -> Result<(), String> {
         params.records_per_batch,
         params.record_bytes
     );
-    let result = storage::run(&params, &args.common.dir.join("storage"))?;
-    let append_ratio = result.append_mb_s / probe.disk_write_fdatasync_mb_s;
-    let read_ratio = result.read_mb_s / probe.disk_read_mb_s;
-    let p99_ratio =
-        result.append_to_durable.p99_us as f64 / (params.flush_interval_ms as f64 * 1000.0);
-    print_probe(&probe);
+    let run = storage::run(
+        &params,
+        &args.common.dir.join("storage"),
+        progress::stderr_is_terminal(),
+    )?;
+    let report = record::storage(params, probe, run.result);
+    let (params, probe, result) = (&report.params, &report.probe, &report.result);
+    let ratios = report.ratios.clone().unwrap_or_default();
+    let shown = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
+    if let Some(probe) = probe {
+        print_probe(probe);
+    }
     let l = &result.append_to_durable;
     println!(
         "storage (flush = interval {} ms / {} KiB):",
         params.flush_interval_ms, args.flush_kib
     );
-    println!("  append   {:>9.0} MB/s  {:>10.0} records/s   {:.2}x raw write   ({} fdatasyncs, {} segments)",
-        result.append_mb_s, result.append_records_s, append_ratio, result.fdatasyncs, result.segments);
+    println!("  append   {:>9.0} MB/s  {:>10.0} records/s   {}x raw write   ({} fdatasyncs, {} segments)",
+        result.append_mb_s, result.append_records_s, shown(ratios.append_vs_raw_write), result.fdatasyncs, result.segments);
     println!(
         "  append-to-durable latency us: p50 {} p90 {} p99 {} p99.9 {} p99.99 {} max {} mean {:.0}",
         l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.p9999_us, l.max_us, l.mean_us
     );
-    println!("  p99 / flush interval = {p99_ratio:.2} (target <= 2)");
+    println!(
+        "  p99 / flush interval = {} (target <= 2)",
+        shown(ratios.p99_vs_flush_interval)
+    );
     println!(
         "  flushers busy: {:.0}% writing, {:.0}% in fdatasync; appends held by rolls {:.0}% (per shard, summed)",
         result.flush_write_share * 100.0,
@@ -322,23 +336,22 @@ fn storage(args: StorageArgs) -> Result<(), String> {
         result.roll_share * 100.0
     );
     println!(
-        "  read     {:>9.0} MB/s   {:.2}x raw read",
-        result.read_mb_s, read_ratio
+        "  read     {:>9.0} MB/s   {}x raw read",
+        result.read_mb_s,
+        shown(ratios.read_vs_raw_read)
     );
-    let report = Report {
-        scenario: "storage",
-        git_revision: git_revision(),
-        machine: machine(),
-        params,
-        probe,
-        ratios: serde_json::json!({
-            "append_vs_raw_write": append_ratio,
-            "read_vs_raw_read": read_ratio,
-            "p99_vs_flush_interval": p99_ratio,
-        }),
-        result,
-    };
-    write_json(&args.common.json, &report)
+    report.write(args.common.json.as_deref())?;
+    let title = format!(
+        "storage: {} shard(s) × {} appenders × {} in flight; append-to-durable latency (rev {})",
+        params.shards, params.appenders_per_shard, params.in_flight, report.git_revision
+    );
+    write_plot(
+        args.workload.plot.as_deref(),
+        &title,
+        &result.time_series_mb_s,
+        result.time_series_interval_s,
+        &run.append_to_durable,
+    )
 }
 
 fn metadata(args: MetadataArgs) -> Result<(), String> {
@@ -373,14 +386,7 @@ fn metadata(args: MetadataArgs) -> Result<(), String> {
             failover / params.election_timeout_ms as f64
         );
     }
-    let report = serde_json::json!({
-        "scenario": "metadata",
-        "git_revision": git_revision(),
-        "machine": machine(),
-        "params": params,
-        "result": result,
-    });
-    write_json(&args.common.json, &report)
+    record::metadata(params, result).write(args.common.json.as_deref())
 }
 
 fn hop(args: HopArgs) -> Result<(), String> {
@@ -398,14 +404,7 @@ fn hop(args: HopArgs) -> Result<(), String> {
         "  round trip us: p50 {} p90 {} p99 {} p99.9 {} max {} mean {:.1}; {:.0} round trips/s",
         l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.mean_us, result.round_trips_per_second
     );
-    let report = serde_json::json!({
-        "scenario": "hop",
-        "git_revision": git_revision(),
-        "machine": machine(),
-        "params": params,
-        "result": result,
-    });
-    write_json(&args.json, &report)
+    record::hop(params, result).write(args.json.as_deref())
 }
 
 fn produce(args: ProduceArgs) -> Result<(), String> {
@@ -419,6 +418,13 @@ fn produce(args: ProduceArgs) -> Result<(), String> {
                 .into(),
         );
     }
+    let seconds = |s: f64| (0.0..=network::SECONDS_MAX).contains(&s);
+    if !(seconds(args.warmup) && seconds(args.duration)) || args.duration == 0.0 {
+        return Err(format!(
+            "duration must be positive and warmup not negative, both at most {} s",
+            network::SECONDS_MAX
+        ));
+    }
     let params = network::NetworkParams {
         mode: args.mode.clone(),
         partitions: args.partitions,
@@ -426,12 +432,14 @@ fn produce(args: ProduceArgs) -> Result<(), String> {
         records_per_batch: args.batch_records,
         in_flight: args.in_flight,
         rate: args.rate,
-        duration_s: args.duration,
+        duration_s: args.messages.is_none().then_some(args.duration),
+        messages: args.messages,
         warmup_s: args.warmup,
         tail_consumer: args.tail,
         read_back: !args.no_read_back,
+        seed: args.workload.seed,
     };
-    let probe = run_probe(&args.common.dir, 512)?;
+    let probe = run_probe(&args.common.dir, PROBE_MIB)?;
     eprintln!(
         "produce: --mode {}, {} partitions, {} x {} B records per request, {} in flight, {} ...",
         params.mode,
@@ -443,15 +451,22 @@ fn produce(args: ProduceArgs) -> Result<(), String> {
             .rate
             .map_or("full speed".to_string(), |r| format!("{r} records/s"))
     );
-    let result = network::run(&params, &args.common.dir.join("broker"))?;
+    let run = network::run(
+        &params,
+        &args.common.dir.join("broker"),
+        progress::stderr_is_terminal(),
+    )?;
     print_probe(&probe);
+    let result = &run.result;
     let l = &result.produce_to_ack;
     println!("produce (--mode {}):", params.mode);
     println!(
-        "  {:.0} MB/s, {:.0} records/s = {:.2}x raw write; broker CPU {:.1} s, bench CPU {:.1} s",
+        "  {:.0} MB/s, {:.0} records/s = {:.2}x raw write ({} records in {:.1} s); broker CPU {:.1} s, bench CPU {:.1} s",
         result.produce_mb_s,
         result.produce_records_s,
         result.produce_mb_s / probe.disk_write_fdatasync_mb_s,
+        result.records_sent,
+        result.measured_s,
         result.broker_cpu_s,
         result.bench_cpu_s
     );
@@ -475,30 +490,33 @@ fn produce(args: ProduceArgs) -> Result<(), String> {
         "  broker RSS: {:.0} MB at start, {:.0} MB peak, {:.0} MB at end",
         result.broker_rss_start_mb, result.broker_rss_peak_mb, result.broker_rss_end_mb
     );
-    let report = serde_json::json!({
-        "scenario": "produce",
-        "git_revision": git_revision(),
-        "machine": machine(),
-        "params": params,
-        "probe": probe,
-        "result": result,
-    });
-    write_json(&args.common.json, &report)
+    let report = record::produce(params, probe, run.result);
+    report.write(args.common.json.as_deref())?;
+    let title = format!(
+        "produce --mode {}, {}; produce-to-ack latency (rev {})",
+        report.params.mode,
+        report
+            .params
+            .rate
+            .map_or("full speed".to_string(), |r| format!("{r} records/s")),
+        report.git_revision
+    );
+    write_plot(
+        args.workload.plot.as_deref(),
+        &title,
+        &report.result.time_series_mb_s,
+        report.result.time_series_interval_s,
+        &run.produce_to_ack,
+    )
 }
 
 fn probe_only(args: ProbeArgs) -> Result<(), String> {
     let probe = run_probe(&args.common.dir, args.disk_mib)?;
     print_probe(&probe);
-    let report = Report {
-        scenario: "probe",
-        git_revision: git_revision(),
-        machine: machine(),
-        params: serde_json::json!({ "disk_mib": args.disk_mib }),
-        probe,
-        result: serde_json::Value::Null,
-        ratios: serde_json::Value::Null,
+    let params = record::ProbeParams {
+        disk_mib: args.disk_mib,
     };
-    write_json(&args.common.json, &report)
+    record::probe(params, probe).write(args.common.json.as_deref())
 }
 
 fn report(args: ReportArgs) -> Result<(), String> {
@@ -520,8 +538,58 @@ fn report(args: ReportArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// A command-line error as one line: clap's message (and its "similar argument" tip, if any),
+/// then which `--help` to read. `args` are the process's arguments, program name first.
+fn usage_error_line(error: &clap::Error, args: &[String]) -> String {
+    let rendered = error.render().to_string();
+    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let message = lines
+        .next()
+        .map(|first| first.strip_prefix("error: ").unwrap_or(first))
+        .unwrap_or("invalid arguments");
+    let mut line = message.to_string();
+    for tip in lines.filter(|l| l.starts_with("tip:") && l.contains("similar")) {
+        line.push_str(&format!(" ({tip})"));
+    }
+    // The scenario is the first argument that is not an option, if it names one.
+    let command = Cli::command();
+    let scenario = args
+        .iter()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .filter(|a| command.find_subcommand(a.as_str()).is_some());
+    let help = match scenario {
+        Some(scenario) => format!("sluice-bench {scenario} --help"),
+        None => "sluice-bench --help".to_string(),
+    };
+    format!("sluice-bench: {line}; see `{help}`")
+}
+
+/// The parsed command line, or the exit code after printing help, the version, or a one-line
+/// error (exit status 2).
+fn parse_args() -> Result<Cli, ExitCode> {
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    Cli::try_parse_from(&args).map_err(|error| {
+        let code = u8::try_from(error.exit_code()).unwrap_or(u8::MAX);
+        match error.kind() {
+            ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                let _ = error.print();
+            }
+            _ => eprintln!("{}", usage_error_line(&error, &args)),
+        }
+        ExitCode::from(code)
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_args() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let outcome = match cli.scenario {
         Some(Scenario::Probe(args)) => probe_only(args),
         Some(Scenario::Storage(args)) => storage(args),

@@ -10,16 +10,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
 use sluice_broker::metadata::{
     AdminClient, AdminReply, AdminRequest, MetadataConfig, MetadataNode,
 };
 
 use crate::network::free_address;
-use crate::storage::Latency;
+use crate::storage::{new_histogram, Latency};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct MetadataParams {
     pub brokers: u64,
     pub topics: u32,
@@ -28,7 +27,7 @@ pub struct MetadataParams {
     pub snapshot_logs: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct MetadataResult {
     pub create_seconds: f64,
     pub topics_per_second: f64,
@@ -151,8 +150,7 @@ pub fn run(params: &MetadataParams, root: &Path) -> Result<MetadataResult, Strin
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let mut histogram =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let mut histogram = new_histogram()?;
     let started = Instant::now();
     runtime.block_on(async {
         for i in 0..params.topics {

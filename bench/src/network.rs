@@ -5,8 +5,11 @@
 //! the shard that owns it, as shard-aware clients do. Producers pipeline produce requests (a
 //! bounded number in flight per connection) of batches of 1 KiB records with acks = leader,
 //! either at full speed or at a fixed total rate; at a fixed rate, latency is measured from each
-//! request's intended send time, so a stalled broker cannot hide (no coordinated omission).
-//! Every record carries its send time, so a tail consumer measures produce-to-consume latency.
+//! request's intended send time, so a stalled broker cannot hide (no coordinated omission; the
+//! schedule is [`Pacer`]'s). The measured phase lasts a number of seconds or, with
+//! `--messages`, until that many records were sent (the producers share one budget). Record
+//! values are filled from the run's seed; the first record of each batch carries its send time,
+//! so a tail consumer measures produce-to-consume latency.
 //! After producing, a consumer reads everything back from the start (mostly from disk).
 
 use std::collections::VecDeque;
@@ -28,9 +31,25 @@ use sluice_protocol::{BatchBuilder, BatchIter, BatchOptions, RecordIter, BATCH_H
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::storage::Latency;
+use crate::pace::{latency_micros, Pacer};
+use crate::progress::{Goal, Monitor, MonitorConfig, Sample};
+use crate::rng::SplitMix64;
+use crate::storage::{new_histogram, Latency};
 
-#[derive(Debug, Clone, Serialize)]
+/// The longest warm-up or measured duration accepted, in seconds (a day).
+pub const SECONDS_MAX: f64 = 86_400.0;
+/// One point of the produce throughput series per second.
+pub const SERIES_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the broker's RSS is sampled for its peak.
+const RSS_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a producer waits for the acks of its last requests once it stopped sending.
+const ACK_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The broker process must answer metadata requests within this long of starting.
+const BROKER_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopped broker gets to exit after SIGTERM before it is killed.
+const BROKER_STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct NetworkParams {
     pub mode: String,
     pub partitions: u32,
@@ -39,10 +58,25 @@ pub struct NetworkParams {
     pub in_flight: usize,
     /// Records per second over all producers; `None` for full speed.
     pub rate: Option<u64>,
-    pub duration_s: f64,
+    /// Seconds measured; `None` when the run is bounded by `messages` instead.
+    pub duration_s: Option<f64>,
+    /// Records sent in the measured phase (`--messages`); `None` when bounded by `duration_s`.
+    pub messages: Option<u64>,
     pub warmup_s: f64,
     pub tail_consumer: bool,
     pub read_back: bool,
+    /// Seeds the record payloads (`--seed`).
+    pub seed: u64,
+}
+
+impl NetworkParams {
+    /// What ends the measured phase.
+    pub fn goal(&self) -> Goal {
+        match (self.messages, self.duration_s) {
+            (Some(messages), _) => Goal::Messages(messages),
+            (None, seconds) => Goal::Seconds(seconds.unwrap_or(0.0)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -60,8 +94,18 @@ pub struct NetworkResult {
     pub broker_rss_start_mb: f64,
     pub broker_rss_peak_mb: f64,
     pub broker_rss_end_mb: f64,
-    /// Throughput per second of the measured phase, MB/s.
+    /// Seconds from the start of the measured phase until every producer had its last ack.
+    pub measured_s: f64,
+    /// Acked MB/s over each `time_series_interval_s` of the measured phase.
     pub time_series_mb_s: Vec<f64>,
+    pub time_series_interval_s: f64,
+}
+
+/// A finished run: the figures, and the produce-to-ack histogram for the percentile curve.
+#[derive(Debug)]
+pub struct NetworkRun {
+    pub result: NetworkResult,
+    pub produce_to_ack: Histogram<u64>,
 }
 
 /// A broker child process on a temporary data directory.
@@ -144,7 +188,7 @@ impl Drop for Broker {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + BROKER_STOP_TIMEOUT;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 break;
@@ -209,7 +253,7 @@ async fn call<T: EncodeControl, R: DecodeControl>(
 
 /// Waits for the broker, creates the topic, and returns each partition's shard address.
 async fn prepare(address: &str, partitions: u32) -> Result<Vec<String>, String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + BROKER_START_TIMEOUT;
     loop {
         let ready = call::<_, MetadataResponse>(
             address,
@@ -222,7 +266,10 @@ async fn prepare(address: &str, partitions: u32) -> Result<Vec<String>, String> 
             break;
         }
         if Instant::now() > deadline {
-            return Err("the broker did not come up within 30 s".into());
+            return Err(format!(
+                "the broker did not come up within {} s",
+                BROKER_START_TIMEOUT.as_secs()
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -295,18 +342,28 @@ struct BatchTemplate {
     bytes: Vec<u8>,
     /// Where the first record's value (and so the send time) starts.
     time_at: usize,
+    records: u32,
 }
 
 impl BatchTemplate {
-    fn new(records: u32, record_bytes: usize) -> Result<BatchTemplate, String> {
+    /// `records` records of `record_bytes` (at least 8) bytes each, filled from `rng`.
+    fn new(
+        records: u32,
+        record_bytes: usize,
+        rng: &mut SplitMix64,
+    ) -> Result<BatchTemplate, String> {
         const MARK: [u8; 8] = *b"SLUICE!!";
-        let mut value = vec![0x5au8; record_bytes.max(8)];
-        value[..8].copy_from_slice(&MARK);
+        let mut value = vec![0u8; record_bytes.max(8)];
         let mut builder = BatchBuilder::with_capacity(
             BatchOptions::default(),
             (record_bytes + 16) * records as usize + 64,
         );
-        for _ in 0..records {
+        for record in 0..records {
+            rng.fill(&mut value);
+            if record == 0 {
+                // Found below, then overwritten by each request's send time.
+                value[..8].copy_from_slice(&MARK);
+            }
             builder.push(0, None, Some(&value), &[]);
         }
         let bytes = builder.finish();
@@ -314,7 +371,11 @@ impl BatchTemplate {
             .windows(8)
             .position(|w| w == MARK)
             .ok_or("the batch template lost its marker")?;
-        Ok(BatchTemplate { bytes, time_at })
+        Ok(BatchTemplate {
+            bytes,
+            time_at,
+            records,
+        })
     }
 
     /// The batch stamped with `sent_ns` (ns since the run's epoch), with a valid CRC.
@@ -326,19 +387,29 @@ impl BatchTemplate {
     }
 }
 
-fn new_histogram() -> Result<Histogram<u64>, String> {
-    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())
-}
-
 struct Shared {
     epoch: Instant,
     measure_from: Instant,
     stop: AtomicBool,
+    /// Woken by each producer that ends, for whatever reason.
+    producer_ended: tokio::sync::Notify,
+    /// Records the measured phase may still send (`--messages`), shared by all producers.
+    budget: Option<AtomicU64>,
     records: AtomicU64,
     bytes: AtomicU64,
     acks: Mutex<Histogram<u64>>,
     e2e: Mutex<Histogram<u64>>,
     tail_records: AtomicU64,
+}
+
+/// Takes up to `want` records from a shared budget: how many were granted, 0 once it is spent.
+fn claim(budget: &AtomicU64, want: u64) -> u64 {
+    let mut granted = 0;
+    let _ = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+        granted = left.min(want);
+        (granted > 0).then(|| left - granted)
+    });
+    granted
 }
 
 /// One producer connection for one partition.
@@ -347,9 +418,20 @@ async fn produce_loop(
     address: String,
     partition: u32,
     params: NetworkParams,
-    per_second: Option<f64>,
 ) -> Result<(), String> {
-    let stream = TcpStream::connect(&address)
+    let outcome = produce(&shared, &address, partition, &params).await;
+    shared.producer_ended.notify_one();
+    outcome.map_err(|e| format!("producer for partition {partition} ({address}): {e}"))
+}
+
+async fn produce(
+    shared: &Arc<Shared>,
+    address: &str,
+    partition: u32,
+    params: &NetworkParams,
+) -> Result<(), String> {
+    let in_flight = u32::try_from(params.in_flight).map_err(|_| "too many requests in flight")?;
+    let stream = TcpStream::connect(address)
         .await
         .map_err(|e| e.to_string())?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
@@ -357,13 +439,14 @@ async fn produce_loop(
     // (correlation id, intended or actual send time, records) of requests awaiting their ack.
     let pending: Arc<Mutex<VecDeque<(u32, Instant, u64)>>> = Arc::new(Mutex::new(VecDeque::new()));
     let slots = Arc::new(tokio::sync::Semaphore::new(params.in_flight));
-    let acks = {
+    let mut acks = {
         let pending = Arc::clone(&pending);
         let slots = Arc::clone(&slots);
-        let shared = Arc::clone(&shared);
+        let shared = Arc::clone(shared);
         let record_bytes = params.record_bytes as u64;
+        // Ends only on a failure; once every request is acknowledged the producer aborts it.
         tokio::spawn(async move {
-            let outcome = async {
+            let outcome: Result<(), String> = async {
                 loop {
                     let (id, error, control, _) = read_response(&mut reader).await?;
                     let sent = {
@@ -387,9 +470,9 @@ async fn produce_loop(
                     {
                         return Err(format!("produce failed: {:?}", p.error));
                     }
-                    let now = Instant::now();
+                    // `sent` is the intended send time when paced: see `pace`.
                     if sent >= shared.measure_from {
-                        let micros = (now.duration_since(sent).as_micros() as u64).max(1);
+                        let micros = latency_micros(sent, Instant::now());
                         if let Ok(mut h) = shared.acks.lock() {
                             let _ = h.record(micros);
                         }
@@ -399,11 +482,6 @@ async fn produce_loop(
                             .fetch_add(records * record_bytes, Ordering::Relaxed);
                     }
                     slots.add_permits(1);
-                    if shared.stop.load(Ordering::Relaxed)
-                        && pending.lock().map_or(true, |q| q.is_empty())
-                    {
-                        return Ok::<(), String>(());
-                    }
                 }
             }
             .await;
@@ -412,29 +490,53 @@ async fn produce_loop(
             outcome
         })
     };
-    let mut template = BatchTemplate::new(params.records_per_batch, params.record_bytes)?;
-    let mut next_send = Instant::now();
-    let interval =
-        per_second.map(|rate| Duration::from_secs_f64(f64::from(params.records_per_batch) / rate));
+    let mut rng = SplitMix64::new(params.seed, u64::from(partition));
+    let mut template = BatchTemplate::new(params.records_per_batch, params.record_bytes, &mut rng)?;
+    // The one shorter batch a `--messages` budget may end with.
+    let mut last: Option<BatchTemplate> = None;
+    let pacer = params.rate.and_then(|rate| {
+        Pacer::new(
+            Instant::now(),
+            rate,
+            u64::from(params.records_per_batch),
+            u64::from(params.partitions),
+        )
+    });
     let mut id = 0u32;
+    let mut sends = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
-        if interval.is_some() {
-            let now = Instant::now();
-            if next_send > now {
-                tokio::time::sleep(next_send - now).await;
-            }
+        if let Some(wait) = pacer.and_then(|p| p.wait(sends, Instant::now())) {
+            tokio::time::sleep(wait).await;
         }
         let Ok(permit) = slots.acquire().await else {
             break;
         };
         permit.forget();
-        let intended = if interval.is_some() {
-            next_send
+        // Paced: the schedule's time, however late this send is; else now.
+        let intended = pacer.map_or_else(Instant::now, |p| p.intended(sends));
+        sends += 1;
+        let mut records = params.records_per_batch;
+        if let Some(budget) = shared
+            .budget
+            .as_ref()
+            .filter(|_| intended >= shared.measure_from)
+        {
+            records = u32::try_from(claim(budget, u64::from(records))).unwrap_or(records);
+            if records == 0 {
+                slots.add_permits(1);
+                break;
+            }
+        }
+        let batch = if records == template.records {
+            &mut template
         } else {
-            Instant::now()
+            if last.as_ref().is_none_or(|t| t.records != records) {
+                last = Some(BatchTemplate::new(records, params.record_bytes, &mut rng)?);
+            }
+            last.as_mut().ok_or("no batch template")?
         };
         let sent_ns = intended.duration_since(shared.epoch).as_nanos() as u64;
-        let bytes = template.stamp(sent_ns);
+        let bytes = batch.stamp(sent_ns);
         id = id.wrapping_add(1);
         let frame = request(
             ApiKey::Produce,
@@ -450,22 +552,29 @@ async fn produce_loop(
             },
             bytes,
         );
-        pending.lock().map_err(|_| "poisoned")?.push_back((
-            id,
-            intended,
-            u64::from(params.records_per_batch),
-        ));
+        pending
+            .lock()
+            .map_err(|_| "poisoned")?
+            .push_back((id, intended, u64::from(records)));
         writer.write_all(&frame).await.map_err(|e| e.to_string())?;
-        if let Some(step) = interval {
-            next_send += step;
-        }
     }
+    // Every slot back means every request sent was acknowledged; a closed semaphore means the
+    // ack reader failed, and its error says why.
+    let drained = tokio::time::timeout(ACK_DRAIN_TIMEOUT, slots.acquire_many(in_flight)).await;
+    let outcome = match drained {
+        Ok(Ok(_every_slot)) => Ok(()),
+        Ok(Err(_closed)) => match (&mut acks).await {
+            Ok(outcome) => outcome,
+            Err(e) => Err(e.to_string()),
+        },
+        Err(_) => Err(format!(
+            "acks did not drain within {} s",
+            ACK_DRAIN_TIMEOUT.as_secs()
+        )),
+    };
+    acks.abort();
     drop(writer);
-    match tokio::time::timeout(Duration::from_secs(30), acks).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("acks did not drain".into()),
-    }
+    outcome
 }
 
 /// A tail consumer for one partition: long-polls from the end and records produce-to-consume.
@@ -584,8 +693,9 @@ fn process_cpu_seconds() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Runs a network scenario against a broker started in `dir`.
-pub fn run(params: &NetworkParams, dir: &Path) -> Result<NetworkResult, String> {
+/// Runs a network scenario against a broker started in `dir`; with `show_progress`, a progress
+/// line on stderr during the warm-up and the measured phase.
+pub fn run(params: &NetworkParams, dir: &Path, show_progress: bool) -> Result<NetworkRun, String> {
     let broker = Broker::start(dir, &params.mode)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -596,19 +706,37 @@ pub fn run(params: &NetworkParams, dir: &Path) -> Result<NetworkResult, String> 
         let (cpu_start, rss_start) = broker.usage();
         let bench_cpu_start = process_cpu_seconds();
         let epoch = Instant::now();
+        let warmup = Duration::from_secs_f64(params.warmup_s);
         let shared = Arc::new(Shared {
             epoch,
-            measure_from: epoch + Duration::from_secs_f64(params.warmup_s),
+            measure_from: epoch + warmup,
             stop: AtomicBool::new(false),
+            producer_ended: tokio::sync::Notify::new(),
+            budget: params.messages.map(AtomicU64::new),
             records: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             acks: Mutex::new(new_histogram()?),
             e2e: Mutex::new(new_histogram()?),
             tail_records: AtomicU64::new(0),
         });
-        let per_partition = params
-            .rate
-            .map(|rate| rate as f64 / f64::from(params.partitions));
+        let monitor = Monitor::start(
+            MonitorConfig {
+                label: "produce".into(),
+                goal: params.goal(),
+                measure_from: shared.measure_from,
+                warmup,
+                series_interval: SERIES_INTERVAL,
+                show: show_progress,
+            },
+            {
+                let shared = Arc::clone(&shared);
+                move || Sample {
+                    messages: shared.records.load(Ordering::Relaxed),
+                    bytes: shared.bytes.load(Ordering::Relaxed),
+                    done: shared.stop.load(Ordering::Relaxed),
+                }
+            },
+        )?;
         let mut tasks = Vec::new();
         for (partition, address) in addresses.iter().enumerate() {
             tasks.push(tokio::spawn(produce_loop(
@@ -616,7 +744,6 @@ pub fn run(params: &NetworkParams, dir: &Path) -> Result<NetworkResult, String> 
                 address.clone(),
                 partition as u32,
                 params.clone(),
-                per_partition,
             )));
         }
         let mut tails = Vec::new();
@@ -629,33 +756,45 @@ pub fn run(params: &NetworkParams, dir: &Path) -> Result<NetworkResult, String> 
                 )));
             }
         }
-        // Sample throughput and broker RSS once a second.
-        let mut series = Vec::new();
-        let mut rss_peak = rss_start;
-        let mut last = 0u64;
-        let total = params.warmup_s + params.duration_s;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.tick().await;
-        while epoch.elapsed().as_secs_f64() < total {
-            tick.tick().await;
-            let bytes = shared.bytes.load(Ordering::Relaxed);
-            if epoch.elapsed().as_secs_f64() > params.warmup_s + 1.0 {
-                series.push((bytes - last) as f64 / 1e6);
+        // Until the measured time is up or a producer ends (its `--messages` budget is spent,
+        // or it failed), sampling the broker's RSS; the monitor samples the throughput.
+        let end = match params.goal() {
+            Goal::Seconds(seconds) => Some(shared.measure_from + Duration::from_secs_f64(seconds)),
+            Goal::Messages(_) | Goal::Bytes(_) => None,
+        };
+        let deadline = async {
+            match end {
+                Some(end) => tokio::time::sleep_until(end.into()).await,
+                None => std::future::pending::<()>().await,
             }
-            last = bytes;
-            rss_peak = rss_peak.max(broker.usage().1);
-            if tasks.iter().any(|t| t.is_finished()) {
-                break;
+        };
+        tokio::pin!(deadline);
+        let mut rss_peak = rss_start;
+        let mut rss_tick = tokio::time::interval(RSS_SAMPLE_INTERVAL);
+        loop {
+            tokio::select! {
+                () = &mut deadline => break,
+                () = shared.producer_ended.notified() => break,
+                _ = rss_tick.tick() => rss_peak = rss_peak.max(broker.usage().1),
             }
         }
         shared.stop.store(true, Ordering::Relaxed);
+        let mut failure = None;
         for task in tasks {
-            task.await.map_err(|e| e.to_string())??;
+            if let Err(e) = task.await.map_err(|e| e.to_string()).and_then(|r| r) {
+                failure.get_or_insert(e);
+            }
         }
+        let measured = shared.measure_from.elapsed().as_secs_f64().max(1e-9);
+        let series = monitor.finish();
         for tail in tails {
-            tail.await.map_err(|e| e.to_string())??;
+            if let Err(e) = tail.await.map_err(|e| e.to_string()).and_then(|r| r) {
+                failure.get_or_insert(e);
+            }
         }
-        let measured = (epoch.elapsed().as_secs_f64() - params.warmup_s).max(1e-9);
+        if let Some(e) = failure {
+            return Err(e);
+        }
         let (cpu_end, rss_end) = broker.usage();
         let mut result = NetworkResult {
             records_sent: shared.records.load(Ordering::Relaxed),
@@ -671,7 +810,9 @@ pub fn run(params: &NetworkParams, dir: &Path) -> Result<NetworkResult, String> 
             broker_rss_start_mb: rss_start,
             broker_rss_peak_mb: rss_peak.max(rss_end),
             broker_rss_end_mb: rss_end,
+            measured_s: measured,
             time_series_mb_s: series,
+            time_series_interval_s: SERIES_INTERVAL.as_secs_f64(),
             ..NetworkResult::default()
         };
         result.produce_mb_s = result.bytes_sent as f64 / 1e6 / measured;
@@ -689,6 +830,47 @@ pub fn run(params: &NetworkParams, dir: &Path) -> Result<NetworkResult, String> 
             result.read_back_mb_s =
                 Some(bytes as f64 / 1e6 / started.elapsed().as_secs_f64().max(1e-9));
         }
-        Ok(result)
+        let produce_to_ack = shared.acks.lock().map_err(|_| "poisoned")?.clone();
+        Ok(NetworkRun {
+            result,
+            produce_to_ack,
+        })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_budget_is_claimed_whole_then_in_part_then_not_at_all() {
+        let budget = AtomicU64::new(150);
+        assert_eq!(claim(&budget, 64), 64);
+        assert_eq!(claim(&budget, 64), 64);
+        assert_eq!(claim(&budget, 64), 22);
+        assert_eq!(claim(&budget, 64), 0);
+        assert_eq!(budget.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn batch_templates_are_seeded_and_stamped() {
+        let template = |seed, partition| {
+            BatchTemplate::new(4, 100, &mut SplitMix64::new(seed, partition)).unwrap()
+        };
+        let mut a = template(1, 0);
+        assert_eq!(a.bytes, template(1, 0).bytes);
+        assert_ne!(a.bytes, template(2, 0).bytes);
+        assert_ne!(a.bytes, template(1, 1).bytes);
+        let stamped = a.stamp(0x0102_0304_0506_0708).to_vec();
+        let (header, bytes) = BatchIter::new(&stamped).next().unwrap().unwrap();
+        assert_eq!(header.record_count, 4);
+        let values: Vec<Vec<u8>> = RecordIter::new(&header, &bytes[BATCH_HEADER_BYTES..])
+            .map(|r| r.unwrap().value.unwrap().to_vec())
+            .collect();
+        assert_eq!(values[0][..8], 0x0102_0304_0506_0708u64.to_le_bytes());
+        assert!(values.iter().all(|v| v.len() == 100));
+        // The other records are filled, and differ from one another.
+        assert_ne!(values[1], values[2]);
+        assert!(values[1].iter().any(|&b| b != 0));
+    }
 }

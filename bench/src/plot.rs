@@ -131,6 +131,16 @@ pub fn percentile_curve(h: &Histogram<u64>) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// The throughput panel's points for a series of rates `interval_s` apart: each rate is placed
+/// at the end of its interval, `(seconds since the start, rate)`.
+pub fn series_points(series: &[f64], interval_s: f64) -> Vec<(f64, f64)> {
+    series
+        .iter()
+        .enumerate()
+        .map(|(i, &rate)| ((i + 1) as f64 * interval_s, rate))
+        .collect()
+}
+
 /// Escapes the five XML special characters.
 pub fn escape_xml(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -532,6 +542,15 @@ mod tests {
             .windows(2)
             .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
         assert!(percentile_curve(&Histogram::<u64>::new(3).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn series_points_end_each_interval() {
+        assert_eq!(
+            series_points(&[10.0, 12.0, 11.0], 0.5),
+            vec![(0.5, 10.0), (1.0, 12.0), (1.5, 11.0)]
+        );
+        assert!(series_points(&[], 1.0).is_empty());
     }
 
     #[test]

@@ -40,7 +40,7 @@ impl ProbeConfig {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ProbeResult {
     /// O_DIRECT sequential writes of `block_bytes`, fdatasync after each.
     pub disk_write_fdatasync_mb_s: f64,

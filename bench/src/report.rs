@@ -436,6 +436,7 @@ const FAMILIES: &[Family] = &[
                 None => MISSING.into(),
             }),
             col("tail", |v| yes_no(v, "/params/tail_consumer")),
+            col("measured", measured),
             col("probe write", |v| {
                 mb_s(num(v, "/probe/disk_write_fdatasync_mb_s"))
             }),
@@ -593,10 +594,30 @@ fn render_files(input: &PageInput<'_>, files: &[ResultFile], date: &str) -> Stri
 
 fn render_machine(page: &mut String, host: &Host, files: &[ResultFile], date: &str) {
     let _ = writeln!(page, "### Machine\n");
+    // Whether any result file was recorded on a machine with this kernel release.
+    let recorded_kernels: Vec<&str> = files
+        .iter()
+        .filter_map(|f| {
+            f.content
+                .as_ref()
+                .ok()?
+                .pointer("/machine/kernel")?
+                .as_str()
+        })
+        .collect();
+    let elsewhere = !recorded_kernels.is_empty()
+        && !recorded_kernels
+            .iter()
+            .any(|k| Some(*k) == host.kernel.as_deref());
+    let whose = if elsewhere {
+        "which is not the one that ran the benchmarks: no result file records its kernel (see \
+         the machines recorded below)"
+    } else {
+        "which is normally the one that ran the benchmarks"
+    };
     let _ = writeln!(
         page,
-        "The machine that generated this page ({date}, from `/proc`), which is normally the one \
-         that ran the benchmarks:\n"
+        "The machine that generated this page ({date}, from `/proc`), {whose}:\n"
     );
     let cpu = host.cpu_model.as_deref().unwrap_or("unknown CPU");
     let _ = writeln!(
@@ -834,6 +855,16 @@ fn count(x: Option<f64>) -> String {
     out
 }
 
+/// How long a produce run's measured phase was meant to be: `--messages` records or
+/// `--duration` seconds (files from before `--messages` have only a `duration_s`).
+fn measured(v: &Value) -> String {
+    match (num(v, "/params/messages"), num(v, "/params/duration_s")) {
+        (Some(records), _) => format!("{} records", count(Some(records))),
+        (None, Some(seconds)) => format!("{seconds} s"),
+        (None, None) => MISSING.into(),
+    }
+}
+
 fn series_range(v: &Value, pointer: &str) -> String {
     let Some(Value::Array(items)) = v.pointer(pointer) else {
         return MISSING.into();
@@ -1036,6 +1067,21 @@ mod tests {
         assert!(page.contains("- CPU: Test CPU, 2 logical core(s)"));
         assert!(page.contains("- memory: 24.0 GiB"));
         assert!(page.contains("| cpus 2, kernel 6.1.0 | produce-latency, storage-2, storage-10 |"));
+        assert!(page.contains("which is normally the one that ran the benchmarks"));
+        // Files recorded elsewhere: the page says this machine did not run them.
+        let mut other = host();
+        other.kernel = Some("6.2.0".into());
+        let files = read_results(&dir).unwrap();
+        let input = PageInput {
+            results_dir: &dir,
+            page_dir: root.path(),
+            intro: None,
+            command: "c",
+            host: &other,
+            intro_path: None,
+        };
+        let elsewhere = render_files(&input, &files, "2026-01-02");
+        assert!(elsewhere.contains("which is not the one that ran the benchmarks"));
 
         let storage = table_rows(&page, "### Storage");
         assert_eq!(storage.len(), 4, "{storage:?}");
@@ -1071,6 +1117,47 @@ mod tests {
         assert!(!page.contains("### Metadata"));
         assert!(!page.contains("### Other results"));
         assert!(!page.contains("notes"));
+    }
+
+    #[test]
+    fn produce_files_old_and_new_give_the_measured_phase() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("results");
+        std::fs::create_dir(&dir).unwrap();
+        // Before `--messages` and `--seed`: a number of seconds, no seed, no ratios.
+        write(
+            &dir,
+            "produce-1.json",
+            &PRODUCE.replace(
+                r#""mode": "latency""#,
+                r#""mode": "latency", "duration_s": 8.0"#,
+            ),
+        );
+        // Bounded by records: `duration_s` is null.
+        write(
+            &dir,
+            "produce-2.json",
+            &PRODUCE.replace(
+                r#""mode": "latency""#,
+                r#""mode": "latency", "duration_s": null, "messages": 2000000, "seed": 7"#,
+            ),
+        );
+        let page = render_dir(&dir, None);
+        let rows = table_rows(&page, "### Broker over TCP");
+        assert_eq!(rows.len(), 4, "{rows:?}");
+        assert!(
+            rows[0].contains("| tail | measured | probe write |"),
+            "{}",
+            rows[0]
+        );
+        assert!(rows[2].contains("| yes | 8 s | 1600 MB/s |"), "{}", rows[2]);
+        assert!(
+            rows[3].contains("| yes | 2,000,000 records | 1600 MB/s |"),
+            "{}",
+            rows[3]
+        );
+        // Neither: a dash.
+        assert_eq!(measured(&serde_json::json!({"params": {}})), MISSING);
     }
 
     #[test]
@@ -1120,6 +1207,7 @@ mod tests {
             hop[2]
         );
         assert!(!page.contains("As recorded in the result files"));
+        assert!(page.contains("which is normally the one that ran the benchmarks"));
     }
 
     #[test]
