@@ -6,6 +6,7 @@
 //! `metadata` (Raft), `hop` (the cross-shard hop) and `produce` (a broker process over TCP);
 //! `report` regenerates the results page. Options and the JSON result files: `docs/bench.md`.
 
+mod e2e;
 mod hop;
 mod metadata;
 mod network;
@@ -51,6 +52,12 @@ enum Scenario {
     /// Producers (and optionally a tail consumer) against a `sluice-broker` process over TCP,
     /// then a read-back of everything from the start.
     Produce(ProduceArgs),
+    /// Producers and consumers built on `sluice-client` together: throughput, produce-to-ack and
+    /// produce-to-consume latency (the default scenario: 20 s against an embedded broker).
+    E2e(E2eArgs),
+    /// Consumers built on `sluice-client` reading a prefilled topic from the start (from disk),
+    /// or at the tail of running producers (`--from tail`).
+    Consume(ConsumeArgs),
     /// Regenerate the markdown results page from the JSON result files in a directory.
     Report(ReportArgs),
 }
@@ -111,6 +118,131 @@ struct ProduceArgs {
     no_read_back: bool,
 }
 
+/// Options of the client scenarios (`e2e`, `consume`).
+#[derive(Debug, Args)]
+struct ClientArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    workload: Workload,
+    /// Run against these brokers (`host:port,...`) instead of an embedded broker process.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// The embedded broker's mode: throughput or latency.
+    #[arg(long, default_value = "throughput", value_parser = ["throughput", "latency"])]
+    mode: String,
+    /// Partitions of the topic.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    partitions: u32,
+    /// Producers (each a `sluice_client::Producer` driven by one task or paced thread).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=64))]
+    producers: u32,
+    /// Consumers, the partitions dealt among them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=64))]
+    consumers: u32,
+    /// Bytes of each record's value (at least 20: the stamp).
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
+    /// Total records per second over all producers (paced; latency from the intended send time);
+    /// omit for full speed.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
+    /// Producer acks: none, leader or all.
+    #[arg(long, default_value = "all", value_parser = ["none", "leader", "all"])]
+    acks: String,
+    /// Producer linger in milliseconds (the client's default: 5).
+    #[arg(long, default_value_t = 5.0)]
+    linger_ms: f64,
+    /// Producer batch size in KiB (the client's default: 256).
+    #[arg(long, default_value_t = 256)]
+    batch_kib: usize,
+    /// Batch compression: none, lz4 or zstd.
+    #[arg(long, default_value = "none", value_parser = ["none", "lz4", "zstd"])]
+    compression: String,
+}
+
+#[derive(Debug, Args)]
+struct E2eArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Seconds measured (after the warm-up).
+    #[arg(long, default_value_t = 20.0, conflicts_with = "messages")]
+    duration: f64,
+    /// Instead of a duration: records sent in the measured phase, over all producers.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    messages: Option<u64>,
+    /// Seconds of warm-up, not measured.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+}
+
+#[derive(Debug, Args)]
+struct ConsumeArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// `start`: fill the topic, then read it all from offset 0 (mostly from disk). `tail`:
+    /// consumers keep up with running producers (as `e2e`, reported as consume figures).
+    #[arg(long, default_value = "start", value_parser = ["start", "tail"])]
+    from: String,
+    /// MiB written before reading from the start.
+    #[arg(long, default_value_t = 2048)]
+    prefill_mib: u64,
+    /// Seconds measured with `--from tail` (after the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of warm-up with `--from tail`.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+}
+
+impl ClientArgs {
+    fn params(
+        &self,
+        duration_s: Option<f64>,
+        messages: Option<u64>,
+        warmup_s: f64,
+    ) -> Result<e2e::ClientParams, String> {
+        if self.record_bytes < e2e::STAMP_BYTES || self.record_bytes > (1 << 20) - 1024 {
+            return Err(format!(
+                "record-bytes must be {}..={}",
+                e2e::STAMP_BYTES,
+                (1 << 20) - 1024
+            ));
+        }
+        if self.batch_kib == 0 || self.batch_kib > 16 << 10 {
+            return Err("batch-kib must be 1..=16384".into());
+        }
+        if !(0.0..=10_000.0).contains(&self.linger_ms) {
+            return Err("linger-ms must be 0..=10000".into());
+        }
+        let seconds = |s: f64| (0.0..=network::SECONDS_MAX).contains(&s);
+        if !seconds(warmup_s) || duration_s.is_some_and(|d| !seconds(d) || d == 0.0) {
+            return Err(format!(
+                "duration must be positive and warmup not negative, both at most {} s",
+                network::SECONDS_MAX
+            ));
+        }
+        Ok(e2e::ClientParams {
+            mode: self.brokers.is_none().then(|| self.mode.clone()),
+            brokers: self.brokers.clone(),
+            partitions: self.partitions,
+            producers: self.producers,
+            consumers: self.consumers,
+            record_bytes: self.record_bytes,
+            rate: self.rate,
+            duration_s,
+            messages,
+            warmup_s,
+            acks: self.acks.clone(),
+            linger_ms: self.linger_ms,
+            batch_bytes: self.batch_kib << 10,
+            compression: self.compression.clone(),
+            seed: self.workload.seed,
+            prefill_mib: None,
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 struct HopArgs {
     /// Also write the report as JSON to this file.
@@ -154,6 +286,10 @@ struct Common {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// MiB written and read by the probe that runs before the scenario (smaller is quicker and
+    /// noisier).
+    #[arg(long, default_value_t = PROBE_MIB, value_parser = clap::value_parser!(u64).range(1..))]
+    probe_mib: u64,
 }
 
 /// Options of the scenarios that generate records.
@@ -292,7 +428,7 @@ fn storage(args: StorageArgs) -> Result<(), String> {
         read_bytes_max: args.read_kib << 10,
         seed: args.workload.seed,
     };
-    let probe = run_probe(&args.common.dir, PROBE_MIB)?;
+    let probe = run_probe(&args.common.dir, args.common.probe_mib)?;
     eprintln!(
         "storage: {} shard(s) x {} appenders x {} in flight, {} MiB each, {}-record batches of {} B records ...",
         params.shards,
@@ -439,7 +575,7 @@ fn produce(args: ProduceArgs) -> Result<(), String> {
         read_back: !args.no_read_back,
         seed: args.workload.seed,
     };
-    let probe = run_probe(&args.common.dir, PROBE_MIB)?;
+    let probe = run_probe(&args.common.dir, args.common.probe_mib)?;
     eprintln!(
         "produce: --mode {}, {} partitions, {} x {} B records per request, {} in flight, {} ...",
         params.mode,
@@ -507,6 +643,164 @@ fn produce(args: ProduceArgs) -> Result<(), String> {
         &report.result.time_series_mb_s,
         report.result.time_series_interval_s,
         &run.produce_to_ack,
+    )
+}
+
+fn print_client(
+    params: &e2e::ClientParams,
+    probe: &probe::ProbeResult,
+    result: &e2e::ClientResult,
+    consume_only: bool,
+) {
+    print_probe(probe);
+    let target = params.mode.as_deref().map_or_else(
+        || format!("brokers {}", params.brokers.as_deref().unwrap_or("?")),
+        |mode| format!("embedded broker --mode {mode}"),
+    );
+    println!(
+        "{} ({target}; {} partitions, {} producers, {} consumers, {} B records, acks {}, linger {} ms, batch {} KiB, compression {}):",
+        if consume_only { "consume" } else { "e2e" },
+        params.partitions,
+        params.producers,
+        params.consumers,
+        params.record_bytes,
+        params.acks,
+        params.linger_ms,
+        params.batch_bytes >> 10,
+        params.compression
+    );
+    if !consume_only {
+        let l = &result.produce_to_ack;
+        println!(
+            "  produce: {:.0} MB/s, {:.0} records/s = {:.2}x raw write ({} records in {:.1} s)",
+            result.produce_mb_s,
+            result.produce_records_s,
+            result.produce_mb_s / probe.disk_write_fdatasync_mb_s,
+            result.records_acked,
+            result.measured_s
+        );
+        println!(
+            "  produce-to-ack us: p50 {} p90 {} p99 {} p99.9 {} p99.99 {} max {} mean {:.0}",
+            l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.p9999_us, l.max_us, l.mean_us
+        );
+    }
+    if params.consumers > 0 {
+        println!(
+            "  consume: {:.0} MB/s, {:.0} records/s = {:.2}x raw read ({} records)",
+            result.consume_mb_s,
+            result.consume_records_s,
+            result.consume_mb_s / probe.disk_read_mb_s,
+            result.records_consumed
+        );
+    }
+    if let Some(l) = &result.produce_to_consume {
+        println!(
+            "  produce-to-consume us: p50 {} p90 {} p99 {} p99.9 {} p99.99 {} max {} mean {:.0}",
+            l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.p9999_us, l.max_us, l.mean_us
+        );
+    }
+    println!(
+        "  records acknowledged {}, consumed {}, duplicates {}",
+        result.total_acked, result.total_consumed, result.duplicates
+    );
+    let cpu_per_gb = result
+        .client_cpu_s_per_gb
+        .map_or("-".to_string(), |c| format!("{c:.2}"));
+    let broker = match (
+        result.broker_cpu_s,
+        result.broker_rss_start_mb,
+        result.broker_rss_peak_mb,
+    ) {
+        (Some(cpu), Some(start), Some(peak)) => {
+            format!("broker CPU {cpu:.1} s, RSS {start:.0} -> peak {peak:.0} MB; ")
+        }
+        _ => String::new(),
+    };
+    println!(
+        "  {broker}client CPU {:.1} s = {cpu_per_gb} CPU-s per GB moved",
+        result.bench_cpu_s
+    );
+}
+
+fn e2e_scenario(args: E2eArgs) -> Result<(), String> {
+    let params = args.client.params(
+        args.messages.is_none().then_some(args.duration),
+        args.messages,
+        args.warmup,
+    )?;
+    if params.producers == 0 {
+        return Err("e2e needs at least one producer".into());
+    }
+    let probe = run_probe(&args.client.common.dir, args.client.common.probe_mib)?;
+    let run = e2e::run_e2e(
+        &params,
+        &args.client.common.dir.join("broker"),
+        progress::stderr_is_terminal(),
+    )?;
+    print_client(&params, &probe, &run.result, false);
+    let report = record::e2e(params, probe, run.result);
+    report.write(args.client.common.json.as_deref())?;
+    let title = format!(
+        "e2e, {}; {} latency (rev {})",
+        report
+            .params
+            .rate
+            .map_or("full speed".to_string(), |r| format!("{r} records/s")),
+        if report.params.consumers > 0 {
+            "produce-to-consume"
+        } else {
+            "produce-to-ack"
+        },
+        report.git_revision
+    );
+    write_plot(
+        args.client.workload.plot.as_deref(),
+        &title,
+        &report.result.time_series_mb_s,
+        report.result.time_series_interval_s,
+        &run.curve,
+    )
+}
+
+fn consume(args: ConsumeArgs) -> Result<(), String> {
+    let tail = args.from == "tail";
+    let mut params = args.client.params(
+        Some(args.duration),
+        None,
+        if tail { args.warmup } else { 0.0 },
+    )?;
+    if params.consumers == 0 {
+        return Err("consume needs at least one consumer".into());
+    }
+    if tail && params.producers == 0 {
+        return Err("consume --from tail needs at least one producer".into());
+    }
+    if !tail {
+        params.duration_s = None;
+        params.prefill_mib = Some(args.prefill_mib.max(1));
+        params.producers = params.producers.max(1);
+    }
+    let probe = run_probe(&args.client.common.dir, args.client.common.probe_mib)?;
+    let dir = args.client.common.dir.join("broker");
+    let show = progress::stderr_is_terminal();
+    let run = if tail {
+        e2e::run_e2e(&params, &dir, show)?
+    } else {
+        e2e::run_consume(&params, &dir, show)?
+    };
+    print_client(&params, &probe, &run.result, !tail);
+    let report = record::consume(params, probe, run.result);
+    report.write(args.client.common.json.as_deref())?;
+    let title = format!(
+        "consume from the {} (rev {})",
+        args.from, report.git_revision
+    );
+    write_plot(
+        args.client.workload.plot.as_deref(),
+        &title,
+        &report.result.time_series_mb_s,
+        report.result.time_series_interval_s,
+        &run.curve,
     )
 }
 
@@ -596,9 +890,11 @@ fn main() -> ExitCode {
         Some(Scenario::Metadata(args)) => metadata(args),
         Some(Scenario::Hop(args)) => hop(args),
         Some(Scenario::Produce(args)) => produce(args),
+        Some(Scenario::E2e(args)) => e2e_scenario(args),
+        Some(Scenario::Consume(args)) => consume(args),
         Some(Scenario::Report(args)) => report(args),
-        None => match Cli::parse_from(["sluice-bench", "storage"]).scenario {
-            Some(Scenario::Storage(args)) => storage(args),
+        None => match Cli::parse_from(["sluice-bench", "e2e"]).scenario {
+            Some(Scenario::E2e(args)) => e2e_scenario(args),
             _ => Err("the default scenario could not be parsed".into()),
         },
     };

@@ -680,7 +680,7 @@ async fn read_back(address: String, partition: u32) -> Result<u64, String> {
     }
 }
 
-fn process_cpu_seconds() -> f64 {
+pub fn process_cpu_seconds() -> f64 {
     std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|stat| {

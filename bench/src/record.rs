@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::e2e::{ClientParams, ClientResult};
 use crate::hop::{HopParams, HopResult};
 use crate::metadata::{MetadataParams, MetadataResult};
 use crate::network::{NetworkParams, NetworkResult};
@@ -153,6 +154,47 @@ pub fn produce(
     Report::new("produce", params, Some(probe), result, Some(ratios))
 }
 
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClientRatios {
+    /// Null for paced runs and for `consume` from the start.
+    pub produce_vs_raw_write: Option<f64>,
+    /// Null without consumers.
+    pub consume_vs_raw_read: Option<f64>,
+}
+
+fn client_ratios(
+    params: &ClientParams,
+    probe: &ProbeResult,
+    result: &ClientResult,
+) -> ClientRatios {
+    ClientRatios {
+        produce_vs_raw_write: ratio(result.produce_mb_s, probe.disk_write_fdatasync_mb_s)
+            .filter(|_| params.rate.is_none() && params.prefill_mib.is_none()),
+        consume_vs_raw_read: ratio(result.consume_mb_s, probe.disk_read_mb_s)
+            .filter(|_| params.consumers > 0),
+    }
+}
+
+/// The `e2e` scenario: client producers and consumers together.
+pub fn e2e(
+    params: ClientParams,
+    probe: ProbeResult,
+    result: ClientResult,
+) -> Report<ClientParams, ClientResult, ClientRatios> {
+    let ratios = client_ratios(&params, &probe, &result);
+    Report::new("e2e", params, Some(probe), result, Some(ratios))
+}
+
+/// The `consume` scenario: client consumers from the start or at the tail.
+pub fn consume(
+    params: ClientParams,
+    probe: ProbeResult,
+    result: ClientResult,
+) -> Report<ClientParams, ClientResult, ClientRatios> {
+    let ratios = client_ratios(&params, &probe, &result);
+    Report::new("consume", params, Some(probe), result, Some(ratios))
+}
+
 pub fn metadata(
     params: MetadataParams,
     result: MetadataResult,
@@ -274,6 +316,22 @@ mod tests {
                     NetworkParams::default(),
                     ProbeResult::default(),
                     NetworkResult::default(),
+                )),
+            ),
+            (
+                "e2e",
+                json(&e2e(
+                    ClientParams::default(),
+                    ProbeResult::default(),
+                    ClientResult::default(),
+                )),
+            ),
+            (
+                "consume",
+                json(&consume(
+                    ClientParams::default(),
+                    ProbeResult::default(),
+                    ClientResult::default(),
                 )),
             ),
         ]
