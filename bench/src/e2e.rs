@@ -192,14 +192,21 @@ impl Shared {
         Some((self.epoch + Duration::from_nanos(nanos), producer, sequence))
     }
 
-    fn record_ack(&self, intended: Instant, done: Instant) {
+    /// Counts one acknowledged record into `local` (merged into the shared histogram at the end,
+    /// so the hot path takes no lock).
+    fn record_ack(&self, local: &mut Histogram<u64>, intended: Instant, done: Instant) {
         self.total_acked.fetch_add(1, Ordering::Relaxed);
         if intended >= self.measure_from {
             self.acked.add(1, self.record_bytes as u64);
-            if let Ok(mut h) = self.acks.lock() {
-                h.saturating_record(latency_micros(intended, done));
-            }
+            local.saturating_record(latency_micros(intended, done));
         }
+    }
+
+    fn merge(&self, into: &Mutex<Histogram<u64>>, local: &Histogram<u64>) -> Result<(), String> {
+        into.lock()
+            .map_err(|e| e.to_string())?
+            .add(local)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -312,13 +319,14 @@ async fn collect_acks(
     shared: Arc<Shared>,
     mut deliveries: tokio::sync::mpsc::UnboundedReceiver<(Delivery, Instant)>,
 ) -> Result<(), String> {
+    let mut local = histogram()?;
     while let Some((delivery, intended)) = deliveries.recv().await {
         delivery
             .await
             .map_err(|e| format!("delivery failed: {e}"))?;
-        shared.record_ack(intended, Instant::now());
+        shared.record_ack(&mut local, intended, Instant::now());
     }
-    Ok(())
+    shared.merge(&shared.acks, &local)
 }
 
 /// One paced producer on a thread of its own (thread sleeps are finer than tokio's 1 ms timer).
@@ -359,6 +367,7 @@ async fn consumer_loop(
     measure_latency: bool,
 ) -> Result<(), String> {
     let mut last: HashMap<(u32, u32), u64> = HashMap::new();
+    let mut local = histogram()?;
     while !shared.stop_consuming.load(Ordering::Relaxed) {
         let records = consumer.poll(POLL_WAIT).await.map_err(|e| e.to_string())?;
         let now = Instant::now();
@@ -382,15 +391,13 @@ async fn consumer_loop(
                 counted += 1;
                 bytes += r.value.as_ref().map_or(0, |v| v.len() as u64);
                 if measure_latency {
-                    if let Ok(mut h) = shared.e2e.lock() {
-                        h.saturating_record(latency_micros(intended, now));
-                    }
+                    local.saturating_record(latency_micros(intended, now));
                 }
             }
         }
         shared.consumed.add(counted, bytes);
     }
-    Ok(())
+    shared.merge(&shared.e2e, &local)
 }
 
 fn consumers(

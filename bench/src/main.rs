@@ -153,8 +153,8 @@ struct ClientArgs {
     /// Producer linger in milliseconds (the client's default: 5).
     #[arg(long, default_value_t = 5.0)]
     linger_ms: f64,
-    /// Producer batch size in KiB (the client's default: 256).
-    #[arg(long, default_value_t = 256)]
+    /// Producer batch size in KiB (the client's default: 1024).
+    #[arg(long, default_value_t = 1024)]
     batch_kib: usize,
     /// Batch compression: none, lz4 or zstd.
     #[arg(long, default_value = "none", value_parser = ["none", "lz4", "zstd"])]
@@ -880,6 +880,11 @@ fn parse_args() -> Result<Cli, ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // Quiet unless RUST_LOG asks (e.g. RUST_LOG=sluice_client=debug).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     let cli = match parse_args() {
         Ok(cli) => cli,
         Err(code) => return code,

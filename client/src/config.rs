@@ -176,7 +176,11 @@ pub struct ProducerConfig {
     pub acks: Acks,
     /// How long a batch waits for more records before it is sent. Default 5 ms.
     pub linger: Duration,
-    /// A batch is sent once it holds this many bytes. Default 256 KiB.
+    /// A batch is sent once it holds this many bytes. Default 1 MiB, the broker's default
+    /// `message_bytes_max` (a topic configured with a lower limit needs a lower value here).
+    /// Large batches matter because a partition has at most five batches in flight (what the
+    /// broker remembers for idempotent retries) and an ack waits for the group commit: per
+    /// partition, throughput is at most five batches per ack latency.
     pub batch_bytes_max: usize,
     /// Bytes a produce request may carry over all its partitions. Default 8 MiB.
     pub request_bytes_max: usize,
@@ -227,7 +231,7 @@ impl ProducerConfig {
             client,
             acks: Acks::All,
             linger: Duration::from_millis(5),
-            batch_bytes_max: 256 << 10,
+            batch_bytes_max: 1 << 20,
             request_bytes_max: 8 << 20,
             record_bytes_max: 1 << 20,
             buffer_bytes_max: 64 << 20,

@@ -23,8 +23,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -33,7 +33,7 @@ use sluice_protocol::native::{
     ProduceRequest, ProduceResponse,
 };
 use sluice_protocol::{set_producer, BatchBuilder, BatchOptions, BATCH_HEADER_BYTES};
-use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use crate::cluster::Cluster;
 use crate::compression;
@@ -113,25 +113,109 @@ pub struct RecordMetadata {
 #[derive(Debug)]
 #[must_use = "a Delivery reports whether the record was delivered"]
 pub struct Delivery {
-    rx: oneshot::Receiver<Result<RecordMetadata>>,
+    outcome: Arc<BatchOutcome>,
+    /// The record's place in its batch.
+    index: u32,
+    timestamp: i64,
 }
 
 impl Future for Delivery {
     type Output = Result<RecordMetadata>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(Error::ProducerClosed)))
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(result) = self.result() {
+            return Poll::Ready(result);
+        }
+        self.outcome.register(cx.waker());
+        // Completed between the check and the registration: do not wait for a wake-up.
+        match self.result() {
+            Some(result) => Poll::Ready(result),
+            None => Poll::Pending,
+        }
     }
 }
 
 impl Delivery {
+    fn result(&self) -> Option<Result<RecordMetadata>> {
+        let result = self.outcome.result.get()?;
+        Some(match result {
+            Ok(base) => Ok(RecordMetadata {
+                partition: self.outcome.partition,
+                offset: base.map(|b| b + u64::from(self.index)),
+                timestamp: self.timestamp,
+            }),
+            Err(e) => Err(e.clone()),
+        })
+    }
+
     /// Blocks the thread until the outcome is known (for the blocking facade).
     pub(crate) fn wait_blocking(self) -> Result<RecordMetadata> {
-        self.rx
-            .blocking_recv()
-            .unwrap_or(Err(Error::ProducerClosed))
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+        loop {
+            if let Some(result) = self.result() {
+                return result;
+            }
+            self.outcome.register(&waker);
+            if let Some(result) = self.result() {
+                return result;
+            }
+            std::thread::park();
+        }
+    }
+}
+
+/// The outcome of one batch, shared by the deliveries of its records: one allocation per batch
+/// rather than a channel per record, and completing a batch is one store and one wake-up pass.
+#[derive(Debug)]
+struct BatchOutcome {
+    partition: u32,
+    /// The batch's base offset (`None` with `Acks::None`), or why it failed.
+    result: OnceLock<Result<Option<u64>>>,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl BatchOutcome {
+    fn new(partition: u32) -> Arc<BatchOutcome> {
+        Arc::new(BatchOutcome {
+            partition,
+            result: OnceLock::new(),
+            wakers: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn register(&self, waker: &Waker) {
+        let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        // Records are usually awaited one after another by the same task.
+        if !wakers.last().is_some_and(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+    }
+
+    fn complete(&self, result: Result<Option<u64>>) {
+        if self.result.set(result).is_ok() {
+            let wakers =
+                std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|e| e.into_inner()));
+            for waker in wakers {
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// The producer's hold on a batch's outcome: a batch dropped without completing (the producer
+/// went away) fails its records with [`Error::ProducerClosed`] instead of leaving them waiting.
+#[derive(Debug)]
+struct Completion(Arc<BatchOutcome>);
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        self.0.complete(Err(Error::ProducerClosed));
     }
 }
 
@@ -187,6 +271,8 @@ struct Shared {
 #[derive(Debug)]
 struct State {
     queues: HashMap<PartitionKey, PartitionQueue>,
+    /// Interned topic names of `queues`' keys.
+    topics: HashSet<Arc<str>>,
     buffered_bytes: usize,
     /// No more sends; the sender stops once everything queued is delivered or failed.
     closing: bool,
@@ -221,7 +307,7 @@ struct PartitionQueue {
 #[derive(Debug)]
 struct OpenBatch {
     builder: BatchBuilder,
-    deliveries: Vec<(oneshot::Sender<Result<RecordMetadata>>, i64)>,
+    outcome: Completion,
     created: Instant,
     buffered_bytes: usize,
     generations: Vec<(u64, usize)>,
@@ -229,8 +315,8 @@ struct OpenBatch {
 
 #[derive(Debug)]
 enum Payload {
-    /// Built, not yet compressed or stamped.
-    Raw(Vec<u8>),
+    /// Records added, not yet finished (its CRC is computed once, with the sequence number).
+    Raw(BatchBuilder),
     /// As sent: compressed and stamped with `sequence` (if any).
     Wire(Bytes),
 }
@@ -243,7 +329,7 @@ struct Batch {
     sequence: Option<(i64, i16, i32)>,
     stamped: bool,
     record_count: u32,
-    deliveries: Vec<(oneshot::Sender<Result<RecordMetadata>>, i64)>,
+    outcome: Completion,
     created: Instant,
     buffered_bytes: usize,
     generations: Vec<(u64, usize)>,
@@ -289,6 +375,7 @@ impl Producer {
             cluster,
             state: Mutex::new(State {
                 queues: HashMap::new(),
+                topics: HashSet::new(),
                 buffered_bytes: 0,
                 closing: false,
                 sender_stopped: false,
@@ -375,7 +462,7 @@ impl Producer {
                 let fits = state.buffered_bytes == 0
                     || state.buffered_bytes + record_bytes <= shared.config.buffer_bytes_max;
                 if fits {
-                    let rx = shared.append(
+                    let delivery = shared.append(
                         &mut state,
                         &record,
                         partition,
@@ -384,7 +471,7 @@ impl Producer {
                         &headers,
                         record_bytes,
                     );
-                    return Ok(Delivery { rx });
+                    return Ok(delivery);
                 }
                 if !shared.config.buffer_wait {
                     return Err(Error::BufferFull {
@@ -525,12 +612,21 @@ impl Shared {
         timestamp: i64,
         headers: &[(&[u8], Option<&[u8]>)],
         record_bytes: usize,
-    ) -> oneshot::Receiver<Result<RecordMetadata>> {
+    ) -> Delivery {
         let generation = state.generation;
         *state.incomplete.entry(generation).or_default() += 1;
         state.buffered_bytes += record_bytes;
         let producer = state.producer.unwrap_or((-1, -1));
-        let key: PartitionKey = (Arc::from(record.topic.as_str()), partition);
+        // Topic names are interned: no allocation per record.
+        let topic = match state.topics.get(record.topic.as_str()) {
+            Some(t) => Arc::clone(t),
+            None => {
+                let t: Arc<str> = Arc::from(record.topic.as_str());
+                state.topics.insert(Arc::clone(&t));
+                t
+            }
+        };
+        let key: PartitionKey = (topic, partition);
         let queue = state
             .queues
             .entry(key)
@@ -551,7 +647,7 @@ impl Shared {
                 BatchOptions::default(),
                 (BATCH_HEADER_BYTES + record_bytes).max(batch_max.min(64 << 10)),
             ),
-            deliveries: Vec::new(),
+            outcome: Completion(BatchOutcome::new(partition)),
             created: Instant::now(),
             buffered_bytes: 0,
             generations: Vec::new(),
@@ -562,15 +658,18 @@ impl Shared {
             record.value.as_deref(),
             headers,
         );
-        let (tx, rx) = oneshot::channel();
-        open.deliveries.push((tx, timestamp));
+        let delivery = Delivery {
+            outcome: Arc::clone(&open.outcome.0),
+            index: open.builder.record_count() - 1,
+            timestamp,
+        };
         open.buffered_bytes += record_bytes;
         match open.generations.last_mut() {
             Some((g, n)) if *g == generation => *n += 1,
             _ => open.generations.push((generation, 1)),
         }
         let full = open.builder.len_bytes() >= batch_max;
-        let first = open.deliveries.len() == 1;
+        let first = open.builder.record_count() == 1;
         if full {
             queue.close_open();
             self.config
@@ -581,7 +680,7 @@ impl Shared {
             // The sender sleeps until the earliest linger deadline; a new batch may be earlier.
             self.wake.notify_one();
         }
-        rx
+        delivery
     }
 
     /// Marks a batch's records complete: frees their buffer and wakes flushes and waiters.
@@ -602,17 +701,11 @@ impl Shared {
             }
         }
         let acked = !matches!(self.config.acks, Acks::None);
-        for (i, (tx, timestamp)) in batch.deliveries.into_iter().enumerate() {
-            let outcome = match &result {
-                Ok(base) => Ok(RecordMetadata {
-                    partition,
-                    offset: acked.then(|| base + i as u64),
-                    timestamp,
-                }),
-                Err(e) => Err(e.clone()),
-            };
-            let _ = tx.send(outcome);
-        }
+        debug_assert_eq!(batch.outcome.0.partition, partition);
+        batch
+            .outcome
+            .0
+            .complete(result.map(|base| acked.then_some(base)));
         self.room.notify_waiters();
         self.completed.notify_waiters();
     }
@@ -636,10 +729,10 @@ impl PartitionQueue {
         if let Some(open) = self.open.take() {
             self.ready.push_back(Batch {
                 record_count: open.builder.record_count(),
-                payload: Payload::Raw(open.builder.finish()),
+                payload: Payload::Raw(open.builder),
                 sequence: None,
                 stamped: false,
-                deliveries: open.deliveries,
+                outcome: open.outcome,
                 created: open.created,
                 buffered_bytes: open.buffered_bytes,
                 generations: open.generations,
@@ -717,6 +810,14 @@ async fn run_sender(shared: Arc<Shared>) {
         }
         if sent {
             continue;
+        }
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let state = shared.lock();
+            for (key, q) in &state.queues {
+                tracing::trace!(topic = %key.0, partition = key.1, in_flight = q.in_flight,
+                    ready = q.ready.len(), open = q.open.is_some(), paused = q.paused,
+                    needs_reset = q.needs_reset, buffered = state.buffered_bytes, "sender idle");
+            }
         }
         match plan.next_deadline {
             Some(deadline) => {
@@ -856,19 +957,21 @@ impl Shared {
                 continue;
             };
             let used = bytes.entry(address).or_default();
-            while queue.in_flight < IN_FLIGHT_BATCHES_PER_PARTITION_MAX {
+            // One batch per partition per request, as in Kafka: a partition's batches pipeline
+            // over requests, and a request's batches are all for different partitions.
+            if queue.in_flight < IN_FLIGHT_BATCHES_PER_PARTITION_MAX {
                 let Some(front) = queue.ready.front() else {
-                    break;
+                    continue;
                 };
                 let len = match &front.payload {
-                    Payload::Raw(v) => v.len(),
+                    Payload::Raw(builder) => builder.len_bytes(),
                     Payload::Wire(b) => b.len(),
                 };
                 if *used > 0 && *used + len > request_max {
-                    break;
+                    continue;
                 }
                 let Some(mut batch) = queue.ready.pop_front() else {
-                    break;
+                    continue;
                 };
                 if batch.sequence.is_none() && queue.producer.0 >= 0 {
                     batch.sequence =
@@ -1081,17 +1184,9 @@ impl Shared {
     }
 }
 
-/// The batch as it goes on the wire: compressed once, stamped with its current sequence.
+/// The batch as it goes on the wire: finished and compressed once, stamped with its current
+/// sequence (a restamp after a producer-id reset rewrites the header and CRC only).
 fn encode(batch: &mut Batch, compression: crate::config::Compression) -> Bytes {
-    let payload = std::mem::replace(&mut batch.payload, Payload::Wire(Bytes::new()));
-    let mut bytes = match payload {
-        Payload::Raw(raw) => compression::compress(raw, compression),
-        Payload::Wire(wire) if batch.stamped => {
-            batch.payload = Payload::Wire(wire.clone());
-            return wire;
-        }
-        Payload::Wire(wire) => wire.to_vec(),
-    };
     let options = match batch.sequence {
         Some((producer_id, producer_epoch, base_sequence)) => BatchOptions {
             producer_id,
@@ -1100,9 +1195,20 @@ fn encode(batch: &mut Batch, compression: crate::config::Compression) -> Bytes {
         },
         None => BatchOptions::default(),
     };
-    set_producer(&mut bytes, options);
+    let payload = std::mem::replace(&mut batch.payload, Payload::Wire(Bytes::new()));
+    let wire = match payload {
+        Payload::Raw(mut builder) => {
+            builder.set_options(options);
+            Bytes::from(compression::compress(builder.finish(), compression))
+        }
+        Payload::Wire(wire) if batch.stamped => wire,
+        Payload::Wire(wire) => {
+            let mut bytes = wire.to_vec();
+            set_producer(&mut bytes, options);
+            Bytes::from(bytes)
+        }
+    };
     batch.stamped = true;
-    let wire = Bytes::from(bytes);
     batch.payload = Payload::Wire(wire.clone());
     wire
 }

@@ -552,6 +552,12 @@ impl BatchBuilder {
         self.record_count += 1;
     }
 
+    /// Replaces the producer fields the batch will be finished with (a producer assigns sequence
+    /// numbers when a batch is first sent, after its records were added).
+    pub fn set_options(&mut self, options: BatchOptions) {
+        self.options = options;
+    }
+
     /// Fills the header, computes the CRC and returns the batch bytes (base offset 0, epoch 0).
     pub fn finish(mut self) -> Vec<u8> {
         let len = u32::try_from(self.buf.len()).unwrap_or(u32::MAX);
