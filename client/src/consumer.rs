@@ -20,7 +20,9 @@ use sluice_protocol::batch::ATTR_TIMESTAMP_LOG_APPEND;
 use sluice_protocol::native::{
     ApiKey, ErrorCode, FetchPartition, FetchRequest, FetchResponse, OffsetQuery,
 };
-use sluice_protocol::{BatchIter, Compression as Codec, RecordIter, BATCH_HEADER_BYTES};
+use sluice_protocol::{
+    BatchHeader, BatchIter, Compression as Codec, RecordIter, BATCH_HEADER_BYTES,
+};
 use tokio::sync::mpsc;
 
 use crate::cluster::Cluster;
@@ -126,6 +128,8 @@ struct Fetched {
     key: Key,
     epoch: u64,
     bytes: usize,
+    /// The fetched batches, until `take_ready` decodes them into `records`.
+    data: Option<Bytes>,
     records: VecDeque<ConsumerRecord>,
 }
 
@@ -237,8 +241,10 @@ impl Consumer {
         let deadline = Instant::now() + timeout;
         loop {
             self.resolve_positions().await?;
-            let records = self.take_ready();
+            // The next fetches go out before this poll decodes what it returns, so the broker
+            // works while the caller does.
             self.start_fetches();
+            let records = self.take_ready()?;
             if !records.is_empty() {
                 return Ok(records);
             }
@@ -360,8 +366,9 @@ impl Consumer {
         Ok(())
     }
 
-    /// Returns up to `poll_records_max` buffered records, advancing positions.
-    fn take_ready(&mut self) -> Vec<ConsumerRecord> {
+    /// Returns up to `poll_records_max` buffered records, advancing positions. Fetched data is
+    /// decoded here, when it is about to be returned.
+    fn take_ready(&mut self) -> Result<Vec<ConsumerRecord>> {
         let mut out = Vec::new();
         let max = self.config.poll_records_max;
         while out.len() < max {
@@ -372,6 +379,10 @@ impl Consumer {
             let current = state.as_ref().is_some_and(|s| s.epoch == front.epoch);
             if current {
                 let state = state.expect("checked above");
+                if let Some(data) = front.data.take() {
+                    let position = state.position.unwrap_or(0);
+                    front.records = decode(&front.key, data, position)?.0.into();
+                }
                 while out.len() < max {
                     let Some(record) = front.records.pop_front() else {
                         break;
@@ -387,7 +398,7 @@ impl Consumer {
             self.buffered_bytes -= front.bytes;
             self.ready.pop_front();
         }
-        out
+        Ok(out)
     }
 
     /// Starts a fetch on each connection without one, for the partitions it serves that have
@@ -403,8 +414,9 @@ impl Consumer {
             let Some(offset) = state.fetch_position else {
                 continue;
             };
+            // Up to one fetch's worth may wait to be polled while the next is fetched.
             if state.in_fetch
-                || state.buffered_bytes >= self.config.partition_fetch_bytes_max
+                || state.buffered_bytes > self.config.partition_fetch_bytes_max
                 || state.retry_at.is_some_and(|t| t > now)
             {
                 continue;
@@ -518,17 +530,16 @@ impl Consumer {
                     if bytes.is_empty() {
                         continue;
                     }
-                    let position = state.position.unwrap_or(offset);
-                    let (records, next) = decode(&key, bytes, position)?;
+                    let next = next_offset(&key, &bytes, offset)?;
                     state.fetch_position = Some(next.max(offset));
-                    let size = len;
-                    state.buffered_bytes += size;
-                    self.buffered_bytes += size;
+                    state.buffered_bytes += len;
+                    self.buffered_bytes += len;
                     self.ready.push_back(Fetched {
                         key,
                         epoch,
-                        bytes: size,
-                        records: records.into(),
+                        bytes: len,
+                        data: Some(bytes),
+                        records: VecDeque::new(),
                     });
                 }
                 ErrorCode::OffsetOutOfRange => match self.config.auto_offset_reset {
@@ -603,6 +614,24 @@ impl Consumer {
             }
         });
     }
+}
+
+/// The offset after the last batch of fetched data, from the batch headers alone (the CRCs are
+/// checked when the records are decoded).
+fn next_offset(key: &Key, bytes: &[u8], from: u64) -> Result<u64> {
+    let mut next = from;
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let header = BatchHeader::parse(&bytes[at..]).map_err(|e| Error::CorruptBatch {
+            topic: key.0.to_string(),
+            partition: key.1,
+            offset: next,
+            reason: e.to_string(),
+        })?;
+        next = header.next_offset();
+        at += (header.batch_len as usize).max(1);
+    }
+    Ok(next)
 }
 
 /// Decodes the records at or after `position` from fetched batches; returns them and the offset
