@@ -483,7 +483,114 @@ const FAMILIES: &[Family] = &[
             }),
         ],
     },
+    Family {
+        scenario: "e2e",
+        title: "Client library end to end: producers and consumers",
+        note: "`sluice-client` producers and consumers (the library applications use) against \
+               a broker process. Latency is per record from its (intended) send time; paced \
+               runs show no ratio to the raw write. `client CPU/GB` is the benchmark process's \
+               CPU seconds per 10⁹ bytes produced plus consumed.",
+        columns: CLIENT_COLUMNS,
+    },
+    Family {
+        scenario: "consume",
+        title: "Client library: consumers",
+        note: "From the start: a prefilled topic read from offset 0 (mostly from disk); from the \
+               tail: consumers keeping up with running producers.",
+        columns: CLIENT_COLUMNS,
+    },
 ];
+
+/// Columns of the client scenarios (`e2e`, `consume`), which share one result shape.
+const CLIENT_COLUMNS: &[Column] = &[
+    col("mode", |v| text(v, "/params/mode")),
+    col("partitions × producers × consumers", |v| {
+        joined(
+            v,
+            &[
+                "/params/partitions",
+                "/params/producers",
+                "/params/consumers",
+            ],
+            " × ",
+        )
+    }),
+    col("rate", |v| match v.pointer("/params/rate") {
+        Some(Value::Null) => "full speed".into(),
+        Some(rate) => rate
+            .as_f64()
+            .map_or(MISSING.into(), |r| format!("{} records/s", count(Some(r)))),
+        None => MISSING.into(),
+    }),
+    col("acks, batch, compression", |v| {
+        match num(v, "/params/batch_bytes") {
+            Some(b) => format!(
+                "{}, {} KiB, {}",
+                text(v, "/params/acks"),
+                b / 1024.0,
+                text(v, "/params/compression")
+            ),
+            None => MISSING.into(),
+        }
+    }),
+    col("prefill", |v| match num(v, "/params/prefill_mib") {
+        Some(m) => format!("{m} MiB"),
+        None => "—".into(),
+    }),
+    col("probe write", |v| {
+        mb_s(num(v, "/probe/disk_write_fdatasync_mb_s"))
+    }),
+    col("probe read", |v| mb_s(num(v, "/probe/disk_read_mb_s"))),
+    col("produce", |v| mb_s(num(v, "/result/produce_mb_s"))),
+    col("/ probe write", |v| {
+        plain_ratio(num(v, "/ratios/produce_vs_raw_write"))
+    }),
+    col("consume", |v| mb_s(num(v, "/result/consume_mb_s"))),
+    col("/ probe read", |v| {
+        plain_ratio(num(v, "/ratios/consume_vs_raw_read"))
+    }),
+    col("p50 / p99 / p99.9 / max ack", |v| {
+        latency_row(v, "/result/produce_to_ack")
+    }),
+    col("p50 / p99 / p99.9 / max produce→consume", |v| {
+        latency_row(v, "/result/produce_to_consume")
+    }),
+    col("acked = consumed, duplicates", |v| {
+        format!(
+            "{} = {}, {}",
+            text(v, "/result/total_acked"),
+            text(v, "/result/total_consumed"),
+            text(v, "/result/duplicates")
+        )
+    }),
+    col("broker CPU", |v| seconds(num(v, "/result/broker_cpu_s"))),
+    col("client CPU/GB", |v| {
+        seconds(num(v, "/result/client_cpu_s_per_gb"))
+    }),
+    col("broker RSS start → peak", |v| {
+        match (
+            num(v, "/result/broker_rss_start_mb"),
+            num(v, "/result/broker_rss_peak_mb"),
+        ) {
+            (Some(a), Some(b)) => format!("{a:.0} → {b:.0} MB"),
+            _ => MISSING.into(),
+        }
+    }),
+];
+
+/// `p50 / p99 / p99.9 / max` of a latency summary, or a dash when it is null.
+fn latency_row(v: &Value, pointer: &str) -> String {
+    match v.pointer(pointer) {
+        Some(Value::Object(_)) => format!(
+            "{} / {} / {} / {}",
+            micros(num(v, &format!("{pointer}/p50_us"))),
+            micros(num(v, &format!("{pointer}/p99_us"))),
+            micros(num(v, &format!("{pointer}/p999_us"))),
+            micros(num(v, &format!("{pointer}/max_us")))
+        ),
+        _ => "—".into(),
+    }
+}
 
 fn render_files(input: &PageInput<'_>, files: &[ResultFile], date: &str) -> String {
     let mut page = String::new();
@@ -1168,7 +1275,7 @@ mod tests {
         write(
             &dir,
             "future.json",
-            r#"{"scenario": "consume", "git_revision": "abc", "lag_ms": 1.5, "nested": {"a": 1}, "note": "a | b"}"#,
+            r#"{"scenario": "replicate", "git_revision": "abc", "lag_ms": 1.5, "nested": {"a": 1}, "note": "a | b"}"#,
         );
         write(&dir, "list.json", "[1, 2, 3]");
         write(&dir, "bare.json", "42");
@@ -1186,7 +1293,7 @@ mod tests {
             .find(|l| l.starts_with("- [future](results/future.json): "))
             .unwrap();
         for field in [
-            "`scenario` = consume",
+            "`scenario` = replicate",
             "`git_revision` = abc",
             "`lag_ms` = 1.5",
             "`note` = a \\| b",
