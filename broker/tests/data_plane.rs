@@ -126,12 +126,20 @@ impl Client {
         id
     }
 
-    /// Whether the broker answers metadata with both shards' addresses (errors mean not yet).
+    /// Whether the broker answers metadata with both shards' addresses, and they accept
+    /// connections (errors mean not yet). After a restart the metadata names the previous
+    /// process's shard addresses until the broker registers its new ones.
     fn ready(&mut self) -> bool {
         self.send(ApiKey::Metadata, &MetadataRequest { topics: None }, &[]);
         match self.receive() {
-            Ok((_, 0, control, _)) => decode_control::<MetadataResponse>(&control)
-                .is_ok_and(|m| m.brokers.iter().any(|b| b.shard_addresses.len() == 2)),
+            Ok((_, 0, control, _)) => decode_control::<MetadataResponse>(&control).is_ok_and(|m| {
+                m.brokers.iter().any(|b| {
+                    b.shard_addresses.len() == 2
+                        && b.shard_addresses
+                            .iter()
+                            .all(|a| TcpStream::connect(a).is_ok())
+                })
+            }),
             _ => false,
         }
     }

@@ -12,8 +12,11 @@ use glommio::Placement;
 
 use super::connection::{serve, ShardContext};
 use super::partitions::Partitions;
-use super::{MetadataLink, ShardConfig};
-use crate::limits::{CONNECTIONS_PER_SHARD_MAX, SHARD_BUFFERED_BYTES_MAX};
+use super::{MetadataLink, Mode, ShardConfig};
+use crate::limits::{
+    CONNECTIONS_PER_SHARD_MAX, SHARD_BUFFERED_BYTES_MAX, SHARD_REACTOR_TICK_LATENCY,
+    SHARD_REACTOR_TICK_THROUGHPUT,
+};
 use crate::notify::Notify;
 
 /// How often each shard applies retention to its logs.
@@ -174,6 +177,21 @@ async fn run(
         .detach()
     };
 
+    // glommio 0.9 can park this executor while an I/O completion (a segment write or an
+    // fdatasync finished by an io_uring worker thread) waits unreaped; nothing runs until the
+    // next timer or socket event, which stalled acknowledgements for 30 s (until the produce
+    // timeout fired) with a single busy producer. A short periodic timer bounds that to one
+    // tick; see `limits::SHARD_REACTOR_TICK_*`.
+    let tick = match config.mode {
+        Mode::Latency => SHARD_REACTOR_TICK_LATENCY,
+        Mode::Throughput => SHARD_REACTOR_TICK_THROUGHPUT,
+    };
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(tick).await;
+        }
+    })
+    .detach();
     let connections = Rc::new(Semaphore::new(CONNECTIONS_PER_SHARD_MAX as u64));
     let accept = |listener: TcpListener| {
         let ctx = Rc::clone(&ctx);

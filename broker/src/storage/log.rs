@@ -914,7 +914,7 @@ impl LogInner {
     /// and publishes the new durable end. Returns whether there was anything to flush. The
     /// caller holds the flush lock.
     async fn flush_once(&self, sync: bool) -> Result<bool> {
-        let job = {
+        let (job, fill) = {
             let mut state = self.state.borrow_mut();
             state.usable()?;
             let job = state.active.take_flush();
@@ -922,13 +922,32 @@ impl LogInner {
                 state.first_unflushed_at = None;
                 state.starved = false;
             }
-            job
+            // Flushing on every append makes small writes: keep them overwrites (see
+            // `SEGMENT_PREALLOCATE_BYTES`). Larger, rarer flushes are not worth writing twice.
+            let fill = match (&job, self.config.flush) {
+                (Some(job), FlushPolicy::Always) => state
+                    .active
+                    .zero_fill_for(job, crate::limits::SEGMENT_PREALLOCATE_BYTES),
+                _ => None,
+            };
+            (job, fill)
         };
         let Some(job) = job else { return Ok(false) };
         // The new buffer has room again: appenders blocked on space may proceed.
         self.space.notify();
-        let outcome = write_job(&job, sync).await;
+        let outcome = async {
+            if let Some(fill) = &fill {
+                fill.write().await?;
+            }
+            write_job(&job, sync).await
+        }
+        .await;
         let mut state = self.state.borrow_mut();
+        if let Some(fill) = &fill {
+            if outcome.is_ok() {
+                state.active.zero_filled(fill);
+            }
+        }
         let (write_us, sync_us) = match outcome {
             Ok(times) => times,
             Err(error) => {

@@ -496,6 +496,38 @@ pub struct FlushJob {
     pub new_bytes: u64,
 }
 
+/// Zeros written past an active segment's end ahead of its data (see
+/// [`ActiveSegment::zero_fill_for`]). Recovery treats zeros after the last batch as padding and
+/// cuts them; sealing and closing truncate the file to its logical size.
+#[derive(Debug)]
+pub struct ZeroFill {
+    file: Rc<DmaFile>,
+    path: PathBuf,
+    from: u64,
+    to: u64,
+}
+
+impl ZeroFill {
+    /// Writes the zeros (no fdatasync: the next flush's makes them and the new size durable).
+    pub async fn write(&self) -> Result<()> {
+        if self.to <= self.from {
+            return Ok(());
+        }
+        let len = (self.to - self.from) as usize;
+        let mut zeros = self.file.alloc_dma_buffer(len);
+        zeros.as_bytes_mut().fill(0);
+        let written = self
+            .file
+            .write_at(zeros, self.from)
+            .await
+            .map_err(io_error("write", &self.path))?;
+        if written != len {
+            return Err(short_write(&self.path, written, len));
+        }
+        Ok(())
+    }
+}
+
 /// Makes a segment's final form durable: truncated to its logical size, with index files.
 #[derive(Debug)]
 pub struct SealPlan {
@@ -581,6 +613,9 @@ pub struct ActiveSegment {
     pending_batches: Vec<CachedBatch>,
     /// Logical bytes already handed to completed writes.
     written_size: u64,
+    /// Size of the file: every byte below it has been written (data, or zeros written ahead by
+    /// [`ActiveSegment::zero_fill_for`]), so writes below it overwrite allocated blocks.
+    file_size: u64,
 }
 
 impl ActiveSegment {
@@ -614,6 +649,7 @@ impl ActiveSegment {
             pending_carried: 0,
             pending_batches: Vec::new(),
             written_size: 0,
+            file_size: 0,
         })
     }
 
@@ -686,6 +722,7 @@ impl ActiveSegment {
                 pending_carried: carried,
                 pending_batches: Vec::new(),
                 written_size: end,
+                file_size: end,
             },
             recovery,
         ))
@@ -794,6 +831,30 @@ impl ActiveSegment {
     pub fn flushed(&mut self, job: &FlushJob) {
         assert!(job.end >= self.written_size, "flushes complete in order");
         self.written_size = job.end;
+        self.file_size = self.file_size.max(job.position + job.buf.len() as u64);
+    }
+
+    /// The zeros to write before `job` so that its write overwrites allocated blocks instead of
+    /// extending the file: from the first whole block past the file's end up to the next multiple
+    /// of `ahead` bytes past the job's end. `None` when the job already fits in the file.
+    pub fn zero_fill_for(&self, job: &FlushJob, ahead: u64) -> Option<ZeroFill> {
+        let job_end = job.position + job.buf.len() as u64;
+        if job_end <= self.file_size {
+            return None;
+        }
+        let from = align_up(self.file_size);
+        let to = align_up(job_end.next_multiple_of(ahead.max(DMA_ALIGNMENT)));
+        Some(ZeroFill {
+            file: Rc::clone(&self.file),
+            path: self.paths.log.clone(),
+            from,
+            to,
+        })
+    }
+
+    /// Records that a [`ZeroFill`] completed: the file now extends to its end.
+    pub fn zero_filled(&mut self, fill: &ZeroFill) {
+        self.file_size = self.file_size.max(fill.to);
     }
 
     /// What sealing needs, owned, so the caller can await it without borrowing the segment.
