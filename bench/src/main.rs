@@ -880,6 +880,17 @@ fn parse_args() -> Result<Cli, ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // The embedded broker: this executable started again as `sluice-bench __broker <flags>`
+    // (see `network::Broker`), running exactly what `sluice-broker <flags>` runs.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == network::BROKER_SUBCOMMAND)
+    {
+        let args = std::iter::once(std::ffi::OsString::from("sluice-broker"))
+            .chain(std::env::args_os().skip(2))
+            .collect();
+        return sluice_broker::cli::run(args);
+    }
     // Quiet unless RUST_LOG asks (e.g. RUST_LOG=sluice_client=debug).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())

@@ -2,30 +2,15 @@
 //! process, checking that each JSON result file is complete and sane: every record sent is
 //! counted, nothing is received twice, percentiles are ordered. Nothing is asserted about speed.
 //!
-//! The scenarios start the `sluice-broker` binary found next to `sluice-bench`; the workspace
-//! test run (`ci/test.sh`) builds both.
+//! The scenarios start their broker as a child process of `sluice-bench` itself (running
+//! `sluice-broker`'s start-up), so nothing else needs building.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
 
-fn target_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_sluice-bench"))
-        .parent()
-        .expect("binary directory")
-        .to_path_buf()
-}
-
 /// Runs a scenario with a small probe in its own directory and returns its JSON report.
 fn run(name: &str, args: &[&str]) -> Value {
-    let broker = target_dir().join("sluice-broker");
-    assert!(
-        broker.exists(),
-        "{} is missing: run the workspace's tests (`cargo test --workspace` builds it) or \
-         `cargo build -p sluice-broker` first",
-        broker.display()
-    );
     let dir = tempfile::Builder::new()
         .prefix(&format!("smoke-{name}"))
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))

@@ -3,9 +3,11 @@
 //! Today this crate holds the storage engine every other part builds on:
 //! - [`storage`]: the partition log (segments on direct I/O, indexes, group commit, recovery);
 //! - [`shard`]: what each executor thread does at start-up;
+//! - [`cli`]: the `sluice-broker` command line and start-up;
 //! - [`limits`]: every fixed maximum, with its reason;
 //! - [`notify`]: the single-threaded wake-up primitive the log's tasks use.
 
+pub mod cli;
 pub mod limits;
 pub mod metadata;
 pub mod notify;

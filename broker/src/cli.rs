@@ -1,0 +1,393 @@
+//! `sluice-broker`: starts one broker.
+//!
+//! Start-up order: the shards first (one pinned glommio executor per core; each binds the main
+//! address and its own port), then the metadata node on this thread's current-thread tokio
+//! runtime, registering the broker with its shard addresses. The metadata thread forwards every
+//! applied metadata version to the shards and serves their admin requests. SIGTERM or SIGINT:
+//! shards stop accepting, finish in-flight requests, flush and close their logs; exit 0. A shard
+//! whose storage fails stops the whole process (exit 1) rather than leaving the others serving.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use std::sync::Arc;
+
+use crate::limits::ADMIN_QUEUE_MAX;
+use crate::metadata::types::{FlushSetting, TopicConfig};
+use crate::metadata::{AdminClient, ClusterState, MetadataConfig, MetadataNode, NodeId};
+use crate::server::shard::Shards;
+use crate::server::{AdminCall, MetadataLink, Mode, ShardConfig};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice-broker",
+    version,
+    about = "The Sluice message broker",
+    long_about = "The Sluice message broker. Every flag can also be set in a TOML file given with \
+                  --config (keys are the flag names, e.g. `data_dir = \"/var/lib/sluice\"`); \
+                  flags on the command line win over the file.",
+    args_override_self = true
+)]
+struct Args {
+    /// TOML file with settings (keys are flag names); command-line flags win over it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This broker's id, unique in the cluster.
+    #[arg(long, default_value_t = 1)]
+    node_id: NodeId,
+    /// The fixed voter set as `id=host:port` metadata addresses, comma-separated, this broker
+    /// included (e.g. `1=127.0.0.1:9492,2=127.0.0.1:9592,3=127.0.0.1:9692`). Without it the
+    /// broker forms a cluster of one.
+    #[arg(long, value_delimiter = ',', value_parser = parse_peer, conflicts_with = "join")]
+    peers: Vec<(NodeId, String)>,
+    /// Join a running cluster through these brokers' metadata addresses (comma-separated): the
+    /// controller adds this broker as a learner, and once it has caught up, as a voter.
+    #[arg(long, value_delimiter = ',')]
+    join: Vec<String>,
+    /// Directory for all data: partitions and metadata.
+    #[arg(long, default_value = "./sluice-data")]
+    data_dir: PathBuf,
+    /// Native-protocol address: every shard accepts connections here.
+    #[arg(long, default_value = "127.0.0.1:9490")]
+    listen: String,
+    /// `throughput`: group commit over each topic's flush window, large buffers.
+    /// `latency`: flush as soon as data arrives, small buffers.
+    #[arg(long, value_enum, default_value = "throughput")]
+    mode: Mode,
+    /// Address of the metadata port (Raft traffic and admin requests). Defaults to this
+    /// broker's entry in --peers, else 127.0.0.1:9492.
+    #[arg(long)]
+    metadata_listen: Option<String>,
+    /// Shards (pinned executors, one per core) serving partitions; default: the cores available.
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Raft election timeout in milliseconds: a follower that has not heard from the controller
+    /// for this long (randomized between 5/6 of it and all of it) starts an election.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(30..=60_000))]
+    election_timeout_ms: u64,
+    /// A broker that has not heartbeated for this long is marked dead and loses leadership.
+    #[arg(long, default_value_t = 6_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    lease_ms: u64,
+    /// Take a metadata snapshot (and compact the Raft log) every this many entries.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
+    snapshot_logs: u64,
+    /// Log filter (tracing syntax), e.g. `info` or `sluice_broker=debug`.
+    #[arg(long, default_value = "warn")]
+    log: String,
+    /// Default segment size of new topics' partitions, in bytes.
+    #[arg(long, default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1 << 20..=(4u64 << 30) - (2 << 20)))]
+    segment_bytes: u64,
+    /// Default age after which a segment is rolled, in ms.
+    #[arg(long, default_value_t = 7 * 24 * 3600 * 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    segment_ms: u64,
+    /// Default retention time of new topics in ms; -1 keeps data forever.
+    #[arg(long, default_value_t = 7 * 24 * 3600 * 1000, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
+    retention_ms: i64,
+    /// Default retention size per partition in bytes; -1 for no limit.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
+    retention_bytes: i64,
+    /// Default flush policy: `always` (fsync before every ack, shared by concurrent appends),
+    /// `interval` (group commit every --flush-interval-ms or --flush-bytes), `never`.
+    #[arg(long, value_enum, default_value = "interval")]
+    flush: FlushFlag,
+    /// Group-commit window of the `interval` flush policy, in ms.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    flush_interval_ms: u64,
+    /// Group-commit byte window of the `interval` flush policy.
+    #[arg(long, default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
+    flush_bytes: u64,
+    /// Default largest batch (message set) a producer may send to a new topic, in bytes.
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(64..=64 << 20))]
+    message_bytes_max: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FlushFlag {
+    Always,
+    Interval,
+    Never,
+}
+
+impl Args {
+    fn topic_defaults(&self) -> TopicConfig {
+        TopicConfig {
+            segment_bytes: self.segment_bytes,
+            segment_age_ms: Some(self.segment_ms),
+            retention_ms: u64::try_from(self.retention_ms).ok(),
+            retention_bytes: u64::try_from(self.retention_bytes).ok(),
+            flush: match self.flush {
+                FlushFlag::Always => FlushSetting::Always,
+                FlushFlag::Never => FlushSetting::Never,
+                FlushFlag::Interval => FlushSetting::Interval {
+                    interval_ms: self.flush_interval_ms,
+                    bytes: self.flush_bytes,
+                },
+            },
+            message_bytes_max: self.message_bytes_max,
+        }
+    }
+}
+
+/// The command line with the settings of a `--config` file inserted before the flags, so the
+/// flags (parsed later, overriding) win.
+fn arguments_with_config(
+    mut args: Vec<std::ffi::OsString>,
+) -> Result<Vec<std::ffi::OsString>, String> {
+    let mut path = None;
+    for (i, arg) in args.iter().enumerate() {
+        let text = arg.to_string_lossy();
+        if let Some(value) = text.strip_prefix("--config=") {
+            path = Some(PathBuf::from(value));
+        } else if text == "--config" {
+            path = args.get(i + 1).map(PathBuf::from);
+        }
+    }
+    let Some(path) = path else { return Ok(args) };
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("config {}: {e}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("config {}: {e}", path.display()))?;
+    let mut settings = Vec::new();
+    for (key, value) in table {
+        if key == "config" {
+            return Err(format!(
+                "config {}: a config file cannot name another",
+                path.display()
+            ));
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|item| match item {
+                    toml::Value::String(s) => Ok(s.clone()),
+                    other => Ok(other.to_string()),
+                })
+                .collect::<Result<Vec<_>, String>>()?
+                .join(","),
+            other => {
+                return Err(format!(
+                    "config {}: {key} has an unsupported value {other}",
+                    path.display()
+                ))
+            }
+        };
+        settings.push(std::ffi::OsString::from(format!(
+            "--{}={value}",
+            key.replace('_', "-")
+        )));
+    }
+    let program = args.remove(0);
+    Ok(std::iter::once(program)
+        .chain(settings)
+        .chain(args)
+        .collect())
+}
+
+fn parse_peer(text: &str) -> Result<(NodeId, String), String> {
+    let (id, address) = text
+        .split_once('=')
+        .ok_or_else(|| format!("peer {text:?} is not id=host:port"))?;
+    let id: NodeId = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("peer id {id:?} is not a number"))?;
+    let address = address.trim();
+    if address
+        .rsplit_once(':')
+        .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+    {
+        return Err(format!("peer address {address:?} is not host:port"));
+    }
+    Ok((id, address.to_string()))
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("sluice-broker: {message}");
+    ExitCode::from(2)
+}
+
+/// Runs a broker with the command line `args` (program name first) until it stops; what
+/// `sluice-broker` does, callable from other binaries (the benchmark starts its embedded broker
+/// as a child process of its own executable this way).
+pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
+    let args = match arguments_with_config(args) {
+        Ok(args) => Args::parse_from(args),
+        Err(error) => return fail(error),
+    };
+    let filter = match tracing_subscriber::EnvFilter::try_new(&args.log) {
+        Ok(filter) => filter,
+        Err(error) => return fail(format_args!("invalid --log filter: {error}")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let peers: BTreeMap<NodeId, String> = args.peers.iter().cloned().collect();
+    if peers.len() != args.peers.len() {
+        return fail("--peers lists an id twice");
+    }
+    if !peers.is_empty() && !peers.contains_key(&args.node_id) {
+        return fail(format_args!(
+            "--peers does not list --node-id {}",
+            args.node_id
+        ));
+    }
+    let metadata_listen = args
+        .metadata_listen
+        .clone()
+        .or_else(|| peers.get(&args.node_id).cloned())
+        .unwrap_or_else(|| "127.0.0.1:9492".to_string());
+    let metadata_dir = args.data_dir.join("metadata");
+    if let Err(error) = std::fs::create_dir_all(&metadata_dir) {
+        return fail(format_args!(
+            "data directory {}: {error}",
+            args.data_dir.display()
+        ));
+    }
+    let probe = metadata_dir.join(".write-test");
+    if let Err(error) = std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe)) {
+        return fail(format_args!(
+            "data directory {} is not writable: {error}",
+            args.data_dir.display()
+        ));
+    }
+    let shards = args
+        .shards
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    if shards == 0 {
+        return fail("--shards must be at least 1");
+    }
+    let config = MetadataConfig {
+        node_id: args.node_id,
+        dir: metadata_dir,
+        listen: metadata_listen,
+        peers,
+        broker_address: args.listen.clone(),
+        shards,
+        shard_addresses: Vec::new(),
+        join: args.join.clone(),
+        election_timeout_ms: args.election_timeout_ms,
+        lease_ms: args.lease_ms,
+        snapshot_logs: args.snapshot_logs,
+    };
+
+    let (state_tx, state_rx) = tokio::sync::watch::channel(Arc::new(ClusterState::default()));
+    let (admin_tx, admin_rx) = flume::bounded::<AdminCall>(ADMIN_QUEUE_MAX);
+    let shard_config = ShardConfig {
+        node_id: args.node_id,
+        data_dir: args.data_dir.clone(),
+        listen: args.listen.clone(),
+        mode: args.mode,
+        topic_defaults: args.topic_defaults(),
+    };
+    let shards = match Shards::start(
+        shard_config,
+        shards,
+        MetadataLink {
+            state: state_rx,
+            admin: admin_tx,
+        },
+    ) {
+        Ok(shards) => shards,
+        Err(error) => return fail(error),
+    };
+    let mut config = config;
+    config.shard_addresses = shards.addresses.clone();
+    let (stopper, threads) = shards.split();
+    // A shard thread that ends on its own has failed: stop the whole process.
+    let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let watchers: Vec<std::thread::JoinHandle<()>> = threads
+        .into_iter()
+        .enumerate()
+        .map(|(shard, thread)| {
+            let failed_tx = failed_tx.clone();
+            std::thread::spawn(move || {
+                let outcome = thread
+                    .join()
+                    .map_err(|e| format!("shard {shard} panicked: {e}"))
+                    .and_then(|r| r);
+                let _ = failed_tx.send(outcome.err().unwrap_or_default());
+            })
+        })
+        .collect();
+    drop(failed_tx);
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(format_args!("cannot start the metadata runtime: {error}")),
+    };
+    let mut bootstrap = vec![config.listen.clone()];
+    bootstrap.extend(config.peers.values().chain(&config.join).cloned());
+    let outcome = runtime.block_on(async move {
+        let node = match MetadataNode::start(config).await {
+            Ok(node) => node,
+            Err(error) => return Err(error.to_string()),
+        };
+        // Every applied metadata version goes to the shards.
+        let mut applied = node.state();
+        tokio::spawn(async move {
+            loop {
+                let current = applied.borrow_and_update().clone();
+                state_tx.send_replace(current);
+                if applied.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        // Shards' admin requests go to the controller, wherever it is.
+        let client = AdminClient::new(bootstrap);
+        tokio::spawn(async move {
+            while let Ok(call) = admin_rx.recv_async().await {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let _ = call.reply.send(client.request(call.request).await);
+                });
+            }
+        });
+        tracing::info!(node = node.id(), "broker started");
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
+        let failure = tokio::select! {
+            _ = terminate.recv() => None,
+            _ = tokio::signal::ctrl_c() => None,
+            failure = failed_rx.recv() => Some(failure.unwrap_or_default()),
+        };
+        if let Some(failure) = failure {
+            return Err(format!("stopping: {failure}"));
+        }
+        tracing::info!("shutting down");
+        stopper.stop();
+        // Shards finish in-flight requests and flush; the metadata node keeps running meanwhile.
+        while let Some(failure) = failed_rx.recv().await {
+            if !failure.is_empty() {
+                node.shutdown().await;
+                return Err(failure);
+            }
+        }
+        node.shutdown().await;
+        Ok(())
+    });
+    match outcome {
+        Ok(()) => {
+            for watcher in watchers {
+                let _ = watcher.join();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("sluice-broker: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
