@@ -169,6 +169,29 @@ fn histogram() -> Result<Histogram<u64>, String> {
 }
 
 impl Shared {
+    fn new(
+        epoch: Instant,
+        measure_from: Instant,
+        budget: Option<AtomicU64>,
+        record_bytes: usize,
+    ) -> Result<Shared, String> {
+        Ok(Shared {
+            epoch,
+            measure_from,
+            stop_producing: AtomicBool::new(false),
+            stop_consuming: AtomicBool::new(false),
+            budget,
+            acked: Meter::default(),
+            consumed: Meter::default(),
+            total_acked: AtomicU64::new(0),
+            total_consumed: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            acks: Mutex::new(histogram()?),
+            e2e: Mutex::new(histogram()?),
+            record_bytes,
+        })
+    }
+
     fn take_budget(&self) -> bool {
         match &self.budget {
             None => true,
@@ -444,21 +467,12 @@ pub fn run_e2e(
         let bench_cpu_start = process_cpu_seconds();
         let epoch = Instant::now();
         let warmup = Duration::from_secs_f64(params.warmup_s);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Shared::new(
             epoch,
-            measure_from: epoch + warmup,
-            stop_producing: AtomicBool::new(false),
-            stop_consuming: AtomicBool::new(false),
-            budget: params.messages.map(AtomicU64::new),
-            acked: Meter::default(),
-            consumed: Meter::default(),
-            total_acked: AtomicU64::new(0),
-            total_consumed: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
-            acks: Mutex::new(histogram()?),
-            e2e: Mutex::new(histogram()?),
-            record_bytes: params.record_bytes,
-        });
+            epoch + warmup,
+            params.messages.map(AtomicU64::new),
+            params.record_bytes,
+        )?);
         let monitor = Monitor::start(
             MonitorConfig {
                 label: "e2e".into(),
@@ -620,21 +634,12 @@ pub fn run_consume(
         let prefill_bytes = params.prefill_mib.unwrap_or(0) << 20;
         let records = (prefill_bytes / params.record_bytes as u64).max(1);
         let epoch = Instant::now();
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Shared::new(
             epoch,
-            measure_from: epoch,
-            stop_producing: AtomicBool::new(false),
-            stop_consuming: AtomicBool::new(false),
-            budget: Some(AtomicU64::new(records)),
-            acked: Meter::default(),
-            consumed: Meter::default(),
-            total_acked: AtomicU64::new(0),
-            total_consumed: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
-            acks: Mutex::new(histogram()?),
-            e2e: Mutex::new(histogram()?),
-            record_bytes: params.record_bytes,
-        });
+            epoch,
+            Some(AtomicU64::new(records)),
+            params.record_bytes,
+        )?);
         // Fill at full speed with every producer.
         let payload = Arc::new(payload(params.seed, params.record_bytes));
         let mut fills = Vec::new();
@@ -753,21 +758,7 @@ mod tests {
     #[test]
     fn stamps_round_trip() {
         let epoch = Instant::now();
-        let shared = Shared {
-            epoch,
-            measure_from: epoch,
-            stop_producing: AtomicBool::new(false),
-            stop_consuming: AtomicBool::new(false),
-            budget: Some(AtomicU64::new(2)),
-            acked: Meter::default(),
-            consumed: Meter::default(),
-            total_acked: AtomicU64::new(0),
-            total_consumed: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
-            acks: Mutex::new(histogram().unwrap()),
-            e2e: Mutex::new(histogram().unwrap()),
-            record_bytes: 64,
-        };
+        let shared = Shared::new(epoch, epoch, Some(AtomicU64::new(2)), 64).unwrap();
         let at = epoch + Duration::from_micros(1234);
         let value = make_value(&shared, &payload(1, 64), at, 7, 99);
         assert_eq!(value.len(), 64);

@@ -375,10 +375,12 @@ impl Consumer {
             let Some(front) = self.ready.front_mut() else {
                 break;
             };
-            let state = self.partitions.get_mut(&front.key);
-            let current = state.as_ref().is_some_and(|s| s.epoch == front.epoch);
-            if current {
-                let state = state.expect("checked above");
+            let epoch = front.epoch;
+            let current = self
+                .partitions
+                .get_mut(&front.key)
+                .filter(|s| s.epoch == epoch);
+            if let Some(state) = current {
                 if let Some(data) = front.data.take() {
                     let position = state.position.unwrap_or(0);
                     front.records = decode(&front.key, data, position)?.0.into();
