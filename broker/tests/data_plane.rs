@@ -29,10 +29,16 @@ struct Broker {
     listen: String,
     metadata: String,
     child: Option<Child>,
+    /// Flags added to every start of the process.
+    extra_args: Vec<String>,
 }
 
 impl Broker {
     fn start() -> Broker {
+        Broker::start_with(&[])
+    }
+
+    fn start_with(extra_args: &[&str]) -> Broker {
         let dir = tempfile::Builder::new()
             .prefix("dataplane")
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
@@ -42,6 +48,7 @@ impl Broker {
             listen: format!("127.0.0.1:{}", free_port()),
             metadata: format!("127.0.0.1:{}", free_port()),
             child: None,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         broker.spawn();
         broker
@@ -57,6 +64,7 @@ impl Broker {
                 &self.metadata,
             ])
             .args(["--shards", "2", "--election-timeout-ms", "150"])
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -767,4 +775,103 @@ fn idempotent_retries_are_written_once_even_across_a_restart() {
         init_producer_id(&mut client) > id,
         "ids stay unique across restarts"
     );
+}
+
+/// Produce requests that carry five ~1 MiB batches for the same partition (idempotent, acks
+/// all), with 8 MiB segments so that most requests roll the segment in the middle of their
+/// batches: every request is answered in time, without errors, with contiguous offsets. First
+/// with one request in flight (a producer that sends a partition's in-flight batches together),
+/// then with five.
+#[test]
+fn several_batches_per_request_across_segment_rolls_are_all_acknowledged() {
+    let broker = Broker::start_with(&["--segment-bytes", "8388608"]);
+    let mut admin = Client::connect(&broker.listen).unwrap();
+    assert_eq!(create_topic(&mut admin, "rolls", 1), ErrorCode::None);
+    let owner = owners(&mut admin, "rolls")[0].clone();
+    let mut client = Client::connect(&owner).unwrap();
+    client
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let id = init_producer_id(&mut client);
+    let records = 16i32;
+    let mut template = BatchBuilder::new(BatchOptions::default());
+    let value = vec![b'r'; 62_400];
+    for i in 0..records {
+        template.push(1_700_000_000_000 + i64::from(i), None, Some(&value), &[]);
+    }
+    let template = template.finish();
+    let mut sequence = 0i32;
+    let mut next_batch = || {
+        let mut bytes = template.clone();
+        sluice_protocol::set_producer(
+            &mut bytes,
+            BatchOptions {
+                producer_id: id,
+                producer_epoch: 0,
+                base_sequence: sequence,
+            },
+        );
+        sequence += records;
+        bytes
+    };
+    // The first batch also waits until the new partition's log is open.
+    assert_eq!(produce_ready(&mut client, "rolls", 0, &next_batch()), 0);
+    let mut expected_offset = records as u64;
+    let batches_per_request = 5usize;
+    for in_flight in [1usize, 5] {
+        let requests = 16usize;
+        let (mut sent, mut answered) = (0usize, 0usize);
+        while answered < requests {
+            while sent < requests && sent - answered < in_flight {
+                let mut data = Vec::new();
+                let mut partitions = Vec::new();
+                for _ in 0..batches_per_request {
+                    let bytes = next_batch();
+                    partitions.push(ProducePartition {
+                        topic: "rolls".into(),
+                        partition: 0,
+                        batch_len: bytes.len() as u32,
+                    });
+                    data.extend_from_slice(&bytes);
+                }
+                let request = ProduceRequest {
+                    acks: Acks::All,
+                    timeout_ms: 10_000,
+                    partitions,
+                };
+                client.send(ApiKey::Produce, &request, &data);
+                sent += 1;
+            }
+            let (_, error, control, _) = client.receive().unwrap_or_else(|e| {
+                panic!(
+                    "request {answered} of {requests} ({batches_per_request} batches for one \
+                     partition, {in_flight} in flight) not answered within 20 s: {e}"
+                )
+            });
+            assert_eq!(error, 0);
+            let response: ProduceResponse = decode_control(&control).unwrap();
+            assert_eq!(response.partitions.len(), batches_per_request);
+            for p in &response.partitions {
+                assert_eq!(
+                    (p.error, p.base_offset),
+                    (ErrorCode::None, expected_offset),
+                    "request {answered} ({in_flight} in flight)"
+                );
+                expected_offset += records as u64;
+            }
+            answered += 1;
+        }
+    }
+    let topics = broker.dir.path().join("topics");
+    let segments: usize = std::fs::read_dir(&topics)
+        .unwrap()
+        .map(|partition| {
+            std::fs::read_dir(partition.unwrap().path())
+                .unwrap()
+                .filter(|f| f.as_ref().unwrap().path().extension() == Some("log".as_ref()))
+                .count()
+        })
+        .sum();
+    assert!(segments > 10, "the segments rolled: {segments} segments");
 }

@@ -245,3 +245,92 @@ fn list_offsets_by_time_and_retention_and_truncation() {
         log.close().await.unwrap();
     });
 }
+
+/// What the connection does for produce requests that carry several batches for one partition:
+/// the reader appends each request's batches in order (a full buffer or a roll makes it wait),
+/// then a task per request waits for each batch to be durable, in order; `in_flight` requests
+/// are outstanding, and the reader pauses between requests as a socket read would. Returns the
+/// base offsets the requests' batches got, in request order.
+async fn produce_requests(
+    log: PartitionLog,
+    batches: Vec<Vec<u8>>,
+    requests: usize,
+    in_flight: usize,
+) -> Vec<u64> {
+    let mut pending = std::collections::VecDeque::new();
+    let mut offsets = Vec::new();
+    for _ in 0..requests {
+        if pending.len() == in_flight {
+            let task: glommio::task::JoinHandle<Vec<u64>> = pending.pop_front().unwrap();
+            offsets.extend(task.await.unwrap());
+        }
+        glommio::timer::sleep(Duration::from_micros(300)).await;
+        let mut appended = Vec::new();
+        for bytes in &batches {
+            appended.push(log.append(bytes, 0).await.unwrap());
+        }
+        let log = log.clone();
+        pending.push_back(
+            glommio::spawn_local(async move {
+                for batch in &appended {
+                    log.wait_durable(*batch).await.unwrap();
+                }
+                appended.iter().map(|a| a.base_offset).collect()
+            })
+            .detach(),
+        );
+    }
+    while let Some(task) = pending.pop_front() {
+        offsets.extend(task.await.unwrap());
+    }
+    offsets
+}
+
+/// Requests of five ~1 MiB batches for one partition, in the throughput mode's flush settings,
+/// with segments small enough that a roll lands inside most requests: every request is
+/// acknowledged, and offsets stay contiguous across the rolls. One request in flight is the
+/// shape of a producer that sends all of a partition's in-flight batches in one request.
+#[test]
+fn several_batches_per_request_across_rolls_are_all_acknowledged() {
+    for in_flight in [1usize, 5] {
+        let dir = test_dir("multibatchroll");
+        let path = dir.path().join("t-0");
+        run(move || async move {
+            let config = LogConfig {
+                segment_bytes_max: 4 << 20,
+                flush: FlushPolicy::Interval {
+                    interval: Duration::from_millis(5),
+                    bytes: 4 << 20,
+                },
+                write_buffer_bytes: 8 << 20,
+                batch_bytes_max: 1 << 20,
+                ..LogConfig::default()
+            };
+            let (log, _) = PartitionLog::open(&path, config).await.unwrap();
+            // ~1,000,000 bytes each: not a multiple of the 4 KiB block, so flushes carry a
+            // partial block into the next buffer.
+            let batches: Vec<Vec<u8>> = (0..5u64).map(|i| batch(i, 16, 62_400, 1)).collect();
+            let records: u64 = 16;
+            let requests = 12usize;
+            let work = produce_requests(log.clone(), batches, requests, in_flight);
+            let outcome =
+                glommio::timer::timeout(Duration::from_secs(30), async { Ok(work.await) }).await;
+            let offsets = match outcome {
+                Ok(offsets) => offsets,
+                Err(_) => panic!(
+                    "produce requests of several batches stalled ({in_flight} in flight): \
+                     next offset {}, high watermark {}, {} segments, {:?}",
+                    log.next_offset(),
+                    log.high_watermark(),
+                    log.segment_count(),
+                    log.stats()
+                ),
+            };
+            let expected: Vec<u64> = (0..(requests * 5) as u64).map(|i| i * records).collect();
+            assert_eq!(offsets, expected);
+            assert!(log.segment_count() > 10, "most requests roll a segment");
+            assert_eq!(log.high_watermark(), log.next_offset());
+            log.close().await.unwrap();
+        });
+    }
+}
