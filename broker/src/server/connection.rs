@@ -559,12 +559,14 @@ async fn produce(
         }
         results.push(result);
     }
-    let timeout = Duration::from_millis(u64::from(request.timeout_ms.max(1)));
+    // One deadline for the whole request, however many batches it carries: the client's own
+    // timeout covers the request, not each batch.
+    let deadline = Instant::now() + Duration::from_millis(u64::from(request.timeout_ms.max(1)));
     let acks = request.acks;
     Ok(glommio::spawn_local(async move {
         for (index, log, appended) in waits {
             let durable = async { Some(log.wait_durable(appended).await) }.or(async {
-                glommio::timer::sleep(timeout).await;
+                glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
                 None
             });
             match durable.await {
