@@ -302,6 +302,8 @@ struct PartitionQueue {
     /// After a batch failed for good with its sequence used: take a new producer id first.
     needs_reset: bool,
     retry_at: Option<Instant>,
+    /// Bytes of the last batch closed, to size the next one.
+    batch_bytes_last: usize,
 }
 
 #[derive(Debug)]
@@ -642,11 +644,11 @@ impl Shared {
                 self.wake.notify_one();
             }
         }
+        // Sized like the partition's previous batch: a busy partition's batches are built without
+        // regrowing, a quiet one's stay small.
+        let capacity = (BATCH_HEADER_BYTES + record_bytes).max(queue.batch_bytes_last);
         let open = queue.open.get_or_insert_with(|| OpenBatch {
-            builder: BatchBuilder::with_capacity(
-                BatchOptions::default(),
-                (BATCH_HEADER_BYTES + record_bytes).max(batch_max.min(64 << 10)),
-            ),
+            builder: BatchBuilder::with_capacity(BatchOptions::default(), capacity),
             outcome: Completion(BatchOutcome::new(partition)),
             created: Instant::now(),
             buffered_bytes: 0,
@@ -722,11 +724,13 @@ impl PartitionQueue {
             paused: false,
             needs_reset: false,
             retry_at: None,
+            batch_bytes_last: 0,
         }
     }
 
     fn close_open(&mut self) {
         if let Some(open) = self.open.take() {
+            self.batch_bytes_last = open.builder.len_bytes();
             self.ready.push_back(Batch {
                 record_count: open.builder.record_count(),
                 payload: Payload::Raw(open.builder),
