@@ -87,12 +87,12 @@ pub const RECEIVE_BUFFER_BYTES: usize = 16 << 10;
 /// and a TCP segment. Larger fetch responses keep writing the cached buffers as they are.
 pub const COALESCED_RESPONSE_BYTES_MAX: usize = 64 << 10;
 
-/// Period of each shard's reactor tick in latency mode: glommio 0.9 can leave an I/O completion
-/// unreaped while the executor is parked (seen here: acknowledgements stalled until an unrelated
-/// timer or connection woke the shard), so every shard wakes at least this often. 1 ms keeps a
-/// missed completion within the latency mode's p99 budget; it costs about 1,000 wake-ups/s.
+/// Period of each shard's reactor tick in latency mode: glommio 0.9 can leave a shard asleep
+/// with an I/O completion never delivered (seen here: acknowledgements stalled until an
+/// unrelated timer or connection woke the shard), so every shard wakes at least this often. It
+/// makes the stall rarer, not impossible (see ARCHITECTURE.md). About 1,000 wake-ups/s.
 pub const SHARD_REACTOR_TICK_LATENCY: std::time::Duration = std::time::Duration::from_millis(1);
 
-/// The same in throughput mode: the group-commit window (5 ms by default) already dominates the
-/// acknowledgement latency, so a missed completion may cost up to one more window.
+/// The same in throughput mode, where the group-commit window (5 ms by default) already
+/// dominates the acknowledgement latency.
 pub const SHARD_REACTOR_TICK_THROUGHPUT: std::time::Duration = std::time::Duration::from_millis(5);

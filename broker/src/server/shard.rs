@@ -177,11 +177,10 @@ async fn run(
         .detach()
     };
 
-    // glommio 0.9 can park this executor while an I/O completion (a segment write or an
-    // fdatasync finished by an io_uring worker thread) waits unreaped; nothing runs until the
-    // next timer or socket event, which stalled acknowledgements for 30 s (until the produce
-    // timeout fired) with a single busy producer. A short periodic timer bounds that to one
-    // tick; see `limits::SHARD_REACTOR_TICK_*`.
+    // glommio 0.9 can leave this executor asleep while an I/O completion is never delivered;
+    // nothing runs until another event wakes the shard, which stalled acknowledgements for 30 s
+    // (until the produce timeout fired) with a single busy producer. A short periodic timer
+    // makes that much rarer; it does not make it impossible (ARCHITECTURE.md, "Reactor tick").
     let tick = match config.mode {
         Mode::Latency => SHARD_REACTOR_TICK_LATENCY,
         Mode::Throughput => SHARD_REACTOR_TICK_THROUGHPUT,
