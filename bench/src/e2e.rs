@@ -43,6 +43,9 @@ const POLL_WAIT: Duration = Duration::from_millis(50);
 const SERIES_INTERVAL: Duration = Duration::from_secs(1);
 /// Broker RSS sampling period.
 const RSS_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// Deliveries a producer may have waiting for its ack collector (beyond it the producer waits:
+/// the collector only lags when the runtime is starved).
+const DELIVERIES_QUEUED_MAX: usize = 1 << 16;
 /// Topic used by the scenarios (created fresh in an embedded broker).
 const TOPIC: &str = "bench";
 
@@ -315,7 +318,7 @@ async fn full_speed_producer(
     id: u32,
     payload: Arc<Vec<u8>>,
 ) -> Result<(), String> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = tokio::sync::mpsc::channel(DELIVERIES_QUEUED_MAX);
     let acks = tokio::spawn(collect_acks(Arc::clone(&shared), rx));
     let mut sequence = 0u64;
     while !shared.stop_producing.load(Ordering::Relaxed) && shared.take_budget() {
@@ -323,7 +326,9 @@ async fn full_speed_producer(
         let record =
             ProducerRecord::new(TOPIC).value(make_value(&shared, &payload, now, id, sequence));
         let delivery = producer.send(record).await.map_err(|e| e.to_string())?;
-        let _ = tx.send((delivery, now));
+        if tx.send((delivery, now)).await.is_err() {
+            break; // The collector failed; its error is returned below.
+        }
         sequence += 1;
     }
     drop(tx);
@@ -340,7 +345,7 @@ fn make_value(shared: &Shared, payload: &[u8], intended: Instant, id: u32, seque
 
 async fn collect_acks(
     shared: Arc<Shared>,
-    mut deliveries: tokio::sync::mpsc::UnboundedReceiver<(Delivery, Instant)>,
+    mut deliveries: tokio::sync::mpsc::Receiver<(Delivery, Instant)>,
 ) -> Result<(), String> {
     let mut local = histogram()?;
     while let Some((delivery, intended)) = deliveries.recv().await {
@@ -362,7 +367,7 @@ fn paced_producer(
     payload: Arc<Vec<u8>>,
 ) -> std::thread::JoinHandle<Result<(), String>> {
     std::thread::spawn(move || {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(DELIVERIES_QUEUED_MAX);
         let acks = runtime.spawn(collect_acks(Arc::clone(&shared), rx));
         let mut sequence = 0u64;
         while !shared.stop_producing.load(Ordering::Relaxed) && shared.take_budget() {
@@ -375,7 +380,9 @@ fn paced_producer(
             let delivery = runtime
                 .block_on(producer.send(record))
                 .map_err(|e| e.to_string())?;
-            let _ = tx.send((delivery, intended));
+            if tx.blocking_send((delivery, intended)).is_err() {
+                break;
+            }
             sequence += 1;
         }
         drop(tx);

@@ -725,3 +725,29 @@ fn the_blocking_facade_produces_and_consumes() {
     assert_eq!(values, expected);
     assert_eq!(consumer.position(&tp).unwrap(), Some(100));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_none_delivers_without_offsets() {
+    let broker = Broker::start();
+    create_topic(&broker, "fire", 1).await;
+    let producer = Producer::new(
+        ProducerConfig::new(broker.config())
+            .acks(Acks::None)
+            .idempotence(false),
+    )
+    .await
+    .unwrap();
+    let mut deliveries = Vec::new();
+    for i in 0..300 {
+        let record = ProducerRecord::new("fire").value(format!("{i}"));
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    producer.close().await.unwrap();
+    for d in deliveries {
+        assert_eq!(d.await.unwrap().offset, None, "no offset without acks");
+    }
+    let records = read_all(&broker, "fire", 1, 300).await;
+    let values: Vec<String> = records.iter().map(|r| text(&r.value)).collect();
+    let expected: Vec<String> = (0..300).map(|i| i.to_string()).collect();
+    assert_eq!(values, expected);
+}

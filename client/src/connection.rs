@@ -51,6 +51,9 @@ struct Outgoing {
     data: Vec<Bytes>,
     /// Told when the frame has been handed to the socket (for requests without a response).
     written: Option<oneshot::Sender<()>>,
+    /// The in-flight slot of a request without a response, held until it is written (a request
+    /// with a response holds its slot in `pending` until the response arrives).
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 struct Pending {
@@ -280,6 +283,7 @@ impl Connection {
                 head,
                 data,
                 written: None,
+                _slot: None,
             })?;
             Ok(Enqueued::Response(response))
         } else {
@@ -288,8 +292,8 @@ impl Connection {
                 head,
                 data,
                 written: Some(written),
+                _slot: Some(permit),
             })?;
-            drop(permit);
             Ok(Enqueued::Written(done))
         }
     }
