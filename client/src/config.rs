@@ -45,7 +45,9 @@ pub struct ClientConfig {
     pub retry_backoff: Duration,
     /// Longest wait between retries. Default 1 s.
     pub retry_backoff_max: Duration,
-    /// Requests in flight per connection (at most 32, the broker's limit). Default 5.
+    /// Requests in flight per connection (at most 32, the broker's limit). Default 16: an
+    /// acknowledgement waits for the broker's group commit, so one connection needs a deep
+    /// pipeline to reach its throughput.
     pub in_flight_max: usize,
     /// Connect to the shard that owns a partition (the broker's per-shard address) rather than
     /// the broker's main address, avoiding a cross-shard hop. Default true.
@@ -68,7 +70,7 @@ impl ClientConfig {
             metadata_wait_max: Duration::from_secs(1),
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(1),
-            in_flight_max: 5,
+            in_flight_max: 16,
             shard_aware: true,
         }
     }
@@ -178,9 +180,9 @@ pub struct ProducerConfig {
     pub linger: Duration,
     /// A batch is sent once it holds this many bytes. Default 1 MiB, the broker's default
     /// `message_bytes_max` (a topic configured with a lower limit needs a lower value here).
-    /// Large batches matter because a partition has at most five batches in flight (what the
+    /// Large batches matter because a partition has at most 16 batches in flight (what the
     /// broker remembers for idempotent retries) and an ack waits for the group commit: per
-    /// partition, throughput is at most five batches per ack latency.
+    /// partition, throughput is at most 16 batches per ack latency.
     pub batch_bytes_max: usize,
     /// Bytes a produce request may carry over all its partitions. Default 8 MiB.
     pub request_bytes_max: usize,

@@ -17,8 +17,9 @@ pub const WRITE_BUFFER_BYTES: usize = 256 << 10;
 pub const IN_FLIGHT_PER_CONNECTION_MAX: usize = 32;
 
 /// Batches one idempotent producer may have in flight per partition: the broker remembers the
-/// last five batches of each producer, so a retry of any of them is recognised as a duplicate.
-pub const IN_FLIGHT_BATCHES_PER_PARTITION_MAX: usize = 5;
+/// last 16 batches of each producer per partition (`PRODUCER_BATCHES_REMEMBERED` there), so a
+/// retry of any of them is recognised as a duplicate.
+pub const IN_FLIGHT_BATCHES_PER_PARTITION_MAX: usize = 16;
 
 /// Bootstrap and known-broker addresses tried before giving up on a metadata refresh.
 pub const METADATA_ADDRESSES_TRIED_MAX: usize = 16;

@@ -9,8 +9,8 @@
 //! each record's delivery, or puts a batch back at the front of its partition's queue to be
 //! retried.
 //!
-//! Ordering and idempotence. A partition has at most five batches in flight (the broker
-//! remembers a producer's last five batches per partition, so a retry of any of them is
+//! Ordering and idempotence. A partition has at most 16 batches in flight (the broker
+//! remembers a producer's last 16 batches per partition, so a retry of any of them is
 //! answered with its original offset rather than written again). After a retriable failure the
 //! partition is paused until all its in-flight batches have returned, then resent from the
 //! oldest, so batches reach the log in sequence order. A batch that fails for good after its

@@ -215,15 +215,30 @@ mod tests {
     }
 
     #[test]
-    fn only_the_last_five_batches_are_remembered() {
+    fn only_the_last_batches_are_remembered() {
+        let remembered = PRODUCER_BATCHES_REMEMBERED as i32;
         let mut state = ProducerState::default();
-        for i in 0..8 {
+        for i in 0..remembered + 3 {
             state.record(&header(1, 0, i, 1), i as u64);
         }
+        let newest = remembered + 2;
         assert_eq!(
-            state.check(&header(1, 0, 7, 1)),
-            SequenceCheck::Duplicate { base_offset: 7 }
+            state.check(&header(1, 0, newest, 1)),
+            SequenceCheck::Duplicate {
+                base_offset: newest as u64
+            }
         );
-        assert_eq!(state.check(&header(1, 0, 1, 1)), SequenceCheck::OutOfOrder);
+        let oldest_kept = newest + 1 - remembered;
+        assert_eq!(
+            state.check(&header(1, 0, oldest_kept, 1)),
+            SequenceCheck::Duplicate {
+                base_offset: oldest_kept as u64
+            }
+        );
+        assert_eq!(
+            state.check(&header(1, 0, oldest_kept - 1, 1)),
+            SequenceCheck::OutOfOrder,
+            "forgotten"
+        );
     }
 }
