@@ -44,6 +44,17 @@ fn runtime() -> Result<Arc<Runtime>> {
 }
 
 /// A blocking [`crate::Producer`].
+///
+/// ```no_run
+/// use sluice_client::{blocking::Producer, ClientConfig, ProducerConfig, ProducerRecord};
+///
+/// # fn main() -> Result<(), sluice_client::Error> {
+/// let producer = Producer::new(ProducerConfig::new(ClientConfig::new(["127.0.0.1:9490"])))?;
+/// let handle = producer.send(ProducerRecord::new("orders").value("v"))?;
+/// println!("{:?}", handle.wait()?);
+/// producer.close()?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Producer {
     inner: crate::Producer,
@@ -51,6 +62,15 @@ pub struct Producer {
 }
 
 /// The outcome of one send; [`DeliveryHandle::wait`] blocks until it is known.
+///
+/// ```no_run
+/// # fn example(producer: &sluice_client::blocking::Producer) -> Result<(), sluice_client::Error> {
+/// use sluice_client::ProducerRecord;
+///
+/// let handle = producer.send(ProducerRecord::new("orders").value("v"))?;
+/// let offset = handle.wait()?.offset;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 #[must_use = "a DeliveryHandle reports whether the record was delivered"]
 pub struct DeliveryHandle(crate::Delivery);
@@ -85,6 +105,19 @@ impl Producer {
 }
 
 /// A blocking [`crate::Consumer`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use sluice_client::{blocking::Consumer, ClientConfig, ConsumerConfig, TopicPartition};
+///
+/// # fn main() -> Result<(), sluice_client::Error> {
+/// let mut consumer = Consumer::new(ConsumerConfig::new(ClientConfig::new(["127.0.0.1:9490"])))?;
+/// consumer.assign([TopicPartition::new("orders", 0)]);
+/// for record in consumer.poll(Duration::from_secs(1))? {
+///     println!("{}", record.offset);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Consumer {
     inner: crate::Consumer,
@@ -119,6 +152,16 @@ impl Consumer {
 }
 
 /// A blocking [`crate::Admin`].
+///
+/// ```no_run
+/// use sluice_client::{blocking::Admin, ClientConfig, Seek, TopicPartition};
+///
+/// # fn main() -> Result<(), sluice_client::Error> {
+/// let admin = Admin::new(ClientConfig::new(["127.0.0.1:9490"]))?;
+/// admin.create_topic("orders", 6, 1)?;
+/// let end = admin.offset(&TopicPartition::new("orders", 0), Seek::Latest)?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Admin {
     inner: crate::Admin,

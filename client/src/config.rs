@@ -127,6 +127,14 @@ impl ClientConfig {
 }
 
 /// How durable a record must be before the producer reports it delivered.
+///
+/// ```
+/// use sluice_client::{Acks, ClientConfig, ProducerConfig};
+///
+/// // Fire and forget: fastest, no offsets, lost if the broker dies before writing.
+/// let config = ProducerConfig::new(ClientConfig::new(["127.0.0.1:9490"])).acks(Acks::None);
+/// assert_eq!(config.acks, Acks::None);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acks {
     /// Fire and forget: delivered once written to the socket; no offset is reported.
@@ -148,6 +156,14 @@ impl Acks {
 }
 
 /// Batch compression codec. Batches are stored compressed and decompressed by consumers.
+///
+/// ```
+/// use sluice_client::{ClientConfig, Compression, ProducerConfig};
+///
+/// let config = ProducerConfig::new(ClientConfig::new(["127.0.0.1:9490"]))
+///     .compression(Compression::Zstd { level: 3 });
+/// assert_eq!(config.compression, Compression::Zstd { level: 3 });
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     None,
@@ -325,6 +341,15 @@ impl ProducerConfig {
 }
 
 /// Where a consumer starts when it has no valid position for a partition.
+///
+/// ```
+/// use sluice_client::{ClientConfig, ConsumerConfig, OffsetReset};
+///
+/// // Read everything still in the log the first time a partition is polled.
+/// let config = ConsumerConfig::new(ClientConfig::new(["127.0.0.1:9490"]))
+///     .auto_offset_reset(OffsetReset::Earliest);
+/// assert_eq!(config.auto_offset_reset, OffsetReset::Earliest);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffsetReset {
     /// The first record still in the log.

@@ -32,6 +32,13 @@ use crate::error::{stale_metadata_code, Error, Result};
 use crate::limits::RESPONSE_FRAME_BYTES_MAX;
 
 /// A topic and one of its partitions.
+///
+/// ```
+/// use sluice_client::TopicPartition;
+///
+/// let tp = TopicPartition::new("orders", 3);
+/// assert_eq!((tp.topic.as_str(), tp.partition), ("orders", 3));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicPartition {
     pub topic: String,
@@ -48,6 +55,22 @@ impl TopicPartition {
 }
 
 /// Where to move a partition's position.
+///
+/// ```no_run
+/// # async fn example(consumer: &mut sluice_client::Consumer) -> Result<(), sluice_client::Error> {
+/// use sluice_client::{Seek, TopicPartition};
+///
+/// let tp = TopicPartition::new("orders", 0);
+/// // Replay the last hour.
+/// let hour_ago = std::time::SystemTime::now()
+///     .duration_since(std::time::UNIX_EPOCH)
+///     .unwrap()
+///     .as_millis() as i64
+///     - 3_600_000;
+/// let offset = consumer.seek(&tp, Seek::Timestamp(hour_ago)).await?;
+/// println!("resuming at {offset}");
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seek {
     /// The first record still in the log.
@@ -63,6 +86,16 @@ pub enum Seek {
 
 /// A record as a consumer receives it. Keys, values and header values share the fetched buffer
 /// (no copy per record).
+///
+/// ```no_run
+/// # async fn example(consumer: &mut sluice_client::Consumer) -> Result<(), sluice_client::Error> {
+/// for record in consumer.poll(std::time::Duration::from_secs(1)).await? {
+///     let key = record.key.as_deref().map(String::from_utf8_lossy);
+///     println!("{}/{} @{} key {key:?}, {} bytes", record.topic, record.partition,
+///              record.offset, record.value.as_ref().map_or(0, |v| v.len()));
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerRecord {
     pub topic: Arc<str>,

@@ -6,6 +6,19 @@ use sluice_protocol::native::ErrorCode;
 
 /// Everything that can go wrong in the client. Cloneable, because one failure (a broken
 /// connection, a refused batch) is reported to every record it affects.
+///
+/// ```no_run
+/// # async fn example(producer: sluice_client::Producer) {
+/// use sluice_client::{Error, ProducerRecord};
+///
+/// match producer.send(ProducerRecord::new("orders").value("v")).await {
+///     Ok(delivery) => drop(delivery),
+///     Err(Error::UnknownTopic { topic }) => eprintln!("create {topic} first"),
+///     Err(Error::BufferFull { .. }) => eprintln!("slow down"),
+///     Err(other) => eprintln!("send failed: {other}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// None of the bootstrap or known brokers accepted a connection.
@@ -80,6 +93,14 @@ pub enum Error {
 
 impl Error {
     /// Whether retrying the same operation later may succeed (the cluster may change under it).
+    ///
+    /// ```
+    /// use sluice_client::Error;
+    ///
+    /// assert!(Error::Timeout { address: "b1".into(), after: std::time::Duration::from_secs(1) }
+    ///     .is_retriable());
+    /// assert!(!Error::ProducerClosed.is_retriable());
+    /// ```
     pub fn is_retriable(&self) -> bool {
         match self {
             Error::NoBrokerReachable { .. } | Error::Connection { .. } | Error::Timeout { .. } => {

@@ -99,6 +99,16 @@ impl ProducerRecord {
 }
 
 /// Where a delivered record landed.
+///
+/// ```no_run
+/// # async fn example(producer: sluice_client::Producer) -> Result<(), sluice_client::Error> {
+/// use sluice_client::ProducerRecord;
+///
+/// let metadata = producer.send(ProducerRecord::new("orders").value("v")).await?.await?;
+/// println!("partition {} offset {:?} at {} ms", metadata.partition, metadata.offset,
+///          metadata.timestamp);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordMetadata {
     pub partition: u32,
@@ -110,6 +120,21 @@ pub struct RecordMetadata {
 
 /// Resolves once the record is delivered (per the producer's `acks`) or has failed for good.
 /// Dropping it does not cancel the send.
+///
+/// ```no_run
+/// # async fn example(producer: sluice_client::Producer) -> Result<(), sluice_client::Error> {
+/// use sluice_client::ProducerRecord;
+///
+/// // Queue many records first, then wait for all of them: sends pipeline.
+/// let mut deliveries = Vec::new();
+/// for i in 0..1000 {
+///     deliveries.push(producer.send(ProducerRecord::new("orders").value(format!("{i}"))).await?);
+/// }
+/// for delivery in deliveries {
+///     delivery.await?;
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 #[must_use = "a Delivery reports whether the record was delivered"]
 pub struct Delivery {
