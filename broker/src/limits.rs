@@ -81,15 +81,6 @@ pub const SHARD_PREEMPT_MS: u64 = 1;
 /// small appends (latency mode's rates are low) and adds under 1 ms to one flush in that MiB.
 pub const SEGMENT_PREALLOCATE_BYTES: u64 = 1 << 20;
 
-/// Read buffer of one client connection. Produce requests of one small batch (latency mode) are
-/// about 1.1 KiB: 16 KiB takes a burst of them in one recv; larger reads bypass the buffer.
-pub const RECEIVE_BUFFER_BYTES: usize = 16 << 10;
-
-/// Responses up to this size are copied into one buffer and sent with one write instead of one
-/// write for the header and one per data chunk: at these sizes a copy costs less than a syscall
-/// and a TCP segment. Larger fetch responses keep writing the cached buffers as they are.
-pub const COALESCED_RESPONSE_BYTES_MAX: usize = 64 << 10;
-
 /// Period of each shard's reactor tick in latency mode: glommio 0.9 can leave a shard asleep
 /// with an I/O completion never delivered (seen here: acknowledgements stalled until an
 /// unrelated timer or connection woke the shard), so every shard wakes at least this often. It

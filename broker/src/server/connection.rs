@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use futures_lite::FutureExt;
 use glommio::channels::local_channel;
-use glommio::net::{Preallocated, TcpStream};
+use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 use glommio::task::JoinHandle;
 use sluice_protocol::native::{
@@ -33,9 +33,7 @@ use super::producers::SequenceCheck;
 
 use super::partitions::SharedPartitions;
 use super::MetadataLink;
-use crate::limits::{
-    COALESCED_RESPONSE_BYTES_MAX, FRAME_BYTES_MAX, IN_FLIGHT_REQUESTS_MAX, RECEIVE_BUFFER_BYTES,
-};
+use crate::limits::{FRAME_BYTES_MAX, IN_FLIGHT_REQUESTS_MAX};
 use crate::metadata::types::BrokerState;
 use crate::metadata::{AdminReply, AdminRequest, MetadataError, NodeId};
 use crate::notify::{Listener, Notify};
@@ -137,44 +135,20 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "set_nodelay");
     }
-    // Buffered reads: a frame's length prefix and a small frame (or several) come in one recv
-    // instead of one recv each, plus the one that finds the socket empty. Reads of at least the
-    // buffer's size bypass it.
-    let stream = stream.buffered_with(Preallocated::new(RECEIVE_BUFFER_BYTES));
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let (pending_tx, pending_rx) =
         local_channel::new_bounded::<JoinHandle<Option<Response>>>(IN_FLIGHT_REQUESTS_MAX);
     let writer_task = glommio::spawn_local(async move {
-        let mut small: Vec<u8> = Vec::new();
         while let Some(task) = pending_rx.recv().await {
             let Some(Some(response)) = task.await else {
                 continue;
             };
-            let len = response.head.len()
-                + response
-                    .data
-                    .iter()
-                    .map(|c| c.as_bytes().len())
-                    .sum::<usize>();
-            if len <= COALESCED_RESPONSE_BYTES_MAX {
-                // Small: one send (one TCP segment, one wake-up of the reader) beats writing the
-                // header and every chunk separately; the copy is cheaper than a syscall.
-                small.clear();
-                small.extend_from_slice(&response.head);
-                for chunk in &response.data {
-                    small.extend_from_slice(chunk.as_bytes());
-                }
-                if writer.write_all(&small).await.is_err() {
+            if writer.write_all(&response.head).await.is_err() {
+                return;
+            }
+            for chunk in &response.data {
+                if writer.write_all(chunk.as_bytes()).await.is_err() {
                     return;
-                }
-            } else {
-                if writer.write_all(&response.head).await.is_err() {
-                    return;
-                }
-                for chunk in &response.data {
-                    if writer.write_all(chunk.as_bytes()).await.is_err() {
-                        return;
-                    }
                 }
             }
             if writer.flush().await.is_err() {
