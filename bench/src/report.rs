@@ -472,15 +472,7 @@ const FAMILIES: &[Family] = &[
             }),
             col("broker CPU", |v| seconds(num(v, "/result/broker_cpu_s"))),
             col("bench CPU", |v| seconds(num(v, "/result/bench_cpu_s"))),
-            col("broker RSS start → peak", |v| {
-                match (
-                    num(v, "/result/broker_rss_start_mb"),
-                    num(v, "/result/broker_rss_peak_mb"),
-                ) {
-                    (Some(a), Some(b)) => format!("{a:.0} → {b:.0} MB"),
-                    _ => MISSING.into(),
-                }
-            }),
+            col("broker RSS start → peak", broker_rss),
         ],
     },
     Family {
@@ -567,16 +559,19 @@ const CLIENT_COLUMNS: &[Column] = &[
     col("client CPU/GB", |v| {
         seconds(num(v, "/result/client_cpu_s_per_gb"))
     }),
-    col("broker RSS start → peak", |v| {
-        match (
-            num(v, "/result/broker_rss_start_mb"),
-            num(v, "/result/broker_rss_peak_mb"),
-        ) {
-            (Some(a), Some(b)) => format!("{a:.0} → {b:.0} MB"),
-            _ => MISSING.into(),
-        }
-    }),
+    col("broker RSS start → peak", broker_rss),
 ];
+
+/// The broker's resident set at the start and at its peak.
+fn broker_rss(v: &Value) -> String {
+    match (
+        num(v, "/result/broker_rss_start_mb"),
+        num(v, "/result/broker_rss_peak_mb"),
+    ) {
+        (Some(a), Some(b)) => format!("{a:.0} → {b:.0} MB"),
+        _ => MISSING.into(),
+    }
+}
 
 /// `p50 / p99 / p99.9 / max` of a latency summary, or a dash when it is null.
 fn latency_row(v: &Value, pointer: &str) -> String {
