@@ -84,9 +84,18 @@ pub const SEGMENT_PREALLOCATE_BYTES: u64 = 1 << 20;
 /// Period of each shard's reactor tick in latency mode: glommio 0.9 can leave a shard asleep
 /// with an I/O completion never delivered (seen here: acknowledgements stalled until an
 /// unrelated timer or connection woke the shard), so every shard wakes at least this often. It
-/// makes the stall rarer, not impossible (see ARCHITECTURE.md). About 1,000 wake-ups/s.
+/// made the stall rarer, not impossible; `SOCKET_WATCH_*` bounds it (see ARCHITECTURE.md).
+/// About 1,000 wake-ups/s.
 pub const SHARD_REACTOR_TICK_LATENCY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// The same in throughput mode, where the group-commit window (5 ms by default) already
 /// dominates the acknowledgement latency.
 pub const SHARD_REACTOR_TICK_THROUGHPUT: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// How long a connection waits on its socket in latency mode before trying the `recv` (or
+/// re-trying the `send`) itself: glommio 0.9 sometimes never reports a socket ready
+/// (`server/socket.rs`), and this bounds what such a lost event costs. One timer per wait.
+pub const SOCKET_WATCH_LATENCY: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The same in throughput mode.
+pub const SOCKET_WATCH_THROUGHPUT: std::time::Duration = std::time::Duration::from_millis(10);

@@ -12,7 +12,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::io::AsyncWriteExt;
 use futures_lite::FutureExt;
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
@@ -32,6 +32,7 @@ use sluice_protocol::{BatchError, BatchHeader};
 use super::producers::SequenceCheck;
 
 use super::partitions::SharedPartitions;
+use super::socket::{Watch, WatchStats};
 use super::MetadataLink;
 use crate::limits::{FRAME_BYTES_MAX, IN_FLIGHT_REQUESTS_MAX};
 use crate::metadata::types::BrokerState;
@@ -55,6 +56,10 @@ pub struct ShardContext {
     pub storage_failed: Notify,
     /// This shard's unused block of producer ids: [next, end).
     pub producer_ids: std::cell::Cell<(u64, u64)>,
+    /// How long a connection waits on its socket before checking it itself (`socket.rs`).
+    pub socket_watch: Duration,
+    /// Lost socket readiness events recovered on this shard.
+    pub watch_stats: Rc<WatchStats>,
 }
 
 /// A response: header and control, then the data chunks written as they are.
@@ -135,19 +140,30 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "set_nodelay");
     }
+    let watch = Watch::new(
+        std::os::fd::AsRawFd::as_raw_fd(&stream),
+        ctx.socket_watch,
+        Rc::clone(&ctx.watch_stats),
+    );
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let (pending_tx, pending_rx) =
         local_channel::new_bounded::<JoinHandle<Option<Response>>>(IN_FLIGHT_REQUESTS_MAX);
+    let writer_watch = watch.clone();
     let writer_task = glommio::spawn_local(async move {
+        let watch = writer_watch;
         while let Some(task) = pending_rx.recv().await {
             let Some(Some(response)) = task.await else {
                 continue;
             };
-            if writer.write_all(&response.head).await.is_err() {
+            if watch.write_all(&mut writer, &response.head).await.is_err() {
                 return;
             }
             for chunk in &response.data {
-                if writer.write_all(chunk.as_bytes()).await.is_err() {
+                if watch
+                    .write_all(&mut writer, chunk.as_bytes())
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -162,7 +178,7 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
     loop {
         let stop: Listener = ctx.stop.listen();
         let mut len_bytes = [0u8; 4];
-        let read = async { Some(reader.read_exact(&mut len_bytes).await) }.or(async {
+        let read = async { Some(watch.read_exact(&mut reader, &mut len_bytes).await) }.or(async {
             stop.await;
             None
         });
@@ -185,7 +201,7 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
             break;
         };
         let mut frame = vec![0u8; frame_len];
-        if reader.read_exact(&mut frame).await.is_err() {
+        if watch.read_exact(&mut reader, &mut frame).await.is_err() {
             break;
         }
         let task = match split_request(&frame) {

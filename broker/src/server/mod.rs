@@ -16,6 +16,7 @@ pub mod connection;
 pub mod partitions;
 pub mod producers;
 pub mod shard;
+pub mod socket;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -15,7 +15,7 @@ use super::partitions::Partitions;
 use super::{MetadataLink, Mode, ShardConfig};
 use crate::limits::{
     CONNECTIONS_PER_SHARD_MAX, SHARD_BUFFERED_BYTES_MAX, SHARD_REACTOR_TICK_LATENCY,
-    SHARD_REACTOR_TICK_THROUGHPUT,
+    SHARD_REACTOR_TICK_THROUGHPUT, SOCKET_WATCH_LATENCY, SOCKET_WATCH_THROUGHPUT,
 };
 use crate::notify::Notify;
 
@@ -136,6 +136,11 @@ async fn run(
         stop: Notify::new(),
         storage_failed: Notify::new(),
         producer_ids: std::cell::Cell::new((0, 0)),
+        socket_watch: match config.mode {
+            Mode::Latency => SOCKET_WATCH_LATENCY,
+            Mode::Throughput => SOCKET_WATCH_THROUGHPUT,
+        },
+        watch_stats: Rc::default(),
     });
 
     // Follow the metadata: open and close this shard's partitions.
@@ -249,6 +254,18 @@ async fn run(
     .await;
     if !drained {
         tracing::warn!(shard, "connections still busy after the drain timeout");
+    }
+    let (reads, writes) = (
+        ctx.watch_stats.reads_recovered.get(),
+        ctx.watch_stats.writes_recovered.get(),
+    );
+    if reads + writes > 0 {
+        tracing::warn!(
+            shard,
+            reads,
+            writes,
+            "lost socket readiness events recovered by the watchdog"
+        );
     }
     reconcile.cancel();
     retention.cancel();
