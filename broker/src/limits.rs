@@ -81,16 +81,12 @@ pub const SHARD_PREEMPT_MS: u64 = 1;
 /// small appends (latency mode's rates are low) and adds under 1 ms to one flush in that MiB.
 pub const SEGMENT_PREALLOCATE_BYTES: u64 = 1 << 20;
 
-/// Period of each shard's reactor tick in latency mode: glommio 0.9 can leave a shard asleep
-/// with an I/O completion never delivered (seen here: acknowledgements stalled until an
-/// unrelated timer or connection woke the shard), so every shard wakes at least this often. It
-/// made the stall rarer, not impossible; `SOCKET_WATCH_*` bounds it (see ARCHITECTURE.md).
-/// About 1,000 wake-ups/s.
-pub const SHARD_REACTOR_TICK_LATENCY: std::time::Duration = std::time::Duration::from_millis(1);
-
-/// The same in throughput mode, where the group-commit window (5 ms by default) already
-/// dominates the acknowledgement latency.
-pub const SHARD_REACTOR_TICK_THROUGHPUT: std::time::Duration = std::time::Duration::from_millis(5);
+/// Period of each shard's reactor tick: the shard wakes and drains every io_uring ring at least
+/// this often, in case glommio holds a completion it has not noticed. Before the socket watchdog
+/// (`SOCKET_WATCH_*`) existed a 1 ms tick made the lost-socket-event stall rarer; but every
+/// wake-up and sleep costs a `membarrier` IPI and several VM exits here (a 1 ms tick was about
+/// 5 % of the latency mode's broker CPU), so what is left is cheap insurance: 20 a second.
+pub const SHARD_REACTOR_TICK: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// How long a connection waits on its socket in latency mode before trying the `recv` (or
 /// re-trying the `send`) itself: glommio 0.9 sometimes never reports a socket ready

@@ -14,8 +14,8 @@ use super::connection::{serve, ShardContext};
 use super::partitions::Partitions;
 use super::{MetadataLink, Mode, ShardConfig};
 use crate::limits::{
-    CONNECTIONS_PER_SHARD_MAX, SHARD_BUFFERED_BYTES_MAX, SHARD_REACTOR_TICK_LATENCY,
-    SHARD_REACTOR_TICK_THROUGHPUT, SOCKET_WATCH_LATENCY, SOCKET_WATCH_THROUGHPUT,
+    CONNECTIONS_PER_SHARD_MAX, SHARD_BUFFERED_BYTES_MAX, SHARD_REACTOR_TICK, SOCKET_WATCH_LATENCY,
+    SOCKET_WATCH_THROUGHPUT,
 };
 use crate::notify::Notify;
 
@@ -182,14 +182,9 @@ async fn run(
         .detach()
     };
 
-    // glommio 0.9 can leave this executor asleep while an I/O completion is never delivered;
-    // nothing runs until another event wakes the shard, which stalled acknowledgements for 30 s
-    // (until the produce timeout fired) with a single busy producer. A short periodic timer
-    // makes that much rarer; it does not make it impossible (ARCHITECTURE.md, "Reactor tick").
-    let tick = match config.mode {
-        Mode::Latency => SHARD_REACTOR_TICK_LATENCY,
-        Mode::Throughput => SHARD_REACTOR_TICK_THROUGHPUT,
-    };
+    // Insurance against a completion glommio has but does not notice: wake now and then and
+    // drain every ring (the lost socket events themselves are handled by `socket.rs`).
+    let tick = SHARD_REACTOR_TICK;
     glommio::spawn_local(async move {
         loop {
             glommio::timer::sleep(tick).await;

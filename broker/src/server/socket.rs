@@ -6,7 +6,8 @@
 //! unread data (the shard asleep, the `POLL_ADD` still pending in the kernel), which stalled the
 //! connection until the client timed out 30 s later. Writes have the same shape (`POLLOUT`).
 //!
-//! So every wait on the socket is bounded by a watchdog period: when it expires, the reader
+//! So every wait on the socket is bounded by a watchdog period (doubling while the socket stays
+//! quiet, up to `WATCH_BACKOFF_MAX` times): when it expires, the reader
 //! tries the `recv` itself (`MSG_DONTWAIT`, on the raw descriptor) and the writer re-polls its
 //! write (glommio retries `send` on every poll). A readiness event that does arrive still wakes
 //! the task at once; the watchdog only bounds how long a lost one can hold a connection. Each
@@ -21,6 +22,11 @@ use std::time::Duration;
 
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_lite::FutureExt;
+
+/// A wait that keeps expiring without data doubles its period up to this many times the first:
+/// an idle connection costs a few timer wake-ups a second, not hundreds, while a busy one (where
+/// the lost events were seen) is still checked after the first period.
+const WATCH_BACKOFF_MAX: u32 = 64;
 
 /// Lost readiness events recovered on one shard.
 #[derive(Debug, Default)]
@@ -65,11 +71,13 @@ impl Watch {
         reader: &mut R,
         buf: &mut [u8],
     ) -> io::Result<usize> {
+        let mut period = self.period;
         loop {
-            let polled = async { Some(reader.read(buf).await) }.or(async {
-                glommio::timer::sleep(self.period).await;
+            let polled = async { Some(reader.read(buf).await) }.or(async move {
+                glommio::timer::sleep(period).await;
                 None
             });
+            period = (period * 2).min(self.period * WATCH_BACKOFF_MAX);
             if let Some(result) = polled.await {
                 return result;
             }
@@ -122,11 +130,13 @@ impl Watch {
         buf: &[u8],
     ) -> io::Result<()> {
         let mut written = 0;
+        let mut period = self.period;
         while written < buf.len() {
-            let polled = async { Some(writer.write(&buf[written..]).await) }.or(async {
-                glommio::timer::sleep(self.period).await;
+            let polled = async { Some(writer.write(&buf[written..]).await) }.or(async move {
+                glommio::timer::sleep(period).await;
                 None
             });
+            period = (period * 2).min(self.period * WATCH_BACKOFF_MAX);
             match polled.await {
                 Some(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
                 Some(Ok(n)) => written += n,

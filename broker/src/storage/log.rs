@@ -234,11 +234,24 @@ impl PartitionLog {
         }
         let (active, tail) = match bases.last() {
             Some(&base) => {
-                ActiveSegment::recover(&dir, base, interval, config.write_buffer_bytes).await?
+                ActiveSegment::recover(
+                    &dir,
+                    base,
+                    interval,
+                    config.write_buffer_bytes,
+                    config.flush.writes_through(),
+                )
+                .await?
             }
             None => {
-                let active =
-                    ActiveSegment::create(&dir, 0, interval, config.write_buffer_bytes).await?;
+                let active = ActiveSegment::create(
+                    &dir,
+                    0,
+                    interval,
+                    config.write_buffer_bytes,
+                    config.flush.writes_through(),
+                )
+                .await?;
                 (
                     active,
                     TailRecovery {
@@ -688,6 +701,7 @@ impl PartitionLog {
             target_base,
             inner.config.index_interval_bytes,
             inner.config.write_buffer_bytes,
+            inner.config.flush.writes_through(),
         )
         .await?;
         let mut state = inner.state.borrow_mut();
@@ -801,6 +815,7 @@ impl PartitionLog {
             next_base,
             inner.config.index_interval_bytes,
             inner.config.write_buffer_bytes,
+            inner.config.flush.writes_through(),
         )
         .await?;
         let mut state = inner.state.borrow_mut();
@@ -1067,7 +1082,9 @@ async fn flusher_loop(log: Weak<LogInner>) {
         let Ok(_permit) = inner.flush_lock.acquire_permit(1).await else {
             return;
         };
-        if inner.flush_once(inner.config.flush.syncs()).await.is_err() {
+        // A write-through segment (`O_DSYNC`) is durable when its write returns.
+        let sync = inner.config.flush.syncs() && !inner.config.flush.writes_through();
+        if inner.flush_once(sync).await.is_err() {
             return;
         }
     }

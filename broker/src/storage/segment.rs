@@ -53,14 +53,25 @@ impl SegmentPaths {
     }
 }
 
-async fn open_rw(path: &Path, create: bool) -> Result<DmaFile> {
+async fn open_rw(path: &Path, create: bool, write_through: bool) -> Result<DmaFile> {
     OpenOptions::new()
         .read(true)
         .write(true)
         .create(create)
+        .custom_flags(dsync_flag(write_through))
         .dma_open(path)
         .await
         .map_err(io_error("open", path))
+}
+
+/// `O_DSYNC` for a write-through active segment: every write returns only once it is durable,
+/// data and the metadata needed to read it back, so no separate fdatasync is needed.
+fn dsync_flag(write_through: bool) -> i32 {
+    if write_through {
+        libc::O_DSYNC
+    } else {
+        0
+    }
 }
 
 /// Reads a whole (small) file, or `None` if it does not exist.
@@ -625,6 +636,7 @@ impl ActiveSegment {
         base_offset: u64,
         index_interval: u32,
         buffer_bytes: usize,
+        write_through: bool,
     ) -> Result<ActiveSegment> {
         let paths = SegmentPaths::new(dir, base_offset);
         let file = OpenOptions::new()
@@ -632,6 +644,7 @@ impl ActiveSegment {
             .write(true)
             .create(true)
             .truncate(true)
+            .custom_flags(dsync_flag(write_through))
             .dma_open(&paths.log)
             .await
             .map_err(io_error("create", &paths.log))?;
@@ -660,12 +673,13 @@ impl ActiveSegment {
         base_offset: u64,
         index_interval: u32,
         buffer_bytes: usize,
+        write_through: bool,
     ) -> Result<(ActiveSegment, TailRecovery)> {
         let paths = SegmentPaths::new(dir, base_offset);
         // Index files of the active segment are never trusted (it may have been sealed halfway).
         remove_if_exists(&paths.offset_index).await?;
         remove_if_exists(&paths.time_index).await?;
-        let file = open_rw(&paths.log, false).await?;
+        let file = open_rw(&paths.log, false, write_through).await?;
         let outcome = scan_file(&file, &paths.log, base_offset, index_interval).await?;
         let end = outcome.index.size_bytes();
         let reason = outcome
