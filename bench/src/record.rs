@@ -80,10 +80,11 @@ fn machine() -> Machine {
     }
 }
 
-/// The short hash of the checked-out commit, or "unknown" outside a git checkout.
+/// The short hash of the commit checked out where this benchmark was built (not the working
+/// directory, which may be anywhere), or "unknown" outside a git checkout.
 pub fn git_revision() -> String {
     std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
+        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "--short", "HEAD"])
         .output()
         .ok()
         .filter(|o| o.status.success())
