@@ -84,7 +84,13 @@ fn machine() -> Machine {
 /// directory, which may be anywhere), or "unknown" outside a git checkout.
 pub fn git_revision() -> String {
     std::process::Command::new("git")
-        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "--short", "HEAD"])
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ])
         .output()
         .ok()
         .filter(|o| o.status.success())

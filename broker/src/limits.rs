@@ -95,3 +95,17 @@ pub const SOCKET_WATCH_LATENCY: std::time::Duration = std::time::Duration::from_
 
 /// The same in throughput mode.
 pub const SOCKET_WATCH_THROUGHPUT: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Shares of a shard's *serving* task queue (connections, produce, acknowledgements, flushes)
+/// against its *bulk* queue (fetch handling: cold reads, CRC checks, copies) and its
+/// *maintenance* queue (retention). Shares only matter when the shard is saturated: then
+/// producers' work gets most of the core, consumers catching up get a fixed slice and are never
+/// starved, and retention runs in the gaps.
+pub const SHARD_SHARES_SERVING: usize = 1000;
+/// See `SHARD_SHARES_SERVING`. In throughput mode bulk reads share the core equally instead.
+pub const SHARD_SHARES_BULK_LATENCY: usize = 250;
+/// See `SHARD_SHARES_SERVING`.
+pub const SHARD_SHARES_MAINTENANCE: usize = 50;
+/// In latency mode the serving queue is `Latency::Matters` with this bound: a long-running
+/// task of another queue is preempted within it when serving work is waiting.
+pub const SHARD_SERVING_LATENCY: std::time::Duration = std::time::Duration::from_micros(500);

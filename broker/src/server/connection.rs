@@ -60,6 +60,8 @@ pub struct ShardContext {
     pub socket_watch: Duration,
     /// Lost socket readiness events recovered on this shard.
     pub watch_stats: Rc<WatchStats>,
+    /// The shard's task queue for fetches (`shard::TaskQueues`).
+    pub bulk: glommio::TaskQueueHandle,
 }
 
 /// A response: header and control, then the data chunks written as they are.
@@ -321,7 +323,9 @@ async fn dispatch(
         }
         ApiKey::Fetch => {
             let request: FetchRequest = decode_control(control)?;
-            glommio::spawn_local(async move { Some(fetch(&ctx, id, request).await) }).detach()
+            let bulk = ctx.bulk;
+            super::shard::spawn_into(bulk, async move { Some(fetch(&ctx, id, request).await) })
+                .detach()
         }
         ApiKey::InitProducerId => {
             let request: InitProducerIdRequest = decode_control(control)?;

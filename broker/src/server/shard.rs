@@ -8,14 +8,15 @@ use std::time::Duration;
 use futures_lite::FutureExt;
 use glommio::net::TcpListener;
 use glommio::sync::Semaphore;
-use glommio::Placement;
+use glommio::{Latency, Placement, Shares, TaskQueueHandle};
 
 use super::connection::{serve, ShardContext};
 use super::partitions::Partitions;
 use super::{MetadataLink, Mode, ShardConfig};
 use crate::limits::{
-    CONNECTIONS_PER_SHARD_MAX, SHARD_BUFFERED_BYTES_MAX, SHARD_REACTOR_TICK, SOCKET_WATCH_LATENCY,
-    SOCKET_WATCH_THROUGHPUT,
+    CONNECTIONS_PER_SHARD_MAX, SHARD_BUFFERED_BYTES_MAX, SHARD_REACTOR_TICK, SHARD_SERVING_LATENCY,
+    SHARD_SHARES_BULK_LATENCY, SHARD_SHARES_MAINTENANCE, SHARD_SHARES_SERVING,
+    SOCKET_WATCH_LATENCY, SOCKET_WATCH_THROUGHPUT,
 };
 use crate::notify::Notify;
 
@@ -125,6 +126,7 @@ async fn run(
     };
     let _ = address_tx.send(Ok(own.to_string()));
 
+    let queues = TaskQueues::create(config.mode);
     let partitions = Rc::new(Partitions::new(config.clone(), shard));
     let ctx = Rc::new(ShardContext {
         node_id: config.node_id,
@@ -141,6 +143,7 @@ async fn run(
             Mode::Throughput => SOCKET_WATCH_THROUGHPUT,
         },
         watch_stats: Rc::default(),
+        bulk: queues.bulk,
     });
 
     // Follow the metadata: open and close this shard's partitions.
@@ -149,80 +152,86 @@ async fn run(
         let ctx = Rc::clone(&ctx);
         let failure = Rc::clone(&failure);
         let mut state = link.state.clone();
-        glommio::spawn_local(async move {
-            loop {
-                let current = state.borrow_and_update().clone();
-                if let Err(error) = ctx.partitions.reconcile(&current).await {
-                    failure.set(Some(format!("shard {shard}: {error}")));
-                    ctx.storage_failed.notify();
-                    return;
+        // In the serving queue: the logs it opens spawn their flushers into the same queue.
+        queues
+            .spawn(queues.serving, async move {
+                loop {
+                    let current = state.borrow_and_update().clone();
+                    if let Err(error) = ctx.partitions.reconcile(&current).await {
+                        failure.set(Some(format!("shard {shard}: {error}")));
+                        ctx.storage_failed.notify();
+                        return;
+                    }
+                    if state.changed().await.is_err() {
+                        return;
+                    }
                 }
-                if state.changed().await.is_err() {
-                    return;
-                }
-            }
-        })
-        .detach()
+            })
+            .detach()
     };
     let retention = {
         let ctx = Rc::clone(&ctx);
         let failure = Rc::clone(&failure);
-        glommio::spawn_local(async move {
-            loop {
-                glommio::timer::sleep(RETENTION_INTERVAL).await;
-                if let Err(error) = ctx.partitions.enforce_retention().await {
-                    if error.is_environmental() {
-                        failure.set(Some(format!("shard {shard}: retention: {error}")));
-                        ctx.storage_failed.notify();
-                        return;
+        queues
+            .spawn(queues.maintenance, async move {
+                loop {
+                    glommio::timer::sleep(RETENTION_INTERVAL).await;
+                    if let Err(error) = ctx.partitions.enforce_retention().await {
+                        if error.is_environmental() {
+                            failure.set(Some(format!("shard {shard}: retention: {error}")));
+                            ctx.storage_failed.notify();
+                            return;
+                        }
                     }
                 }
-            }
-        })
-        .detach()
+            })
+            .detach()
     };
 
     // Insurance against a completion glommio has but does not notice: wake now and then and
     // drain every ring (the lost socket events themselves are handled by `socket.rs`).
     let tick = SHARD_REACTOR_TICK;
-    glommio::spawn_local(async move {
-        loop {
-            glommio::timer::sleep(tick).await;
-        }
-    })
-    .detach();
+    queues
+        .spawn(queues.serving, async move {
+            loop {
+                glommio::timer::sleep(tick).await;
+            }
+        })
+        .detach();
     let connections = Rc::new(Semaphore::new(CONNECTIONS_PER_SHARD_MAX as u64));
     let accept = |listener: TcpListener| {
         let ctx = Rc::clone(&ctx);
         let connections = Rc::clone(&connections);
-        glommio::spawn_local(async move {
-            loop {
-                let Ok(permit) = connections.acquire_static_permit(1).await else {
-                    return;
-                };
-                let stop = ctx.stop.listen();
-                let accepted = async { Some(listener.accept().await) }.or(async {
-                    stop.await;
-                    None
-                });
-                match accepted.await {
-                    None => return,
-                    Some(Ok(stream)) => {
-                        let ctx = Rc::clone(&ctx);
-                        glommio::spawn_local(async move {
-                            serve(ctx, stream).await;
-                            drop(permit);
-                        })
-                        .detach();
-                    }
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, shard, "accept failed");
-                        glommio::timer::sleep(Duration::from_millis(10)).await;
+        // Connections and every task they spawn (but fetches) run in the serving queue.
+        queues
+            .spawn(queues.serving, async move {
+                loop {
+                    let Ok(permit) = connections.acquire_static_permit(1).await else {
+                        return;
+                    };
+                    let stop = ctx.stop.listen();
+                    let accepted = async { Some(listener.accept().await) }.or(async {
+                        stop.await;
+                        None
+                    });
+                    match accepted.await {
+                        None => return,
+                        Some(Ok(stream)) => {
+                            let ctx = Rc::clone(&ctx);
+                            glommio::spawn_local(async move {
+                                serve(ctx, stream).await;
+                                drop(permit);
+                            })
+                            .detach();
+                        }
+                        Some(Err(error)) => {
+                            tracing::warn!(%error, shard, "accept failed");
+                            glommio::timer::sleep(Duration::from_millis(10)).await;
+                        }
                     }
                 }
-            }
-        })
-        .detach()
+            })
+            .detach()
     };
     let accept_main = accept(main_listener);
     let accept_own = accept(own_listener);
@@ -271,4 +280,66 @@ async fn run(
         .close_all()
         .await
         .map_err(|e| format!("shard {shard}: closing logs: {e}"))
+}
+
+/// A shard's task queues. glommio runs one queue at a time and switches between them by shares
+/// (and, for a `Latency::Matters` queue, within its latency bound when it has work waiting).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TaskQueues {
+    /// Connections, produce, acknowledgements and the logs' flushers.
+    pub serving: TaskQueueHandle,
+    /// Fetch handling: disk reads, CRC checks, response assembly.
+    pub bulk: TaskQueueHandle,
+    /// Retention.
+    pub maintenance: TaskQueueHandle,
+}
+
+impl TaskQueues {
+    /// Creates the queues on the current executor: in latency mode serving work preempts the
+    /// others within `SHARD_SERVING_LATENCY` and bulk reads get a quarter of its shares; in
+    /// throughput mode serving and bulk share the core equally.
+    fn create(mode: Mode) -> TaskQueues {
+        let executor = glommio::executor();
+        let (serving_latency, bulk_shares) = match mode {
+            Mode::Latency => (
+                Latency::Matters(SHARD_SERVING_LATENCY),
+                SHARD_SHARES_BULK_LATENCY,
+            ),
+            Mode::Throughput => (Latency::NotImportant, SHARD_SHARES_SERVING),
+        };
+        TaskQueues {
+            serving: executor.create_task_queue(
+                Shares::Static(SHARD_SHARES_SERVING),
+                serving_latency,
+                "serving",
+            ),
+            bulk: executor.create_task_queue(
+                Shares::Static(bulk_shares),
+                Latency::NotImportant,
+                "bulk",
+            ),
+            maintenance: executor.create_task_queue(
+                Shares::Static(SHARD_SHARES_MAINTENANCE),
+                Latency::NotImportant,
+                "maintenance",
+            ),
+        }
+    }
+
+    fn spawn<T: 'static>(
+        &self,
+        queue: TaskQueueHandle,
+        future: impl std::future::Future<Output = T> + 'static,
+    ) -> glommio::Task<T> {
+        spawn_into(queue, future)
+    }
+}
+
+/// Spawns `future` into `queue`, one of this shard's own queues.
+pub(crate) fn spawn_into<T: 'static>(
+    queue: TaskQueueHandle,
+    future: impl std::future::Future<Output = T> + 'static,
+) -> glommio::Task<T> {
+    glommio::spawn_local_into(future, queue)
+        .expect("invariant: a shard spawns only into the task queues it created")
 }
