@@ -67,6 +67,8 @@ pub struct ClientParams {
     pub linger_ms: f64,
     pub batch_bytes: usize,
     pub compression: String,
+    /// The embedded broker's segment size (`--segment-mib`); null for its default.
+    pub segment_mib: Option<u64>,
     pub seed: u64,
     /// `consume` only: MiB written before reading from the start; null for `e2e` and tail reads.
     pub prefill_mib: Option<u64>,
@@ -259,7 +261,11 @@ impl Target {
             }),
             None => {
                 let mode = params.mode.as_deref().unwrap_or("throughput");
-                let broker = Broker::start(dir, mode)?;
+                let extra: Vec<String> = params
+                    .segment_mib
+                    .map(|mib| vec!["--segment-bytes".into(), (mib << 20).to_string()])
+                    .unwrap_or_default();
+                let broker = Broker::start(dir, mode, &extra)?;
                 let brokers = broker.listen.clone();
                 Ok(Target {
                     broker: Some(broker),

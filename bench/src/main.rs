@@ -159,6 +159,11 @@ struct ClientArgs {
     /// Batch compression: none, lz4 or zstd.
     #[arg(long, default_value = "none", value_parser = ["none", "lz4", "zstd"])]
     compression: String,
+    /// Segment size of the embedded broker's topic, in MiB (the broker's default: 1024).
+    /// Smaller segments make reads from the start come from sealed segments, sent with
+    /// `sendfile`; the active segment is read into memory.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4095))]
+    segment_mib: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -237,6 +242,7 @@ impl ClientArgs {
             linger_ms: self.linger_ms,
             batch_bytes: self.batch_kib << 10,
             compression: self.compression.clone(),
+            segment_mib: self.segment_mib,
             seed: self.workload.seed,
             prefill_mib: None,
         })

@@ -131,7 +131,7 @@ impl Broker {
     /// Starts the broker as a child process: this executable again, with the hidden
     /// [`BROKER_SUBCOMMAND`], which runs `sluice-broker`'s own start-up. So the benchmark needs no
     /// separately built binary, and the broker's CPU time and memory are measured apart.
-    pub fn start(dir: &Path, mode: &str) -> Result<Broker, String> {
+    pub fn start(dir: &Path, mode: &str, extra: &[String]) -> Result<Broker, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let _ = std::fs::remove_dir_all(dir);
         let listen = free_address()?;
@@ -147,6 +147,7 @@ impl Broker {
                 "--mode",
                 mode,
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -701,7 +702,7 @@ pub fn process_cpu_seconds() -> f64 {
 /// Runs a network scenario against a broker started in `dir`; with `show_progress`, a progress
 /// line on stderr during the warm-up and the measured phase.
 pub fn run(params: &NetworkParams, dir: &Path, show_progress: bool) -> Result<NetworkRun, String> {
-    let broker = Broker::start(dir, &params.mode)?;
+    let broker = Broker::start(dir, &params.mode, &[])?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -334,3 +334,91 @@ fn several_batches_per_request_across_rolls_are_all_acknowledged() {
         });
     }
 }
+
+/// The bytes a [`SendRead`] stands for: memory chunks as they are, file spans read from the
+/// segment file (through a fresh descriptor, as `sendfile` does).
+fn send_read_bytes(read: &sluice_broker::storage::SendRead) -> Vec<u8> {
+    use sluice_broker::storage::SendChunk;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let mut out = Vec::new();
+    for chunk in &read.chunks {
+        match chunk {
+            SendChunk::Memory(bytes) => out.extend_from_slice(bytes.as_bytes()),
+            SendChunk::File(range) => {
+                let file = std::fs::File::open(format!("/proc/self/fd/{}", range.file.as_raw_fd()))
+                    .unwrap();
+                let mut buf = vec![0u8; range.len];
+                file.read_exact_at(&mut buf, range.position).unwrap();
+                out.extend_from_slice(&buf);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn reads_for_send_locate_the_same_whole_batches_as_reads() {
+    let dir = test_dir("send");
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let config = small_config();
+        let (log, _) = PartitionLog::open(&path, config.clone()).await.unwrap();
+        for i in 0..400u64 {
+            let bytes = batch(
+                i,
+                1 + (i % 5) as u32,
+                50 + (i as usize * 53) % 1500,
+                i as i64,
+            );
+            log.append_durable(&bytes, 1).await.unwrap();
+        }
+        let end = log.next_offset();
+        log.close().await.unwrap();
+        // Reopened: an empty cache, so sealed segments are located in their files.
+        let (log, _) = PartitionLog::open(&path, config).await.unwrap();
+        assert!(log.segment_count() > 5, "small segments roll");
+        let mut spans = 0;
+        for offset in (0..end).step_by(7) {
+            for max_bytes in [1usize, 900, 5000, 20_000, 1 << 20] {
+                let expected = log.read(offset, max_bytes).await.unwrap();
+                let sent = log.read_for_send(offset, max_bytes).await.unwrap();
+                spans += sent
+                    .chunks
+                    .iter()
+                    .filter(|c| matches!(c, sluice_broker::storage::SendChunk::File(_)))
+                    .count();
+                let bytes = send_read_bytes(&sent);
+                assert_eq!(bytes.len(), sent.len_bytes());
+                assert_eq!(sent.high_watermark, expected.high_watermark);
+                // Whole, valid batches in sequence, the first one holding `offset`.
+                let headers: Vec<_> = BatchIter::new(&bytes).map(|b| b.unwrap().0).collect();
+                assert!(!headers.is_empty(), "offset {offset}: at least one batch");
+                assert!(headers[0].base_offset <= offset && offset < headers[0].next_offset());
+                for pair in headers.windows(2) {
+                    assert_eq!(pair[0].next_offset(), pair[1].base_offset);
+                }
+                assert!(
+                    bytes.len() <= max_bytes || headers.len() == 1,
+                    "offset {offset}, max {max_bytes}: {} bytes in {} batches",
+                    bytes.len(),
+                    headers.len()
+                );
+                // The same bytes as the checked read, up to where the shorter one ends (a span
+                // may end earlier: at an indexed batch, not at the last batch that fits).
+                let checked = expected.to_vec();
+                let common = bytes.len().min(checked.len());
+                assert_eq!(bytes[..common], checked[..common], "offset {offset}");
+                // ... but not much earlier: by at most an index interval and one batch.
+                assert!(
+                    bytes.len() + 4096 + (16 << 10) >= checked.len(),
+                    "offset {offset}, max {max_bytes}: span {} against {}",
+                    bytes.len(),
+                    checked.len()
+                );
+            }
+        }
+        assert!(spans > 0, "some reads were served as file spans");
+        log.close().await.unwrap();
+    });
+}

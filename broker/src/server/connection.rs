@@ -9,6 +9,7 @@
 //! connection, and the bytes of frames being handled count against the shard's
 //! `SHARD_BUFFERED_BYTES_MAX`.
 
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +39,7 @@ use crate::limits::{FRAME_BYTES_MAX, IN_FLIGHT_REQUESTS_MAX};
 use crate::metadata::types::BrokerState;
 use crate::metadata::{AdminReply, AdminRequest, MetadataError, NodeId};
 use crate::notify::{Listener, Notify};
-use crate::storage::{Appended, OffsetSpec, ReadChunk, StorageError};
+use crate::storage::{Appended, OffsetSpec, SendChunk, StorageError};
 
 /// What every connection of a shard shares.
 #[derive(Debug)]
@@ -68,7 +69,7 @@ pub struct ShardContext {
 #[derive(Debug, Default)]
 struct Response {
     head: Vec<u8>,
-    data: Vec<ReadChunk>,
+    data: Vec<SendChunk>,
 }
 
 fn response<T: EncodeControl>(correlation_id: u32, control: &T) -> Response {
@@ -143,10 +144,14 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
         tracing::debug!(%error, "set_nodelay");
     }
     let watch = Watch::new(
-        std::os::fd::AsRawFd::as_raw_fd(&stream),
+        stream.as_raw_fd(),
         ctx.socket_watch,
         Rc::clone(&ctx.watch_stats),
     );
+    if let Err(error) = watch.set_nonblocking() {
+        tracing::debug!(%error, "cannot make the socket non-blocking");
+        return;
+    }
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let (pending_tx, pending_rx) =
         local_channel::new_bounded::<JoinHandle<Option<Response>>>(IN_FLIGHT_REQUESTS_MAX);
@@ -161,11 +166,17 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
                 return;
             }
             for chunk in &response.data {
-                if watch
-                    .write_all(&mut writer, chunk.as_bytes())
-                    .await
-                    .is_err()
-                {
+                let sent = match chunk {
+                    SendChunk::Memory(bytes) => {
+                        watch.write_all(&mut writer, bytes.as_bytes()).await
+                    }
+                    SendChunk::File(range) => {
+                        watch
+                            .send_file(range.file.as_raw_fd(), range.position, range.len)
+                            .await
+                    }
+                };
+                if sent.is_err() {
                     return;
                 }
             }
@@ -608,7 +619,7 @@ async fn fetch(ctx: &ShardContext, id: u32, request: FetchRequest) -> Response {
     loop {
         let mut listeners = Vec::new();
         let mut answers = Vec::with_capacity(request.partitions.len());
-        let mut data: Vec<ReadChunk> = Vec::new();
+        let mut data: Vec<SendChunk> = Vec::new();
         let mut total = 0usize;
         let mut failed = false;
         for p in &request.partitions {
@@ -630,7 +641,7 @@ async fn fetch(ctx: &ShardContext, id: u32, request: FetchRequest) -> Response {
                         answer.high_watermark = owned.log.high_watermark();
                         answer.log_start = owned.log.log_start();
                     } else {
-                        match owned.log.read(p.offset, budget.max(1)).await {
+                        match owned.log.read_for_send(p.offset, budget.max(1)).await {
                             Ok(read) => {
                                 answer.high_watermark = read.high_watermark;
                                 answer.log_start = read.log_start;

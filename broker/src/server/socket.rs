@@ -155,6 +155,55 @@ impl Watch {
         Ok(())
     }
 
+    /// Makes the socket non-blocking for everyone (glommio's own calls pass `MSG_DONTWAIT`
+    /// anyway), so `sendfile` on a helper thread returns instead of waiting for a slow reader.
+    pub fn set_nonblocking(&self) -> io::Result<()> {
+        // SAFETY: F_GETFL/F_SETFL on a descriptor this connection owns.
+        let flags = unsafe { libc::fcntl(self.fd, libc::F_GETFL) };
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(self.fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Sends `len` bytes of `file` from `position` with `sendfile(2)`: file pages go to the
+    /// socket without passing through this process. `sendfile` reads the file synchronously
+    /// (through the page cache), which would stall the whole shard, so it runs
+    /// on the executor's blocking-thread pool, on duplicated descriptors (the shard may close
+    /// its own meanwhile; a duplicate keeps the same file open). One call sends at most
+    /// `SENDFILE_CALL_BYTES_MAX` and waits at most `SENDFILE_WAIT` for a full socket, so other
+    /// users of the pool wait little; a reader that stays slow is waited for here, on timers.
+    pub async fn send_file(
+        &self,
+        file: RawFd,
+        mut position: u64,
+        mut len: usize,
+    ) -> io::Result<()> {
+        let mut period = SENDFILE_BACKOFF_MIN;
+        while len > 0 {
+            let chunk = len.min(SENDFILE_CALL_BYTES_MAX);
+            let socket = Dup::of(self.fd)?;
+            let source = Dup::of(file)?;
+            let sent = glommio::executor()
+                .spawn_blocking(move || send_file_blocking(&socket, &source, position, chunk))
+                .await?;
+            if sent == 0 {
+                // The reader is not keeping up: back off on timers, not on the pool thread.
+                glommio::timer::sleep(period).await;
+                period = (period * 2).min(self.period.max(SENDFILE_BACKOFF_MIN));
+                continue;
+            }
+            period = SENDFILE_BACKOFF_MIN;
+            position += sent as u64;
+            len -= sent;
+        }
+        Ok(())
+    }
+
     fn writable(&self) -> bool {
         let mut pollfd = libc::pollfd {
             fd: self.fd,
@@ -165,6 +214,94 @@ impl Watch {
         let ready = unsafe { libc::poll(&mut pollfd, 1, 0) };
         ready == 1 && pollfd.revents & libc::POLLOUT != 0
     }
+}
+
+/// Largest `sendfile` one call on the blocking pool makes.
+const SENDFILE_CALL_BYTES_MAX: usize = 4 << 20;
+/// How long one such call waits for a full socket to drain before returning what it sent.
+const SENDFILE_WAIT: Duration = Duration::from_millis(2);
+/// First back-off after a call that sent nothing; it doubles up to the watchdog period.
+const SENDFILE_BACKOFF_MIN: Duration = Duration::from_micros(200);
+
+/// A duplicated descriptor, closed on drop.
+#[derive(Debug)]
+struct Dup(RawFd);
+
+impl Dup {
+    fn of(fd: RawFd) -> io::Result<Dup> {
+        // SAFETY: duplicating a descriptor we hold open; the copy is owned by the `Dup`.
+        let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if copy < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Dup(copy))
+    }
+}
+
+impl Drop for Dup {
+    fn drop(&mut self) {
+        // SAFETY: the `Dup` owns this descriptor and closes it once.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// Runs on the blocking pool: sends up to `len` bytes from `position`, waiting at most
+/// `SENDFILE_WAIT` in all for the socket to accept more. Returns the bytes sent.
+fn send_file_blocking(socket: &Dup, file: &Dup, position: u64, len: usize) -> io::Result<usize> {
+    // Segment files are open with O_DIRECT, which `sendfile` can only read in aligned blocks;
+    // batches are not aligned. Reopen the same file (even if retention unlinked it meanwhile)
+    // for ordinary page-cache reads. The kernel drops cached pages that a later direct write
+    // overwrites, so the two views stay coherent.
+    let buffered = std::fs::File::open(format!("/proc/self/fd/{}", file.0))?;
+    let source = std::os::fd::AsRawFd::as_raw_fd(&buffered);
+    // Start reading the whole span, and as much again after it (the next fetch of a consumer
+    // reading on), in the background: the page cache's default readahead is 128 KiB, and
+    // `sendfile` would otherwise wait for one such read after another.
+    // SAFETY: advice on a valid descriptor; it reads nothing into our memory.
+    unsafe {
+        libc::posix_fadvise(
+            source,
+            position as libc::off_t,
+            (2 * len) as libc::off_t,
+            libc::POSIX_FADV_WILLNEED,
+        )
+    };
+    let deadline = std::time::Instant::now() + SENDFILE_WAIT;
+    let mut sent = 0usize;
+    while sent < len {
+        let mut offset = (position + sent as u64) as libc::off_t;
+        // SAFETY: valid descriptors owned by the caller; `offset` is a valid pointer.
+        let n = unsafe { libc::sendfile(socket.0, source, &mut offset, len - sent) };
+        if n > 0 {
+            sent += n as usize;
+            continue;
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "segment file ended inside a located span",
+            ));
+        }
+        let error = io::Error::last_os_error();
+        match error.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let mut pollfd = libc::pollfd {
+                    fd: socket.0,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd; bounded timeout.
+                unsafe { libc::poll(&mut pollfd, 1, left.as_millis().max(1) as i32) };
+            }
+            _ => return Err(error),
+        }
+    }
+    Ok(sent)
 }
 
 #[cfg(test)]

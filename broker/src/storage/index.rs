@@ -73,6 +73,19 @@ impl SegmentIndex {
             .map(|&(_, position)| u64::from(position))
     }
 
+    /// File positions of the indexed batches that start in `(after, up_to]`: batch boundaries a
+    /// zero-copy read may end at without reading the file.
+    pub fn boundaries_in(&self, after: u64, up_to: u64) -> Vec<u64> {
+        let from = self
+            .offsets
+            .partition_point(|&(_, position)| u64::from(position) <= after);
+        self.offsets[from..]
+            .iter()
+            .map(|&(_, position)| u64::from(position))
+            .take_while(|&position| position <= up_to)
+            .collect()
+    }
+
     pub fn time_entries(&self) -> usize {
         self.times.len()
     }

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
-use glommio::io::ReadResult;
+use glommio::io::{DmaFile, ReadResult};
 use glommio::sync::Semaphore;
 use glommio::task::JoinHandle;
 use sluice_protocol::batch::{validate, BatchHeader};
@@ -33,8 +33,8 @@ use super::error::{io_error, Result, StorageError};
 use super::index::SegmentIndex;
 use super::scan::parse_segment_file_name;
 use super::segment::{
-    find_batch_position, read_batches, remove_if_exists, sync_dir, ActiveSegment, FlushJob,
-    ReadStart, SealedSegment, SegmentPaths, TailRecovery,
+    find_batch_position, locate_batches, read_batches, remove_if_exists, sync_dir, ActiveSegment,
+    FlushJob, LocateQuery, ReadStart, SealedSegment, SegmentPaths, TailRecovery,
 };
 use crate::limits::SEGMENTS_PER_PARTITION_MAX;
 use crate::notify::Notify;
@@ -112,6 +112,69 @@ impl ReadBatches {
         }
         out
     }
+}
+
+/// Whole batches in a segment file, to be sent from the file: the open file keeps the bytes
+/// readable even if retention deletes the segment meanwhile.
+#[derive(Debug, Clone)]
+pub struct FileRange {
+    pub file: Rc<DmaFile>,
+    pub position: u64,
+    pub len: usize,
+}
+
+/// A piece of a read for sending: bytes in memory, or a span of a segment file.
+#[derive(Debug, Clone)]
+pub enum SendChunk {
+    Memory(ReadChunk),
+    File(FileRange),
+}
+
+impl SendChunk {
+    pub fn len(&self) -> usize {
+        match self {
+            SendChunk::Memory(chunk) => chunk.as_bytes().len(),
+            SendChunk::File(range) => range.len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The answer to [`PartitionLog::read_for_send`].
+#[derive(Debug, Clone, Default)]
+pub struct SendRead {
+    pub chunks: Vec<SendChunk>,
+    pub high_watermark: u64,
+    pub log_start: u64,
+}
+
+impl SendRead {
+    pub fn len_bytes(&self) -> usize {
+        self.chunks.iter().map(SendChunk::len).sum()
+    }
+}
+
+/// What a read must fetch from a segment file.
+struct DiskRead {
+    file: Rc<DmaFile>,
+    path: PathBuf,
+    start: ReadStart,
+    readable: u64,
+    interval: u32,
+    high_watermark: u64,
+    log_start: u64,
+    /// Indexed batch starts a read may end at.
+    boundaries: Vec<u64>,
+    /// Whether the segment is sealed (no write will touch its bytes again).
+    sealed: bool,
+}
+
+enum ReadPlan {
+    Done(ReadBatches),
+    Disk(DiskRead),
 }
 
 /// Counters of one log since it was opened.
@@ -441,69 +504,153 @@ impl PartitionLog {
 
     /// Reads whole batches starting with the one that contains `offset`, up to `max_bytes`
     /// (always at least one batch, so a consumer makes progress), never past the high
-    /// watermark. A read at the high watermark returns no batches.
+    /// watermark. A read at the high watermark returns no batches. Bytes from disk are read
+    /// into memory and every batch's frame and CRC checked.
     pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadBatches> {
-        let (file, path, start, readable, interval, high_watermark, log_start) = {
-            let state = self.inner.state.borrow();
-            state.usable()?;
-            let high_watermark = state.durable_end;
-            let log_start = state.log_start;
-            if offset < log_start || offset > high_watermark {
-                return Err(StorageError::OffsetOutOfRange {
-                    offset,
-                    log_start,
-                    log_end: high_watermark,
-                });
-            }
-            let mut answer = ReadBatches {
-                chunks: Vec::new(),
-                high_watermark,
-                log_start,
-                from_cache: false,
-            };
-            if offset == high_watermark {
-                return Ok(answer);
-            }
-            if let Some(slices) = state.cache.read(offset, max_bytes) {
-                answer.chunks = slices.into_iter().map(ReadChunk::Cached).collect();
-                answer.from_cache = true;
-                return Ok(answer);
-            }
-            let interval = self.inner.config.index_interval_bytes;
-            if offset >= state.active.index().base_offset() {
-                let active = &state.active;
-                (
-                    Rc::clone(active.file()),
-                    active.paths().log.clone(),
-                    read_start(active.index(), offset),
-                    active.written_size(),
-                    interval,
-                    high_watermark,
-                    log_start,
-                )
-            } else {
-                let at = state
-                    .sealed
-                    .partition_point(|s| s.index().base_offset() <= offset);
-                let segment = &state.sealed[at.saturating_sub(1)];
-                (
-                    Rc::clone(segment.file()),
-                    segment.paths().log.clone(),
-                    read_start(segment.index(), offset),
-                    segment.index().size_bytes(),
-                    interval,
-                    high_watermark,
-                    log_start,
-                )
-            }
-        };
-        let data = read_batches(&file, &path, start, readable, offset, max_bytes, interval).await?;
+        match self.plan_read(offset, max_bytes)? {
+            ReadPlan::Done(answer) => Ok(answer),
+            ReadPlan::Disk(disk) => Self::read_disk(disk, offset, max_bytes).await,
+        }
+    }
+
+    /// Reads a planned disk read into memory, checking every batch.
+    async fn read_disk(disk: DiskRead, offset: u64, max_bytes: usize) -> Result<ReadBatches> {
+        let data = read_batches(
+            &disk.file,
+            &disk.path,
+            disk.start,
+            disk.readable,
+            offset,
+            max_bytes,
+            disk.interval,
+        )
+        .await?;
         Ok(ReadBatches {
             chunks: data.into_iter().map(ReadChunk::Disk).collect(),
+            high_watermark: disk.high_watermark,
+            log_start: disk.log_start,
+            from_cache: false,
+        })
+    }
+
+    /// The same batches as [`PartitionLog::read`], for sending to a socket: tail reads come
+    /// from the cache as they are; data in sealed segments is returned as a span of the
+    /// segment file ([`FileRange`]) found from batch headers and the index, to be sent with
+    /// `sendfile` without passing through memory. Its batches' CRCs are not checked here (the
+    /// consumer checks them, as Kafka's do); the headers scanned to find the span are. The
+    /// active segment is still read into memory and checked: its last block is rewritten by
+    /// direct writes, which a page-cache view of the file must not race.
+    pub async fn read_for_send(&self, offset: u64, max_bytes: usize) -> Result<SendRead> {
+        match self.plan_read(offset, max_bytes)? {
+            ReadPlan::Done(answer) => Ok(SendRead {
+                chunks: answer.chunks.into_iter().map(SendChunk::Memory).collect(),
+                high_watermark: answer.high_watermark,
+                log_start: answer.log_start,
+            }),
+            ReadPlan::Disk(disk) if !disk.sealed => {
+                let read = Self::read_disk(disk, offset, max_bytes).await?;
+                Ok(SendRead {
+                    chunks: read.chunks.into_iter().map(SendChunk::Memory).collect(),
+                    high_watermark: read.high_watermark,
+                    log_start: read.log_start,
+                })
+            }
+            ReadPlan::Disk(disk) => {
+                let query = LocateQuery {
+                    start: disk.start,
+                    readable: disk.readable,
+                    offset,
+                    max_bytes,
+                    boundaries: &disk.boundaries,
+                    index_interval: disk.interval,
+                };
+                let span = locate_batches(&disk.file, &disk.path, query).await?;
+                let chunks = span
+                    .map(|span| {
+                        assert!(
+                            span.position < span.end && span.end <= disk.readable,
+                            "a located span holds whole, readable batches"
+                        );
+                        SendChunk::File(FileRange {
+                            file: Rc::clone(&disk.file),
+                            position: span.position,
+                            len: (span.end - span.position) as usize,
+                        })
+                    })
+                    .into_iter()
+                    .collect();
+                Ok(SendRead {
+                    chunks,
+                    high_watermark: disk.high_watermark,
+                    log_start: disk.log_start,
+                })
+            }
+        }
+    }
+
+    /// Checks `offset`, answers from the cache when it can, or says which segment to read.
+    fn plan_read(&self, offset: u64, max_bytes: usize) -> Result<ReadPlan> {
+        let state = self.inner.state.borrow();
+        state.usable()?;
+        let high_watermark = state.durable_end;
+        let log_start = state.log_start;
+        if offset < log_start || offset > high_watermark {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start,
+                log_end: high_watermark,
+            });
+        }
+        let mut answer = ReadBatches {
+            chunks: Vec::new(),
             high_watermark,
             log_start,
             from_cache: false,
-        })
+        };
+        if offset == high_watermark {
+            return Ok(ReadPlan::Done(answer));
+        }
+        if let Some(slices) = state.cache.read(offset, max_bytes) {
+            answer.chunks = slices.into_iter().map(ReadChunk::Cached).collect();
+            answer.from_cache = true;
+            return Ok(ReadPlan::Done(answer));
+        }
+        let interval = self.inner.config.index_interval_bytes;
+        let sealed = offset < state.active.index().base_offset();
+        let (file, path, index, readable) = if !sealed {
+            let active = &state.active;
+            (
+                active.file(),
+                &active.paths().log,
+                active.index(),
+                active.written_size(),
+            )
+        } else {
+            let at = state
+                .sealed
+                .partition_point(|s| s.index().base_offset() <= offset);
+            let segment = &state.sealed[at.saturating_sub(1)];
+            (
+                segment.file(),
+                &segment.paths().log,
+                segment.index(),
+                segment.index().size_bytes(),
+            )
+        };
+        let start = read_start(index, offset);
+        // The batch holding `offset` starts within one index interval of `start`.
+        let reach = start.position + u64::from(interval) + max_bytes as u64;
+        Ok(ReadPlan::Disk(DiskRead {
+            file: Rc::clone(file),
+            path: path.clone(),
+            start,
+            readable,
+            interval,
+            high_watermark,
+            log_start,
+            boundaries: index.boundaries_in(start.position, reach),
+            sealed,
+        }))
     }
 
     /// Resolves an [`OffsetSpec`]: earliest, latest (the high watermark), or the first record

@@ -18,6 +18,6 @@ pub mod segment;
 pub use config::{FlushPolicy, LogConfig};
 pub use error::StorageError;
 pub use log::{
-    Appended, LogStats, OffsetSpec, PartitionLog, ReadBatches, ReadChunk, RecoveryReport,
-    RetentionReport,
+    Appended, FileRange, LogStats, OffsetSpec, PartitionLog, ReadBatches, ReadChunk,
+    RecoveryReport, RetentionReport, SendChunk, SendRead,
 };

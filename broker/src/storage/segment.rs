@@ -565,6 +565,127 @@ impl SealPlan {
     }
 }
 
+/// Whole batches of a segment file located without reading them: `[position, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchSpan {
+    pub position: u64,
+    pub end: u64,
+}
+
+/// What [`locate_batches`] looks for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LocateQuery<'a> {
+    /// The indexed batch to scan from.
+    pub start: ReadStart,
+    /// The end of the durable batches in the file.
+    pub readable: u64,
+    pub offset: u64,
+    pub max_bytes: usize,
+    /// Indexed batch starts, ascending.
+    pub boundaries: &'a [u64],
+    pub index_interval: u32,
+}
+
+/// Finds the whole batches a read of `offset` with `max_bytes` returns, as a byte span of the
+/// file, reading only batch headers: from `start` (an indexed batch) it scans at most one index
+/// interval of headers to the batch containing `offset`, checking that every header continues
+/// the offset sequence; the span then ends at the last batch boundary within `max_bytes` that
+/// the scanned headers or `boundaries` (indexed batch starts, ascending) show, and always holds
+/// at least that first batch. `None` when no batch at or after `offset` lies below `readable`.
+pub(crate) async fn locate_batches(
+    file: &DmaFile,
+    path: &Path,
+    query: LocateQuery<'_>,
+) -> Result<Option<BatchSpan>> {
+    let LocateQuery {
+        start,
+        readable,
+        offset,
+        max_bytes,
+        boundaries,
+        index_interval,
+    } = query;
+    // The batch holding `offset` starts within one index interval of `start`: one small read
+    // usually finds its header.
+    let window = align_up(u64::from(index_interval) + BATCH_HEADER_BYTES as u64);
+    let mut position = start.position;
+    let mut expected = start.base_offset;
+    let mut first: Option<u64> = None;
+    let mut end = 0u64;
+    while position < readable {
+        let len = window.min(readable - position) as usize;
+        let data = file
+            .read_at(position, len)
+            .await
+            .map_err(io_error("read", path))?;
+        let mut at = 0usize;
+        while data.len() - at >= BATCH_HEADER_BYTES {
+            let batch_position = position + at as u64;
+            let header = BatchHeader::parse(&data[at..])
+                .map_err(|e| corrupt(path, batch_position, e.to_string()))?;
+            if header.base_offset != expected || header.record_count == 0 {
+                return Err(corrupt(
+                    path,
+                    batch_position,
+                    format!(
+                        "base offset {} where {expected} was expected",
+                        header.base_offset
+                    ),
+                ));
+            }
+            let batch_end = batch_position + u64::from(header.batch_len);
+            if batch_end > readable {
+                return Err(corrupt(
+                    path,
+                    batch_position,
+                    "batch runs past the end of the segment",
+                ));
+            }
+            match first {
+                None if header.next_offset() > offset => {
+                    first = Some(batch_position);
+                    end = batch_end;
+                }
+                None => {}
+                Some(f) if batch_end - f <= max_bytes as u64 => end = batch_end,
+                Some(_) => break,
+            }
+            expected = header.next_offset();
+            if header.batch_len as usize > data.len() - at {
+                // The next header lies beyond this read.
+                at = data.len() + (batch_end - (position + data.len() as u64)) as usize;
+                break;
+            }
+            at += header.batch_len as usize;
+        }
+        if let Some(f) = first {
+            let limit = f + max_bytes as u64;
+            let indexed = boundaries
+                .iter()
+                .copied()
+                .filter(|&b| b <= limit.min(readable))
+                .max()
+                .unwrap_or(0);
+            if readable <= limit {
+                end = readable;
+            } else {
+                end = end.max(indexed);
+            }
+            return Ok(Some(BatchSpan { position: f, end }));
+        }
+        if at == 0 {
+            return Err(corrupt(
+                path,
+                position,
+                "batch header runs past the end of the segment",
+            ));
+        }
+        position += at as u64;
+        glommio::yield_if_needed().await;
+    }
+    Ok(None)
+}
+
 /// File position of the first batch whose offsets reach past `offset` (the batch containing it,
 /// or the next one), scanning batch headers from `start` (a batch boundary) up to `readable`.
 pub(crate) async fn find_batch_position(
