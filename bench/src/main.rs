@@ -705,6 +705,12 @@ fn print_client(
             l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.p9999_us, l.max_us, l.mean_us
         );
     }
+    if let Some(l) = &result.send_lateness {
+        println!(
+            "  send lateness us (the harness's pacing, inside both latencies): p50 {} p99 {} p99.9 {} max {}",
+            l.p50_us, l.p99_us, l.p999_us, l.max_us
+        );
+    }
     println!(
         "  records acknowledged {}, consumed {}, duplicates {}",
         result.total_acked, result.total_consumed, result.duplicates
