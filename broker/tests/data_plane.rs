@@ -875,3 +875,82 @@ fn several_batches_per_request_across_segment_rolls_are_all_acknowledged() {
         .sum();
     assert!(segments > 10, "the segments rolled: {segments} segments");
 }
+
+/// Cold reads of sealed segments go out with `sendfile` on the shard's blocking-thread pool. A
+/// consumer that asks for a lot and stops reading fills its socket; that must not hold the pool
+/// (or the shard) from serving another consumer's cold reads, and the stalled consumer still
+/// gets every byte, intact, once it reads again.
+#[test]
+fn a_stalled_cold_reader_does_not_hold_up_other_cold_reads() {
+    let mut broker = Broker::start_with(&["--segment-bytes", "1048576"]);
+    let mut admin = Client::connect(&broker.listen).unwrap();
+    assert_eq!(create_topic(&mut admin, "cold", 1), ErrorCode::None);
+    let owner = owners(&mut admin, "cold")[0].clone();
+    let mut producer = Client::connect(&owner).unwrap();
+    // About 6 MiB in batches of 200 records: several sealed 1 MiB segments.
+    for round in 0..120u32 {
+        produce_ready(
+            &mut producer,
+            "cold",
+            0,
+            &batch(&format!("r{round:03}-{}", "x".repeat(200)), 200),
+        );
+    }
+    // Restart: an empty tail cache, so reads come from the segment files.
+    assert!(broker.terminate().success());
+    broker.spawn();
+    let mut admin = Client::connect(&broker.listen).unwrap();
+    let owner = owners(&mut admin, "cold")[0].clone();
+    let mut probe = Client::connect(&owner).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fetch(&mut probe, "cold", 0, 0, 0).0.partitions[0].error != ErrorCode::None {
+        assert!(Instant::now() < deadline, "the partition reopens");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The stalled reader: many fetches of the first segment, none of the answers read.
+    let mut stalled = Client::connect(&owner).unwrap();
+    let request = FetchRequest {
+        max_wait_ms: 0,
+        min_bytes: 1,
+        max_bytes: 4 << 20,
+        partitions: vec![FetchPartition {
+            topic: "cold".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 4 << 20,
+        }],
+    };
+    const STALLED_FETCHES: usize = 24;
+    for _ in 0..STALLED_FETCHES {
+        stalled.send(ApiKey::Fetch, &request, &[]);
+    }
+    // Another consumer on the same shard reads the whole partition from the start.
+    let mut reader = Client::connect(&owner).unwrap();
+    reader
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let records = read_all(&mut reader, "cold", 0);
+    assert_eq!(records.len(), 120 * 200);
+    for (i, (offset, value)) in records.iter().enumerate() {
+        assert_eq!(*offset, i as u64);
+        assert!(value.starts_with(&format!("r{:03}-", i / 200)), "{value}");
+    }
+    // The stalled reader now reads: every answer whole, valid and the same.
+    let mut first: Option<Vec<u8>> = None;
+    for _ in 0..STALLED_FETCHES {
+        let (_, error, control, data) = stalled.receive().unwrap();
+        assert_eq!(error, 0);
+        let response: FetchResponse = decode_control(&control).unwrap();
+        assert_eq!(response.partitions[0].error, ErrorCode::None);
+        assert!(data.len() > 512 << 10, "a segment's worth of batches");
+        for item in BatchIter::new(&data) {
+            item.unwrap();
+        }
+        match &first {
+            None => first = Some(data),
+            Some(f) => assert_eq!(*f, data),
+        }
+    }
+}
