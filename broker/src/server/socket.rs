@@ -4,7 +4,8 @@
 //! io_uring `POLL_ADD` and waits for it; while that poll is armed it does not try `recv` again.
 //! With one busy client we saw that poll never complete although the socket held megabytes of
 //! unread data (the shard asleep, the `POLL_ADD` still pending in the kernel), which stalled the
-//! connection until the client timed out 30 s later. Writes have the same shape (`POLLOUT`).
+//! connection until the client timed out 30 s later; under load, completions also arrive tens of
+//! milliseconds late (`ARCHITECTURE.md`). Writes have the same shape (`POLLOUT`).
 //!
 //! So every wait on the socket is bounded by a watchdog period (doubling while the socket stays
 //! quiet, up to `WATCH_BACKOFF_MAX` times): when it expires, the reader
