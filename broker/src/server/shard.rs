@@ -264,7 +264,7 @@ async fn run(
         ctx.watch_stats.writes_recovered.get(),
     );
     if reads + writes > 0 {
-        tracing::warn!(
+        tracing::info!(
             shard,
             reads,
             writes,

@@ -12,8 +12,9 @@
 //! tries the `recv` itself (`MSG_DONTWAIT`, on the raw descriptor) and the writer re-polls its
 //! write (glommio retries `send` on every poll). A readiness event that does arrive still wakes
 //! the task at once; the watchdog only bounds how long a lost one can hold a connection. Each
-//! recovery is counted (`WatchStats`); the first one on a shard and the totals when the shard
-//! stops are logged, so the lost events stay visible instead of hidden.
+//! recovery is counted (`WatchStats`); the first one on a shard (debug) and the totals when the
+//! shard stops (info) are logged, so the lost events stay visible instead of hidden. Not at warn
+//! level: under load most are late events, which the default log should not shout about.
 
 use std::cell::Cell;
 use std::io;
@@ -55,7 +56,7 @@ impl Watch {
 
     fn recovered(&self, what: &'static str) {
         if !self.stats.logged.replace(true) {
-            tracing::warn!(
+            tracing::debug!(
                 fd = self.fd,
                 what,
                 reads = self.stats.reads_recovered.get(),
