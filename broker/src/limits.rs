@@ -109,3 +109,19 @@ pub const SHARD_SHARES_MAINTENANCE: usize = 50;
 /// In latency mode the serving queue is `Latency::Matters` with this bound: a long-running
 /// task of another queue is preempted within it when serving work is waiting.
 pub const SHARD_SERVING_LATENCY: std::time::Duration = std::time::Duration::from_micros(500);
+
+/// A socket wait that keeps expiring without data doubles its watchdog period up to this many
+/// times the first: an idle connection costs a few timer wake-ups a second, not hundreds, while
+/// a busy one (where the lost events were seen) is still checked after the first period.
+pub const SOCKET_WATCH_BACKOFF_MAX: u32 = 64;
+
+/// Largest `sendfile` one call on a shard's blocking-thread pool makes (`server/socket.rs`).
+pub const SENDFILE_CALL_BYTES_MAX: usize = 4 << 20;
+
+/// How long one such call waits, in all, for a full socket to drain before it returns what it
+/// sent: the pool has one thread per shard, and other connections' cold reads wait behind it.
+pub const SENDFILE_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// First back-off, on timers, after a `sendfile` call that sent nothing; it doubles up to the
+/// connection's watchdog period.
+pub const SENDFILE_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_micros(200);

@@ -8,9 +8,9 @@
 //! milliseconds late (`ARCHITECTURE.md`). Writes have the same shape (`POLLOUT`).
 //!
 //! So every wait on the socket is bounded by a watchdog period (doubling while the socket stays
-//! quiet, up to `WATCH_BACKOFF_MAX` times): when it expires, the reader
-//! tries the `recv` itself (`MSG_DONTWAIT`, on the raw descriptor) and the writer re-polls its
-//! write (glommio retries `send` on every poll). A readiness event that does arrive still wakes
+//! quiet, up to `SOCKET_WATCH_BACKOFF_MAX` times): when it expires, the reader tries the `recv`
+//! itself (`MSG_DONTWAIT`, on the raw descriptor) and the writer re-polls its write (glommio
+//! retries `send` on every poll). A readiness event that does arrive still wakes
 //! the task at once; the watchdog only bounds how long a lost one can hold a connection. Each
 //! recovery is counted (`WatchStats`); the first one on a shard (debug) and the totals when the
 //! shard stops (info) are logged, so the lost events stay visible instead of hidden. Not at warn
@@ -25,10 +25,9 @@ use std::time::Duration;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_lite::FutureExt;
 
-/// A wait that keeps expiring without data doubles its period up to this many times the first:
-/// an idle connection costs a few timer wake-ups a second, not hundreds, while a busy one (where
-/// the lost events were seen) is still checked after the first period.
-const WATCH_BACKOFF_MAX: u32 = 64;
+use crate::limits::{
+    SENDFILE_BACKOFF_MIN, SENDFILE_CALL_BYTES_MAX, SENDFILE_WAIT_MAX, SOCKET_WATCH_BACKOFF_MAX,
+};
 
 /// Lost readiness events recovered on one shard.
 #[derive(Debug, Default)]
@@ -79,7 +78,7 @@ impl Watch {
                 glommio::timer::sleep(period).await;
                 None
             });
-            period = (period * 2).min(self.period * WATCH_BACKOFF_MAX);
+            period = (period * 2).min(self.period * SOCKET_WATCH_BACKOFF_MAX);
             if let Some(result) = polled.await {
                 return result;
             }
@@ -138,7 +137,7 @@ impl Watch {
                 glommio::timer::sleep(period).await;
                 None
             });
-            period = (period * 2).min(self.period * WATCH_BACKOFF_MAX);
+            period = (period * 2).min(self.period * SOCKET_WATCH_BACKOFF_MAX);
             match polled.await {
                 Some(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
                 Some(Ok(n)) => written += n,
@@ -177,7 +176,7 @@ impl Watch {
     /// (through the page cache), which would stall the whole shard, so it runs
     /// on the executor's blocking-thread pool, on duplicated descriptors (the shard may close
     /// its own meanwhile; a duplicate keeps the same file open). One call sends at most
-    /// `SENDFILE_CALL_BYTES_MAX` and waits at most `SENDFILE_WAIT` for a full socket, so other
+    /// `SENDFILE_CALL_BYTES_MAX` and waits at most `SENDFILE_WAIT_MAX` for a full socket, so other
     /// users of the pool wait little; a reader that stays slow is waited for here, on timers.
     pub async fn send_file(
         &self,
@@ -218,13 +217,6 @@ impl Watch {
     }
 }
 
-/// Largest `sendfile` one call on the blocking pool makes.
-const SENDFILE_CALL_BYTES_MAX: usize = 4 << 20;
-/// How long one such call waits for a full socket to drain before returning what it sent.
-const SENDFILE_WAIT: Duration = Duration::from_millis(2);
-/// First back-off after a call that sent nothing; it doubles up to the watchdog period.
-const SENDFILE_BACKOFF_MIN: Duration = Duration::from_micros(200);
-
 /// A duplicated descriptor, closed on drop.
 #[derive(Debug)]
 struct Dup(RawFd);
@@ -248,7 +240,7 @@ impl Drop for Dup {
 }
 
 /// Runs on the blocking pool: sends up to `len` bytes from `position`, waiting at most
-/// `SENDFILE_WAIT` in all for the socket to accept more. Returns the bytes sent.
+/// `SENDFILE_WAIT_MAX` in all for the socket to accept more. Returns the bytes sent.
 fn send_file_blocking(socket: &Dup, file: &Dup, position: u64, len: usize) -> io::Result<usize> {
     // Segment files are open with O_DIRECT, which `sendfile` can only read in aligned blocks;
     // batches are not aligned. Reopen the same file (even if retention unlinked it meanwhile)
@@ -268,7 +260,7 @@ fn send_file_blocking(socket: &Dup, file: &Dup, position: u64, len: usize) -> io
             libc::POSIX_FADV_WILLNEED,
         )
     };
-    let deadline = std::time::Instant::now() + SENDFILE_WAIT;
+    let deadline = std::time::Instant::now() + SENDFILE_WAIT_MAX;
     let mut sent = 0usize;
     while sent < len {
         let mut offset = (position + sent as u64) as libc::off_t;
