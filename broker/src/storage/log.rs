@@ -151,6 +151,16 @@ pub struct SendRead {
     pub log_start: u64,
 }
 
+impl From<ReadBatches> for SendRead {
+    fn from(read: ReadBatches) -> SendRead {
+        SendRead {
+            chunks: read.chunks.into_iter().map(SendChunk::Memory).collect(),
+            high_watermark: read.high_watermark,
+            log_start: read.log_start,
+        }
+    }
+}
+
 impl SendRead {
     pub fn len_bytes(&self) -> usize {
         self.chunks.iter().map(SendChunk::len).sum()
@@ -542,18 +552,9 @@ impl PartitionLog {
     /// direct writes, which a page-cache view of the file must not race.
     pub async fn read_for_send(&self, offset: u64, max_bytes: usize) -> Result<SendRead> {
         match self.plan_read(offset, max_bytes)? {
-            ReadPlan::Done(answer) => Ok(SendRead {
-                chunks: answer.chunks.into_iter().map(SendChunk::Memory).collect(),
-                high_watermark: answer.high_watermark,
-                log_start: answer.log_start,
-            }),
+            ReadPlan::Done(answer) => Ok(answer.into()),
             ReadPlan::Disk(disk) if !disk.sealed => {
-                let read = Self::read_disk(disk, offset, max_bytes).await?;
-                Ok(SendRead {
-                    chunks: read.chunks.into_iter().map(SendChunk::Memory).collect(),
-                    high_watermark: read.high_watermark,
-                    log_start: read.log_start,
-                })
+                Ok(Self::read_disk(disk, offset, max_bytes).await?.into())
             }
             ReadPlan::Disk(disk) => {
                 let query = LocateQuery {
