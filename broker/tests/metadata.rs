@@ -69,14 +69,29 @@ impl Broker {
             .arg(LEASE_MS.to_string())
             .arg("--snapshot-logs")
             .arg(self.snapshot_logs.to_string())
+            .arg("--log")
+            .arg("info,openraft=info")
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(Stdio::from(self.log_file()));
         if let Some(join) = &self.join {
             command.arg("--join").arg(join);
         } else if !self.peers.is_empty() {
             command.arg("--peers").arg(&self.peers);
         }
         self.child = Some(command.spawn().expect("spawn sluice-broker"));
+    }
+
+    /// Where this broker's stderr goes, appended across restarts; printed if a test fails.
+    fn log_path(&self) -> PathBuf {
+        self.dir.with_extension("log")
+    }
+
+    fn log_file(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("broker log file")
     }
 
     fn kill9(&mut self) {
@@ -111,6 +126,20 @@ impl Drop for Broker {
 struct Cluster {
     _root: tempfile::TempDir,
     brokers: Vec<Broker>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for broker in &mut self.brokers {
+                if let Some(child) = &mut broker.child {
+                    eprintln!("broker {}: {:?}", broker.id, child.try_wait());
+                }
+                broker.kill9();
+            }
+            self.print_logs();
+        }
+    }
 }
 
 impl Cluster {
@@ -151,6 +180,21 @@ impl Cluster {
             broker.start();
         }
         cluster
+    }
+
+    /// The tail of every broker's log, so a failure in CI shows what the brokers saw.
+    fn print_logs(&self) {
+        const TAIL_BYTES_MAX: usize = 24 * 1024;
+        for broker in &self.brokers {
+            let log = std::fs::read(broker.log_path()).unwrap_or_default();
+            let tail = &log[log.len().saturating_sub(TAIL_BYTES_MAX)..];
+            eprintln!(
+                "----- broker {} log (last {} bytes) -----\n{}",
+                broker.id,
+                tail.len(),
+                String::from_utf8_lossy(tail)
+            );
+        }
     }
 
     fn broker(&mut self, id: u64) -> &mut Broker {

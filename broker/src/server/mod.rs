@@ -15,6 +15,7 @@
 pub mod connection;
 pub mod partitions;
 pub mod producers;
+pub mod reactor;
 pub mod shard;
 pub mod socket;
 

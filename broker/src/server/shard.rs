@@ -3,6 +3,7 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::FutureExt;
@@ -12,6 +13,7 @@ use glommio::{Latency, Placement, Shares, TaskQueueHandle};
 
 use super::connection::{serve, ShardContext};
 use super::partitions::Partitions;
+use super::reactor::{Pulse, ReactorWatch};
 use super::{MetadataLink, Mode, ShardConfig};
 use crate::limits::{
     CONNECTIONS_PER_SHARD_MAX, SHARD_BUFFERED_BYTES_MAX, SHARD_REACTOR_TICK, SHARD_SERVING_LATENCY,
@@ -31,7 +33,10 @@ pub struct Shards {
     /// Each shard's own native-protocol address, by shard index.
     pub addresses: Vec<String>,
     stops: Vec<flume::Sender<()>>,
-    threads: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>,
+    threads: Vec<std::thread::JoinHandle<Result<(), String>>>,
+    /// Wakes a shard that sleeps through its reactor ticks; runs as long as this (or the
+    /// stopper split from it) lives.
+    watch: Arc<ReactorWatch>,
 }
 
 impl Shards {
@@ -43,22 +48,54 @@ impl Shards {
             .parse()
             .map_err(|e| format!("--listen {:?} is not host:port: {e}", config.listen))?;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Watched from before the first shard starts: a shard can hang in its first sleep.
+        let pulses: Vec<Arc<Pulse>> = (0..count).map(|_| Arc::default()).collect();
+        let watch = ReactorWatch::start(pulses.clone())
+            .map_err(|e| format!("cannot start the reactor watchdog: {e}"))?;
         let mut shards = Shards {
             addresses: Vec::new(),
             stops: Vec::new(),
             threads: Vec::new(),
+            watch: Arc::new(watch),
         };
-        for shard in 0..count {
+        for (shard, pulse) in (0..count).zip(pulses) {
             let (address_tx, address_rx) = std::sync::mpsc::channel::<Result<String, String>>();
             let (stop_tx, stop_rx) = flume::bounded::<()>(1);
             let config = config.clone();
             let link = link.clone();
-            let thread = crate::shard::executor_builder(
+            let builder = crate::shard::executor_builder(
                 Placement::Fixed(shard as usize % cpus),
                 &format!("shard-{shard}"),
-            )
-            .spawn(move || async move { run(config, shard, main, link, address_tx, stop_rx).await })
-            .map_err(|e| format!("cannot start shard {shard}: {e}"))?;
+            );
+            // The executor is made on a thread of our own (not `LocalExecutorBuilder::spawn`,
+            // which runs its closure only inside the executor's first task): the shard must be
+            // registered with the watchdog before its executor first runs or sleeps.
+            let thread = std::thread::Builder::new()
+                .name(format!("shard-{shard}"))
+                .spawn(move || {
+                    let executor = match builder.make() {
+                        Ok(executor) => executor,
+                        Err(error) => {
+                            let error = format!("cannot start shard {shard}: {error}");
+                            let _ = address_tx.send(Err(error.clone()));
+                            return Err(error);
+                        }
+                    };
+                    // Made, not yet run: nothing has slept yet.
+                    let registration = pulse.register();
+                    let result = executor.run(run(
+                        config,
+                        shard,
+                        main,
+                        link,
+                        address_tx,
+                        stop_rx,
+                        Arc::clone(&pulse),
+                    ));
+                    drop(registration);
+                    result
+                })
+                .map_err(|e| format!("cannot start shard {shard}: {e}"))?;
             let address = address_rx
                 .recv()
                 .map_err(|_| format!("shard {shard} stopped during start-up"))??;
@@ -75,9 +112,15 @@ impl Shards {
         self,
     ) -> (
         ShardStopper,
-        Vec<glommio::ExecutorJoinHandle<Result<(), String>>>,
+        Vec<std::thread::JoinHandle<Result<(), String>>>,
     ) {
-        (ShardStopper { stops: self.stops }, self.threads)
+        (
+            ShardStopper {
+                stops: self.stops,
+                _watch: self.watch,
+            },
+            self.threads,
+        )
     }
 }
 
@@ -85,6 +128,7 @@ impl Shards {
 #[derive(Debug, Clone)]
 pub struct ShardStopper {
     stops: Vec<flume::Sender<()>>,
+    _watch: Arc<ReactorWatch>,
 }
 
 impl ShardStopper {
@@ -103,8 +147,26 @@ async fn run(
     link: MetadataLink,
     address_tx: std::sync::mpsc::Sender<Result<String, String>>,
     stop_rx: flume::Receiver<()>,
+    pulse: Arc<Pulse>,
 ) -> Result<(), String> {
     let topics_dir = config.data_dir.join("topics");
+    let queues = TaskQueues::create(config.mode);
+    // Insurance against a completion glommio has but does not notice: wake now and then and
+    // drain every ring (the lost socket events themselves are handled by `socket.rs`). Each
+    // tick is a beat the reactor watchdog (`reactor.rs`) listens for: a shard whose timers stop
+    // waking it is interrupted from outside.
+    let tick = SHARD_REACTOR_TICK;
+    queues
+        .spawn(queues.serving, {
+            let pulse = Arc::clone(&pulse);
+            async move {
+                loop {
+                    pulse.beat();
+                    glommio::timer::sleep(tick).await;
+                }
+            }
+        })
+        .detach();
     let started = async {
         crate::shard::prime_dma_io(&topics_dir)
             .await
@@ -126,7 +188,6 @@ async fn run(
     };
     let _ = address_tx.send(Ok(own.to_string()));
 
-    let queues = TaskQueues::create(config.mode);
     let partitions = Rc::new(Partitions::new(config.clone(), shard));
     let ctx = Rc::new(ShardContext {
         node_id: config.node_id,
@@ -188,16 +249,6 @@ async fn run(
             .detach()
     };
 
-    // Insurance against a completion glommio has but does not notice: wake now and then and
-    // drain every ring (the lost socket events themselves are handled by `socket.rs`).
-    let tick = SHARD_REACTOR_TICK;
-    queues
-        .spawn(queues.serving, async move {
-            loop {
-                glommio::timer::sleep(tick).await;
-            }
-        })
-        .detach();
     let connections = Rc::new(Semaphore::new(CONNECTIONS_PER_SHARD_MAX as u64));
     let accept = |listener: TcpListener| {
         let ctx = Rc::clone(&ctx);
@@ -269,6 +320,13 @@ async fn run(
             reads,
             writes,
             "lost socket readiness events recovered by the watchdog"
+        );
+    }
+    if pulse.wakes() > 0 {
+        tracing::info!(
+            shard,
+            wakes = pulse.wakes(),
+            "times the reactor watchdog woke this shard"
         );
     }
     reconcile.cancel();
