@@ -31,8 +31,10 @@ pub fn run(params: &HopParams) -> Result<HopResult, String> {
     let (to_caller, caller_inbox) = shared_channel::new_bounded::<u64>(64);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let rounds = params.round_trips;
-    let owner = sluice_broker::shard::executor_builder(Placement::Fixed(1 % cpus), "hop-owner")
-        .spawn(move || async move {
+    let owner = sluice_broker::shard::spawn_watched(
+        sluice_broker::shard::executor_builder(Placement::Fixed(1 % cpus), "hop-owner"),
+        "hop-owner",
+        move || async move {
             let inbox = owner_inbox.connect().await;
             let reply = to_caller.connect().await;
             let mut received = 0u64;
@@ -43,11 +45,14 @@ pub fn run(params: &HopParams) -> Result<HopResult, String> {
                 }
             }
             received
-        })
-        .map_err(|e| e.to_string())?;
+        },
+    )
+    .map_err(|e| e.to_string())?;
     let batch_bytes = params.batch_bytes;
-    let caller = sluice_broker::shard::executor_builder(Placement::Fixed(0), "hop-caller")
-        .spawn(move || async move {
+    let caller = sluice_broker::shard::spawn_watched(
+        sluice_broker::shard::executor_builder(Placement::Fixed(0), "hop-caller"),
+        "hop-caller",
+        move || async move {
             let send = to_owner.connect().await;
             let replies = caller_inbox.connect().await;
             let batch = vec![7u8; batch_bytes];
@@ -64,10 +69,11 @@ pub fn run(params: &HopParams) -> Result<HopResult, String> {
                 let _ = histogram.record((t0.elapsed().as_nanos() as u64 / 1000).max(1));
             }
             Ok::<_, String>((histogram, started.elapsed().as_secs_f64()))
-        })
-        .map_err(|e| e.to_string())?;
-    let (histogram, seconds) = caller.join().map_err(|e| e.to_string())??;
-    owner.join().map_err(|e| e.to_string())?;
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let (histogram, seconds) = caller.join()??;
+    owner.join()?;
     Ok(HopResult {
         round_trip: Latency::from_histogram(&histogram),
         round_trips_per_second: rounds as f64 / seconds.max(1e-9),

@@ -207,15 +207,6 @@ fn parse_peer(text: &str) -> Result<(NodeId, String), String> {
     Ok((id, address.to_string()))
 }
 
-/// The message a thread panicked with, when it is text.
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
-}
-
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("sluice-broker: {message}");
     ExitCode::from(2)
@@ -320,7 +311,13 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
             std::thread::spawn(move || {
                 let outcome = thread
                     .join()
-                    .map_err(|panic| format!("shard {shard} panicked: {}", panic_message(&panic)))
+                    .map_err(|panic| {
+                        format!(
+                            "shard {shard} panicked: {}",
+                            crate::shard::panic_message(&panic)
+                        )
+                    })
+                    .and_then(|r| r)
                     .and_then(|r| r);
                 let _ = failed_tx.send(outcome.err().unwrap_or_default());
             })

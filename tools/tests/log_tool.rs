@@ -26,8 +26,10 @@ fn text(output: &Output) -> String {
 fn partition(root: &Path) -> PathBuf {
     let dir = root.join("orders-0");
     let path = dir.clone();
-    glommio::LocalExecutorBuilder::default()
-        .spawn(move || async move {
+    sluice_broker::shard::spawn_watched(
+        glommio::LocalExecutorBuilder::default(),
+        "writer",
+        move || async move {
             let config = LogConfig {
                 segment_bytes_max: 8 << 10,
                 batch_bytes_max: 4 << 10,
@@ -51,10 +53,11 @@ fn partition(root: &Path) -> PathBuf {
                     .expect("append");
             }
             log.close().await.expect("close");
-        })
-        .expect("executor")
-        .join()
-        .expect("join");
+        },
+    )
+    .expect("executor")
+    .join()
+    .expect("join");
     dir
 }
 

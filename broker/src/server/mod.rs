@@ -15,7 +15,6 @@
 pub mod connection;
 pub mod partitions;
 pub mod producers;
-pub mod reactor;
 pub mod shard;
 pub mod socket;
 

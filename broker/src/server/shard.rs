@@ -13,19 +13,22 @@ use glommio::{Latency, Placement, Shares, TaskQueueHandle};
 
 use super::connection::{serve, ShardContext};
 use super::partitions::Partitions;
-use super::reactor::{Pulse, ReactorWatch};
 use super::{MetadataLink, Mode, ShardConfig};
 use crate::limits::{
-    CONNECTIONS_PER_SHARD_MAX, SHARD_BUFFERED_BYTES_MAX, SHARD_REACTOR_TICK, SHARD_SERVING_LATENCY,
+    CONNECTIONS_PER_SHARD_MAX, SHARD_BUFFERED_BYTES_MAX, SHARD_SERVING_LATENCY,
     SHARD_SHARES_BULK_LATENCY, SHARD_SHARES_MAINTENANCE, SHARD_SHARES_SERVING,
     SOCKET_WATCH_LATENCY, SOCKET_WATCH_THROUGHPUT,
 };
 use crate::notify::Notify;
+use crate::reactor::{Pulse, ReactorWatch};
 
 /// How often each shard applies retention to its logs.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a stopping shard waits for its connections to finish in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A shard's thread: its executor could not be made (outer error), or the shard's own outcome.
+pub type ShardThread = std::thread::JoinHandle<Result<Result<(), String>, String>>;
 
 /// The running shards of a broker.
 #[derive(Debug)]
@@ -33,7 +36,7 @@ pub struct Shards {
     /// Each shard's own native-protocol address, by shard index.
     pub addresses: Vec<String>,
     stops: Vec<flume::Sender<()>>,
-    threads: Vec<std::thread::JoinHandle<Result<(), String>>>,
+    threads: Vec<ShardThread>,
     /// Wakes a shard that sleeps through its reactor ticks; runs as long as this (or the
     /// stopper split from it) lives.
     watch: Arc<ReactorWatch>,
@@ -63,42 +66,30 @@ impl Shards {
             let (stop_tx, stop_rx) = flume::bounded::<()>(1);
             let config = config.clone();
             let link = link.clone();
-            let builder = crate::shard::executor_builder(
-                Placement::Fixed(shard as usize % cpus),
+            let thread = crate::shard::spawn_with_pulse(
+                crate::shard::executor_builder(
+                    Placement::Fixed(shard as usize % cpus),
+                    &format!("shard-{shard}"),
+                ),
                 &format!("shard-{shard}"),
-            );
-            // The executor is made on a thread of our own (not `LocalExecutorBuilder::spawn`,
-            // which runs its closure only inside the executor's first task): the shard must be
-            // registered with the watchdog before its executor first runs or sleeps.
-            let thread = std::thread::Builder::new()
-                .name(format!("shard-{shard}"))
-                .spawn(move || {
-                    let executor = match builder.make() {
-                        Ok(executor) => executor,
-                        Err(error) => {
-                            let error = format!("cannot start shard {shard}: {error}");
-                            let _ = address_tx.send(Err(error.clone()));
-                            return Err(error);
-                        }
-                    };
-                    // Made, not yet run: nothing has slept yet.
-                    let registration = pulse.register();
-                    let result = executor.run(run(
-                        config,
-                        shard,
-                        main,
-                        link,
-                        address_tx,
-                        stop_rx,
-                        Arc::clone(&pulse),
-                    ));
-                    drop(registration);
-                    result
-                })
-                .map_err(|e| format!("cannot start shard {shard}: {e}"))?;
-            let address = address_rx
-                .recv()
-                .map_err(|_| format!("shard {shard} stopped during start-up"))??;
+                Arc::clone(&pulse),
+                move || run(config, shard, main, link, address_tx, stop_rx, pulse),
+            )
+            .map_err(|e| format!("cannot start shard {shard}: {e}"))?;
+            let address = match address_rx.recv() {
+                Ok(address) => address?,
+                // The executor could not be made: the thread says why.
+                Err(_) => {
+                    return Err(match thread.join() {
+                        Ok(Err(error)) | Ok(Ok(Err(error))) => error,
+                        Ok(Ok(Ok(()))) => format!("shard {shard} stopped during start-up"),
+                        Err(panic) => format!(
+                            "shard {shard} panicked during start-up: {}",
+                            crate::shard::panic_message(&panic)
+                        ),
+                    })
+                }
+            };
             shards.addresses.push(address);
             shards.stops.push(stop_tx);
             shards.threads.push(thread);
@@ -108,12 +99,7 @@ impl Shards {
 
     /// Splits the running shards into what stops them and their threads, so a supervisor can
     /// watch the threads while the stopper stays usable.
-    pub fn split(
-        self,
-    ) -> (
-        ShardStopper,
-        Vec<std::thread::JoinHandle<Result<(), String>>>,
-    ) {
+    pub fn split(self) -> (ShardStopper, Vec<ShardThread>) {
         (
             ShardStopper {
                 stops: self.stops,
@@ -151,22 +137,6 @@ async fn run(
 ) -> Result<(), String> {
     let topics_dir = config.data_dir.join("topics");
     let queues = TaskQueues::create(config.mode);
-    // Insurance against a completion glommio has but does not notice: wake now and then and
-    // drain every ring (the lost socket events themselves are handled by `socket.rs`). Each
-    // tick is a beat the reactor watchdog (`reactor.rs`) listens for: a shard whose timers stop
-    // waking it is interrupted from outside.
-    let tick = SHARD_REACTOR_TICK;
-    queues
-        .spawn(queues.serving, {
-            let pulse = Arc::clone(&pulse);
-            async move {
-                loop {
-                    pulse.beat();
-                    glommio::timer::sleep(tick).await;
-                }
-            }
-        })
-        .detach();
     let started = async {
         crate::shard::prime_dma_io(&topics_dir)
             .await

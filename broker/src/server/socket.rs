@@ -322,11 +322,10 @@ mod tests {
     fn on_glommio<T: Send + 'static>(
         f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
     ) -> T {
-        glommio::LocalExecutorBuilder::default()
-            .spawn(f)
+        crate::shard::spawn_watched(glommio::LocalExecutorBuilder::default(), "test", f)
             .expect("spawn executor")
             .join()
-            .expect("executor thread")
+            .unwrap_or_else(|error| panic!("{error}"))
     }
 
     #[test]

@@ -7,18 +7,17 @@ use std::path::PathBuf;
 use sluice_protocol::batch::stamp;
 use sluice_protocol::{BatchBuilder, BatchOptions};
 
-/// Runs `future` on a fresh glommio executor thread, as a broker shard would.
+/// Runs `future` on a fresh glommio executor thread, watched as a broker shard is.
 pub fn run<F, Fut, T>(make: F) -> T
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = T> + 'static,
     T: Send + 'static,
 {
-    glommio::LocalExecutorBuilder::default()
-        .spawn(move || async move { make().await })
+    sluice_broker::shard::spawn_watched(glommio::LocalExecutorBuilder::default(), "test", make)
         .expect("spawn executor")
         .join()
-        .expect("executor thread")
+        .unwrap_or_else(|error| panic!("{error}"))
 }
 
 /// A directory on the real disk (O_DIRECT does not work on tmpfs), removed on drop.

@@ -5,15 +5,16 @@
 //! the rings. On this machine class that link's completion sometimes never arrives: the
 //! thread then sleeps until some I/O completes on the main ring itself. At start-up, before a
 //! shard listens on anything, there is no such I/O, and about one broker start in fifty hung
-//! for good with its first shard asleep (seen with `gdb` and `/proc/<pid>/fdinfo`; attaching
-//! `strace`, which interrupts the wait, was enough to let it go on).
+//! for good with a shard asleep before its first task ran (seen with `gdb` and
+//! `/proc/<pid>/fdinfo`; attaching `strace`, which interrupts the wait, let it go on).
 //!
-//! So each shard beats: its reactor tick (`SHARD_REACTOR_TICK`) bumps a counter. One thread
-//! per process watches the counters, and when a shard has missed `REACTOR_WATCH_TICKS_MAX`
-//! ticks it sends that shard's thread a signal whose handler does nothing. The signal ends the
+//! So each executor beats: its reactor tick (`SHARD_REACTOR_TICK`) bumps a counter. A watchdog
+//! thread (one per broker for all its shards; one per executor made by `shard::spawn_watched`)
+//! reads the counters once a tick, and when an executor has missed `REACTOR_WATCH_TICKS_MAX`
+//! ticks it sends that thread a signal whose handler does nothing. The signal ends the
 //! `io_uring_enter` wait with `EINTR`, which glommio treats as a wake-up: it drains every ring,
 //! finds its timers due and carries on. Other system calls on the thread restart
-//! (`SA_RESTART`). A shard that is merely busy gets a signal it does not notice.
+//! (`SA_RESTART`). An executor that is merely busy gets a signal it does not notice.
 //!
 //! Architecture invariant: a signal goes only to a thread that is registered, and a shard
 //! unregisters (under the same lock) before its thread can end, so no signal ever targets a
