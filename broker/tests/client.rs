@@ -5,6 +5,8 @@
 //! They live with the broker because they need its binary; the client crate itself has no
 //! dependency on the broker.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
@@ -79,7 +81,7 @@ impl Broker {
                 .args(["--shards", "2", "--election-timeout-ms", "150"])
                 .args(&self.args)
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(common::broker_log(&self.dir.path().join("broker.log")))
                 .spawn()
                 .unwrap();
             loop {
@@ -122,6 +124,9 @@ impl Drop for Broker {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            common::print_log_tail("broker", &self.dir.path().join("broker.log"));
         }
     }
 }

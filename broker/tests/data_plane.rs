@@ -1,6 +1,8 @@
 //! Integration tests of the broker's data plane: a real `sluice-broker` process, real TCP, the
 //! native protocol spoken by a minimal synchronous client defined here.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -66,7 +68,7 @@ impl Broker {
             .args(["--shards", "2", "--election-timeout-ms", "150"])
             .args(&self.extra_args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(common::broker_log(&self.dir.path().join("broker.log")))
             .spawn()
             .unwrap();
         self.child = Some(child);
@@ -107,6 +109,9 @@ impl Drop for Broker {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            common::print_log_tail("broker", &self.dir.path().join("broker.log"));
         }
     }
 }

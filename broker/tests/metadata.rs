@@ -1,6 +1,8 @@
 //! Integration tests of the metadata shard: real `sluice-broker` processes on 127.0.0.1, killed
 //! with SIGKILL, talking Raft over TCP.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -72,7 +74,7 @@ impl Broker {
             .arg("--log")
             .arg("info,openraft=info")
             .stdout(Stdio::null())
-            .stderr(Stdio::from(self.log_file()));
+            .stderr(common::broker_log(&self.log_path()));
         if let Some(join) = &self.join {
             command.arg("--join").arg(join);
         } else if !self.peers.is_empty() {
@@ -84,14 +86,6 @@ impl Broker {
     /// Where this broker's stderr goes, appended across restarts; printed if a test fails.
     fn log_path(&self) -> PathBuf {
         self.dir.with_extension("log")
-    }
-
-    fn log_file(&self) -> std::fs::File {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("broker log file")
     }
 
     fn kill9(&mut self) {
@@ -184,16 +178,8 @@ impl Cluster {
 
     /// The tail of every broker's log, so a failure in CI shows what the brokers saw.
     fn print_logs(&self) {
-        const TAIL_BYTES_MAX: usize = 24 * 1024;
         for broker in &self.brokers {
-            let log = std::fs::read(broker.log_path()).unwrap_or_default();
-            let tail = &log[log.len().saturating_sub(TAIL_BYTES_MAX)..];
-            eprintln!(
-                "----- broker {} log (last {} bytes) -----\n{}",
-                broker.id,
-                tail.len(),
-                String::from_utf8_lossy(tail)
-            );
+            common::print_log_tail(&format!("broker {}", broker.id), &broker.log_path());
         }
     }
 

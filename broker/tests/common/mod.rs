@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use sluice_protocol::batch::stamp;
 use sluice_protocol::{BatchBuilder, BatchOptions};
@@ -18,6 +18,29 @@ where
         .expect("spawn executor")
         .join()
         .unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// Where a broker process's stderr goes: `path`, appended to across restarts, so a failed test
+/// can show what the broker saw ([`print_log_tail`]).
+pub fn broker_log(path: &Path) -> std::process::Stdio {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(std::process::Stdio::from)
+        .unwrap_or_else(|e| panic!("broker log {}: {e}", path.display()))
+}
+
+/// Prints the end of a broker's log (from [`broker_log`]) to the test's output.
+pub fn print_log_tail(label: &str, path: &Path) {
+    const TAIL_BYTES_MAX: usize = 24 * 1024;
+    let log = std::fs::read(path).unwrap_or_default();
+    let tail = &log[log.len().saturating_sub(TAIL_BYTES_MAX)..];
+    eprintln!(
+        "----- {label} log (last {} bytes) -----\n{}",
+        tail.len(),
+        String::from_utf8_lossy(tail)
+    );
 }
 
 /// A directory on the real disk (O_DIRECT does not work on tmpfs), removed on drop.
