@@ -32,7 +32,7 @@ pub fn run(params: &HopParams) -> Result<HopResult, String> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let rounds = params.round_trips;
     let owner = sluice_broker::shard::spawn_watched(
-        sluice_broker::shard::executor_builder(Placement::Fixed(1 % cpus), "hop-owner"),
+        sluice_broker::shard::executor_builder(Placement::Fixed(1 % cpus)),
         "hop-owner",
         move || async move {
             let inbox = owner_inbox.connect().await;
@@ -50,7 +50,7 @@ pub fn run(params: &HopParams) -> Result<HopResult, String> {
     .map_err(|e| e.to_string())?;
     let batch_bytes = params.batch_bytes;
     let caller = sluice_broker::shard::spawn_watched(
-        sluice_broker::shard::executor_builder(Placement::Fixed(0), "hop-caller"),
+        sluice_broker::shard::executor_builder(Placement::Fixed(0)),
         "hop-caller",
         move || async move {
             let send = to_owner.connect().await;

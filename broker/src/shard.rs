@@ -22,10 +22,10 @@ use crate::reactor::{Pulse, ReactorWatch};
 use crate::storage::error::{io_error, Result, StorageError};
 
 /// The executor builder every shard uses: pinned placement, a 1 ms preemption check, and the
-/// registered I/O memory that write buffers come from.
-pub fn executor_builder(placement: Placement, name: &str) -> LocalExecutorBuilder {
+/// registered I/O memory that write buffers come from. The thread's name is given to
+/// [`spawn_with_pulse`] or [`spawn_watched`], which make the thread.
+pub fn executor_builder(placement: Placement) -> LocalExecutorBuilder {
     LocalExecutorBuilder::new(placement)
-        .name(name)
         .preempt_timer(std::time::Duration::from_millis(
             crate::limits::SHARD_PREEMPT_MS,
         ))

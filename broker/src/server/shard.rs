@@ -67,10 +67,7 @@ impl Shards {
             let config = config.clone();
             let link = link.clone();
             let thread = crate::shard::spawn_with_pulse(
-                crate::shard::executor_builder(
-                    Placement::Fixed(shard as usize % cpus),
-                    &format!("shard-{shard}"),
-                ),
+                crate::shard::executor_builder(Placement::Fixed(shard as usize % cpus)),
                 &format!("shard-{shard}"),
                 Arc::clone(&pulse),
                 move || run(config, shard, main, link, address_tx, stop_rx, pulse),
@@ -136,7 +133,6 @@ async fn run(
     pulse: Arc<Pulse>,
 ) -> Result<(), String> {
     let topics_dir = config.data_dir.join("topics");
-    let queues = TaskQueues::create(config.mode);
     let started = async {
         crate::shard::prime_dma_io(&topics_dir)
             .await
@@ -158,6 +154,7 @@ async fn run(
     };
     let _ = address_tx.send(Ok(own.to_string()));
 
+    let queues = TaskQueues::create(config.mode);
     let partitions = Rc::new(Partitions::new(config.clone(), shard));
     let ctx = Rc::new(ShardContext {
         node_id: config.node_id,
