@@ -444,25 +444,39 @@ fn expired_lease_moves_leadership_and_heartbeat_revives() {
         .count();
     assert!(led_before > 0, "the victim leads some partitions");
     cluster.broker(victim).kill9();
+    // Partition data is not replicated yet, so the victim's followers are not in sync: its
+    // partitions go offline (never to a replica with an empty log), the others keep leaders.
     wait_until(
-        "the victim marked dead with no leadership",
+        "the victim marked dead, its partitions offline",
         Duration::from_secs(15),
         || {
             cluster.describe(controller).is_some_and(|v| {
+                let partitions = &v.state.topics["leases"].partitions;
                 v.state.brokers[&victim].state == BrokerState::Dead
-                    && v.state.topics["leases"]
-                        .partitions
+                    && partitions.iter().all(|p| p.leader != Some(victim))
+                    && partitions.iter().filter(|p| p.leader.is_none()).count() == led_before
+                    && partitions
                         .iter()
-                        .all(|p| p.leader.is_some() && p.leader != Some(victim))
+                        .all(|p| p.leader.is_some() || p.in_sync == [victim])
             })
         },
     );
     cluster.broker(victim).start();
-    wait_until("the victim alive again", Duration::from_secs(15), || {
-        cluster
-            .describe(controller)
-            .is_some_and(|v| v.state.brokers[&victim].state == BrokerState::Alive)
-    });
+    wait_until(
+        "the victim alive again, leading its partitions",
+        Duration::from_secs(15),
+        || {
+            cluster.describe(controller).is_some_and(|v| {
+                v.state.brokers[&victim].state == BrokerState::Alive
+                    && v.state.topics["leases"]
+                        .partitions
+                        .iter()
+                        .filter(|p| p.leader == Some(victim))
+                        .count()
+                        == led_before
+            })
+        },
+    );
 }
 
 #[test]

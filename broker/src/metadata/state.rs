@@ -240,7 +240,10 @@ impl ClusterState {
                         .map(|replicas| PartitionInfo {
                             leader: replicas.first().map(|r| r.broker),
                             leader_epoch: 0,
-                            in_sync: replicas.iter().map(|r| r.broker).collect(),
+                            // Only the first leader starts in sync: a follower holds none of
+                            // the partition's data until it has replicated it, and a replica
+                            // that is not in sync must never lead (offsets would go back).
+                            in_sync: replicas.first().map(|r| r.broker).into_iter().collect(),
                             replicas: replicas.clone(),
                         })
                         .collect();
@@ -320,6 +323,8 @@ impl ClusterState {
             .collect();
         for topic in self.topics.values_mut() {
             for partition in &mut topic.partitions {
+                // The last in-sync replica stays in the set: it holds everything acknowledged, so
+                // it is the one that may lead again when it returns.
                 if partition.in_sync.len() > 1 {
                     partition.in_sync.retain(|&b| b != dead);
                 }
@@ -474,9 +479,16 @@ mod tests {
         });
         for (i, p) in state.topics["t"].partitions.iter().enumerate() {
             assert_ne!(p.leader, Some(1));
-            assert!(p.leader.is_some(), "rf 2 partitions keep a leader");
             if led_by_1.contains(&i) {
+                // Its follower never replicated anything, so it is not in sync and must not
+                // lead: the partition goes offline rather than lose offsets.
+                assert_eq!(p.leader, None, "an out-of-sync follower never leads");
                 assert_eq!(p.leader_epoch, 1);
+            } else {
+                assert!(
+                    p.leader.is_some(),
+                    "partitions led elsewhere keep their leader"
+                );
             }
         }
         let offline = state.topics["single"]
@@ -493,6 +505,11 @@ mod tests {
             .partitions
             .iter()
             .all(|p| p.leader.is_some()));
+        for (i, p) in state.topics["t"].partitions.iter().enumerate() {
+            if led_by_1.contains(&i) {
+                assert_eq!((p.leader, p.leader_epoch), (Some(1), 2), "back, epoch + 1");
+            }
+        }
     }
 
     #[test]
