@@ -131,18 +131,30 @@ impl Drop for Broker {
     }
 }
 
-/// Creates a topic, retrying while the broker's metadata node is still electing itself.
+/// Creates a topic, retrying while the broker's metadata node is still electing itself, and
+/// returns once every partition is served (its shard has opened the log). A produce with
+/// `acks=none` sent before that is dropped without an answer, as Kafka drops it.
 async fn create_topic(broker: &Broker, name: &str, partitions: u32) {
     let admin = Admin::new(broker.config()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match admin.create_topic(name, partitions, 1).await {
-            Ok(()) => return,
+            Ok(()) => break,
             Err(e) if Instant::now() < deadline => {
                 eprintln!("create topic {name}: {e}; retrying");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => panic!("create topic {name}: {e}"),
+        }
+    }
+    for partition in 0..partitions {
+        let tp = TopicPartition::new(name, partition);
+        while let Err(e) = admin.offset(&tp, Seek::Latest).await {
+            assert!(
+                Instant::now() < deadline,
+                "{name}/{partition} not served: {e}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
