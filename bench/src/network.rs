@@ -387,8 +387,7 @@ impl BatchTemplate {
     /// The batch stamped with `sent_ns` (ns since the run's epoch), with a valid CRC.
     fn stamp(&mut self, sent_ns: u64) -> &[u8] {
         self.bytes[self.time_at..self.time_at + 8].copy_from_slice(&sent_ns.to_le_bytes());
-        let crc = sluice_protocol::batch::compute_crc(&self.bytes);
-        self.bytes[20..24].copy_from_slice(&crc.to_le_bytes());
+        sluice_protocol::batch::update_crc(&mut self.bytes);
         &self.bytes
     }
 }

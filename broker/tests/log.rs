@@ -220,7 +220,7 @@ fn list_offsets_by_time_and_retention_and_truncation() {
         ));
         assert_eq!(
             log.read(start, 100).await.unwrap().to_vec()[..8],
-            start.to_le_bytes()
+            start.to_be_bytes()
         );
 
         // Truncate into a sealed segment: it becomes the active one again.

@@ -683,7 +683,8 @@ fn decode(key: &Key, bytes: Bytes, position: u64) -> Result<(Vec<ConsumerRecord>
     for item in BatchIter::new(&bytes) {
         let (header, batch) = item.map_err(|e| corrupt(next, e.to_string()))?;
         next = header.next_offset();
-        if header.next_offset() <= position {
+        // Control batches (transaction markers) are never handed to applications.
+        if header.next_offset() <= position || header.is_control() {
             continue;
         }
         let batch = bytes.slice_ref(batch);

@@ -1,63 +1,75 @@
-//! The record batch: the unit a producer sends, the broker appends and a consumer receives.
+//! The record batch: Kafka's RecordBatch v2 (magic 2), byte for byte. It is the unit a producer
+//! sends, the broker appends and a consumer receives, on every wire and on disk.
 //!
-//! The same bytes travel on the wire, sit in segment files and go back to consumers; the broker
-//! never re-encodes records. The layout is documented byte by byte in `docs/format.md`:
+//! The same bytes travel the whole way; the broker never re-encodes records and never
+//! decompresses. The layout is documented byte by byte in `docs/format.md`:
 //!
 //! ```text
-//! pos  size field            written by
-//!   0     8 base_offset       broker (stamped in place, not covered by the CRC)
-//!   8     4 batch_len         producer: total bytes of the batch, header included
-//!  12     4 leader_epoch      broker (stamped in place, not covered by the CRC)
-//!  16     1 magic             producer: format version, FORMAT_VERSION
-//!  17     3 reserved          zero
-//!  20     4 crc               producer: CRC-32C (Castagnoli) of bytes [24, batch_len)
-//!  24     2 attributes        bits 0-2 compression, bit 3 timestamp type, rest zero
-//!  26     2 reserved          zero
-//!  28     4 record_count      >= 1
-//!  32     8 first_timestamp   ms since the Unix epoch
-//!  40     8 max_timestamp     ms since the Unix epoch, >= every record's timestamp
-//!  48     8 producer_id       -1 when not idempotent
-//!  56     2 producer_epoch    -1 when not idempotent
-//!  58     2 reserved          zero
-//!  60     4 base_sequence     -1 when not idempotent
-//!  64     . records
+//! pos  size field                  written by
+//!   0     8 base_offset            broker (stamped in place, not covered by the CRC)
+//!   8     4 batch_length           producer: bytes after this field (total - 12)
+//!  12     4 partition_leader_epoch broker (stamped in place, not covered by the CRC)
+//!  16     1 magic                  producer: 2
+//!  17     4 crc                    producer: CRC-32C (Castagnoli) of bytes [21, end)
+//!  21     2 attributes             compression, timestamp type, transactional, control
+//!  23     4 last_offset_delta      producer: offset of the last record minus base_offset
+//!  27     8 base_timestamp         first record's timestamp, ms since the Unix epoch
+//!  35     8 max_timestamp          largest timestamp in the batch
+//!  43     8 producer_id            -1 when not idempotent
+//!  51     2 producer_epoch         -1 when not idempotent
+//!  53     4 base_sequence          -1 when not idempotent
+//!  57     4 records_count
+//!  61     . records (compressed as a whole when the attributes name a codec)
 //! ```
 //!
-//! All integers are little-endian. Records use LEB128 varints (see [`crate::varint`]).
+//! Header integers are big-endian. Records use zig-zag varints (see [`crate::varint`]).
 
-use crate::varint::{get_uvarint, get_varint, put_uvarint, put_varint, uvarint_len, varint_len};
+use crate::varint::{get_varint, get_varint32, put_varint, varint_len};
 
-/// Bytes of the fixed batch header.
-pub const BATCH_HEADER_BYTES: usize = 64;
-/// The format version this code writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+/// Bytes of the fixed batch header, up to and including `records_count`.
+pub const BATCH_HEADER_BYTES: usize = 61;
+/// The `magic` byte this code writes and reads: Kafka's RecordBatch v2.
+pub const FORMAT_VERSION: u8 = 2;
 /// First byte covered by the CRC: everything the broker does not rewrite.
-pub const CRC_START: usize = 24;
+pub const CRC_START: usize = 21;
+/// Bytes before the part `batch_length` counts: the base offset and the length field itself
+/// (Kafka's `LOG_OVERHEAD`).
+pub const LOG_OVERHEAD: usize = 12;
 
 const POS_BASE_OFFSET: usize = 0;
-const POS_BATCH_LEN: usize = 8;
+const POS_BATCH_LENGTH: usize = 8;
 const POS_LEADER_EPOCH: usize = 12;
 const POS_MAGIC: usize = 16;
-const POS_CRC: usize = 20;
-const POS_ATTRIBUTES: usize = 24;
-const POS_RECORD_COUNT: usize = 28;
-const POS_FIRST_TIMESTAMP: usize = 32;
-const POS_MAX_TIMESTAMP: usize = 40;
-const POS_PRODUCER_ID: usize = 48;
-const POS_PRODUCER_EPOCH: usize = 56;
-const POS_BASE_SEQUENCE: usize = 60;
+const POS_CRC: usize = 17;
+const POS_ATTRIBUTES: usize = 21;
+const POS_LAST_OFFSET_DELTA: usize = 23;
+const POS_FIRST_TIMESTAMP: usize = 27;
+const POS_MAX_TIMESTAMP: usize = 35;
+const POS_PRODUCER_ID: usize = 43;
+const POS_PRODUCER_EPOCH: usize = 51;
+const POS_BASE_SEQUENCE: usize = 53;
+const POS_RECORD_COUNT: usize = 57;
 
 /// Attribute bits 0-2: the compression codec of the records section.
-pub const ATTR_COMPRESSION_MASK: u16 = 0b0111;
+pub const ATTR_COMPRESSION_MASK: u16 = 0b0000_0111;
 /// Attribute bit 3: timestamps were set by the broker on append (log-append time).
-pub const ATTR_TIMESTAMP_LOG_APPEND: u16 = 0b1000;
-const ATTR_KNOWN: u16 = ATTR_COMPRESSION_MASK | ATTR_TIMESTAMP_LOG_APPEND;
+pub const ATTR_TIMESTAMP_LOG_APPEND: u16 = 0b0000_1000;
+/// Attribute bit 4: the batch belongs to a transaction.
+pub const ATTR_TRANSACTIONAL: u16 = 0b0001_0000;
+/// Attribute bit 5: a control batch (a transaction marker), not application records.
+pub const ATTR_CONTROL: u16 = 0b0010_0000;
+/// Attribute bit 6: the first record's timestamp delta holds a delete horizon (compaction).
+pub const ATTR_DELETE_HORIZON: u16 = 0b0100_0000;
 
-/// Compression codecs named by the attribute bits. The broker never decompresses: it checks a
-/// compressed batch's CRC and header only. Clients compress and decompress (`docs/format.md`).
+/// Compression codecs named by the attribute bits, with Kafka's numbers. The broker never
+/// decompresses: it checks a compressed batch's CRC and header only and stores all five as sent.
+/// How each codec frames its bytes is in `docs/format.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     None,
+    Gzip,
+    Snappy,
+    /// The LZ4 frame format (independent blocks), as Kafka's clients write it.
     Lz4,
     Zstd,
 }
@@ -67,16 +79,20 @@ impl Compression {
     pub fn bits(self) -> u16 {
         match self {
             Compression::None => 0,
-            Compression::Lz4 => 1,
-            Compression::Zstd => 2,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
+            Compression::Lz4 => 3,
+            Compression::Zstd => 4,
         }
     }
 
     fn from_bits(bits: u16) -> Option<Compression> {
         match bits & ATTR_COMPRESSION_MASK {
             0 => Some(Compression::None),
-            1 => Some(Compression::Lz4),
-            2 => Some(Compression::Zstd),
+            1 => Some(Compression::Gzip),
+            2 => Some(Compression::Snappy),
+            3 => Some(Compression::Lz4),
+            4 => Some(Compression::Zstd),
             _ => None,
         }
     }
@@ -87,7 +103,7 @@ impl Compression {
 pub enum BatchError {
     #[error("batch is {len} bytes, shorter than the {BATCH_HEADER_BYTES}-byte header")]
     TooShort { len: usize },
-    #[error("batch format version {found} is not supported (expected {FORMAT_VERSION})")]
+    #[error("batch magic {found} is not supported (expected {FORMAT_VERSION}, RecordBatch v2)")]
     UnsupportedVersion { found: u8 },
     #[error("batch header says {declared} bytes but {available} are present")]
     LengthMismatch { declared: u64, available: usize },
@@ -97,12 +113,10 @@ pub enum BatchError {
     CrcMismatch { stored: u32, computed: u32 },
     #[error("batch holds no records")]
     Empty,
-    #[error("reserved header bytes or attribute bits are not zero")]
-    ReservedNotZero,
+    #[error("batch header is invalid: {reason}")]
+    InvalidHeader { reason: &'static str },
     #[error("compression codec {bits} is unknown")]
     UnknownCompression { bits: u16 },
-    #[error("max_timestamp {max} is before first_timestamp {first}")]
-    TimestampOrder { first: i64, max: i64 },
     #[error("record {index} is malformed: {reason}")]
     MalformedRecord { index: u32, reason: &'static str },
     #[error("header declares {declared} records but the records section holds {found}")]
@@ -113,12 +127,19 @@ pub enum BatchError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchHeader {
     pub base_offset: u64,
+    /// Total bytes of the batch, header included: Kafka's `batch_length` + [`LOG_OVERHEAD`].
     pub batch_len: u32,
+    /// The partition leader epoch the broker stamped (a producer sends -1, read here as
+    /// `u32::MAX`).
     pub leader_epoch: u32,
     pub magic: u8,
     pub crc: u32,
     pub attributes: u16,
+    /// Offset of the last record minus `base_offset`. Equal to `record_count - 1` as produced;
+    /// larger once compaction has removed records.
+    pub last_offset_delta: u32,
     pub record_count: u32,
+    /// Kafka's `base_timestamp`: the first record's timestamp.
     pub first_timestamp: i64,
     pub max_timestamp: i64,
     pub producer_id: i64,
@@ -127,20 +148,33 @@ pub struct BatchHeader {
 }
 
 fn u16_at(bytes: &[u8], pos: usize) -> u16 {
-    u16::from_le_bytes([bytes[pos], bytes[pos + 1]])
+    u16::from_be_bytes([bytes[pos], bytes[pos + 1]])
 }
 fn u32_at(bytes: &[u8], pos: usize) -> u32 {
-    u32::from_le_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]])
+    u32::from_be_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]])
 }
 fn u64_at(bytes: &[u8], pos: usize) -> u64 {
     let mut raw = [0u8; 8];
     raw.copy_from_slice(&bytes[pos..pos + 8]);
-    u64::from_le_bytes(raw)
+    u64::from_be_bytes(raw)
+}
+fn put_at(bytes: &mut [u8], pos: usize, value: &[u8]) {
+    bytes[pos..pos + value.len()].copy_from_slice(value);
+}
+
+/// The total size (header included) the batch at the front of `bytes` declares, if its length
+/// field is there and not negative. Says nothing about whether the batch is valid.
+pub fn declared_len(bytes: &[u8]) -> Option<usize> {
+    if bytes.len() < POS_BATCH_LENGTH + 4 {
+        return None;
+    }
+    let length = i32::try_from(u32_at(bytes, POS_BATCH_LENGTH)).ok()?;
+    Some(length as usize + LOG_OVERHEAD)
 }
 
 impl BatchHeader {
     /// Decodes the header at the front of `bytes` and checks what the header alone can tell:
-    /// the version, the declared length and the reserved bytes. The records are not looked at.
+    /// the magic, the declared length and the counts. The records are not looked at.
     pub fn parse(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         if bytes.len() < BATCH_HEADER_BYTES {
             return Err(BatchError::TooShort { len: bytes.len() });
@@ -149,48 +183,71 @@ impl BatchHeader {
         if magic != FORMAT_VERSION {
             return Err(BatchError::UnsupportedVersion { found: magic });
         }
-        let header = BatchHeader {
+        let declared = declared_len(bytes).ok_or(BatchError::InvalidHeader {
+            reason: "negative batch length",
+        })?;
+        if declared < BATCH_HEADER_BYTES || declared > u32::MAX as usize {
+            return Err(BatchError::LengthMismatch {
+                declared: declared as u64,
+                available: bytes.len(),
+            });
+        }
+        let last_offset_delta = u32_at(bytes, POS_LAST_OFFSET_DELTA);
+        let record_count = u32_at(bytes, POS_RECORD_COUNT);
+        if i32::try_from(last_offset_delta).is_err() {
+            return Err(BatchError::InvalidHeader {
+                reason: "negative last offset delta",
+            });
+        }
+        if i32::try_from(record_count).is_err() {
+            return Err(BatchError::InvalidHeader {
+                reason: "negative record count",
+            });
+        }
+        if record_count > 0 && last_offset_delta < record_count - 1 {
+            return Err(BatchError::InvalidHeader {
+                reason: "last offset delta is smaller than the record count allows",
+            });
+        }
+        Ok(BatchHeader {
             base_offset: u64_at(bytes, POS_BASE_OFFSET),
-            batch_len: u32_at(bytes, POS_BATCH_LEN),
+            batch_len: declared as u32,
             leader_epoch: u32_at(bytes, POS_LEADER_EPOCH),
             magic,
             crc: u32_at(bytes, POS_CRC),
             attributes: u16_at(bytes, POS_ATTRIBUTES),
-            record_count: u32_at(bytes, POS_RECORD_COUNT),
+            last_offset_delta,
+            record_count,
             first_timestamp: u64_at(bytes, POS_FIRST_TIMESTAMP) as i64,
             max_timestamp: u64_at(bytes, POS_MAX_TIMESTAMP) as i64,
             producer_id: u64_at(bytes, POS_PRODUCER_ID) as i64,
             producer_epoch: u16_at(bytes, POS_PRODUCER_EPOCH) as i16,
             base_sequence: u32_at(bytes, POS_BASE_SEQUENCE) as i32,
-        };
-        if (header.batch_len as usize) < BATCH_HEADER_BYTES {
-            return Err(BatchError::LengthMismatch {
-                declared: u64::from(header.batch_len),
-                available: bytes.len(),
-            });
-        }
-        if bytes[17..20] != [0, 0, 0]
-            || u16_at(bytes, 26) != 0
-            || u16_at(bytes, 58) != 0
-            || header.attributes & !ATTR_KNOWN != 0
-        {
-            return Err(BatchError::ReservedNotZero);
-        }
-        Ok(header)
+        })
     }
 
     /// Offset of the last record in the batch.
     pub fn last_offset(&self) -> u64 {
-        self.base_offset + u64::from(self.record_count.max(1)) - 1
+        self.base_offset + u64::from(self.last_offset_delta)
     }
 
     /// Offset the batch after this one starts at.
     pub fn next_offset(&self) -> u64 {
-        self.base_offset + u64::from(self.record_count)
+        self.last_offset() + 1
     }
 
     pub fn compression(&self) -> Option<Compression> {
         Compression::from_bits(self.attributes)
+    }
+
+    /// Part of a transaction (attribute bit 4).
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & ATTR_TRANSACTIONAL != 0
+    }
+
+    /// A control batch (attribute bit 5): a transaction marker, never handed to applications.
+    pub fn is_control(&self) -> bool {
+        self.attributes & ATTR_CONTROL != 0
     }
 }
 
@@ -201,13 +258,15 @@ pub fn compute_crc(batch: &[u8]) -> u32 {
 
 /// Writes the broker-assigned fields in place. The CRC stays valid because it does not cover them.
 pub fn stamp(batch: &mut [u8], base_offset: u64, leader_epoch: u32) {
-    batch[POS_BASE_OFFSET..POS_BASE_OFFSET + 8].copy_from_slice(&base_offset.to_le_bytes());
-    batch[POS_LEADER_EPOCH..POS_LEADER_EPOCH + 4].copy_from_slice(&leader_epoch.to_le_bytes());
+    put_at(batch, POS_BASE_OFFSET, &base_offset.to_be_bytes());
+    put_at(batch, POS_LEADER_EPOCH, &leader_epoch.to_be_bytes());
 }
 
-/// Checks that `batch` is exactly one well-formed batch of at most `batch_bytes_max` bytes:
-/// header, length, CRC and, for uncompressed batches, every record's framing. This is what the
-/// broker runs on every produced batch before it touches a log.
+/// Checks that `batch` is exactly one well-formed batch of at most `batch_bytes_max` bytes, as a
+/// producer must send it: header, length, CRC, at least one record, `last_offset_delta` equal to
+/// the record count less one, a known codec and, for uncompressed batches, every record's
+/// framing with consecutive offset deltas. This is what the broker runs on every produced batch
+/// before it touches a log, so a batch it stores is one every Kafka decoder accepts.
 pub fn validate(batch: &[u8], batch_bytes_max: usize) -> Result<BatchHeader, BatchError> {
     let header = validate_frame(batch)?;
     if batch.len() > batch_bytes_max {
@@ -225,10 +284,9 @@ pub fn validate(batch: &[u8], batch_bytes_max: usize) -> Result<BatchHeader, Bat
     if header.record_count == 0 {
         return Err(BatchError::Empty);
     }
-    if header.max_timestamp < header.first_timestamp {
-        return Err(BatchError::TimestampOrder {
-            first: header.first_timestamp,
-            max: header.max_timestamp,
+    if header.last_offset_delta != header.record_count - 1 {
+        return Err(BatchError::InvalidHeader {
+            reason: "last offset delta is not the record count less one",
         });
     }
     match header.compression() {
@@ -293,8 +351,8 @@ pub struct Record<'a> {
     pub headers: Vec<(&'a [u8], Option<&'a [u8]>)>,
 }
 
-/// Iterates the records of an uncompressed batch. Yields an error (and then stops) at the first
-/// malformed record; never panics on any input.
+/// Iterates the records of an uncompressed records section. Yields an error (and then stops) at
+/// the first malformed record; never panics on any input.
 #[derive(Debug)]
 pub struct RecordIter<'a> {
     rest: &'a [u8],
@@ -304,7 +362,8 @@ pub struct RecordIter<'a> {
 }
 
 impl<'a> RecordIter<'a> {
-    /// `records` is the batch without its header.
+    /// `records` is the records section: the batch after its header, decompressed if it was
+    /// compressed.
     pub fn new(header: &BatchHeader, records: &'a [u8]) -> RecordIter<'a> {
         RecordIter {
             rest: records,
@@ -323,52 +382,56 @@ impl<'a> RecordIter<'a> {
     }
 }
 
-/// Reads a length-prefixed (zig-zag, -1 = null) byte string from `body` at `*pos`.
-fn take_nullable<'a>(body: &'a [u8], pos: &mut usize) -> Result<Option<&'a [u8]>, &'static str> {
-    let (len, used) = get_varint(&body[*pos..]).ok_or("truncated length")?;
+/// Reads a 32-bit zig-zag varint field from `body` at `*pos`.
+fn take_varint32(body: &[u8], pos: &mut usize, what: &'static str) -> Result<i32, &'static str> {
+    let (value, used) = get_varint32(&body[*pos..]).ok_or(what)?;
     *pos += used;
-    if len == -1 {
-        return Ok(None);
-    }
+    Ok(value)
+}
+
+/// Reads `len` bytes from `body` at `*pos`.
+fn take_bytes<'a>(body: &'a [u8], pos: &mut usize, len: i32) -> Result<&'a [u8], &'static str> {
     let len = usize::try_from(len).map_err(|_| "negative length")?;
     let end = pos.checked_add(len).ok_or("length overflows")?;
     let bytes = body.get(*pos..end).ok_or("length runs past the record")?;
     *pos = end;
-    Ok(Some(bytes))
+    Ok(bytes)
 }
 
-fn decode_record<'a>(body: &'a [u8], first_timestamp: i64) -> Result<Record<'a>, &'static str> {
-    let mut pos = 0usize;
-    let attributes = *body.first().ok_or("missing attributes")?;
-    if attributes != 0 {
-        return Err("record attributes are not zero");
+/// Reads a length-prefixed (zig-zag varint, -1 = null) byte string from `body` at `*pos`.
+fn take_nullable<'a>(body: &'a [u8], pos: &mut usize) -> Result<Option<&'a [u8]>, &'static str> {
+    let len = take_varint32(body, pos, "truncated length")?;
+    if len == -1 {
+        return Ok(None);
     }
-    pos += 1;
+    take_bytes(body, pos, len).map(Some)
+}
+
+fn decode_record(body: &[u8], first_timestamp: i64) -> Result<Record<'_>, &'static str> {
+    // Record attributes (one byte): unused by Kafka; kept as sent.
+    let mut pos = 1usize;
+    if body.is_empty() {
+        return Err("missing attributes");
+    }
     let (timestamp_delta, used) = get_varint(&body[pos..]).ok_or("truncated timestamp")?;
     pos += used;
-    let (offset_delta, used) = get_uvarint(&body[pos..]).ok_or("truncated offset delta")?;
-    pos += used;
-    let offset_delta = u32::try_from(offset_delta).map_err(|_| "offset delta too large")?;
+    let offset_delta = take_varint32(body, &mut pos, "truncated offset delta")?;
+    let offset_delta = u32::try_from(offset_delta).map_err(|_| "negative offset delta")?;
     let key = take_nullable(body, &mut pos)?;
     let value = take_nullable(body, &mut pos)?;
-    let (header_count, used) = get_uvarint(&body[pos..]).ok_or("truncated header count")?;
-    pos += used;
+    let header_count = take_varint32(body, &mut pos, "truncated header count")?;
+    let header_count = usize::try_from(header_count).map_err(|_| "negative header count")?;
     // Each header takes at least two bytes, which bounds the allocation by the input size.
-    if header_count > (body.len() - pos) as u64 / 2 {
+    if header_count > (body.len() - pos) / 2 {
         return Err("header count exceeds the record");
     }
-    let mut headers = Vec::with_capacity(header_count as usize);
+    let mut headers = Vec::with_capacity(header_count);
     for _ in 0..header_count {
-        let (key_len, used) = get_uvarint(&body[pos..]).ok_or("truncated header key")?;
-        pos += used;
-        let key_end = usize::try_from(key_len)
-            .ok()
-            .and_then(|len| pos.checked_add(len))
-            .ok_or("header key too long")?;
-        let key = body
-            .get(pos..key_end)
-            .ok_or("header key runs past the record")?;
-        pos = key_end;
+        let key_len = take_varint32(body, &mut pos, "truncated header key")?;
+        if key_len < 0 {
+            return Err("header key is null");
+        }
+        let key = take_bytes(body, &mut pos, key_len)?;
         let value = take_nullable(body, &mut pos)?;
         headers.push((key, value));
     }
@@ -391,14 +454,14 @@ impl<'a> Iterator for RecordIter<'a> {
         if self.failed || self.rest.is_empty() {
             return None;
         }
-        let Some((len, used)) = get_uvarint(self.rest) else {
+        let Some((len, used)) = get_varint32(self.rest) else {
             return self.malformed("truncated record length");
         };
         let Some(end) = usize::try_from(len)
             .ok()
             .and_then(|len| used.checked_add(len))
         else {
-            return self.malformed("record length overflows");
+            return self.malformed("negative record length");
         };
         let Some(body) = self.rest.get(used..end) else {
             return self.malformed("record runs past the batch");
@@ -482,7 +545,7 @@ impl BatchBuilder {
         headers: &[(&[u8], Option<&[u8]>)],
     ) -> usize {
         let body = Self::record_body_len(timestamp_delta, offset_delta, key, value, headers);
-        uvarint_len(body as u64) + body
+        varint_len(body as i64) + body
     }
 
     fn nullable_len(bytes: Option<&[u8]>) -> usize {
@@ -501,12 +564,12 @@ impl BatchBuilder {
     ) -> usize {
         let mut len = 1
             + varint_len(timestamp_delta)
-            + uvarint_len(u64::from(offset_delta))
+            + varint_len(i64::from(offset_delta))
             + Self::nullable_len(key)
             + Self::nullable_len(value)
-            + uvarint_len(headers.len() as u64);
+            + varint_len(headers.len() as i64);
         for (hkey, hvalue) in headers {
-            len += uvarint_len(hkey.len() as u64) + hkey.len() + Self::nullable_len(*hvalue);
+            len += varint_len(hkey.len() as i64) + hkey.len() + Self::nullable_len(*hvalue);
         }
         len
     }
@@ -537,15 +600,15 @@ impl BatchBuilder {
         let timestamp_delta = timestamp.wrapping_sub(self.first_timestamp);
         let offset_delta = self.record_count;
         let body = Self::record_body_len(timestamp_delta, offset_delta, key, value, headers);
-        put_uvarint(&mut self.buf, body as u64);
+        put_varint(&mut self.buf, body as i64);
         self.buf.push(0);
         put_varint(&mut self.buf, timestamp_delta);
-        put_uvarint(&mut self.buf, u64::from(offset_delta));
+        put_varint(&mut self.buf, i64::from(offset_delta));
         self.put_nullable(key);
         self.put_nullable(value);
-        put_uvarint(&mut self.buf, headers.len() as u64);
+        put_varint(&mut self.buf, headers.len() as i64);
         for (hkey, hvalue) in headers {
-            put_uvarint(&mut self.buf, hkey.len() as u64);
+            put_varint(&mut self.buf, hkey.len() as i64);
             self.buf.extend_from_slice(hkey);
             self.put_nullable(*hvalue);
         }
@@ -558,28 +621,52 @@ impl BatchBuilder {
         self.options = options;
     }
 
-    /// Fills the header, computes the CRC and returns the batch bytes (base offset 0, epoch 0).
+    /// Fills the header, computes the CRC and returns the batch bytes (base offset 0, partition
+    /// leader epoch -1, as Kafka's producers send them).
     pub fn finish(mut self) -> Vec<u8> {
-        let len = u32::try_from(self.buf.len()).unwrap_or(u32::MAX);
+        let total = self.buf.len();
         let buf = &mut self.buf;
-        buf[POS_BATCH_LEN..POS_BATCH_LEN + 4].copy_from_slice(&len.to_le_bytes());
+        let length = u32::try_from(total - LOG_OVERHEAD).unwrap_or(u32::MAX);
+        put_at(buf, POS_BATCH_LENGTH, &length.to_be_bytes());
+        put_at(buf, POS_LEADER_EPOCH, &(-1i32).to_be_bytes());
         buf[POS_MAGIC] = FORMAT_VERSION;
-        buf[POS_RECORD_COUNT..POS_RECORD_COUNT + 4]
-            .copy_from_slice(&self.record_count.to_le_bytes());
-        buf[POS_FIRST_TIMESTAMP..POS_FIRST_TIMESTAMP + 8]
-            .copy_from_slice(&self.first_timestamp.to_le_bytes());
-        buf[POS_MAX_TIMESTAMP..POS_MAX_TIMESTAMP + 8]
-            .copy_from_slice(&self.max_timestamp.to_le_bytes());
-        buf[POS_PRODUCER_ID..POS_PRODUCER_ID + 8]
-            .copy_from_slice(&self.options.producer_id.to_le_bytes());
-        buf[POS_PRODUCER_EPOCH..POS_PRODUCER_EPOCH + 2]
-            .copy_from_slice(&self.options.producer_epoch.to_le_bytes());
-        buf[POS_BASE_SEQUENCE..POS_BASE_SEQUENCE + 4]
-            .copy_from_slice(&self.options.base_sequence.to_le_bytes());
-        let crc = compute_crc(buf);
-        buf[POS_CRC..POS_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        put_at(buf, POS_ATTRIBUTES, &0u16.to_be_bytes());
+        let last_offset_delta = self.record_count.saturating_sub(1);
+        put_at(buf, POS_LAST_OFFSET_DELTA, &last_offset_delta.to_be_bytes());
+        put_at(
+            buf,
+            POS_FIRST_TIMESTAMP,
+            &self.first_timestamp.to_be_bytes(),
+        );
+        put_at(buf, POS_MAX_TIMESTAMP, &self.max_timestamp.to_be_bytes());
+        put_at(buf, POS_RECORD_COUNT, &self.record_count.to_be_bytes());
+        write_producer(buf, self.options);
         self.buf
     }
+}
+
+/// Writes the producer fields and the CRC.
+fn write_producer(batch: &mut [u8], options: BatchOptions) {
+    put_at(batch, POS_PRODUCER_ID, &options.producer_id.to_be_bytes());
+    put_at(
+        batch,
+        POS_PRODUCER_EPOCH,
+        &options.producer_epoch.to_be_bytes(),
+    );
+    put_at(
+        batch,
+        POS_BASE_SEQUENCE,
+        &options.base_sequence.to_be_bytes(),
+    );
+    update_crc(batch);
+}
+
+/// Recomputes and writes the CRC of a finished batch, for tools and tests that change covered
+/// bytes in place (a benchmark's timestamp inside a value, a test's deliberate damage).
+pub fn update_crc(batch: &mut [u8]) {
+    assert!(batch.len() >= BATCH_HEADER_BYTES, "not a finished batch");
+    let crc = compute_crc(batch);
+    put_at(batch, POS_CRC, &crc.to_be_bytes());
 }
 
 /// Sets the producer fields (id, epoch, base sequence) of a finished batch and recomputes its
@@ -587,18 +674,12 @@ impl BatchBuilder {
 /// order batches go out in.
 pub fn set_producer(batch: &mut [u8], options: BatchOptions) {
     assert!(batch.len() >= BATCH_HEADER_BYTES, "not a finished batch");
-    batch[POS_PRODUCER_ID..POS_PRODUCER_ID + 8].copy_from_slice(&options.producer_id.to_le_bytes());
-    batch[POS_PRODUCER_EPOCH..POS_PRODUCER_EPOCH + 2]
-        .copy_from_slice(&options.producer_epoch.to_le_bytes());
-    batch[POS_BASE_SEQUENCE..POS_BASE_SEQUENCE + 4]
-        .copy_from_slice(&options.base_sequence.to_le_bytes());
-    let crc = compute_crc(batch);
-    batch[POS_CRC..POS_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    write_producer(batch, options);
 }
 
 /// Builds a compressed batch from a finished uncompressed one: the same header with the codec in
 /// its attributes and `compressed_records` (the batch's records section, compressed) after it.
-/// The CRC is recomputed. How each codec frames its bytes is in `docs/format.md`.
+/// The length and CRC are recomputed. How each codec frames its bytes is in `docs/format.md`.
 pub fn with_compressed_records(
     batch: &[u8],
     codec: Compression,
@@ -608,12 +689,12 @@ pub fn with_compressed_records(
     let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + compressed_records.len());
     out.extend_from_slice(&batch[..BATCH_HEADER_BYTES]);
     out.extend_from_slice(compressed_records);
-    let len = u32::try_from(out.len()).unwrap_or(u32::MAX);
-    out[POS_BATCH_LEN..POS_BATCH_LEN + 4].copy_from_slice(&len.to_le_bytes());
+    let length = u32::try_from(out.len() - LOG_OVERHEAD).unwrap_or(u32::MAX);
+    put_at(&mut out, POS_BATCH_LENGTH, &length.to_be_bytes());
     let attributes = (u16_at(&out, POS_ATTRIBUTES) & !ATTR_COMPRESSION_MASK) | codec.bits();
-    out[POS_ATTRIBUTES..POS_ATTRIBUTES + 2].copy_from_slice(&attributes.to_le_bytes());
+    put_at(&mut out, POS_ATTRIBUTES, &attributes.to_be_bytes());
     let crc = compute_crc(&out);
-    out[POS_CRC..POS_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    put_at(&mut out, POS_CRC, &crc.to_be_bytes());
     out
 }
 
@@ -784,6 +865,147 @@ mod tests {
             validate(&version, 1 << 20),
             Err(BatchError::UnsupportedVersion { found: 9 })
         );
+    }
+
+    #[test]
+    fn header_fields_sit_where_kafka_puts_them() {
+        let mut batch = build(
+            &[
+                (
+                    1_700_000_000_000,
+                    Some(b"k".to_vec()),
+                    Some(b"hi".to_vec()),
+                    vec![],
+                ),
+                (1_700_000_000_005, None, None, vec![]),
+            ],
+            BatchOptions {
+                producer_id: 0x0102_0304_0506_0708,
+                producer_epoch: 0x0a0b,
+                base_sequence: 0x0c0d_0e0f,
+            },
+        );
+        stamp(&mut batch, 42, 3);
+        assert_eq!(&batch[0..8], &42u64.to_be_bytes());
+        assert_eq!(&batch[8..12], &((batch.len() - 12) as u32).to_be_bytes());
+        assert_eq!(&batch[12..16], &3u32.to_be_bytes());
+        assert_eq!(batch[16], 2);
+        assert_eq!(&batch[17..21], &crc32c::crc32c(&batch[21..]).to_be_bytes());
+        assert_eq!(&batch[21..23], &[0, 0]);
+        assert_eq!(&batch[23..27], &1u32.to_be_bytes()); // last offset delta
+        assert_eq!(&batch[27..35], &1_700_000_000_000i64.to_be_bytes());
+        assert_eq!(&batch[35..43], &1_700_000_000_005i64.to_be_bytes());
+        assert_eq!(&batch[43..51], &0x0102_0304_0506_0708i64.to_be_bytes());
+        assert_eq!(&batch[51..53], &0x0a0bi16.to_be_bytes());
+        assert_eq!(&batch[53..57], &0x0c0d_0e0fi32.to_be_bytes());
+        assert_eq!(&batch[57..61], &2u32.to_be_bytes());
+        // First record: length 9 (zig-zag 18), attributes 0, timestamp delta 0, offset delta 0,
+        // key length 1 (2) "k", value length 2 (4) "hi", no headers; then the second record's
+        // length 6 (12).
+        assert_eq!(
+            &batch[61..72],
+            &[18, 0, 0, 0, 2, b'k', 4, b'h', b'i', 0, 12]
+        );
+        let header = validate(&batch, usize::MAX).unwrap();
+        assert_eq!((header.last_offset(), header.next_offset()), (43, 44));
+    }
+
+    /// The worked example of `docs/format.md`: these bytes came from kafka-python's encoder
+    /// (with its partition leader epoch replaced by the stamp, which the CRC does not cover).
+    #[test]
+    fn builds_exactly_the_bytes_a_kafka_client_builds() {
+        let kafka: [u8; 75] = [
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2a, 0x00, 0x00, 0x00, 0x3f, 0x00, 0x00,
+            0x00, 0x03, 0x02, 0x3a, 0xc2, 0xe8, 0x2b, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x01, 0x8b, 0xcf, 0xe5, 0x68, 0x00, 0x00, 0x00, 0x01, 0x8b, 0xcf, 0xe5, 0x68,
+            0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0x00, 0x00, 0x00, 0x01, 0x1a, 0x00, 0x00, 0x00, 0x02, 0x6b, 0x04, 0x68, 0x69,
+            0x02, 0x02, 0x68, 0x02, 0x76,
+        ];
+        let mut builder = BatchBuilder::new(BatchOptions::default());
+        builder.push(
+            1_700_000_000_000,
+            Some(b"k"),
+            Some(b"hi"),
+            &[(b"h", Some(b"v"))],
+        );
+        let mut batch = builder.finish();
+        stamp(&mut batch, 42, 3);
+        assert_eq!(batch, kafka);
+    }
+
+    #[test]
+    fn producers_send_epoch_minus_one_and_offset_zero() {
+        let batch = build(
+            &[(5, None, Some(b"v".to_vec()), vec![])],
+            BatchOptions::default(),
+        );
+        assert_eq!(&batch[0..8], &[0; 8]);
+        assert_eq!(&batch[12..16], &[0xff; 4]);
+    }
+
+    #[test]
+    fn header_and_count_inconsistencies_are_refused() {
+        let batch = build(
+            &[
+                (5, None, Some(b"a".to_vec()), vec![]),
+                (6, None, Some(b"b".to_vec()), vec![]),
+            ],
+            BatchOptions::default(),
+        );
+        let rehash = |mut bytes: Vec<u8>| {
+            let crc = compute_crc(&bytes);
+            bytes[POS_CRC..POS_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+            bytes
+        };
+        // A producer's last offset delta must be the count less one.
+        let mut gap = batch.clone();
+        gap[POS_LAST_OFFSET_DELTA..POS_LAST_OFFSET_DELTA + 4].copy_from_slice(&5u32.to_be_bytes());
+        let gap = rehash(gap);
+        assert!(matches!(
+            validate(&gap, usize::MAX),
+            Err(BatchError::InvalidHeader { .. })
+        ));
+        // ... but a stored batch may have one larger (compaction), and its offsets span it.
+        assert_eq!(validate_frame(&gap).unwrap().next_offset(), 6);
+        let mut negative = batch.clone();
+        negative[POS_RECORD_COUNT..POS_RECORD_COUNT + 4].copy_from_slice(&(-1i32).to_be_bytes());
+        assert!(matches!(
+            validate(&rehash(negative), usize::MAX),
+            Err(BatchError::InvalidHeader { .. })
+        ));
+        let mut codec = batch.clone();
+        codec[POS_ATTRIBUTES + 1] = 5;
+        assert_eq!(
+            validate(&rehash(codec), usize::MAX),
+            Err(BatchError::UnknownCompression { bits: 5 })
+        );
+        let mut count = batch.clone();
+        count[POS_RECORD_COUNT..POS_RECORD_COUNT + 4].copy_from_slice(&3u32.to_be_bytes());
+        count[POS_LAST_OFFSET_DELTA..POS_LAST_OFFSET_DELTA + 4]
+            .copy_from_slice(&2u32.to_be_bytes());
+        assert_eq!(
+            validate(&rehash(count), usize::MAX),
+            Err(BatchError::RecordCountMismatch {
+                declared: 3,
+                found: 2
+            })
+        );
+    }
+
+    #[test]
+    fn control_and_transactional_bits_are_parsed_and_kept() {
+        let mut batch = build(
+            &[(5, None, Some(b"v".to_vec()), vec![])],
+            BatchOptions::default(),
+        );
+        let attributes = ATTR_TRANSACTIONAL | ATTR_CONTROL;
+        batch[POS_ATTRIBUTES..POS_ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+        let crc = compute_crc(&batch);
+        batch[POS_CRC..POS_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        let header = validate(&batch, usize::MAX).unwrap();
+        assert!(header.is_transactional() && header.is_control());
+        assert_eq!(header.compression(), Some(Compression::None));
     }
 
     #[test]

@@ -1,10 +1,18 @@
-//! LEB128 varints and zig-zag signed varints, as used inside records.
+//! LEB128 varints and zig-zag signed varints, as Kafka's records use them.
+//!
+//! Kafka writes every integer inside a record zig-zag encoded: 32-bit fields (lengths, offset
+//! deltas, counts) as a `varint` of at most 5 bytes, the timestamp delta as a `varlong` of at
+//! most 10. Zig-zag encoding of a value that fits 32 bits gives the same bytes at either width,
+//! so one encoder serves both; the decoders check each field's width, so nothing a Kafka decoder
+//! would refuse is accepted here.
 //!
 //! Decoding never panics: every function takes the remaining input and returns `None` when the
 //! bytes end early or a varint is longer than its type allows.
 
 /// Longest encoding of a `u64` (10 groups of 7 bits).
 pub const VARINT_BYTES_MAX: usize = 10;
+/// Longest encoding of a 32-bit varint (5 groups of 7 bits).
+pub const VARINT32_BYTES_MAX: usize = 5;
 
 /// Appends `value` as an unsigned LEB128 varint.
 pub fn put_uvarint(out: &mut Vec<u8>, mut value: u64) {
@@ -57,6 +65,13 @@ pub fn get_varint(input: &[u8]) -> Option<(i64, usize)> {
     Some((((raw >> 1) as i64) ^ -((raw & 1) as i64), used))
 }
 
+/// Reads a zig-zag varint of a 32-bit field (Kafka's `varint`): at most 5 bytes, and a value
+/// that fits an `i32`.
+pub fn get_varint32(input: &[u8]) -> Option<(i32, usize)> {
+    let (value, used) = get_varint(&input[..input.len().min(VARINT32_BYTES_MAX)])?;
+    Some((i32::try_from(value).ok()?, used))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,9 +95,18 @@ mod tests {
         }
 
         #[test]
+        fn varint32_round_trips(value: i32) {
+            let mut out = Vec::new();
+            put_varint(&mut out, i64::from(value));
+            prop_assert!(out.len() <= VARINT32_BYTES_MAX);
+            prop_assert_eq!(get_varint32(&out), Some((value, out.len())));
+        }
+
+        #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes: Vec<u8>) {
             let _ = get_uvarint(&bytes);
             let _ = get_varint(&bytes);
+            let _ = get_varint32(&bytes);
         }
     }
 
@@ -95,5 +119,11 @@ mod tests {
             get_uvarint(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]),
             None
         );
+        // Wider than a 32-bit field allows: Kafka's decoder refuses these, and so do we.
+        let mut wide = Vec::new();
+        put_varint(&mut wide, i64::from(i32::MAX) + 1);
+        assert_eq!(get_varint32(&wide), None);
+        assert_eq!(get_varint32(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x00]), None);
+        assert_eq!(get_varint32(&[0x01]), Some((-1, 1)));
     }
 }

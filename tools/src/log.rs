@@ -46,7 +46,7 @@ fn show(bytes: Option<&[u8]>) -> String {
 
 fn batch_line(position: u64, header: &BatchHeader) -> String {
     format!(
-        "position {position} base {} last {} count {} bytes {} first_ts {} max_ts {} epoch {} producer {}/{}/{} crc {:#010x} ok",
+        "position {position} base {} last {} count {} bytes {} first_ts {} max_ts {} epoch {} producer {}/{}/{} attributes {:#06x} crc {:#010x} ok",
         header.base_offset,
         header.last_offset(),
         header.record_count,
@@ -57,6 +57,7 @@ fn batch_line(position: u64, header: &BatchHeader) -> String {
         header.producer_id,
         header.producer_epoch,
         header.base_sequence,
+        header.attributes,
         header.crc,
     )
 }

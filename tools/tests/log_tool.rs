@@ -102,7 +102,7 @@ fn a_flipped_byte_in_a_sealed_segment_is_named_with_its_position() {
     let sealed = segments(&dir)[1].clone();
     let mut bytes = std::fs::read(&sealed).unwrap();
     // Damage the second batch of the segment: find its position from the first one's length.
-    let first_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    let first_len = sluice_protocol::batch::declared_len(&bytes).unwrap();
     bytes[first_len + 100] ^= 0x20;
     std::fs::write(&sealed, &bytes).unwrap();
     let verify = sluice(&["log", "verify", dir.to_str().unwrap()]);

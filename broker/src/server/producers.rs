@@ -44,7 +44,7 @@ pub enum SequenceCheck {
 
 /// The last sequence number of a batch (sequences wrap at `i32::MAX`).
 fn last_sequence(header: &BatchHeader) -> i32 {
-    let span = header.record_count.saturating_sub(1) as i64;
+    let span = i64::from(header.last_offset_delta);
     ((i64::from(header.base_sequence) + span) % (i64::from(i32::MAX) + 1)) as i32
 }
 

@@ -4,7 +4,7 @@
 //! batch's header, CRC and offset continuity. It never reads files itself, so the broker's async
 //! recovery and the tools' synchronous `sluice log verify` run exactly the same checks.
 
-use sluice_protocol::batch::{validate_frame, BatchHeader};
+use sluice_protocol::batch::{declared_len, validate_frame, BatchHeader};
 use sluice_protocol::BATCH_HEADER_BYTES;
 
 use super::index::SegmentIndex;
@@ -70,7 +70,7 @@ impl Scanner {
             if rest[..BATCH_HEADER_BYTES].iter().all(|&b| b == 0) {
                 return Feed::Padding { position };
             }
-            let declared = u32::from_le_bytes([rest[8], rest[9], rest[10], rest[11]]) as usize;
+            let declared = declared_len(rest).unwrap_or(0);
             if declared >= BATCH_HEADER_BYTES && declared > rest.len() {
                 return Feed::NeedMore {
                     position,
