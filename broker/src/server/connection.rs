@@ -94,7 +94,9 @@ fn storage_code(error: &StorageError) -> ErrorCode {
         StorageError::InvalidBatch(BatchError::CrcMismatch { .. }) => ErrorCode::CorruptBatch,
         StorageError::InvalidBatch(_) => ErrorCode::InvalidBatch,
         StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
-        StorageError::Closed => ErrorCode::NotLeaderOrWrongShard,
+        StorageError::NotContiguous { .. } => ErrorCode::InvalidBatch,
+        // The log holds a newer epoch than this shard's view of the leadership: stale.
+        StorageError::Closed | StorageError::EpochRegression(_) => ErrorCode::NotLeaderOrWrongShard,
         StorageError::Io { .. }
         | StorageError::Corrupt { .. }
         | StorageError::Failed(_)

@@ -128,9 +128,9 @@ impl BatchCache {
         self.bytes = 0;
     }
 
-    /// Whole batches from the one containing `offset`, up to `max_bytes` (at least one batch),
-    /// or `None` when `offset` is not cached.
-    pub fn read(&self, offset: u64, max_bytes: usize) -> Option<Vec<ChunkSlice>> {
+    /// Whole batches from the one containing `offset`, up to `max_bytes` (at least one batch)
+    /// and ending at or before `end_offset`, or `None` when `offset` is not cached.
+    pub fn read(&self, offset: u64, max_bytes: usize, end_offset: u64) -> Option<Vec<ChunkSlice>> {
         let first = self.chunks.front()?;
         if offset < first.first_offset() {
             return None;
@@ -145,6 +145,10 @@ impl BatchCache {
             let mut range: Option<Range<usize>> = None;
             for batch in &chunk.batches[from..] {
                 let len = batch.len as usize;
+                if batch.next_offset > end_offset {
+                    full = true;
+                    break;
+                }
                 if total > 0 && total + len > max_bytes {
                     full = true;
                     break;

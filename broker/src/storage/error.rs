@@ -1,6 +1,7 @@
 //! Typed errors of the storage layer.
 //!
-//! Two families: errors caused by the caller's input (`InvalidBatch`, `OffsetOutOfRange`), after
+//! Two families: errors caused by the caller's input (`InvalidBatch`, `OffsetOutOfRange`,
+//! `NotContiguous`, `EpochRegression`), after
 //! which the log is unchanged, and errors of the environment (`Io`, `Corrupt`), after which the
 //! broker is expected to stop the process rather than keep a half-working shard serving.
 
@@ -31,6 +32,12 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "a replicated batch starts at offset {found}, but the log's next offset is {expected}"
+    )]
+    NotContiguous { expected: u64, found: u64 },
+    #[error(transparent)]
+    EpochRegression(#[from] super::epochs::EpochRegression),
     #[error("invalid log configuration: {0}")]
     Config(String),
     #[error("the log is closed")]

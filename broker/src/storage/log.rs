@@ -11,9 +11,19 @@
 //! serialized by one lock; appends wait (backpressure) while the write buffer is full or a roll
 //! or truncation rebuilds the segments.
 //!
-//! Read path: consumers see offsets below the *durable end* (`high_watermark`): data that a
-//! crash cannot take back (for `FlushPolicy::Never`, data written to the device). Tail reads are
-//! served from the [`BatchCache`], others from the segment files with their CRCs checked.
+//! Read path: consumers see offsets below the *high watermark*; replicas fetching from a leader
+//! see offsets below the *durable end*: data that a crash cannot take back (for
+//! `FlushPolicy::Never`, data written to the device). An unreplicated log's high watermark is its
+//! durable end; a replicated one's is set by replication ([`PartitionLog::set_high_watermark`]:
+//! the durable end every in-sync replica has reached), never above the durable end. Tail reads
+//! are served from the [`BatchCache`], others from the segment files with their CRCs checked.
+//!
+//! Replication support: [`PartitionLog::append_replica`] appends a leader's batch with its
+//! offsets and epoch as they are; the log keeps its leader-epoch history ([`EpochHistory`],
+//! checkpointed to `leader-epoch-checkpoint` before the data of a new epoch is reported
+//! durable) so a leader can answer where an epoch ends ([`PartitionLog::end_of_epoch`]) and a
+//! follower can cut a divergent tail ([`PartitionLog::truncate_to`]); the high watermark is
+//! checkpointed to `high-watermark` when asked.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -24,23 +34,39 @@ use std::time::{Duration, Instant};
 use glommio::io::{DmaFile, ReadResult};
 use glommio::sync::Semaphore;
 use glommio::task::JoinHandle;
-use sluice_protocol::batch::{validate, BatchHeader};
+use sluice_protocol::batch::{validate, validate_frame, BatchHeader};
+use sluice_protocol::BatchError;
 use sluice_protocol::{BatchIter, Compression, RecordIter, BATCH_HEADER_BYTES};
 
 use super::cache::{BatchCache, Chunk, ChunkBytes, ChunkSlice};
 use super::config::{FlushPolicy, LogConfig};
+use super::epochs::{EpochEnd, EpochHistory, EpochStart};
 use super::error::{io_error, Result, StorageError};
 use super::index::SegmentIndex;
 use super::scan::parse_segment_file_name;
 use super::segment::{
-    find_batch_position, locate_batches, read_batches, remove_if_exists, sync_dir, ActiveSegment,
-    FlushJob, LocateQuery, ReadStart, SealedSegment, SegmentPaths, TailRecovery,
+    find_batch_position, locate_batches, read_batches, read_small_file, remove_if_exists,
+    replace_file, sync_dir, ActiveSegment, FlushJob, LocateQuery, ReadStart, SealedSegment,
+    SegmentPaths, Stamp, TailRecovery,
 };
 use crate::limits::SEGMENTS_PER_PARTITION_MAX;
 use crate::notify::Notify;
 
 /// How often `FlushPolicy::Never` hands buffered data to the device.
 const WRITE_BEHIND_INTERVAL: Duration = Duration::from_millis(10);
+/// The leader-epoch history's file in the partition directory (format: [`EpochHistory`]).
+const EPOCH_CHECKPOINT_FILE: &str = "leader-epoch-checkpoint";
+/// The high watermark's checkpoint: `[u64 offset][u32 CRC-32C of the offset]`, little-endian.
+const HIGH_WATERMARK_FILE: &str = "high-watermark";
+
+/// How far a read may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadBound {
+    /// What consumers see: offsets below the high watermark.
+    HighWatermark,
+    /// What a follower replica fetches: everything durable on this replica.
+    DurableEnd,
+}
 
 /// Offsets assigned to an appended batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +199,9 @@ struct DiskRead {
     path: PathBuf,
     start: ReadStart,
     readable: u64,
+    /// The read's bound falls inside this segment: the offset to stop at, and the indexed
+    /// position to look for its batch from.
+    bound_in_segment: Option<(u64, u64)>,
     interval: u32,
     high_watermark: u64,
     log_start: u64,
@@ -180,6 +209,21 @@ struct DiskRead {
     boundaries: Vec<u64>,
     /// Whether the segment is sealed (no write will touch its bytes again).
     sealed: bool,
+}
+
+impl DiskRead {
+    /// Narrows `readable` to end where the read's bound falls, when it falls in this segment
+    /// (a replicated log's high watermark below the segment's end): one header walk of at most
+    /// an index interval.
+    async fn apply_bound(&mut self) -> Result<()> {
+        if let Some((end_offset, from)) = self.bound_in_segment.take() {
+            self.readable =
+                find_batch_position(&self.file, &self.path, from, self.readable, end_offset)
+                    .await?;
+            self.boundaries.retain(|&b| b <= self.readable);
+        }
+        Ok(())
+    }
 }
 
 enum ReadPlan {
@@ -220,8 +264,13 @@ struct LogState {
     active: ActiveSegment,
     cache: BatchCache,
     log_start: u64,
-    /// Offsets below this are durable per the flush policy and readable.
+    /// Offsets below this are durable per the flush policy.
     durable_end: u64,
+    /// Set by replication; `None` for a log whose high watermark is its durable end.
+    replicated_high_watermark: Option<u64>,
+    epochs: EpochHistory,
+    /// `epochs` changed since its checkpoint was written.
+    epochs_dirty: bool,
     /// A roll or truncation is replacing segments: appends wait.
     exclusive: bool,
     /// An append is waiting for buffer space: flush now.
@@ -240,6 +289,19 @@ impl LogState {
             return Err(StorageError::Closed);
         }
         Ok(())
+    }
+
+    /// What consumers may read up to: never past the durable end.
+    fn high_watermark(&self) -> u64 {
+        self.replicated_high_watermark
+            .map_or(self.durable_end, |hw| hw.min(self.durable_end))
+    }
+
+    fn bound(&self, bound: ReadBound) -> u64 {
+        match bound {
+            ReadBound::HighWatermark => self.high_watermark(),
+            ReadBound::DurableEnd => self.durable_end,
+        }
     }
 
     fn total_bytes(&self) -> u64 {
@@ -305,7 +367,7 @@ impl PartitionLog {
             }
             sealed.push_back(segment);
         }
-        let (active, tail) = match bases.last() {
+        let (active, tail, scanned_epochs) = match bases.last() {
             Some(&base) => {
                 ActiveSegment::recover(
                     &dir,
@@ -333,6 +395,7 @@ impl PartitionLog {
                         reason: None,
                         position: 0,
                     },
+                    Vec::new(),
                 )
             }
         };
@@ -343,6 +406,11 @@ impl PartitionLog {
             .front()
             .map_or(active.index().base_offset(), |s| s.index().base_offset());
         let log_end = active.index().next_offset();
+        let (epochs, epochs_dirty) =
+            recover_epochs(&dir, log_start, log_end, &scanned_epochs).await?;
+        let replicated_high_watermark = read_high_watermark(&dir)
+            .await?
+            .map(|hw| hw.clamp(log_start, log_end));
         let report = RecoveryReport {
             segments: sealed.len() + 1,
             log_start,
@@ -355,6 +423,9 @@ impl PartitionLog {
             cache: BatchCache::new(config.cache_bytes_max),
             log_start,
             durable_end: log_end,
+            replicated_high_watermark,
+            epochs,
+            epochs_dirty,
             exclusive: false,
             starved: false,
             first_unflushed_at: None,
@@ -395,9 +466,53 @@ impl PartitionLog {
         self.inner.state.borrow().active.index().next_offset()
     }
 
-    /// Offsets below this are durable per the flush policy, and readable.
+    /// What consumers may read up to: the durable end for an unreplicated log; for a
+    /// replicated one the high watermark replication set, capped at the durable end.
     pub fn high_watermark(&self) -> u64 {
+        self.inner.state.borrow().high_watermark()
+    }
+
+    /// Offsets below this are durable on this replica per the flush policy: what a follower
+    /// fetching from this log may read, and what this replica reports as caught up.
+    pub fn durable_end(&self) -> u64 {
         self.inner.state.borrow().durable_end
+    }
+
+    /// Makes this a replicated log whose consumers read below `offset` (capped at the durable
+    /// end). The high watermark never moves back except by truncation; a lower value is
+    /// ignored. Wakes readers waiting for data when it moves.
+    pub fn set_high_watermark(&self, offset: u64) {
+        let mut state = self.inner.state.borrow_mut();
+        let before = state.high_watermark();
+        let current = state.replicated_high_watermark.unwrap_or(state.log_start);
+        let end = state.active.index().next_offset();
+        state.replicated_high_watermark = Some(offset.min(end).max(current));
+        if state.high_watermark() != before {
+            drop(state);
+            self.inner.flushed.notify();
+        }
+    }
+
+    /// Writes the high watermark to its checkpoint file, read back on open. Replication calls
+    /// this lazily: a high watermark that lags after a crash is only conservative.
+    pub async fn checkpoint_high_watermark(&self) -> Result<()> {
+        let hw = self.high_watermark();
+        let mut bytes = hw.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&crc32c::crc32c(&hw.to_le_bytes()).to_le_bytes());
+        replace_file(&self.inner.dir, HIGH_WATERMARK_FILE, &bytes).await
+    }
+
+    /// The leader epochs of the batches in the log and where each starts.
+    pub fn epoch_history(&self) -> EpochHistory {
+        self.inner.state.borrow().epochs.clone()
+    }
+
+    /// Where `epoch` ends in this log (Kafka's `OffsetForLeaderEpoch`; see [`EpochHistory`]).
+    pub fn end_of_epoch(&self, epoch: u32) -> EpochEnd {
+        let state = self.inner.state.borrow();
+        state
+            .epochs
+            .end_of(epoch, state.active.index().next_offset())
     }
 
     /// Bytes of all segments.
@@ -436,24 +551,78 @@ impl PartitionLog {
         self.inner.flushed.listen()
     }
 
-    /// Validates `batch`, assigns it the next offsets and buffers it for the next flush.
-    /// Returns once the batch is in the write buffer (waiting for space when the buffer is
-    /// full); call [`PartitionLog::wait_durable`] to wait for the flush that covers it.
-    /// On any error the log is unchanged.
+    /// Validates `batch` as a producer's (`validate`), assigns it the next offsets and the
+    /// leader's epoch and buffers it for the next flush. Returns once the batch is in the write
+    /// buffer (waiting for space when the buffer is full); call [`PartitionLog::wait_durable`]
+    /// to wait for the flush that covers it. On any error the log is unchanged.
     pub async fn append(&self, batch: &[u8], leader_epoch: u32) -> Result<Appended> {
+        validate(batch, self.inner.config.batch_bytes_max)?;
+        self.append_checked(batch, Stamp::Leader { leader_epoch })
+            .await
+    }
+
+    /// Appends a batch a follower fetched from its leader, with the offsets and epoch the
+    /// leader gave it. The batch must be whole and intact (header, length and CRC: the leader
+    /// validated its records), start at this log's next offset and carry an epoch no older than
+    /// the log's latest. On any error the log is unchanged.
+    pub async fn append_replica(&self, batch: &[u8]) -> Result<Appended> {
+        let header = validate_frame(batch)?;
+        if header.batch_len as usize != batch.len() {
+            return Err(BatchError::LengthMismatch {
+                declared: u64::from(header.batch_len),
+                available: batch.len(),
+            }
+            .into());
+        }
+        if batch.len() > self.inner.config.batch_bytes_max {
+            return Err(BatchError::TooLarge {
+                len: batch.len(),
+                max: self.inner.config.batch_bytes_max,
+            }
+            .into());
+        }
+        if header.record_count == 0 {
+            return Err(BatchError::Empty.into());
+        }
+        self.append_checked(batch, Stamp::Replica).await
+    }
+
+    async fn append_checked(&self, batch: &[u8], how: Stamp) -> Result<Appended> {
         let inner = &self.inner;
-        validate(batch, inner.config.batch_bytes_max)?;
+        let header = BatchHeader::parse(batch)?;
         loop {
             let space = inner.space.listen();
             let must_roll = {
                 let mut state = inner.state.borrow_mut();
                 state.usable()?;
+                let next = state.active.index().next_offset();
+                let (epoch, base_offset) = match how {
+                    Stamp::Leader { leader_epoch } => (leader_epoch, next),
+                    Stamp::Replica => (header.leader_epoch, header.base_offset),
+                };
+                if base_offset != next {
+                    return Err(StorageError::NotContiguous {
+                        expected: next,
+                        found: base_offset,
+                    });
+                }
+                if let Some(latest) = state.epochs.latest().filter(|l| epoch < l.epoch) {
+                    return Err(super::epochs::EpochRegression {
+                        epoch,
+                        offset: base_offset,
+                        latest: latest.epoch,
+                    }
+                    .into());
+                }
                 if state.exclusive {
                     false
                 } else if needs_roll(&inner.config, &state.active, batch.len()) {
                     true
                 } else if state.active.has_room(batch.len()) {
-                    let header = state.active.append(batch, leader_epoch);
+                    let header = state.active.append(batch, how);
+                    if state.epochs.observe(epoch, header.base_offset)? {
+                        state.epochs_dirty = true;
+                    }
                     inner.bump(|s| s.appends += 1);
                     state.first_unflushed_at.get_or_insert_with(Instant::now);
                     inner.appended.notify();
@@ -517,14 +686,26 @@ impl PartitionLog {
     /// watermark. A read at the high watermark returns no batches. Bytes from disk are read
     /// into memory and every batch's frame and CRC checked.
     pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadBatches> {
-        match self.plan_read(offset, max_bytes)? {
+        self.read_to(offset, max_bytes, ReadBound::HighWatermark)
+            .await
+    }
+
+    /// [`PartitionLog::read`] up to the given bound.
+    pub async fn read_to(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        bound: ReadBound,
+    ) -> Result<ReadBatches> {
+        match self.plan_read(offset, max_bytes, bound)? {
             ReadPlan::Done(answer) => Ok(answer),
             ReadPlan::Disk(disk) => Self::read_disk(disk, offset, max_bytes).await,
         }
     }
 
     /// Reads a planned disk read into memory, checking every batch.
-    async fn read_disk(disk: DiskRead, offset: u64, max_bytes: usize) -> Result<ReadBatches> {
+    async fn read_disk(mut disk: DiskRead, offset: u64, max_bytes: usize) -> Result<ReadBatches> {
+        disk.apply_bound().await?;
         let data = read_batches(
             &disk.file,
             &disk.path,
@@ -551,12 +732,25 @@ impl PartitionLog {
     /// active segment is still read into memory and checked: its last block is rewritten by
     /// direct writes, which a page-cache view of the file must not race.
     pub async fn read_for_send(&self, offset: u64, max_bytes: usize) -> Result<SendRead> {
-        match self.plan_read(offset, max_bytes)? {
+        self.read_for_send_to(offset, max_bytes, ReadBound::HighWatermark)
+            .await
+    }
+
+    /// [`PartitionLog::read_for_send`] up to the given bound (a follower's fetch reads up to
+    /// the durable end).
+    pub async fn read_for_send_to(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        bound: ReadBound,
+    ) -> Result<SendRead> {
+        match self.plan_read(offset, max_bytes, bound)? {
             ReadPlan::Done(answer) => Ok(answer.into()),
             ReadPlan::Disk(disk) if !disk.sealed => {
                 Ok(Self::read_disk(disk, offset, max_bytes).await?.into())
             }
-            ReadPlan::Disk(disk) => {
+            ReadPlan::Disk(mut disk) => {
+                disk.apply_bound().await?;
                 let query = LocateQuery {
                     start: disk.start,
                     readable: disk.readable,
@@ -590,16 +784,17 @@ impl PartitionLog {
     }
 
     /// Checks `offset`, answers from the cache when it can, or says which segment to read.
-    fn plan_read(&self, offset: u64, max_bytes: usize) -> Result<ReadPlan> {
+    fn plan_read(&self, offset: u64, max_bytes: usize, bound: ReadBound) -> Result<ReadPlan> {
         let state = self.inner.state.borrow();
         state.usable()?;
-        let high_watermark = state.durable_end;
+        let high_watermark = state.high_watermark();
+        let readable_end = state.bound(bound);
         let log_start = state.log_start;
-        if offset < log_start || offset > high_watermark {
+        if offset < log_start || offset > readable_end {
             return Err(StorageError::OffsetOutOfRange {
                 offset,
                 log_start,
-                log_end: high_watermark,
+                log_end: readable_end,
             });
         }
         let mut answer = ReadBatches {
@@ -608,10 +803,10 @@ impl PartitionLog {
             log_start,
             from_cache: false,
         };
-        if offset == high_watermark {
+        if offset == readable_end {
             return Ok(ReadPlan::Done(answer));
         }
-        if let Some(slices) = state.cache.read(offset, max_bytes) {
+        if let Some(slices) = state.cache.read(offset, max_bytes, readable_end) {
             answer.chunks = slices.into_iter().map(ReadChunk::Cached).collect();
             answer.from_cache = true;
             return Ok(ReadPlan::Done(answer));
@@ -641,11 +836,14 @@ impl PartitionLog {
         let start = read_start(index, offset);
         // The batch holding `offset` starts within one index interval of `start`.
         let reach = start.position + u64::from(interval) + max_bytes as u64;
+        let bound_in_segment = (readable_end < index.next_offset())
+            .then(|| (readable_end, index.position_for_offset(readable_end)));
         Ok(ReadPlan::Disk(DiskRead {
             file: Rc::clone(file),
             path: path.clone(),
             start,
             readable,
+            bound_in_segment,
             interval,
             high_watermark,
             log_start,
@@ -751,6 +949,14 @@ impl PartitionLog {
         }
         if report.segments_deleted > 0 {
             sync_dir(&inner.dir).await?;
+            {
+                let mut state = inner.state.borrow_mut();
+                let log_start = state.log_start;
+                if state.epochs.truncate_before(log_start) {
+                    state.epochs_dirty = true;
+                }
+            }
+            inner.checkpoint_epochs_if_dirty().await?;
         }
         report.log_start = self.log_start();
         Ok(report)
@@ -844,7 +1050,7 @@ impl PartitionLog {
                 .map_err(io_error("fdatasync", &paths.log))?;
             file.close().await.map_err(io_error("close", &paths.log))?;
         }
-        let (active, _) = ActiveSegment::recover(
+        let (active, _, _) = ActiveSegment::recover(
             &inner.dir,
             target_base,
             inner.config.index_interval_bytes,
@@ -852,6 +1058,12 @@ impl PartitionLog {
             inner.config.flush.writes_through(),
         )
         .await?;
+        let end = active.index().next_offset();
+        // The epochs that began at or after the cut are gone with their batches.
+        if inner.state.borrow_mut().epochs.truncate_from(end) {
+            inner.state.borrow_mut().epochs_dirty = true;
+            inner.checkpoint_epochs_if_dirty().await?;
+        }
         let mut state = inner.state.borrow_mut();
         while state
             .sealed
@@ -860,10 +1072,12 @@ impl PartitionLog {
         {
             state.sealed.pop_back();
         }
-        let end = active.index().next_offset();
         state.active = active;
         state.cache.clear();
         state.durable_end = end;
+        if let Some(hw) = &mut state.replicated_high_watermark {
+            *hw = (*hw).min(end);
+        }
         state.first_unflushed_at = None;
         inner.flushed.notify();
         Ok(end)
@@ -1055,7 +1269,86 @@ async fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     Ok(bases)
 }
 
+/// The leader-epoch history on open: the checkpoint (missing: empty), cut to the log's range,
+/// plus the epochs of the active segment's batches that the checkpoint had not yet recorded
+/// (a crash between appending a new epoch's batch and its flush). Returns the history and
+/// whether it differs from the file.
+async fn recover_epochs(
+    dir: &Path,
+    log_start: u64,
+    log_end: u64,
+    scanned: &[EpochStart],
+) -> Result<(EpochHistory, bool)> {
+    let path = dir.join(EPOCH_CHECKPOINT_FILE);
+    let mut history = match read_small_file(&path).await? {
+        None => EpochHistory::default(),
+        Some(bytes) => EpochHistory::decode(&bytes).map_err(|reason| StorageError::Corrupt {
+            path: path.clone(),
+            position: 0,
+            reason: reason.to_string(),
+        })?,
+    };
+    let mut changed = history.truncate_from(log_end);
+    changed |= history.truncate_before(log_start);
+    for start in scanned {
+        let covered = history
+            .latest()
+            .is_some_and(|l| start.start_offset < l.start_offset || start.epoch == l.epoch);
+        if !covered {
+            changed |= history
+                .observe(start.epoch, start.start_offset)
+                .map_err(|e| StorageError::Corrupt {
+                    path: path.clone(),
+                    position: 0,
+                    reason: format!("the log's epochs disagree with the checkpoint: {e}"),
+                })?;
+        }
+    }
+    Ok((history, changed))
+}
+
+/// The high watermark's checkpoint, if one was written.
+async fn read_high_watermark(dir: &Path) -> Result<Option<u64>> {
+    let path = dir.join(HIGH_WATERMARK_FILE);
+    let Some(bytes) = read_small_file(&path).await? else {
+        return Ok(None);
+    };
+    let corrupt = |reason: &str| StorageError::Corrupt {
+        path: path.clone(),
+        position: 0,
+        reason: reason.to_string(),
+    };
+    if bytes.len() != 12 {
+        return Err(corrupt("not 12 bytes"));
+    }
+    let mut offset = [0u8; 8];
+    offset.copy_from_slice(&bytes[..8]);
+    let mut crc = [0u8; 4];
+    crc.copy_from_slice(&bytes[8..]);
+    if crc32c::crc32c(&offset) != u32::from_le_bytes(crc) {
+        return Err(corrupt("CRC mismatch"));
+    }
+    Ok(Some(u64::from_le_bytes(offset)))
+}
+
 impl LogInner {
+    /// Writes the leader-epoch history's checkpoint if it changed since the last one.
+    async fn checkpoint_epochs_if_dirty(&self) -> Result<()> {
+        let bytes = {
+            let mut state = self.state.borrow_mut();
+            if !state.epochs_dirty {
+                return Ok(());
+            }
+            state.epochs_dirty = false;
+            state.epochs.encode()
+        };
+        let written = replace_file(&self.dir, EPOCH_CHECKPOINT_FILE, &bytes).await;
+        if written.is_err() {
+            self.state.borrow_mut().epochs_dirty = true;
+        }
+        written
+    }
+
     /// Ends a roll or truncation: appends may go on; a failure stops the log.
     fn end_exclusive<T>(&self, result: &Result<T>) {
         let mut state = self.state.borrow_mut();
@@ -1102,7 +1395,10 @@ impl LogInner {
             if let Some(fill) = &fill {
                 fill.write().await?;
             }
-            write_job(&job, sync).await
+            let times = write_job(&job, sync).await?;
+            // A new epoch's start is on disk before any of its data is reported durable.
+            self.checkpoint_epochs_if_dirty().await?;
+            Ok::<_, StorageError>(times)
         }
         .await;
         let mut state = self.state.borrow_mut();

@@ -3,12 +3,14 @@
 //! This module knows nothing of sockets, requests or Raft: it stores and serves record batches
 //! for one partition at a time. Layers inside it, pure first:
 //! - [`index`] and [`scan`]: in-memory indexes and the batch scanner (no I/O, shared with tools);
+//! - [`epochs`]: the leader-epoch history (pure) and its checkpoint file format;
 //! - [`cache`]: the tail cache of recently written batches;
 //! - [`segment`]: segment files on glommio DMA (`ActiveSegment` → `SealedSegment`);
 //! - [`log`]: `PartitionLog`, the API the broker uses.
 
 pub mod cache;
 pub mod config;
+pub mod epochs;
 pub mod error;
 pub mod index;
 pub mod log;
@@ -16,8 +18,9 @@ pub mod scan;
 pub mod segment;
 
 pub use config::{FlushPolicy, LogConfig};
+pub use epochs::{EpochEnd, EpochHistory, EpochStart};
 pub use error::StorageError;
 pub use log::{
-    Appended, FileRange, LogStats, OffsetSpec, PartitionLog, ReadBatches, ReadChunk,
+    Appended, FileRange, LogStats, OffsetSpec, PartitionLog, ReadBatches, ReadBound, ReadChunk,
     RecoveryReport, RetentionReport, SendChunk, SendRead,
 };

@@ -22,6 +22,7 @@ use sluice_protocol::batch::{stamp, validate_frame, BatchHeader};
 use sluice_protocol::BATCH_HEADER_BYTES;
 
 use super::cache::CachedBatch;
+use super::epochs::EpochStart;
 use super::error::{io_error, Result, StorageError};
 use super::index::SegmentIndex;
 use super::scan::{segment_file_name, Feed, Scanner};
@@ -75,7 +76,7 @@ fn dsync_flag(write_through: bool) -> i32 {
 }
 
 /// Reads a whole (small) file, or `None` if it does not exist.
-async fn read_small_file(path: &Path) -> Result<Option<Vec<u8>>> {
+pub(crate) async fn read_small_file(path: &Path) -> Result<Option<Vec<u8>>> {
     let file = match DmaFile::open(path).await {
         Ok(file) => file,
         Err(error) => {
@@ -144,6 +145,18 @@ fn short_write(path: &Path, written: usize, wanted: usize) -> StorageError {
 }
 
 /// Removes a file, ignoring that it may not exist.
+/// Replaces `dir/name` with `bytes` atomically: a durable temporary file renamed over it, then
+/// the directory synced. A crash leaves the old file or the new one, never a mix.
+pub(crate) async fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let temporary = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    write_small_file(&temporary, bytes).await?;
+    glommio::io::rename(&temporary, &path)
+        .await
+        .map_err(io_error("rename", &path))?;
+    sync_dir(dir).await
+}
+
 pub async fn remove_if_exists(path: &Path) -> Result<()> {
     match glommio::io::remove(path).await {
         Ok(()) => Ok(()),
@@ -188,6 +201,8 @@ struct ScanOutcome {
     file_size: u64,
     /// Where and why the valid data ended before the end of the file.
     stop: Option<(u64, String)>,
+    /// Each run of batches with one leader epoch: the epoch and its first batch's offset.
+    epoch_starts: Vec<EpochStart>,
 }
 
 /// Scans a segment file from its start, reading it in chunks.
@@ -199,6 +214,18 @@ async fn scan_file(
 ) -> Result<ScanOutcome> {
     let file_size = file.file_size().await.map_err(io_error("stat", path))?;
     let mut scanner = Scanner::new(base_offset, interval);
+    let mut epoch_starts: Vec<EpochStart> = Vec::new();
+    let mut observe = |_: u64, header: &BatchHeader, _: &[u8]| {
+        if epoch_starts
+            .last()
+            .is_none_or(|e| e.epoch != header.leader_epoch)
+        {
+            epoch_starts.push(EpochStart {
+                epoch: header.leader_epoch,
+                start_offset: header.base_offset,
+            });
+        }
+    };
     let mut want = SCAN_CHUNK_BYTES;
     loop {
         let position = scanner.position();
@@ -207,6 +234,7 @@ async fn scan_file(
                 index: scanner.into_index(),
                 file_size,
                 stop: None,
+                epoch_starts,
             });
         }
         let chunk_position = align_down(position);
@@ -215,7 +243,7 @@ async fn scan_file(
             .read_at(chunk_position, len)
             .await
             .map_err(io_error("read", path))?;
-        let stop = match scanner.feed(&chunk, chunk_position, |_, _, _| {}) {
+        let stop = match scanner.feed(&chunk, chunk_position, &mut observe) {
             Feed::NeedMore {
                 position,
                 len_at_least,
@@ -253,8 +281,19 @@ async fn scan_file(
             index: scanner.into_index(),
             file_size,
             stop,
+            epoch_starts,
         });
     }
+}
+
+/// How an appended batch gets its base offset and leader epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamp {
+    /// A leader's append: the log stamps its next offset and this epoch into the batch.
+    Leader { leader_epoch: u32 },
+    /// A follower's append of a batch copied from the leader: offsets and epoch are kept as
+    /// they are (the batch must start at the log's next offset).
+    Replica,
 }
 
 /// Where a read starts: a batch boundary and the base offset of the batch there (an index entry).
@@ -789,13 +828,14 @@ impl ActiveSegment {
 
     /// Opens the last segment of a partition: scans it whole, cuts it at the first torn,
     /// corrupt or out-of-sequence batch, and rebuilds its index in memory.
+    /// Also returns the leader epochs of the batches kept, where each run of one epoch starts.
     pub async fn recover(
         dir: &Path,
         base_offset: u64,
         index_interval: u32,
         buffer_bytes: usize,
         write_through: bool,
-    ) -> Result<(ActiveSegment, TailRecovery)> {
+    ) -> Result<(ActiveSegment, TailRecovery, Vec<EpochStart>)> {
         let paths = SegmentPaths::new(dir, base_offset);
         // Index files of the active segment are never trusted (it may have been sealed halfway).
         remove_if_exists(&paths.offset_index).await?;
@@ -860,6 +900,7 @@ impl ActiveSegment {
                 file_size: end,
             },
             recovery,
+            outcome.epoch_starts,
         ))
     }
 
@@ -894,9 +935,10 @@ impl ActiveSegment {
         self.pending_len + len <= self.buffer_bytes
     }
 
-    /// Copies a validated batch into the write buffer, stamping its offset and epoch, and
-    /// indexes it. The caller checked [`ActiveSegment::has_room`].
-    pub fn append(&mut self, batch: &[u8], leader_epoch: u32) -> BatchHeader {
+    /// Copies a validated batch into the write buffer, stamping its offset and epoch as
+    /// `how` says, and indexes it. The caller checked [`ActiveSegment::has_room`] and, for a
+    /// replica's batch, that it starts at the next offset.
+    pub fn append(&mut self, batch: &[u8], how: Stamp) -> BatchHeader {
         assert!(
             self.has_room(batch.len()),
             "append without room in the write buffer"
@@ -905,11 +947,17 @@ impl ActiveSegment {
         let start = self.pending_len;
         let dest = &mut self.pending.as_bytes_mut()[start..start + batch.len()];
         dest.copy_from_slice(batch);
-        stamp(dest, base_offset, leader_epoch);
+        if let Stamp::Leader { leader_epoch } = how {
+            stamp(dest, base_offset, leader_epoch);
+        }
         let header = match BatchHeader::parse(dest) {
             Ok(header) => header,
             Err(error) => panic!("a validated batch no longer parses after stamping: {error}"),
         };
+        assert_eq!(
+            header.base_offset, base_offset,
+            "a batch must start at the log's next offset"
+        );
         let position = self.pending_position + start as u64;
         self.index.observe(position, &header);
         self.pending_len += batch.len();
