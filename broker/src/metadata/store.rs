@@ -7,8 +7,12 @@
 //!   acknowledged). Truncation and purging rewrite the file (tmp, fsync, rename, fsync dir), which
 //!   keeps it bounded: purging follows every snapshot.
 //! - `vote`, `purged`: JSON, replaced atomically the same way.
-//! - `snapshot`: `[8 magic][u32 meta len][JSON meta][u64 state len][rkyv ClusterState][u32 crc]`.
-//!   The same bytes are what a leader ships to a follower that needs a snapshot.
+//! - `snapshot`: `[8 magic "SLMETA02"][u32 schema][u32 meta len][JSON meta][u64 state len]
+//!   [rkyv ClusterState][u32 crc]`, CRC-32C over everything before it. The same bytes are what a
+//!   leader ships to a follower that needs a snapshot. `schema` names the layout of the rkyv
+//!   archive ([`CLUSTER_STATE_SCHEMA`]); a file from before the field existed (magic
+//!   `SLMETA01`, no schema field) is schema 1. A broker refuses, with a clear error, a schema
+//!   newer than it knows.
 //!
 //! This storage runs on the dedicated metadata thread, never on a data-path shard, so it uses
 //! plain blocking file I/O: an fsync there delays only metadata work.
@@ -30,7 +34,14 @@ use tokio::sync::watch;
 
 use super::types::{ClusterState, CommandResult, NodeId, TypeConfig};
 
-const SNAPSHOT_MAGIC: &[u8; 8] = b"SLMETA01";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"SLMETA02";
+/// The first snapshot layout, which had no schema field: its archive is schema 1.
+const SNAPSHOT_MAGIC_UNVERSIONED: &[u8; 8] = b"SLMETA01";
+/// The layout of the archived [`ClusterState`] this broker writes. Bump it whenever a field of
+/// `ClusterState` (or of a type inside it) is added, removed or changed, keep the previous
+/// layout's types in a module of their own, and decode older schemas by converting from them in
+/// `decode_state`: a rolling upgrade meets snapshots written by the previous version.
+pub const CLUSTER_STATE_SCHEMA: u32 = 1;
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -302,6 +313,7 @@ fn encode_snapshot(
     let archive = rkyv::to_bytes::<rkyv::rancor::Error>(state).map_err(std::io::Error::other)?;
     let mut out = Vec::with_capacity(meta_json.len() + archive.len() + 32);
     out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&CLUSTER_STATE_SCHEMA.to_le_bytes());
     out.extend_from_slice(&(meta_json.len() as u32).to_le_bytes());
     out.extend_from_slice(&meta_json);
     out.extend_from_slice(&(archive.len() as u64).to_le_bytes());
@@ -318,24 +330,39 @@ fn invalid(why: &str) -> std::io::Error {
     )
 }
 
-/// Decodes and validates a snapshot file (CRC, then rkyv's bytecheck validation).
+/// Decodes and validates a snapshot file (magic and schema, CRC, then rkyv's bytecheck
+/// validation).
 fn decode_snapshot(
     bytes: &[u8],
 ) -> std::io::Result<(SnapshotMeta<NodeId, openraft::BasicNode>, ClusterState)> {
-    if bytes.len() < 8 + 4 + 8 + 4 || &bytes[..8] != SNAPSHOT_MAGIC {
-        return Err(invalid("bad magic or too short"));
+    if bytes.len() < 8 + 4 + 8 + 4 {
+        return Err(invalid("too short"));
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
+    let u32_at =
+        |at: usize| u32::from_le_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]);
+    let (schema, meta_at) = match &body[..8] {
+        magic if magic == SNAPSHOT_MAGIC && body.len() >= 16 => (u32_at(8), 12),
+        magic if magic == SNAPSHOT_MAGIC_UNVERSIONED => (1, 8),
+        _ => return Err(invalid("bad magic")),
+    };
     if crc32c::crc32c(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
         return Err(invalid("CRC mismatch"));
     }
-    let meta_len = u32::from_le_bytes([body[8], body[9], body[10], body[11]]) as usize;
-    let meta_end = 12usize
+    if schema > CLUSTER_STATE_SCHEMA {
+        return Err(invalid(&format!(
+            "written with state schema {schema}, newer than this broker's \
+             {CLUSTER_STATE_SCHEMA}: upgrade this broker before it joins"
+        )));
+    }
+    let meta_len = u32_at(meta_at) as usize;
+    let meta_start = meta_at + 4;
+    let meta_end = meta_start
         .checked_add(meta_len)
         .filter(|&e| e + 8 <= body.len())
         .ok_or_else(|| invalid("bad meta length"))?;
     let meta: StoredSnapshotMeta =
-        serde_json::from_slice(&body[12..meta_end]).map_err(|e| invalid(&e.to_string()))?;
+        serde_json::from_slice(&body[meta_start..meta_end]).map_err(|e| invalid(&e.to_string()))?;
     let mut len_bytes = [0u8; 8];
     len_bytes.copy_from_slice(&body[meta_end..meta_end + 8]);
     let state_len = u64::from_le_bytes(len_bytes) as usize;
@@ -345,9 +372,16 @@ fn decode_snapshot(
     // rkyv needs an aligned buffer.
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(state_bytes.len());
     aligned.extend_from_slice(state_bytes);
-    let state = rkyv::from_bytes::<ClusterState, rkyv::rancor::Error>(&aligned)
-        .map_err(|e| invalid(&e.to_string()))?;
-    Ok((meta.meta, state))
+    Ok((meta.meta, decode_state(schema, &aligned)?))
+}
+
+/// Decodes an archived `ClusterState` of the given schema (not newer than this broker's).
+fn decode_state(schema: u32, archive: &[u8]) -> std::io::Result<ClusterState> {
+    match schema {
+        1 => rkyv::from_bytes::<ClusterState, rkyv::rancor::Error>(archive)
+            .map_err(|e| invalid(&e.to_string())),
+        other => Err(invalid(&format!("state schema {other} is unknown"))),
+    }
 }
 
 #[derive(Debug)]
@@ -524,5 +558,65 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: meta.clone(),
             snapshot: Box::new(Cursor::new(bytes.clone())),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (SnapshotMeta<NodeId, openraft::BasicNode>, ClusterState) {
+        let state = ClusterState {
+            version: 42,
+            next_topic_id: 7,
+            next_producer_id: 1 << 20,
+            ..ClusterState::default()
+        };
+        let meta = SnapshotMeta {
+            last_log_id: None,
+            last_membership: StoredMembership::default(),
+            snapshot_id: "test".into(),
+        };
+        (meta, state)
+    }
+
+    #[test]
+    fn snapshots_round_trip_with_their_schema() {
+        let (meta, state) = sample();
+        let bytes = encode_snapshot(&meta, &state).unwrap();
+        assert_eq!(&bytes[..8], SNAPSHOT_MAGIC);
+        assert_eq!(&bytes[8..12], &CLUSTER_STATE_SCHEMA.to_le_bytes());
+        let (back_meta, back) = decode_snapshot(&bytes).unwrap();
+        assert_eq!(back, state);
+        assert_eq!(back_meta.snapshot_id, "test");
+        for at in [0, 9, 20, bytes.len() - 1] {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 1;
+            assert!(decode_snapshot(&damaged).is_err(), "byte {at}");
+        }
+    }
+
+    /// A snapshot written before the schema field existed still opens (schema 1).
+    #[test]
+    fn unversioned_snapshots_read_as_schema_one() {
+        let (meta, state) = sample();
+        let current = encode_snapshot(&meta, &state).unwrap();
+        let mut legacy = SNAPSHOT_MAGIC_UNVERSIONED.to_vec();
+        legacy.extend_from_slice(&current[12..current.len() - 4]);
+        let crc = crc32c::crc32c(&legacy);
+        legacy.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_snapshot(&legacy).unwrap().1, state);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_with_a_clear_error() {
+        let (meta, state) = sample();
+        let mut bytes = encode_snapshot(&meta, &state).unwrap();
+        bytes[8..12].copy_from_slice(&(CLUSTER_STATE_SCHEMA + 1).to_le_bytes());
+        let len = bytes.len();
+        let crc = crc32c::crc32c(&bytes[..len - 4]);
+        bytes[len - 4..].copy_from_slice(&crc.to_le_bytes());
+        let error = decode_snapshot(&bytes).unwrap_err().to_string();
+        assert!(error.contains("newer than this broker"), "{error}");
     }
 }
