@@ -131,3 +131,10 @@ pub const SENDFILE_WAIT_MAX: std::time::Duration = std::time::Duration::from_mil
 /// First back-off, on timers, after a `sendfile` call that sent nothing; it doubles up to the
 /// connection's watchdog period.
 pub const SENDFILE_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// Most members of one consumer group (Kafka's `group.consumer.max.size` default): every
+/// membership change recomputes the group's assignment over all members and partitions.
+pub const GROUP_MEMBERS_MAX: usize = 200;
+
+/// Longest consumer group id: ids are keys of the offsets log and names in every group request.
+pub const GROUP_ID_BYTES_MAX: usize = 255;

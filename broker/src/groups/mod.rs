@@ -2,8 +2,11 @@
 //!
 //! - [`assign`]: the server-side assignors (range, round-robin, sticky), pure functions over
 //!   members, subscriptions and partition counts.
+//! - [`state`]: one group's state machine (members, epochs, reconciliation, sessions, static
+//!   members, commit fencing), pure and model-tested.
 //!
-//! *Planned* (issue 13): the group state machine (members, epochs, reconciliation, sessions),
-//! the offsets log and the group APIs, built on these.
+//! *Planned* (issue 13): the coordinator that runs these on a shard, the offsets log and the
+//! group APIs.
 
 pub mod assign;
+pub mod state;
