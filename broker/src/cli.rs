@@ -126,6 +126,7 @@ impl Args {
                 },
             },
             message_bytes_max: self.message_bytes_max,
+            ..TopicConfig::default()
         }
     }
 }

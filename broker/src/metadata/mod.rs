@@ -4,10 +4,12 @@
 //! - [`types`]: the replicated model ([`types::ClusterState`]), commands, typed errors;
 //! - [`state`]: pure logic: validation, placement, deterministic `apply`;
 //! - [`store`]: durable Raft log, vote and rkyv snapshots;
+//! - [`legacy`]: earlier snapshot layouts of the state, converted on read;
 //! - [`wire`], [`network`], [`client`]: the metadata port's frames, Raft RPCs, admin client;
 //! - [`node`]: the running member: server, controller duties, registration and heartbeats.
 
 pub mod client;
+pub mod legacy;
 pub mod network;
 pub mod node;
 pub mod state;

@@ -88,6 +88,67 @@ impl ClusterState {
                 live,
             });
         }
+        if config.resolved_min_insync(replication_factor) > replication_factor {
+            return Err(MetadataError::InvalidConfig(format!(
+                "min_insync_replicas {} exceeds the replication factor {replication_factor}",
+                config.min_insync_replicas
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks an in-sync change against the current state (the controller before proposing;
+    /// `apply` again): the proposer leads at that leader epoch, the partition is at that
+    /// partition epoch, and the new set is non-empty, holds the leader, only replicas, each once,
+    /// and no replica that is not alive may join.
+    pub fn check_alter_in_sync(
+        &self,
+        topic: &str,
+        partition: u32,
+        leader: NodeId,
+        leader_epoch: u32,
+        partition_epoch: u32,
+        in_sync: &[NodeId],
+    ) -> Result<(), MetadataError> {
+        let info = self
+            .topics
+            .get(topic)
+            .ok_or_else(|| MetadataError::UnknownTopic(topic.to_string()))?
+            .partitions
+            .get(partition as usize)
+            .ok_or_else(|| MetadataError::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+            })?;
+        if info.leader != Some(leader) || info.leader_epoch != leader_epoch {
+            return Err(MetadataError::FencedLeaderEpoch {
+                leader,
+                current: info.leader_epoch,
+                got: leader_epoch,
+            });
+        }
+        if info.partition_epoch != partition_epoch {
+            return Err(MetadataError::StalePartitionEpoch {
+                current: info.partition_epoch,
+                got: partition_epoch,
+            });
+        }
+        let invalid = |why: String| Err(MetadataError::InvalidInSync(why));
+        if !in_sync.contains(&leader) {
+            return invalid("the leader must stay in its in-sync set".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for broker in in_sync {
+            if !seen.insert(broker) {
+                return invalid(format!("broker {broker} listed twice"));
+            }
+            if !info.replicas.iter().any(|r| r.broker == *broker) {
+                return invalid(format!("broker {broker} is not a replica"));
+            }
+            if !info.in_sync.contains(broker) && !self.is_alive(*broker) {
+                return invalid(format!("broker {broker} is not alive and cannot join"));
+            }
+        }
         Ok(())
     }
 
@@ -235,6 +296,10 @@ impl ClusterState {
                 } else {
                     let id = self.next_topic_id;
                     self.next_topic_id += 1;
+                    let config = TopicConfig {
+                        min_insync_replicas: config.resolved_min_insync(*replication_factor),
+                        ..config.clone()
+                    };
                     let partitions = partitions
                         .iter()
                         .map(|replicas| PartitionInfo {
@@ -245,6 +310,7 @@ impl ClusterState {
                             // that is not in sync must never lead (offsets would go back).
                             in_sync: replicas.first().map(|r| r.broker).into_iter().collect(),
                             replicas: replicas.clone(),
+                            partition_epoch: 0,
                         })
                         .collect();
                     self.topics.insert(
@@ -253,7 +319,7 @@ impl ClusterState {
                             name: name.clone(),
                             id,
                             replication_factor: *replication_factor,
-                            config: config.clone(),
+                            config,
                             partitions,
                         },
                     );
@@ -264,6 +330,32 @@ impl ClusterState {
                 Some(_) => Ok(None),
                 None => Err(MetadataError::UnknownTopic(name.clone())),
             },
+            Command::AlterInSync {
+                topic,
+                partition,
+                leader,
+                leader_epoch,
+                partition_epoch,
+                in_sync,
+            } => self
+                .check_alter_in_sync(
+                    topic,
+                    *partition,
+                    *leader,
+                    *leader_epoch,
+                    *partition_epoch,
+                    in_sync,
+                )
+                .map(|()| {
+                    let info = self
+                        .topics
+                        .get_mut(topic)
+                        .and_then(|t| t.partitions.get_mut(*partition as usize))
+                        .expect("checked above");
+                    info.in_sync = in_sync.clone();
+                    info.partition_epoch += 1;
+                    None
+                }),
             Command::AssignCoordinator { group, placement } => {
                 self.coordinators.entry(group.clone()).or_insert(*placement);
                 Ok(None)
@@ -312,8 +404,9 @@ impl ClusterState {
             .is_some_and(|b| b.state == BrokerState::Alive)
     }
 
-    /// A broker died: partitions it led move to another live in-sync replica (or go offline),
-    /// and it leaves the in-sync sets (unless it is their last member).
+    /// A broker died: partitions it led move to another live in-sync replica, else (when the
+    /// topic allows unclean election) to any live replica, else go offline; it leaves the
+    /// in-sync sets (unless it is their last member). Every change bumps the partition epoch.
     fn move_leaders_off(&mut self, dead: NodeId) {
         let alive: Vec<NodeId> = self
             .brokers
@@ -322,7 +415,9 @@ impl ClusterState {
             .map(|b| b.id)
             .collect();
         for topic in self.topics.values_mut() {
+            let unclean = topic.config.unclean_leader_election;
             for partition in &mut topic.partitions {
+                let before = (partition.leader, partition.in_sync.clone());
                 // The last in-sync replica stays in the set: it holds everything acknowledged, so
                 // it is the one that may lead again when it returns.
                 if partition.in_sync.len() > 1 {
@@ -334,7 +429,21 @@ impl ClusterState {
                         .iter()
                         .copied()
                         .find(|b| *b != dead && alive.contains(b));
+                    if partition.leader.is_none() && unclean {
+                        // Availability over durability, by the topic's choice.
+                        partition.leader = partition
+                            .replicas
+                            .iter()
+                            .map(|r| r.broker)
+                            .find(|b| alive.contains(b));
+                        if let Some(leader) = partition.leader {
+                            partition.in_sync = vec![leader];
+                        }
+                    }
                     partition.leader_epoch += 1;
+                }
+                if (partition.leader, &partition.in_sync) != (before.0, &before.1) {
+                    partition.partition_epoch += 1;
                 }
             }
         }
@@ -360,6 +469,7 @@ impl ClusterState {
                 if partition.leader.is_none() && partition.in_sync.contains(&back) {
                     partition.leader = Some(back);
                     partition.leader_epoch += 1;
+                    partition.partition_epoch += 1;
                 }
             }
         }
@@ -510,6 +620,147 @@ mod tests {
                 assert_eq!((p.leader, p.leader_epoch), (Some(1), 2), "back, epoch + 1");
             }
         }
+    }
+
+    fn alter(
+        state: &mut ClusterState,
+        leader: NodeId,
+        leader_epoch: u32,
+        partition_epoch: u32,
+        in_sync: &[NodeId],
+    ) -> CommandResult {
+        state.apply(&Command::AlterInSync {
+            topic: "r".into(),
+            partition: 0,
+            leader,
+            leader_epoch,
+            partition_epoch,
+            in_sync: in_sync.to_vec(),
+        })
+    }
+
+    /// In-sync changes are fenced by the leader epoch and the partition epoch, so a deposed
+    /// or stale leader cannot change the set; and only in-sync replicas are elected.
+    #[test]
+    fn in_sync_changes_are_fenced_and_only_in_sync_replicas_lead() {
+        let mut state = cluster(3, 1);
+        create(&mut state, "r", 1, 3);
+        let p = state.topics["r"].partitions[0].clone();
+        let leader = p.leader.unwrap();
+        let followers: Vec<NodeId> = p
+            .replicas
+            .iter()
+            .map(|r| r.broker)
+            .filter(|b| *b != leader)
+            .collect();
+        assert_eq!(state.topics["r"].config.min_insync_replicas, 2);
+        assert_eq!(
+            (p.leader_epoch, p.partition_epoch, p.in_sync.clone()),
+            (0, 0, vec![leader])
+        );
+        let rejected = |r: CommandResult| matches!(r, CommandResult::Rejected(_));
+        let version = state.version;
+        assert!(rejected(alter(
+            &mut state,
+            followers[0],
+            0,
+            0,
+            &[followers[0]]
+        )));
+        assert!(rejected(alter(&mut state, leader, 1, 0, &[leader])));
+        assert!(rejected(alter(&mut state, leader, 0, 3, &[leader])));
+        assert!(rejected(alter(&mut state, leader, 0, 0, &[followers[0]])));
+        assert!(rejected(alter(&mut state, leader, 0, 0, &[leader, leader])));
+        assert!(rejected(alter(&mut state, leader, 0, 0, &[leader, 99])));
+        assert_eq!(state.version, version, "rejections change nothing");
+        let all = [leader, followers[0], followers[1]];
+        assert!(!rejected(alter(&mut state, leader, 0, 0, &all)));
+        assert_eq!(state.topics["r"].partitions[0].partition_epoch, 1);
+        // The same change again is stale.
+        assert!(rejected(alter(&mut state, leader, 0, 0, &all)));
+
+        // The leader dies: an in-sync follower takes over, epoch + 1; the old leader's view is
+        // fenced.
+        state.apply(&Command::SetBrokerState {
+            id: leader,
+            state: BrokerState::Dead,
+        });
+        let p = state.topics["r"].partitions[0].clone();
+        assert!(p.leader.is_some_and(|l| followers.contains(&l)));
+        assert_eq!(p.leader_epoch, 1);
+        assert_eq!(p.partition_epoch, 2);
+        assert!(!p.in_sync.contains(&leader));
+        assert!(rejected(alter(&mut state, leader, 0, 2, &[leader])));
+        // A dead broker cannot join the set.
+        let new_leader = p.leader.unwrap();
+        assert!(rejected(alter(
+            &mut state,
+            new_leader,
+            1,
+            2,
+            &[new_leader, leader]
+        )));
+        assert!(!rejected(alter(
+            &mut state,
+            new_leader,
+            1,
+            2,
+            &[new_leader]
+        )));
+        // Its last in-sync replica dies: offline, never an out-of-sync replica.
+        let other = followers
+            .iter()
+            .copied()
+            .find(|b| *b != new_leader)
+            .unwrap();
+        state.apply(&Command::SetBrokerState {
+            id: new_leader,
+            state: BrokerState::Dead,
+        });
+        let p = state.topics["r"].partitions[0].clone();
+        assert_eq!(p.leader, None, "{other} is alive but not in sync");
+        assert_eq!(p.in_sync, vec![new_leader]);
+    }
+
+    #[test]
+    fn unclean_election_is_the_topics_choice() {
+        let mut state = cluster(3, 1);
+        let config = TopicConfig {
+            unclean_leader_election: true,
+            min_insync_replicas: 1,
+            ..TopicConfig::default()
+        };
+        let placement = state.place_partitions(1, 3);
+        state.apply(&Command::CreateTopic {
+            name: "u".into(),
+            replication_factor: 3,
+            config,
+            partitions: placement,
+        });
+        let leader = state.topics["u"].partitions[0].leader.unwrap();
+        state.apply(&Command::SetBrokerState {
+            id: leader,
+            state: BrokerState::Dead,
+        });
+        let p = &state.topics["u"].partitions[0];
+        let new_leader = p.leader.expect("an out-of-sync replica leads, by choice");
+        assert_ne!(new_leader, leader);
+        assert_eq!(p.in_sync, vec![new_leader]);
+        assert_eq!(p.leader_epoch, 1);
+    }
+
+    #[test]
+    fn min_insync_above_the_replication_factor_is_refused() {
+        let state = cluster(3, 1);
+        let config = TopicConfig {
+            min_insync_replicas: 3,
+            ..TopicConfig::default()
+        };
+        assert!(matches!(
+            state.check_create_topic("t", 1, 2, &config),
+            Err(MetadataError::InvalidConfig(_))
+        ));
+        assert!(state.check_create_topic("t", 1, 3, &config).is_ok());
     }
 
     #[test]

@@ -41,7 +41,7 @@ const SNAPSHOT_MAGIC_UNVERSIONED: &[u8; 8] = b"SLMETA01";
 /// `ClusterState` (or of a type inside it) is added, removed or changed, keep the previous
 /// layout's types in a module of their own, and decode older schemas by converting from them in
 /// `decode_state`: a rolling upgrade meets snapshots written by the previous version.
-pub const CLUSTER_STATE_SCHEMA: u32 = 1;
+pub const CLUSTER_STATE_SCHEMA: u32 = 2;
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -378,7 +378,10 @@ fn decode_snapshot(
 /// Decodes an archived `ClusterState` of the given schema (not newer than this broker's).
 fn decode_state(schema: u32, archive: &[u8]) -> std::io::Result<ClusterState> {
     match schema {
-        1 => rkyv::from_bytes::<ClusterState, rkyv::rancor::Error>(archive)
+        1 => rkyv::from_bytes::<super::legacy::v1::ClusterState, rkyv::rancor::Error>(archive)
+            .map(ClusterState::from)
+            .map_err(|e| invalid(&e.to_string())),
+        2 => rkyv::from_bytes::<ClusterState, rkyv::rancor::Error>(archive)
             .map_err(|e| invalid(&e.to_string())),
         other => Err(invalid(&format!("state schema {other} is unknown"))),
     }
@@ -596,16 +599,59 @@ mod tests {
         }
     }
 
-    /// A snapshot written before the schema field existed still opens (schema 1).
+    /// A snapshot written before the schema field existed (schema 1, the layout before
+    /// partition epochs) still opens, converted to the current state.
     #[test]
-    fn unversioned_snapshots_read_as_schema_one() {
-        let (meta, state) = sample();
-        let current = encode_snapshot(&meta, &state).unwrap();
+    fn unversioned_schema_one_snapshots_are_converted() {
+        use super::super::legacy::v1;
+        use crate::metadata::types::{FlushSetting, ReplicaPlacement};
+        let old = v1::ClusterState {
+            version: 9,
+            topics: [(
+                "t".to_string(),
+                v1::Topic {
+                    name: "t".into(),
+                    id: 3,
+                    replication_factor: 3,
+                    config: v1::TopicConfig {
+                        segment_bytes: 1 << 30,
+                        segment_age_ms: None,
+                        retention_ms: Some(1000),
+                        retention_bytes: None,
+                        flush: FlushSetting::Always,
+                        message_bytes_max: 1 << 20,
+                    },
+                    partitions: vec![v1::PartitionInfo {
+                        replicas: vec![ReplicaPlacement {
+                            broker: 1,
+                            shard: 0,
+                        }],
+                        leader: Some(1),
+                        leader_epoch: 4,
+                        in_sync: vec![1],
+                    }],
+                },
+            )]
+            .into(),
+            ..v1::ClusterState::default()
+        };
+        let (meta, _) = sample();
+        let meta_json = serde_json::to_vec(&StoredSnapshotMeta { meta }).unwrap();
+        let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&old).unwrap();
         let mut legacy = SNAPSHOT_MAGIC_UNVERSIONED.to_vec();
-        legacy.extend_from_slice(&current[12..current.len() - 4]);
+        legacy.extend_from_slice(&(meta_json.len() as u32).to_le_bytes());
+        legacy.extend_from_slice(&meta_json);
+        legacy.extend_from_slice(&(archive.len() as u64).to_le_bytes());
+        legacy.extend_from_slice(&archive);
         let crc = crc32c::crc32c(&legacy);
         legacy.extend_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode_snapshot(&legacy).unwrap().1, state);
+        let state = decode_snapshot(&legacy).unwrap().1;
+        let topic = &state.topics["t"];
+        assert_eq!(state.version, 9);
+        assert_eq!(topic.config.retention_ms, Some(1000));
+        assert_eq!(topic.config.min_insync_replicas, 2, "resolved for rf 3");
+        assert_eq!(topic.partitions[0].leader_epoch, 4);
+        assert_eq!(topic.partitions[0].partition_epoch, 0);
     }
 
     #[test]

@@ -105,6 +105,35 @@ pub struct TopicConfig {
     pub retention_bytes: Option<u64>,
     pub flush: FlushSetting,
     pub message_bytes_max: u64,
+    /// In-sync replicas (leader included) an `acks=all` produce needs; below it the produce is
+    /// refused with `NotEnoughReplicas`. 0 in a create request means the default: 2 for a
+    /// replication factor of 3 or more, else 1 (the stored topic holds the resolved value).
+    #[serde(default)]
+    pub min_insync_replicas: u32,
+    /// A follower that has not caught up to the leader's end within this long leaves the
+    /// in-sync set.
+    #[serde(default = "default_replica_lag_time_max_ms")]
+    pub replica_lag_time_max_ms: u64,
+    /// Whether a replica that is not in sync may become leader when no in-sync one is alive
+    /// (availability over durability: acknowledged records can be lost). Off by default.
+    #[serde(default)]
+    pub unclean_leader_election: bool,
+}
+
+fn default_replica_lag_time_max_ms() -> u64 {
+    10_000
+}
+
+impl TopicConfig {
+    /// The in-sync minimum a topic of `replication_factor` replicas gets when the request
+    /// leaves it at 0.
+    pub fn resolved_min_insync(&self, replication_factor: u32) -> u32 {
+        match self.min_insync_replicas {
+            0 if replication_factor >= 3 => 2,
+            0 => 1,
+            n => n,
+        }
+    }
 }
 
 impl Default for TopicConfig {
@@ -119,6 +148,9 @@ impl Default for TopicConfig {
                 bytes: 4 << 20,
             },
             message_bytes_max: 1 << 20,
+            min_insync_replicas: 0,
+            replica_lag_time_max_ms: default_replica_lag_time_max_ms(),
+            unclean_leader_election: false,
         }
     }
 }
@@ -161,6 +193,10 @@ pub struct PartitionInfo {
     pub leader: Option<NodeId>,
     pub leader_epoch: u32,
     pub in_sync: Vec<NodeId>,
+    /// Increases with every change of the leader, the in-sync set or the replicas: an in-sync
+    /// change proposed against an older one is refused (Kafka's partition epoch).
+    #[serde(default)]
+    pub partition_epoch: u32,
 }
 
 #[derive(
@@ -239,6 +275,17 @@ pub enum Command {
     AllocateProducerIds {
         count: u64,
     },
+    /// A partition's leader changes its in-sync set (Kafka's AlterPartition). Refused unless
+    /// `leader` still leads at `leader_epoch` and the partition is at `partition_epoch`, so a
+    /// deposed or stale leader cannot change it.
+    AlterInSync {
+        topic: String,
+        partition: u32,
+        leader: NodeId,
+        leader_epoch: u32,
+        partition_epoch: u32,
+        in_sync: Vec<NodeId>,
+    },
 }
 
 /// What applying a command produced.
@@ -287,6 +334,18 @@ pub enum MetadataError {
     Unavailable(String),
     #[error("malformed request: {0}")]
     Malformed(String),
+    #[error("unknown partition {topic}/{partition}")]
+    UnknownPartition { topic: String, partition: u32 },
+    #[error("broker {leader} at leader epoch {got} does not lead: the leader epoch is {current}")]
+    FencedLeaderEpoch {
+        leader: NodeId,
+        current: u32,
+        got: u32,
+    },
+    #[error("partition epoch {got} is stale: the partition is at {current}")]
+    StalePartitionEpoch { current: u32, got: u32 },
+    #[error("invalid in-sync set: {0}")]
+    InvalidInSync(String),
 }
 
 fn controller_text(controller: &Option<(NodeId, String)>) -> String {

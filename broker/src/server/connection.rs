@@ -113,6 +113,11 @@ fn metadata_code(error: &MetadataError) -> ErrorCode {
         MetadataError::UnknownTopic(_) => ErrorCode::UnknownTopicOrPartition,
         MetadataError::InvalidConfig(_) => ErrorCode::InvalidConfig,
         MetadataError::NotController { .. } => ErrorCode::NotController,
+        MetadataError::UnknownPartition { .. } => ErrorCode::UnknownTopicOrPartition,
+        MetadataError::FencedLeaderEpoch { .. } | MetadataError::StalePartitionEpoch { .. } => {
+            ErrorCode::NotLeaderOrWrongShard
+        }
+        MetadataError::InvalidInSync(_) => ErrorCode::InvalidConfig,
         MetadataError::UnknownBroker(_)
         | MetadataError::NoLiveBrokers
         | MetadataError::Unavailable(_)

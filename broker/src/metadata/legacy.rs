@@ -1,0 +1,101 @@
+//! Earlier layouts of the archived [`ClusterState`], kept so a broker reads snapshots written
+//! by the previous version (see `CLUSTER_STATE_SCHEMA` in `store.rs`). Each module holds the
+//! types of one schema that differ from the current ones, and converts into the current state.
+
+/// Schema 1: before partition epochs and the topic's replication settings.
+pub mod v1 {
+    use std::collections::BTreeMap;
+
+    use crate::metadata::types::{
+        Broker, ClusterState as Current, FlushSetting, NodeId, PartitionInfo as CurrentPartition,
+        ReplicaPlacement, Topic as CurrentTopic, TopicConfig as CurrentConfig,
+    };
+
+    #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct TopicConfig {
+        pub segment_bytes: u64,
+        pub segment_age_ms: Option<u64>,
+        pub retention_ms: Option<u64>,
+        pub retention_bytes: Option<u64>,
+        pub flush: FlushSetting,
+        pub message_bytes_max: u64,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct PartitionInfo {
+        pub replicas: Vec<ReplicaPlacement>,
+        pub leader: Option<NodeId>,
+        pub leader_epoch: u32,
+        pub in_sync: Vec<NodeId>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct Topic {
+        pub name: String,
+        pub id: u64,
+        pub replication_factor: u32,
+        pub config: TopicConfig,
+        pub partitions: Vec<PartitionInfo>,
+    }
+
+    #[derive(
+        Debug, Clone, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+    )]
+    pub struct ClusterState {
+        pub version: u64,
+        pub brokers: BTreeMap<NodeId, Broker>,
+        pub topics: BTreeMap<String, Topic>,
+        pub coordinators: BTreeMap<String, ReplicaPlacement>,
+        pub next_topic_id: u64,
+        pub next_producer_id: u64,
+    }
+
+    impl From<ClusterState> for Current {
+        fn from(old: ClusterState) -> Current {
+            Current {
+                version: old.version,
+                brokers: old.brokers,
+                topics: old
+                    .topics
+                    .into_iter()
+                    .map(|(name, t)| {
+                        let config = CurrentConfig {
+                            segment_bytes: t.config.segment_bytes,
+                            segment_age_ms: t.config.segment_age_ms,
+                            retention_ms: t.config.retention_ms,
+                            retention_bytes: t.config.retention_bytes,
+                            flush: t.config.flush,
+                            message_bytes_max: t.config.message_bytes_max,
+                            ..CurrentConfig::default()
+                        };
+                        let config = CurrentConfig {
+                            min_insync_replicas: config.resolved_min_insync(t.replication_factor),
+                            ..config
+                        };
+                        let topic = CurrentTopic {
+                            name: t.name,
+                            id: t.id,
+                            replication_factor: t.replication_factor,
+                            config,
+                            partitions: t
+                                .partitions
+                                .into_iter()
+                                .map(|p| CurrentPartition {
+                                    replicas: p.replicas,
+                                    leader: p.leader,
+                                    leader_epoch: p.leader_epoch,
+                                    in_sync: p.in_sync,
+                                    partition_epoch: 0,
+                                })
+                                .collect(),
+                        };
+                        (name, topic)
+                    })
+                    .collect(),
+                coordinators: old.coordinators,
+                next_topic_id: old.next_topic_id,
+                next_producer_id: old.next_producer_id,
+            }
+        }
+    }
+}
