@@ -129,6 +129,10 @@ pub(crate) fn retriable_code(code: ErrorCode) -> bool {
             | ErrorCode::Unavailable
             | ErrorCode::StorageFailure
             | ErrorCode::NotController
+            // Kafka retries these too: the in-sync set may grow back, metadata catches up.
+            | ErrorCode::NotEnoughReplicas
+            | ErrorCode::FencedLeaderEpoch
+            | ErrorCode::UnknownLeaderEpoch
     )
 }
 
@@ -140,6 +144,7 @@ pub(crate) fn stale_metadata_code(code: ErrorCode) -> bool {
             | ErrorCode::UnknownTopicOrPartition
             | ErrorCode::StorageFailure
             | ErrorCode::Unavailable
+            | ErrorCode::FencedLeaderEpoch
     )
 }
 

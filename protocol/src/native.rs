@@ -117,6 +117,15 @@ pub enum ErrorCode {
     OutOfOrderSequence,
     /// A newer epoch of this producer id exists.
     ProducerFenced,
+    /// `acks=all` with fewer in-sync replicas than the topic's `min_insync_replicas`: nothing
+    /// was appended.
+    NotEnoughReplicas,
+    /// A replica fetch from a broker that is not a replica of the partition.
+    NotReplica,
+    /// The request's leader epoch is older than the partition's: refresh metadata.
+    FencedLeaderEpoch,
+    /// The request's leader epoch is newer than this broker knows: its metadata lags; retry.
+    UnknownLeaderEpoch,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -314,6 +323,65 @@ pub struct ListOffsetsPartitionResponse {
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ListOffsetsResponse {
     pub partitions: Vec<ListOffsetsPartitionResponse>,
+}
+
+/// One partition of a follower's fetch from its leader.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ReplicaFetchPartition {
+    pub topic: String,
+    pub partition: u32,
+    /// The follower's log end: the next offset it needs.
+    pub fetch_offset: u64,
+    /// The epoch of the follower's last batch (`None` for an empty log): the leader checks that
+    /// its own log agrees up to `fetch_offset` in that epoch, else answers `diverging`.
+    pub last_fetched_epoch: Option<u32>,
+    /// Offsets below this are durable on the follower: what the leader's high watermark counts.
+    pub durable_end: u64,
+    /// The leader epoch the follower believes current.
+    pub leader_epoch: u32,
+    pub max_bytes: u32,
+}
+
+/// A follower's fetch (Kafka's Fetch from a replica, with KIP-320's divergence check inside):
+/// the same zero-copy read path as a consumer's, reading up to the leader's durable end.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ReplicaFetchRequest {
+    /// The follower's broker id.
+    pub replica_id: u64,
+    pub max_wait_ms: u32,
+    pub min_bytes: u32,
+    pub max_bytes: u32,
+    pub partitions: Vec<ReplicaFetchPartition>,
+}
+
+/// Where the follower's log leaves the leader's: its last epoch ends at `end_offset` here (the
+/// largest epoch at or below the follower's, if the leader never had that one). The follower
+/// truncates to the smaller of this and its own end of `epoch`, then fetches again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct DivergingEpoch {
+    pub epoch: u32,
+    pub end_offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ReplicaFetchPartitionResponse {
+    pub topic: String,
+    pub partition: u32,
+    pub error: ErrorCode,
+    pub leader_epoch: u32,
+    pub high_watermark: u64,
+    pub log_start: u64,
+    /// The leader's durable end when the fetch was answered.
+    pub durable_end: u64,
+    /// Set when the follower's log diverges from the leader's; no data then.
+    pub diverging: Option<DivergingEpoch>,
+    /// Bytes of whole batches for this partition in the data part, in order.
+    pub bytes_len: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ReplicaFetchResponse {
+    pub partitions: Vec<ReplicaFetchPartitionResponse>,
 }
 
 /// Why a frame could not be decoded.
@@ -536,12 +604,56 @@ mod tests {
         );
     }
 
+    #[test]
+    fn replica_fetch_round_trips() {
+        let request = ReplicaFetchRequest {
+            replica_id: 2,
+            max_wait_ms: 100,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            partitions: vec![ReplicaFetchPartition {
+                topic: "orders".into(),
+                partition: 1,
+                fetch_offset: 42,
+                last_fetched_epoch: Some(3),
+                durable_end: 40,
+                leader_epoch: 4,
+                max_bytes: 1 << 20,
+            }],
+        };
+        assert_eq!(
+            decode_control::<ReplicaFetchRequest>(&encode_control(&request)).unwrap(),
+            request
+        );
+        let response = ReplicaFetchResponse {
+            partitions: vec![ReplicaFetchPartitionResponse {
+                topic: "orders".into(),
+                partition: 1,
+                error: ErrorCode::None,
+                leader_epoch: 4,
+                high_watermark: 40,
+                log_start: 0,
+                durable_end: 50,
+                diverging: Some(DivergingEpoch {
+                    epoch: 3,
+                    end_offset: 41,
+                }),
+                bytes_len: 0,
+            }],
+        };
+        assert_eq!(
+            decode_control::<ReplicaFetchResponse>(&encode_control(&response)).unwrap(),
+            response
+        );
+    }
+
     proptest! {
         #[test]
         fn arbitrary_frames_never_panic(bytes: Vec<u8>) {
             if let Ok(frame) = split_request(&bytes) {
                 let _ = decode_control::<ProduceRequest>(frame.control);
                 let _ = decode_control::<FetchRequest>(frame.control);
+                let _ = decode_control::<ReplicaFetchRequest>(frame.control);
                 let _ = decode_control::<MetadataRequest>(frame.control);
                 let _ = decode_control::<ListOffsetsRequest>(frame.control);
             }
