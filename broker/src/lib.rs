@@ -5,7 +5,8 @@
 //! - [`shard`]: how executor threads are made and what each does at start-up;
 //! - [`reactor`]: the watchdog that wakes an executor sleeping through its own timers;
 //! - [`cli`]: the `sluice-broker` command line and start-up;
-//! - [`groups`]: consumer groups (today the partition assignors);
+//! - [`groups`]: consumer groups (the assignors and the group state machine, pure);
+//! - [`replication`]: partition replication (the leader's in-sync rules, pure);
 //! - [`limits`]: every fixed maximum, with its reason;
 //! - [`notify`]: the single-threaded wake-up primitive the log's tasks use.
 
@@ -15,6 +16,7 @@ pub mod limits;
 pub mod metadata;
 pub mod notify;
 pub mod reactor;
+pub mod replication;
 pub mod server;
 pub mod shard;
 pub mod storage;
