@@ -6,6 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_protocol::batch::BatchHeader;
@@ -780,6 +781,105 @@ fn idempotent_retries_are_written_once_even_across_a_restart() {
         init_producer_id(&mut client) > id,
         "ids stay unique across restarts"
     );
+}
+
+/// One idempotent producer's batches sent on two connections at once, as when a producer
+/// retries on a new connection while the broker still reads the old one. Segments of 1 MiB
+/// make appends wait on rolls, so each connection's append of a batch can be in progress while
+/// the other checks the same batch. Check, append and record of a sequence are one step per
+/// partition: every batch is written once, both connections are answered with its offset,
+/// and neither is refused as out of order (before, a batch could pass the check on both
+/// connections and be written twice, and a record made out of order made the next batch look
+/// like a gap).
+#[test]
+fn the_same_batches_on_two_connections_at_once_are_written_once() {
+    const BATCHES: i32 = 48;
+    const RECORDS: u32 = 32;
+    let broker = Broker::start_with(&["--segment-bytes", "1048576", "--mode", "latency"]);
+    let mut admin = Client::connect(&broker.listen).unwrap();
+    assert_eq!(create_topic(&mut admin, "twice", 1), ErrorCode::None);
+    let owner = owners(&mut admin, "twice")[0].clone();
+    let mut client = Client::connect(&owner).unwrap();
+    let id = init_producer_id(&mut client);
+    // The first batch makes sure the log is open before the race starts.
+    let batch = |seq: i32| {
+        let mut builder = BatchBuilder::new(BatchOptions {
+            producer_id: id,
+            producer_epoch: 0,
+            base_sequence: seq * RECORDS as i32,
+        });
+        for r in 0..RECORDS {
+            let mut value = format!("{seq}-{r}-").into_bytes();
+            value.resize(8 << 10, b'v');
+            builder.push(1, None, Some(&value), &[]);
+        }
+        builder.finish()
+    };
+    assert_eq!(produce_ready(&mut client, "twice", 0, &batch(0)), 0);
+    let batches: Arc<Vec<Vec<u8>>> = Arc::new((1..BATCHES).map(batch).collect());
+    // A producer has at most 16 batches of a partition in flight (what the broker remembers),
+    // so both connections send the same windows of 16, each window at the same moment.
+    let window = 16;
+    let start = Arc::new(std::sync::Barrier::new(2));
+    let connections: Vec<_> = (0..2)
+        .map(|_| {
+            let (owner, batches, start) = (owner.clone(), Arc::clone(&batches), Arc::clone(&start));
+            std::thread::spawn(move || {
+                let mut client = Client::connect(&owner).unwrap();
+                let mut answers = Vec::new();
+                for chunk in batches.chunks(window) {
+                    start.wait();
+                    // The whole window pipelined: the broker reads on while its appends wait.
+                    let mut frames = Vec::new();
+                    for bytes in chunk {
+                        let request = ProduceRequest {
+                            acks: Acks::Leader,
+                            timeout_ms: 10_000,
+                            partitions: vec![ProducePartition {
+                                topic: "twice".into(),
+                                partition: 0,
+                                batch_len: bytes.len() as u32,
+                            }],
+                        };
+                        let control = encode_control(&request);
+                        frames.extend(encode_request(ApiKey::Produce, 0, 0, &control, bytes.len()));
+                        frames.extend_from_slice(bytes);
+                    }
+                    client.stream.write_all(&frames).unwrap();
+                    for _ in chunk {
+                        let (_, error, control, _) = client.receive().unwrap();
+                        assert_eq!(error, 0);
+                        let response = decode_control::<ProduceResponse>(&control).unwrap();
+                        let p = &response.partitions[0];
+                        answers.push((p.error, p.base_offset));
+                    }
+                }
+                answers
+            })
+        })
+        .collect();
+    let answers: Vec<Vec<(ErrorCode, u64)>> =
+        connections.into_iter().map(|t| t.join().unwrap()).collect();
+    for (i, (a, b)) in answers[0].iter().zip(&answers[1]).enumerate() {
+        let expected = (ErrorCode::None, (i as u64 + 1) * u64::from(RECORDS));
+        assert_eq!(*a, expected, "batch {} on the first connection", i + 1);
+        assert_eq!(*b, expected, "batch {} on the second connection", i + 1);
+    }
+    let values = read_all(&mut client, "twice", 0);
+    assert_eq!(
+        values.len(),
+        BATCHES as usize * RECORDS as usize,
+        "each batch once"
+    );
+    for (i, (offset, value)) in values.iter().enumerate() {
+        assert_eq!(*offset, i as u64);
+        let expected = format!("{}-{}-", i / RECORDS as usize, i % RECORDS as usize);
+        assert!(
+            value.starts_with(&expected),
+            "offset {i} holds {:?}",
+            &value[..16]
+        );
+    }
 }
 
 /// Produce requests that carry five ~1 MiB batches for the same partition (idempotent, acks
