@@ -131,3 +131,9 @@ pub const SENDFILE_WAIT_MAX: std::time::Duration = std::time::Duration::from_mil
 /// First back-off, on timers, after a `sendfile` call that sent nothing; it doubles up to the
 /// connection's watchdog period.
 pub const SENDFILE_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// Shard `i`'s own port is the `--listen` port plus this plus `i`, unless `--shard-ports` gives
+/// them: the next two ports stay free for the HTTP metrics (9491) and metadata (9492) defaults,
+/// and brokers laid out 100 ports apart (9490, 9590, …, as in the README) have room for 90
+/// shards each. Fixed ports survive a restart, so clients' metadata stays right.
+pub const SHARD_PORT_OFFSET: u16 = 10;
