@@ -283,7 +283,11 @@ struct Shared {
     config: ProducerConfig,
     cluster: Arc<Cluster>,
     state: Mutex<State>,
-    /// Wakes the sender task: a batch is ready, a response came back, a flush began.
+    /// Wakes the sender task. Everything that changes what the sender should do next or when
+    /// notifies it: a batch is ready, a response came back, a flush began, a retry time was set
+    /// (an unreachable broker, a failed producer-id reset), a partition was un-paused. The
+    /// sender sleeps until the earliest deadline it planned, so a change it is not told of
+    /// would wait for that deadline, which may be a batch's delivery timeout.
     wake: Notify,
     /// Buffer room was freed.
     room: Notify,
@@ -319,6 +323,10 @@ struct PartitionQueue {
     /// Closed batches not in flight, oldest (lowest sequence) first.
     ready: VecDeque<Batch>,
     in_flight: usize,
+    /// Producer id and base sequence of each batch in flight (at most
+    /// `IN_FLIGHT_BATCHES_PER_PARTITION_MAX`), so a refusal of a later batch can tell that an
+    /// earlier one has not returned yet.
+    in_flight_sequences: Vec<(i64, i32)>,
     /// This partition's producer id and epoch, and the next sequence number.
     producer: (i64, i16),
     next_sequence: i32,
@@ -744,6 +752,7 @@ impl PartitionQueue {
             open: None,
             ready: VecDeque::new(),
             in_flight: 0,
+            in_flight_sequences: Vec::new(),
             producer,
             next_sequence: 0,
             paused: false,
@@ -1012,6 +1021,9 @@ impl Shared {
                 }
                 *used += len;
                 queue.in_flight += 1;
+                if let Some((producer_id, _, seq)) = batch.sequence {
+                    queue.in_flight_sequences.push((producer_id, seq));
+                }
                 out.batches.push((key.clone(), batch));
             }
         }
@@ -1110,6 +1122,15 @@ impl Shared {
                 unreachable!("queues are never removed, and this batch came from one");
             };
             queue.in_flight -= 1;
+            if let Some((producer_id, _, seq)) = batch.sequence {
+                if let Some(at) = queue
+                    .in_flight_sequences
+                    .iter()
+                    .position(|&s| s == (producer_id, seq))
+                {
+                    queue.in_flight_sequences.swap_remove(at);
+                }
+            }
             let error = match result {
                 Ok(base) => {
                     self.complete(state, batch, Ok(base), key.1);
@@ -1122,12 +1143,16 @@ impl Shared {
                 _ => None,
             };
             // An out-of-order refusal is expected while an earlier batch of this partition is
-            // being retried: this one goes back behind it.
-            let earlier_pending = batch.sequence.is_some_and(|(_, _, seq)| {
-                queue
-                    .ready
+            // being retried, or has not returned yet (the outcomes of a connection's requests
+            // are handled by separate tasks, in any order): this one goes back behind it.
+            let earlier_pending = batch.sequence.is_some_and(|(producer_id, _, seq)| {
+                queue.ready.iter().any(|b| {
+                    b.sequence
+                        .is_some_and(|(p, _, s)| p == producer_id && s < seq)
+                }) || queue
+                    .in_flight_sequences
                     .iter()
-                    .any(|b| b.sequence.is_some_and(|(_, _, s)| s < seq))
+                    .any(|&(p, s)| p == producer_id && s < seq)
             });
             let retriable = match code {
                 None => error.is_retriable(),
@@ -1170,18 +1195,23 @@ impl Shared {
     /// A partition's address could not be connected to: retry later and refresh metadata.
     fn unreachable(&self, address: &str, error: Error) {
         tracing::debug!(address, %error, "cannot connect");
-        let mut state = self.lock();
-        let state = &mut *state;
-        let retry = Instant::now() + self.config.client.retry_backoff;
-        for (key, queue) in state.queues.iter_mut() {
-            if self.cluster.address_of(&key.0, key.1).as_deref() == Some(address) {
-                queue.retry_at = Some(retry);
-                if let Some(front) = queue.ready.front_mut() {
-                    front.last_error = Some(error.clone());
+        {
+            let mut state = self.lock();
+            let state = &mut *state;
+            let retry = Instant::now() + self.config.client.retry_backoff;
+            for (key, queue) in state.queues.iter_mut() {
+                if self.cluster.address_of(&key.0, key.1).as_deref() == Some(address) {
+                    queue.retry_at = Some(retry);
+                    if let Some(front) = queue.ready.front_mut() {
+                        front.last_error = Some(error.clone());
+                    }
+                    state.stale_topics.insert(Arc::clone(&key.0));
                 }
-                state.stale_topics.insert(Arc::clone(&key.0));
             }
         }
+        // The sender's next action changed (a retry time, a metadata refresh): it must plan
+        // again rather than sleep until the deadline it computed before.
+        self.wake.notify_one();
     }
 
     /// Gives a partition a new producer id and renumbers its queued batches.
@@ -1193,6 +1223,7 @@ impl Shared {
                 if let Some(queue) = self.lock().queues.get_mut(&key) {
                     queue.retry_at = Some(Instant::now() + self.config.client.retry_backoff_max);
                 }
+                self.wake.notify_one();
                 return;
             }
         };
@@ -1210,6 +1241,9 @@ impl Shared {
             queue.needs_reset = false;
             queue.paused = false;
         }
+        drop(state);
+        // Un-paused: its batches can go now, not at whatever deadline the sender planned.
+        self.wake.notify_one();
     }
 }
 
