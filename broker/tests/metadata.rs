@@ -24,9 +24,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A free port below the kernel's ephemeral range (which starts at 32768), so the ports
-/// the brokers' shards bind with port 0 can never take an address chosen here for another
-/// broker before that broker starts.
+/// A free port below the kernel's ephemeral range (which starts at 32768), so no client socket
+/// can take an address chosen here for another broker before that broker starts. (Brokers'
+/// native ports are 20_000 + 100 × id, their shards' the 10 above: below this range.)
 fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -62,7 +62,7 @@ impl Broker {
             .arg("--metadata-listen")
             .arg(&self.address)
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", 20_000 + self.id))
+            .arg(format!("127.0.0.1:{}", 20_000 + 100 * self.id))
             .arg("--shards")
             .arg("2")
             .arg("--election-timeout-ms")
