@@ -1,8 +1,8 @@
 //! The data plane: thread-per-core shards serving the native protocol.
 //!
 //! Each shard is a glommio executor pinned to a core. It accepts connections on the broker's main
-//! address (every shard listens there with SO_REUSEPORT, so the kernel spreads connections) and
-//! on its own address (advertised in the metadata, so shard-aware clients connect straight to the
+//! address (one listening socket, each shard accepting on a duplicate of its descriptor) and on
+//! its own address (advertised in the metadata, so shard-aware clients connect straight to the
 //! shard that owns a partition). The own addresses are fixed by configuration (by default the
 //! `--listen` port plus `SHARD_PORT_OFFSET` plus the shard index), not chosen by the kernel at
 //! start, so a restart does not move them. A shard opens and serves the logs of the partitions the metadata
