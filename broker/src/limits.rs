@@ -137,3 +137,12 @@ pub const SENDFILE_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_
 /// and brokers laid out 100 ports apart (9490, 9590, …, as in the README) have room for 90
 /// shards each. Fixed ports survive a restart, so clients' metadata stays right.
 pub const SHARD_PORT_OFFSET: u16 = 10;
+
+/// How long a starting broker waits for a port to be freed before it gives up with an error. A
+/// broker killed with SIGKILL keeps its listening sockets open, accepting into their backlogs,
+/// for a moment after its process has been reaped (5–12 ms measured here, idle), while the
+/// kernel tears down its io_uring rings, whose pending accepts hold the sockets; a broker
+/// restarted at once must wait for that rather than fail, or share the port with them.
+pub const LISTEN_FREED_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often a start-up bind is tried again while it waits for the port.
+pub const LISTEN_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);

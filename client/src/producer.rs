@@ -833,11 +833,20 @@ async fn run_sender(shared: Arc<Shared>) {
         let mut outbound = Vec::new();
         for address in plan.addresses {
             match shared.cluster.connection(&address).await {
-                Ok(connection) => {
-                    if let Some(permit) = connection.try_reserve() {
-                        outbound.push((connection, permit));
-                    }
-                }
+                Ok(connection) => match connection.try_reserve() {
+                    Some(permit) => outbound.push((connection, permit)),
+                    // Closed since it was handed out (an idle connection has no request whose
+                    // failure would wake the sender): treat it as unreachable, which does.
+                    None if connection.is_closed() => shared.unreachable(
+                        &address,
+                        Error::Connection {
+                            address: address.clone(),
+                            reason: "closed".into(),
+                        },
+                    ),
+                    // Every slot is taken: a response frees one and wakes the sender.
+                    None => {}
+                },
                 Err(error) => shared.unreachable(&address, error),
             }
         }

@@ -16,22 +16,15 @@ use super::connection::{serve, ShardContext};
 use super::partitions::Partitions;
 use super::{MetadataLink, Mode, ShardConfig};
 use crate::limits::{
-    CONNECTIONS_PER_SHARD_MAX, SHARD_BUFFERED_BYTES_MAX, SHARD_SERVING_LATENCY,
-    SHARD_SHARES_BULK_LATENCY, SHARD_SHARES_MAINTENANCE, SHARD_SHARES_SERVING,
-    SOCKET_WATCH_LATENCY, SOCKET_WATCH_THROUGHPUT,
+    CONNECTIONS_PER_SHARD_MAX, LISTEN_FREED_WAIT, LISTEN_RETRY_INTERVAL, SHARD_BUFFERED_BYTES_MAX,
+    SHARD_SERVING_LATENCY, SHARD_SHARES_BULK_LATENCY, SHARD_SHARES_MAINTENANCE,
+    SHARD_SHARES_SERVING, SOCKET_WATCH_LATENCY, SOCKET_WATCH_THROUGHPUT,
 };
 use crate::notify::Notify;
 use crate::reactor::{Pulse, ReactorWatch};
 
 /// How often each shard applies retention to its logs.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
-/// How long a starting broker waits for a port to be freed before it gives up with an error. A
-/// broker killed with SIGKILL keeps its listening sockets open, accepting into their backlogs,
-/// for a moment after its process has been reaped (5–12 ms measured here, idle), while the
-/// kernel tears down its io_uring rings, whose pending accepts hold the sockets; a broker
-/// restarted at once must wait for that rather than fail, or share the port with them.
-const LISTEN_FREED_WAIT: Duration = Duration::from_secs(10);
-const LISTEN_RETRY_INTERVAL: Duration = Duration::from_millis(20);
 /// How long a stopping shard waits for its connections to finish in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
