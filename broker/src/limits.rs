@@ -142,7 +142,8 @@ pub const SHARD_PORT_OFFSET: u16 = 10;
 /// broker killed with SIGKILL keeps its listening sockets open, accepting into their backlogs,
 /// for a moment after its process has been reaped (5–12 ms measured here, idle), while the
 /// kernel tears down its io_uring rings, whose pending accepts hold the sockets; a broker
-/// restarted at once must wait for that rather than fail, or share the port with them.
-pub const LISTEN_FREED_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// restarted at once must wait for that rather than fail, or share the port with them. 3 s is
+/// hundreds of times the measured linger and still a prompt error for a port truly in use.
+pub const LISTEN_FREED_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// How often a start-up bind is tried again while it waits for the port.
 pub const LISTEN_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
