@@ -23,6 +23,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -285,7 +286,8 @@ struct Shared {
     state: Mutex<State>,
     /// Wakes the sender task. Everything that changes what the sender should do next or when
     /// notifies it: a batch is ready, a response came back, a flush began, a retry time was set
-    /// (an unreachable broker, a failed producer-id reset), a partition was un-paused. The
+    /// (an unreachable broker, a failed producer-id reset), a partition was un-paused, a
+    /// metadata refresh ended. The
     /// sender sleeps until the earliest deadline it planned, so a change it is not told of
     /// would wait for that deadline, which may be a batch's delivery timeout.
     wake: Notify,
@@ -295,6 +297,8 @@ struct Shared {
     completed: Notify,
     /// The sender task has exited.
     stopped: Notify,
+    /// A metadata refresh started by the sender is running (`refresh_in_background`).
+    refreshing: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -424,6 +428,7 @@ impl Producer {
             room: Notify::new(),
             completed: Notify::new(),
             stopped: Notify::new(),
+            refreshing: AtomicBool::new(false),
         });
         tokio::spawn(run_sender(Arc::clone(&shared)));
         Ok(Producer {
@@ -810,6 +815,27 @@ struct Plan {
     exit: bool,
 }
 
+/// Refreshes the metadata of `topics` in a task of its own, so that a refresh waiting on an
+/// unreachable broker (connection attempts, backoffs between them) never holds up the sender,
+/// which serves the other brokers meanwhile and is woken when the refresh ends. One refresh at a
+/// time: topics that go stale during one wait for the next.
+fn refresh_in_background(shared: &Arc<Shared>, topics: Vec<Arc<str>>) {
+    if shared.refreshing.swap(true, Ordering::AcqRel) {
+        shared.lock().stale_topics.extend(topics);
+        return;
+    }
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        if let Err(error) = shared.cluster.refresh(Some(&names)).await {
+            tracing::debug!(%error, "metadata refresh failed");
+        }
+        shared.refreshing.store(false, Ordering::Release);
+        // New addresses, or a topic that went stale meanwhile: plan again.
+        shared.wake.notify_one();
+    });
+}
+
 async fn run_sender(shared: Arc<Shared>) {
     loop {
         let wake = shared.wake.notified();
@@ -822,10 +848,7 @@ async fn run_sender(shared: Arc<Shared>) {
             return;
         }
         if !plan.stale_topics.is_empty() {
-            let topics: Vec<String> = plan.stale_topics.iter().map(|t| t.to_string()).collect();
-            if let Err(error) = shared.cluster.refresh(Some(&topics)).await {
-                tracing::debug!(%error, "metadata refresh failed");
-            }
+            refresh_in_background(&shared, plan.stale_topics);
         }
         for key in plan.resets {
             shared.reset_partition(key).await;
