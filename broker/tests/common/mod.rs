@@ -154,6 +154,26 @@ impl BrokerProcess {
         broker
     }
 
+    /// A broker not started yet, on the given ports (for clusters, whose members must know
+    /// each other's metadata addresses before any starts); start it with [`Self::spawn`] or
+    /// [`Self::spawn_detached`].
+    pub fn prepare(
+        prefix: &str,
+        listen: &str,
+        metadata: &str,
+        shard_ports: &[u16],
+        args: &[&str],
+    ) -> BrokerProcess {
+        BrokerProcess {
+            dir: test_dir(prefix),
+            listen: listen.to_owned(),
+            metadata: metadata.to_owned(),
+            shard_ports: shard_ports.to_vec(),
+            child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
     fn pick_ports(&mut self) {
         self.listen = format!("127.0.0.1:{}", free_port());
         self.metadata = format!("127.0.0.1:{}", free_port());
@@ -182,28 +202,7 @@ impl BrokerProcess {
         assert!(self.child.is_none(), "the broker is running");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let ports: Vec<String> = self.shard_ports.iter().map(u16::to_string).collect();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-broker"))
-                .args(["--data-dir", self.dir.path().to_str().unwrap()])
-                .args([
-                    "--listen",
-                    &self.listen,
-                    "--metadata-listen",
-                    &self.metadata,
-                ])
-                .args(["--shards", &self.shard_ports.len().to_string()])
-                .args(["--shard-ports", &ports.join(",")])
-                .args(["--election-timeout-ms", "150"])
-                // `SLUICE_TEST_BROKER_LOG=sluice_broker=debug` makes the log say more.
-                .args([
-                    "--log",
-                    &std::env::var("SLUICE_TEST_BROKER_LOG").unwrap_or("warn".into()),
-                ])
-                .args(&self.args)
-                .stdout(Stdio::null())
-                .stderr(broker_log(&self.log_path()))
-                .spawn()
-                .expect("spawn sluice-broker");
+            let mut child = self.command();
             loop {
                 let serving = std::iter::once(self.listen.clone())
                     .chain(self.shard_addresses())
@@ -232,6 +231,52 @@ impl BrokerProcess {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
+        }
+    }
+
+    /// The process, started with the harness's flags and then the broker's own (which win).
+    fn command(&self) -> Child {
+        let ports: Vec<String> = self.shard_ports.iter().map(u16::to_string).collect();
+        // `SLUICE_TEST_BROKER_LOG=sluice_broker=debug` makes the log say more.
+        let log = std::env::var("SLUICE_TEST_BROKER_LOG").unwrap_or("warn".into());
+        // A test may have emptied the data directory (a broker that lost its disk).
+        std::fs::create_dir_all(self.dir.path()).expect("data directory");
+        Command::new(env!("CARGO_BIN_EXE_sluice-broker"))
+            .args(["--data-dir", self.dir.path().to_str().unwrap()])
+            .args([
+                "--listen",
+                &self.listen,
+                "--metadata-listen",
+                &self.metadata,
+            ])
+            .args(["--shards", &self.shard_ports.len().to_string()])
+            .args(["--shard-ports", &ports.join(",")])
+            .args(["--election-timeout-ms", "150", "--log", &log])
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(broker_log(&self.log_path()))
+            .spawn()
+            .expect("spawn sluice-broker")
+    }
+
+    /// Starts the process without waiting for it to serve (a cluster member serves once the
+    /// cluster has metadata, which needs the others).
+    pub fn spawn_detached(&mut self) {
+        assert!(self.child.is_none(), "the broker is running");
+        self.child = Some(self.command());
+    }
+
+    /// The process's exit status if it has ended; `None` while it runs or when not started.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Kills the process with SIGKILL, if it runs, and waits for it.
+    pub fn kill_if_running(&mut self) {
+        if self.child.is_some() {
+            self.kill();
         }
     }
 
