@@ -135,6 +135,20 @@ impl Broker {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let _ = std::fs::remove_dir_all(dir);
         let listen = free_address()?;
+        // Each shard's own port, picked free like the others (the default, the --listen port
+        // plus 10 plus the shard index, may be some other socket's ephemeral port).
+        let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Held together while picked, so no two are the same.
+        let held = (0..shards)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, String>>()?;
+        let shard_ports = held
+            .iter()
+            .map(|l| l.local_addr().map(|a| a.port().to_string()))
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(|e| e.to_string())?
+            .join(",");
+        drop(held);
         let child = Command::new(&exe)
             .arg(BROKER_SUBCOMMAND)
             .arg("--data-dir")
@@ -146,6 +160,10 @@ impl Broker {
                 &free_address()?,
                 "--mode",
                 mode,
+                "--shards",
+                &shards.to_string(),
+                "--shard-ports",
+                &shard_ports,
             ])
             .args(extra)
             .stdout(Stdio::null())

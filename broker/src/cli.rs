@@ -1,19 +1,20 @@
 //! `sluice-broker`: starts one broker.
 //!
 //! Start-up order: the shards first (one pinned glommio executor per core; each binds the main
-//! address and its own port), then the metadata node on this thread's current-thread tokio
+//! address and its own fixed port, see `Listeners`), then the metadata node on this thread's current-thread tokio
 //! runtime, registering the broker with its shard addresses. The metadata thread forwards every
 //! applied metadata version to the shards and serves their admin requests. SIGTERM or SIGINT:
 //! shards stop accepting, finish in-flight requests, flush and close their logs; exit 0. A shard
 //! whose storage fails stops the whole process (exit 1) rather than leaving the others serving.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use std::sync::Arc;
 
-use crate::limits::ADMIN_QUEUE_MAX;
+use crate::limits::{ADMIN_QUEUE_MAX, SHARD_PORT_OFFSET};
 use crate::metadata::types::{FlushSetting, TopicConfig};
 use crate::metadata::{AdminClient, ClusterState, MetadataConfig, MetadataNode, NodeId};
 use crate::server::shard::Shards;
@@ -52,6 +53,21 @@ struct Args {
     /// Native-protocol address: every shard accepts connections here.
     #[arg(long, default_value = "127.0.0.1:9490")]
     listen: String,
+    /// Each shard's own port, comma-separated, one per shard in shard order (shard-aware
+    /// clients connect straight to the shard that owns a partition). Default: the --listen port
+    /// plus 10 plus the shard index (9500, 9501, … for 127.0.0.1:9490). Fixed, so a restarted
+    /// broker's shards are where the metadata says; a port in use stops the start-up.
+    #[arg(long, value_delimiter = ',')]
+    shard_ports: Vec<u16>,
+    /// The address clients are told to use for this broker, `host` or `host:port`, when they
+    /// cannot reach --listen as it is (NAT, containers, listening on 0.0.0.0), like Kafka's
+    /// advertised.listeners. The host is advertised with every shard port too. Default: --listen.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// The shard ports clients are told to use, comma-separated, one per shard, when they differ
+    /// from --shard-ports (a port mapping in front of the broker). Default: --shard-ports.
+    #[arg(long, value_delimiter = ',')]
+    advertise_shard_ports: Vec<u16>,
     /// `throughput`: group commit over each topic's flush window, large buffers.
     /// `latency`: flush as soon as data arrives, small buffers.
     #[arg(long, value_enum, default_value = "throughput")]
@@ -208,6 +224,120 @@ fn parse_peer(text: &str) -> Result<(NodeId, String), String> {
     Ok((id, address.to_string()))
 }
 
+/// Where the broker listens and what it tells clients, resolved from the flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Listeners {
+    /// Each shard's own listening address.
+    shards: Vec<SocketAddr>,
+    /// The main address in the metadata.
+    advertised: String,
+    /// Each shard's address in the metadata.
+    advertised_shards: Vec<String>,
+}
+
+impl Listeners {
+    fn resolve(args: &Args, shards: u32) -> Result<Listeners, String> {
+        let listen: SocketAddr = args
+            .listen
+            .parse()
+            .map_err(|e| format!("--listen {:?} is not ip:port: {e}", args.listen))?;
+        let count = shards as usize;
+        let ports: Vec<u16> = if args.shard_ports.is_empty() {
+            (0..shards)
+                .map(|i| {
+                    u16::try_from(u32::from(listen.port()) + u32::from(SHARD_PORT_OFFSET) + i)
+                        .map_err(|_| {
+                            format!(
+                                "--listen port {} leaves no room for {shards} shard ports \
+                                 above it; give --shard-ports",
+                                listen.port()
+                            )
+                        })
+                })
+                .collect::<Result<_, _>>()?
+        } else if args.shard_ports.len() == count {
+            args.shard_ports.clone()
+        } else {
+            return Err(format!(
+                "--shard-ports lists {} ports for {shards} shards",
+                args.shard_ports.len()
+            ));
+        };
+        for (i, &port) in ports.iter().enumerate() {
+            if port == 0 {
+                return Err(format!(
+                    "shard {i} has port 0: shard ports must be fixed so clients find a \
+                     restarted broker"
+                ));
+            }
+            if port == listen.port() || ports[..i].contains(&port) {
+                return Err(format!(
+                    "shard port {port} is used twice (--listen and --shard-ports must all differ)"
+                ));
+            }
+        }
+        let (host, port) = match &args.advertise {
+            None => (listen.ip().to_string(), listen.port()),
+            Some(text) => parse_advertise(text, listen.port())?,
+        };
+        if args.advertise.is_none() && listen.ip().is_unspecified() {
+            return Err(format!(
+                "--listen {listen} is not an address clients can connect to; give --advertise \
+                 with the host clients should use"
+            ));
+        }
+        let advertised_ports = if args.advertise_shard_ports.is_empty() {
+            ports.clone()
+        } else if args.advertise_shard_ports.len() == count {
+            args.advertise_shard_ports.clone()
+        } else {
+            return Err(format!(
+                "--advertise-shard-ports lists {} ports for {shards} shards",
+                args.advertise_shard_ports.len()
+            ));
+        };
+        let join = |port: u16| {
+            if host.contains(':') {
+                format!("[{host}]:{port}") // an IPv6 literal
+            } else {
+                format!("{host}:{port}")
+            }
+        };
+        Ok(Listeners {
+            shards: ports
+                .iter()
+                .map(|&port| SocketAddr::new(listen.ip(), port))
+                .collect(),
+            advertised: join(port),
+            advertised_shards: advertised_ports.into_iter().map(join).collect(),
+        })
+    }
+}
+
+/// `host`, `host:port` or `[v6]:port`; the port defaults to `default_port`.
+fn parse_advertise(text: &str, default_port: u16) -> Result<(String, u16), String> {
+    let bad = || format!("--advertise {text:?} is not host or host:port");
+    let text = text.trim();
+    if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+        let port = match after.strip_prefix(':') {
+            Some(port) => port.parse().map_err(|_| bad())?,
+            None if after.is_empty() => default_port,
+            None => return Err(bad()),
+        };
+        return Ok((host.to_string(), port));
+    }
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => (host, port.parse().map_err(|_| bad())?),
+        Some(_) => (text, default_port), // a bare IPv6 literal
+        None => (text, default_port),
+    };
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok((host.to_string(), port))
+}
+
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("sluice-broker: {message}");
     ExitCode::from(2)
@@ -265,12 +395,16 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
     if shards == 0 {
         return fail("--shards must be at least 1");
     }
+    let listeners = match Listeners::resolve(&args, shards) {
+        Ok(listeners) => listeners,
+        Err(error) => return fail(error),
+    };
     let config = MetadataConfig {
         node_id: args.node_id,
         dir: metadata_dir,
         listen: metadata_listen,
         peers,
-        broker_address: args.listen.clone(),
+        broker_address: listeners.advertised.clone(),
         shards,
         shard_addresses: Vec::new(),
         join: args.join.clone(),
@@ -285,6 +419,7 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         node_id: args.node_id,
         data_dir: args.data_dir.clone(),
         listen: args.listen.clone(),
+        shard_listen: listeners.shards.clone(),
         mode: args.mode,
         topic_defaults: args.topic_defaults(),
     };
@@ -300,7 +435,7 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         Err(error) => return fail(error),
     };
     let mut config = config;
-    config.shard_addresses = shards.addresses.clone();
+    config.shard_addresses = listeners.advertised_shards.clone();
     let (stopper, threads) = shards.split();
     // A shard thread that ends on its own has failed: stop the whole process.
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -396,5 +531,92 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
             eprintln!("sluice-broker: {error}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(flags: &[&str]) -> Args {
+        Args::parse_from(std::iter::once("sluice-broker").chain(flags.iter().copied()))
+    }
+
+    #[test]
+    fn shard_ports_derive_from_listen_and_can_be_given() {
+        let derived = Listeners::resolve(&args(&["--listen", "127.0.0.1:9490"]), 2).unwrap();
+        assert_eq!(
+            derived.shards,
+            vec![
+                "127.0.0.1:9500".parse::<SocketAddr>().unwrap(),
+                "127.0.0.1:9501".parse().unwrap()
+            ]
+        );
+        assert_eq!(derived.advertised, "127.0.0.1:9490");
+        assert_eq!(
+            derived.advertised_shards,
+            ["127.0.0.1:9500", "127.0.0.1:9501"]
+        );
+
+        let given = Listeners::resolve(
+            &args(&["--listen", "127.0.0.1:9490", "--shard-ports", "7001,7002"]),
+            2,
+        )
+        .unwrap();
+        assert_eq!(
+            given.advertised_shards,
+            ["127.0.0.1:7001", "127.0.0.1:7002"]
+        );
+    }
+
+    #[test]
+    fn advertise_replaces_the_host_and_ports_clients_see() {
+        let behind_nat = Listeners::resolve(
+            &args(&[
+                "--listen",
+                "0.0.0.0:9490",
+                "--advertise",
+                "broker-1.example:19490",
+                "--advertise-shard-ports",
+                "19500,19501",
+            ]),
+            2,
+        )
+        .unwrap();
+        assert_eq!(
+            behind_nat.shards[0],
+            "0.0.0.0:9500".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(behind_nat.advertised, "broker-1.example:19490");
+        assert_eq!(
+            behind_nat.advertised_shards,
+            ["broker-1.example:19500", "broker-1.example:19501"]
+        );
+        let host_only = Listeners::resolve(
+            &args(&["--listen", "0.0.0.0:9490", "--advertise", "10.0.0.7"]),
+            1,
+        )
+        .unwrap();
+        assert_eq!(host_only.advertised, "10.0.0.7:9490");
+        assert_eq!(host_only.advertised_shards, ["10.0.0.7:9500"]);
+        let v6 = Listeners::resolve(&args(&["--listen", "[::1]:9490"]), 1).unwrap();
+        assert_eq!(v6.advertised_shards, ["[::1]:9500"]);
+    }
+
+    #[test]
+    fn unusable_port_settings_are_start_up_errors() {
+        let refused = |flags: &[&str], shards: u32| {
+            Listeners::resolve(&args(flags), shards).expect_err("refused")
+        };
+        assert!(refused(&["--shard-ports", "7001"], 2).contains("2 shards"));
+        assert!(refused(&["--shard-ports", "7001,7001"], 2).contains("twice"));
+        assert!(
+            refused(&["--listen", "127.0.0.1:7001", "--shard-ports", "7001"], 1).contains("twice")
+        );
+        assert!(refused(&["--shard-ports", "0"], 1).contains("port 0"));
+        assert!(refused(&["--listen", "127.0.0.1:65530"], 8).contains("no room"));
+        assert!(refused(&["--listen", "0.0.0.0:9490"], 1).contains("--advertise"));
+        assert!(refused(&["--advertise", "host:notaport"], 1).contains("--advertise"));
+        assert!(refused(&["--advertise-shard-ports", "1,2,3"], 2).contains("3 ports"));
     }
 }

@@ -132,6 +132,22 @@ pub const SENDFILE_WAIT_MAX: std::time::Duration = std::time::Duration::from_mil
 /// connection's watchdog period.
 pub const SENDFILE_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_micros(200);
 
+/// Shard `i`'s own port is the `--listen` port plus this plus `i`, unless `--shard-ports` gives
+/// them: the next two ports stay free for the HTTP metrics (9491) and metadata (9492) defaults,
+/// and brokers laid out 100 ports apart (9490, 9590, …, as in the README) have room for 90
+/// shards each. Fixed ports survive a restart, so clients' metadata stays right.
+pub const SHARD_PORT_OFFSET: u16 = 10;
+
+/// How long a starting broker waits for a port to be freed before it gives up with an error. A
+/// broker killed with SIGKILL keeps its listening sockets open, accepting into their backlogs,
+/// for a moment after its process has been reaped (5–12 ms measured here, idle), while the
+/// kernel tears down its io_uring rings, whose pending accepts hold the sockets; a broker
+/// restarted at once must wait for that rather than fail, or share the port with them. 3 s is
+/// hundreds of times the measured linger and still a prompt error for a port truly in use.
+pub const LISTEN_FREED_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How often a start-up bind is tried again while it waits for the port.
+pub const LISTEN_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Most members of one consumer group (Kafka's `group.consumer.max.size` default): every
 /// membership change recomputes the group's assignment over all members and partitions.
 pub const GROUP_MEMBERS_MAX: usize = 200;

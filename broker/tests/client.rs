@@ -9,7 +9,6 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,109 +24,27 @@ use sluice_protocol::native::{
 };
 use sluice_protocol::BatchIter;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+use common::BrokerProcess as Broker;
+
+/// A broker process with two shards, as these tests use it.
+fn start_broker() -> Broker {
+    start_broker_with(&[])
 }
 
-/// A broker child process with two shards on a temporary directory.
-struct Broker {
-    dir: tempfile::TempDir,
-    listen: String,
-    metadata: String,
-    child: Option<Child>,
-    /// Extra flags for every start.
-    args: Vec<String>,
+fn start_broker_with(args: &[&str]) -> Broker {
+    Broker::start("client", 2, args)
 }
 
-impl Broker {
-    fn start() -> Broker {
-        Broker::start_with(&[])
-    }
+/// The client settings these tests use against the harness's broker.
+trait ClientOf {
+    fn config(&self) -> ClientConfig;
+}
 
-    fn start_with(args: &[&str]) -> Broker {
-        let dir = tempfile::Builder::new()
-            .prefix("client")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .unwrap();
-        let mut broker = Broker {
-            dir,
-            listen: format!("127.0.0.1:{}", free_port()),
-            metadata: format!("127.0.0.1:{}", free_port()),
-            child: None,
-            args: args.iter().map(|a| a.to_string()).collect(),
-        };
-        broker.spawn(true);
-        broker
-    }
-
-    /// Starts the process and waits until it accepts connections. A fresh broker whose port a
-    /// parallel test took first exits at once; it is started again on new ports. A restarted one
-    /// keeps its ports (clients know them).
-    fn spawn(&mut self, may_move: bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-broker"))
-                .args(["--data-dir", self.dir.path().to_str().unwrap()])
-                .args([
-                    "--listen",
-                    &self.listen,
-                    "--metadata-listen",
-                    &self.metadata,
-                ])
-                .args(["--shards", "2", "--election-timeout-ms", "150"])
-                .args(&self.args)
-                .stdout(Stdio::null())
-                .stderr(common::broker_log(&self.dir.path().join("broker.log")))
-                .spawn()
-                .unwrap();
-            loop {
-                if std::net::TcpStream::connect(&self.listen).is_ok() {
-                    self.child = Some(child);
-                    return;
-                }
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "broker did not come up");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if may_move {
-                self.listen = format!("127.0.0.1:{}", free_port());
-                self.metadata = format!("127.0.0.1:{}", free_port());
-            } else {
-                // The old process's port may linger briefly; try the same one again.
-                assert!(Instant::now() < deadline, "broker could not restart");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-
-    fn kill(&mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-    }
-
+impl ClientOf for Broker {
     fn config(&self) -> ClientConfig {
         ClientConfig::new([self.listen.clone()])
             .request_timeout(Duration::from_secs(10))
             .retry_backoff(Duration::from_millis(20), Duration::from_millis(200))
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            common::print_log_tail("broker", &self.dir.path().join("broker.log"));
-        }
     }
 }
 
@@ -199,7 +116,7 @@ fn text(bytes: &Option<bytes::Bytes>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_land_on_stable_partitions_and_keyless_records_spread() {
-    let broker = Broker::start();
+    let broker = start_broker();
     create_topic(&broker, "placement", 6).await;
     let producer = Producer::new(
         ProducerConfig::new(broker.config())
@@ -259,7 +176,7 @@ async fn keys_land_on_stable_partitions_and_keyless_records_spread() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_per_key_holds_under_concurrent_senders() {
-    let broker = Broker::start();
+    let broker = start_broker();
     create_topic(&broker, "ordered", 4).await;
     let producer = Producer::new(ProducerConfig::new(broker.config()).batch_bytes_max(4096))
         .await
@@ -304,7 +221,7 @@ async fn order_per_key_holds_under_concurrent_senders() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_buffer_makes_send_wait_or_fail() {
-    let broker = Broker::start();
+    let broker = start_broker();
     create_topic(&broker, "pressure", 1).await;
     const BUFFER: usize = 64 << 10;
     // A long linger keeps records buffered until a flush.
@@ -378,7 +295,7 @@ async fn a_full_buffer_makes_send_wait_or_fail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_mid_run_loses_and_duplicates_nothing() {
-    let mut broker = Broker::start();
+    let mut broker = start_broker();
     create_topic(&broker, "survive", 3).await;
     let producer = Producer::new(
         ProducerConfig::new(broker.config().request_timeout(Duration::from_secs(5)))
@@ -494,7 +411,7 @@ fn stored_codecs(broker: &Broker, topic: &str) -> Vec<Option<sluice_protocol::Co
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressed_batches_are_stored_compressed_and_read_back_intact() {
-    let broker = Broker::start();
+    let broker = start_broker();
     for (topic, codec) in [
         ("lz4", Compression::Lz4),
         ("zstd", Compression::Zstd { level: 3 }),
@@ -539,7 +456,7 @@ async fn compressed_batches_are_stored_compressed_and_read_back_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_consumer_seeks_and_long_polls() {
-    let broker = Broker::start();
+    let broker = start_broker();
     create_topic(&broker, "seeking", 1).await;
     let producer = Producer::new(ProducerConfig::new(broker.config()))
         .await
@@ -636,7 +553,7 @@ async fn the_consumer_seeks_and_long_polls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_and_failures_are_typed_errors() {
-    let mut broker = Broker::start();
+    let mut broker = start_broker();
     create_topic(&broker, "typed", 2).await;
     let producer = Producer::new(
         ProducerConfig::new(broker.config().request_timeout(Duration::from_secs(1)))
@@ -697,7 +614,7 @@ async fn bad_input_and_failures_are_typed_errors() {
         .await
         .unwrap_err();
     assert_eq!(error, Error::ProducerClosed);
-    let nobody = ClientConfig::new([format!("127.0.0.1:{}", free_port())]);
+    let nobody = ClientConfig::new([format!("127.0.0.1:{}", common::free_port())]);
     let error = Producer::new(ProducerConfig::new(nobody))
         .await
         .unwrap_err();
@@ -710,7 +627,7 @@ async fn bad_input_and_failures_are_typed_errors() {
 
 #[test]
 fn the_blocking_facade_produces_and_consumes() {
-    let broker = Broker::start();
+    let broker = start_broker();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(create_topic(&broker, "blocking", 1));
     drop(runtime);
@@ -753,7 +670,7 @@ fn the_blocking_facade_produces_and_consumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_none_delivers_without_offsets() {
-    let broker = Broker::start();
+    let broker = start_broker();
     create_topic(&broker, "fire", 1).await;
     let producer = Producer::new(
         ProducerConfig::new(broker.config())
@@ -782,7 +699,7 @@ async fn acks_none_delivers_without_offsets() {
 /// that path, its batches' CRCs checked by the client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_segments_are_sent_from_their_files_intact() {
-    let mut broker = Broker::start_with(&["--segment-bytes", "1048576"]);
+    let mut broker = start_broker_with(&["--segment-bytes", "1048576"]);
     create_topic(&broker, "cold", 2).await;
     let producer = Producer::new(ProducerConfig::new(broker.config()).batch_bytes_max(64 << 10))
         .await

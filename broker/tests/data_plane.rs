@@ -5,7 +5,8 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_protocol::batch::BatchHeader;
@@ -18,101 +19,30 @@ use sluice_protocol::native::{
 };
 use sluice_protocol::{BatchBuilder, BatchIter, BatchOptions, RecordIter, BATCH_HEADER_BYTES};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+use common::BrokerProcess as Broker;
+
+/// A broker process with two shards (the shared harness), once its metadata lists both shards.
+fn start_broker() -> Broker {
+    start_broker_with(&[])
 }
 
-struct Broker {
-    dir: tempfile::TempDir,
-    listen: String,
-    metadata: String,
-    child: Option<Child>,
-    /// Flags added to every start of the process.
-    extra_args: Vec<String>,
+fn start_broker_with(args: &[&str]) -> Broker {
+    let broker = Broker::start("dataplane", 2, args);
+    wait_ready(&broker);
+    broker
 }
 
-impl Broker {
-    fn start() -> Broker {
-        Broker::start_with(&[])
-    }
-
-    fn start_with(extra_args: &[&str]) -> Broker {
-        let dir = tempfile::Builder::new()
-            .prefix("dataplane")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .unwrap();
-        let mut broker = Broker {
-            dir,
-            listen: format!("127.0.0.1:{}", free_port()),
-            metadata: format!("127.0.0.1:{}", free_port()),
-            child: None,
-            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
-        };
-        broker.spawn();
-        broker
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice-broker"))
-            .args(["--data-dir", self.dir.path().to_str().unwrap()])
-            .args([
-                "--listen",
-                &self.listen,
-                "--metadata-listen",
-                &self.metadata,
-            ])
-            .args(["--shards", "2", "--election-timeout-ms", "150"])
-            .args(&self.extra_args)
-            .stdout(Stdio::null())
-            .stderr(common::broker_log(&self.dir.path().join("broker.log")))
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(mut client) = Client::connect(&self.listen) {
-                if client.ready() {
-                    return;
-                }
-            }
-            // Free ports are picked by binding and releasing, so a parallel test can take one
-            // first: a broker that could not bind exits, and is started again on new ports.
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(_)) = child.try_wait() {
-                    self.listen = format!("127.0.0.1:{}", free_port());
-                    self.metadata = format!("127.0.0.1:{}", free_port());
-                    return self.spawn();
-                }
-            }
-            assert!(Instant::now() < deadline, "broker did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        child.wait().unwrap()
-    }
+/// Restarts a stopped broker on its ports and waits until it is ready.
+fn restart(broker: &mut Broker) {
+    broker.spawn(false);
+    wait_ready(broker);
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            common::print_log_tail("broker", &self.dir.path().join("broker.log"));
-        }
+fn wait_ready(broker: &Broker) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !Client::connect(&broker.listen).is_ok_and(|mut c| c.ready()) {
+        assert!(Instant::now() < deadline, "broker did not come up");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -140,8 +70,7 @@ impl Client {
     }
 
     /// Whether the broker answers metadata with both shards' addresses, and they accept
-    /// connections (errors mean not yet). After a restart the metadata names the previous
-    /// process's shard addresses until the broker registers its new ones.
+    /// connections (errors mean not yet): a fresh broker lists itself once it has registered.
     fn ready(&mut self) -> bool {
         self.send(ApiKey::Metadata, &MetadataRequest { topics: None }, &[]);
         match self.receive() {
@@ -333,7 +262,7 @@ fn read_all(client: &mut Client, topic: &str, partition: u32) -> Vec<(u64, Strin
 
 #[test]
 fn produce_and_fetch_across_shards_keep_order_and_survive_restart() {
-    let mut broker = Broker::start();
+    let mut broker = start_broker();
     let mut admin = Client::connect(&broker.listen).unwrap();
     assert_eq!(create_topic(&mut admin, "orders", 4), ErrorCode::None);
     assert_eq!(
@@ -395,7 +324,7 @@ fn produce_and_fetch_across_shards_keep_order_and_survive_restart() {
     drop(clients);
     let status = broker.terminate();
     assert!(status.success(), "graceful shutdown exits 0: {status:?}");
-    broker.spawn();
+    restart(&mut broker);
     let mut admin = Client::connect(&broker.listen).unwrap();
     let owners = self::owners(&mut admin, "orders");
     for partition in 0..4u32 {
@@ -418,7 +347,7 @@ fn produce_and_fetch_across_shards_keep_order_and_survive_restart() {
 
 #[test]
 fn long_poll_fetch_is_woken_by_produce() {
-    let broker = Broker::start();
+    let broker = start_broker();
     let mut admin = Client::connect(&broker.listen).unwrap();
     assert_eq!(create_topic(&mut admin, "tail", 1), ErrorCode::None);
     let owner = owners(&mut admin, "tail")[0].clone();
@@ -446,7 +375,7 @@ fn long_poll_fetch_is_woken_by_produce() {
 
 #[test]
 fn bad_input_gets_typed_errors_while_others_keep_working() {
-    let broker = Broker::start();
+    let broker = start_broker();
     let mut admin = Client::connect(&broker.listen).unwrap();
     assert_eq!(create_topic(&mut admin, "safe", 1), ErrorCode::None);
     let owner = owners(&mut admin, "safe")[0].clone();
@@ -540,7 +469,7 @@ fn bad_input_gets_typed_errors_while_others_keep_working() {
 
 #[test]
 fn graceful_shutdown_loses_no_acknowledged_message() {
-    let mut broker = Broker::start();
+    let mut broker = start_broker();
     let mut admin = Client::connect(&broker.listen).unwrap();
     assert_eq!(create_topic(&mut admin, "drain", 1), ErrorCode::None);
     let owner = owners(&mut admin, "drain")[0].clone();
@@ -585,7 +514,7 @@ fn graceful_shutdown_loses_no_acknowledged_message() {
     assert!(status.success());
     let acked = acked.join().unwrap();
     assert!(acked > 1);
-    broker.spawn();
+    restart(&mut broker);
     let mut admin = Client::connect(&broker.listen).unwrap();
     let owner = owners(&mut admin, "drain")[0].clone();
     let mut client = Client::connect(&owner).unwrap();
@@ -639,16 +568,17 @@ fn bad_flags_and_unusable_data_dirs_exit_2_and_config_files_yield_to_flags() {
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
     let (from_file, from_flag) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", common::free_port()),
+        format!("127.0.0.1:{}", common::free_port()),
     );
+    let shard_port = common::free_port();
     let config = dir.path().join("broker.toml");
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\nlisten = {from_file:?}\nmetadata_listen = \"127.0.0.1:{}\"\nshards = 1\nmode = \"latency\"\n",
+            "data_dir = {:?}\nlisten = {from_file:?}\nmetadata_listen = \"127.0.0.1:{}\"\nshards = 1\nmode = \"latency\"\nshard_ports = [{shard_port}]\n",
             dir.path().join("data"),
-            free_port()
+            common::free_port()
         ),
     )
     .unwrap();
@@ -671,6 +601,50 @@ fn bad_flags_and_unusable_data_dirs_exit_2_and_config_files_yield_to_flags() {
         dir.path().join("data").join("metadata").exists(),
         "the file's data_dir is used"
     );
+    // The shard listens on the file's `shard_ports` (and answers once it has metadata).
+    while !common::answers(&format!("127.0.0.1:{shard_port}")) {
+        assert!(Instant::now() < deadline, "the file's shard port is served");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A second broker on ports in use: a start-up error naming the port, not a shared port.
+    let other = tempfile::Builder::new()
+        .prefix("config-other")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let metadata = format!("127.0.0.1:{}", common::free_port());
+    let free = common::free_port().to_string();
+    let in_use = shard_port.to_string();
+    let data = other.path().to_str().unwrap();
+    let start = |listen: &str, shard: &str| {
+        let base = [
+            "--data-dir",
+            data,
+            "--metadata-listen",
+            &metadata,
+            "--shards",
+            "1",
+        ];
+        run(&[&base[..], &["--listen", listen, "--shard-ports", shard]].concat())
+    };
+    for (listen, shard, port) in [
+        (from_flag.as_str(), free.as_str(), from_flag.clone()),
+        (
+            &format!("127.0.0.1:{}", common::free_port()),
+            &in_use,
+            in_use.clone(),
+        ),
+    ] {
+        let output = start(listen, shard);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "a second broker on {port} started"
+        );
+        assert!(
+            stderr.contains(&port) && stderr.contains("in use"),
+            "the error names the port in use: {stderr}"
+        );
+    }
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -703,7 +677,7 @@ fn init_producer_id(client: &mut Client) -> i64 {
 
 #[test]
 fn idempotent_retries_are_written_once_even_across_a_restart() {
-    let mut broker = Broker::start();
+    let mut broker = start_broker();
     let mut admin = Client::connect(&broker.listen).unwrap();
     assert_eq!(create_topic(&mut admin, "once", 1), ErrorCode::None);
     let owner = owners(&mut admin, "once")[0].clone();
@@ -741,7 +715,7 @@ fn idempotent_retries_are_written_once_even_across_a_restart() {
     );
     drop(client);
     assert!(broker.terminate().success());
-    broker.spawn();
+    restart(&mut broker);
     let mut admin = Client::connect(&broker.listen).unwrap();
     let owner = owners(&mut admin, "once")[0].clone();
     let mut client = Client::connect(&owner).unwrap();
@@ -782,6 +756,105 @@ fn idempotent_retries_are_written_once_even_across_a_restart() {
     );
 }
 
+/// One idempotent producer's batches sent on two connections at once, as when a producer
+/// retries on a new connection while the broker still reads the old one. Segments of 1 MiB
+/// make appends wait on rolls, so each connection's append of a batch can be in progress while
+/// the other checks the same batch. Check, append and record of a sequence are one step per
+/// partition: every batch is written once, both connections are answered with its offset,
+/// and neither is refused as out of order (before, a batch could pass the check on both
+/// connections and be written twice, and a record made out of order made the next batch look
+/// like a gap).
+#[test]
+fn the_same_batches_on_two_connections_at_once_are_written_once() {
+    const BATCHES: i32 = 48;
+    const RECORDS: u32 = 32;
+    let broker = start_broker_with(&["--segment-bytes", "1048576", "--mode", "latency"]);
+    let mut admin = Client::connect(&broker.listen).unwrap();
+    assert_eq!(create_topic(&mut admin, "twice", 1), ErrorCode::None);
+    let owner = owners(&mut admin, "twice")[0].clone();
+    let mut client = Client::connect(&owner).unwrap();
+    let id = init_producer_id(&mut client);
+    // The first batch makes sure the log is open before the race starts.
+    let batch = |seq: i32| {
+        let mut builder = BatchBuilder::new(BatchOptions {
+            producer_id: id,
+            producer_epoch: 0,
+            base_sequence: seq * RECORDS as i32,
+        });
+        for r in 0..RECORDS {
+            let mut value = format!("{seq}-{r}-").into_bytes();
+            value.resize(8 << 10, b'v');
+            builder.push(1, None, Some(&value), &[]);
+        }
+        builder.finish()
+    };
+    assert_eq!(produce_ready(&mut client, "twice", 0, &batch(0)), 0);
+    let batches: Arc<Vec<Vec<u8>>> = Arc::new((1..BATCHES).map(batch).collect());
+    // A producer has at most 16 batches of a partition in flight (what the broker remembers),
+    // so both connections send the same windows of 16, each window at the same moment.
+    let window = 16;
+    let start = Arc::new(std::sync::Barrier::new(2));
+    let connections: Vec<_> = (0..2)
+        .map(|_| {
+            let (owner, batches, start) = (owner.clone(), Arc::clone(&batches), Arc::clone(&start));
+            std::thread::spawn(move || {
+                let mut client = Client::connect(&owner).unwrap();
+                let mut answers = Vec::new();
+                for chunk in batches.chunks(window) {
+                    start.wait();
+                    // The whole window pipelined: the broker reads on while its appends wait.
+                    let mut frames = Vec::new();
+                    for bytes in chunk {
+                        let request = ProduceRequest {
+                            acks: Acks::Leader,
+                            timeout_ms: 10_000,
+                            partitions: vec![ProducePartition {
+                                topic: "twice".into(),
+                                partition: 0,
+                                batch_len: bytes.len() as u32,
+                            }],
+                        };
+                        let control = encode_control(&request);
+                        frames.extend(encode_request(ApiKey::Produce, 0, 0, &control, bytes.len()));
+                        frames.extend_from_slice(bytes);
+                    }
+                    client.stream.write_all(&frames).unwrap();
+                    for _ in chunk {
+                        let (_, error, control, _) = client.receive().unwrap();
+                        assert_eq!(error, 0);
+                        let response = decode_control::<ProduceResponse>(&control).unwrap();
+                        let p = &response.partitions[0];
+                        answers.push((p.error, p.base_offset));
+                    }
+                }
+                answers
+            })
+        })
+        .collect();
+    let answers: Vec<Vec<(ErrorCode, u64)>> =
+        connections.into_iter().map(|t| t.join().unwrap()).collect();
+    for (i, (a, b)) in answers[0].iter().zip(&answers[1]).enumerate() {
+        let expected = (ErrorCode::None, (i as u64 + 1) * u64::from(RECORDS));
+        assert_eq!(*a, expected, "batch {} on the first connection", i + 1);
+        assert_eq!(*b, expected, "batch {} on the second connection", i + 1);
+    }
+    let values = read_all(&mut client, "twice", 0);
+    assert_eq!(
+        values.len(),
+        BATCHES as usize * RECORDS as usize,
+        "each batch once"
+    );
+    for (i, (offset, value)) in values.iter().enumerate() {
+        assert_eq!(*offset, i as u64);
+        let expected = format!("{}-{}-", i / RECORDS as usize, i % RECORDS as usize);
+        assert!(
+            value.starts_with(&expected),
+            "offset {i} holds {:?}",
+            &value[..16]
+        );
+    }
+}
+
 /// Produce requests that carry five ~1 MiB batches for the same partition (idempotent, acks
 /// all), with 8 MiB segments so that most requests roll the segment in the middle of their
 /// batches: every request is answered in time, without errors, with contiguous offsets. First
@@ -789,7 +862,7 @@ fn idempotent_retries_are_written_once_even_across_a_restart() {
 /// then with five.
 #[test]
 fn several_batches_per_request_across_segment_rolls_are_all_acknowledged() {
-    let broker = Broker::start_with(&["--segment-bytes", "8388608"]);
+    let broker = start_broker_with(&["--segment-bytes", "8388608"]);
     let mut admin = Client::connect(&broker.listen).unwrap();
     assert_eq!(create_topic(&mut admin, "rolls", 1), ErrorCode::None);
     let owner = owners(&mut admin, "rolls")[0].clone();
@@ -887,7 +960,7 @@ fn several_batches_per_request_across_segment_rolls_are_all_acknowledged() {
 /// gets every byte, intact, once it reads again.
 #[test]
 fn a_stalled_cold_reader_does_not_hold_up_other_cold_reads() {
-    let mut broker = Broker::start_with(&["--segment-bytes", "1048576"]);
+    let mut broker = start_broker_with(&["--segment-bytes", "1048576"]);
     let mut admin = Client::connect(&broker.listen).unwrap();
     assert_eq!(create_topic(&mut admin, "cold", 1), ErrorCode::None);
     let owner = owners(&mut admin, "cold")[0].clone();
@@ -903,7 +976,7 @@ fn a_stalled_cold_reader_does_not_hold_up_other_cold_reads() {
     }
     // Restart: an empty tail cache, so reads come from the segment files.
     assert!(broker.terminate().success());
-    broker.spawn();
+    restart(&mut broker);
     let mut admin = Client::connect(&broker.listen).unwrap();
     let owner = owners(&mut admin, "cold")[0].clone();
     let mut probe = Client::connect(&owner).unwrap();

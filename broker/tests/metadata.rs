@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice_broker::metadata::types::BrokerState;
@@ -24,126 +22,86 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A free port below the kernel's ephemeral range (which starts at 32768), so the ports
-/// the brokers' shards bind with port 0 can never take an address chosen here for another
-/// broker before that broker starts.
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id().wrapping_mul(2_654_435_761);
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 21_000 + (seed.wrapping_add(n.wrapping_mul(7_919)) % 10_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
+/// One member of a test cluster: the shared broker-process harness with the member's id.
 struct Broker {
     id: u64,
-    dir: PathBuf,
-    address: String,
-    peers: String,
-    snapshot_logs: u64,
-    join: Option<String>,
-    child: Option<Child>,
+    process: common::BrokerProcess,
 }
 
 impl Broker {
-    fn start(&mut self) {
-        assert!(self.child.is_none());
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice-broker"));
-        command
-            .arg("--node-id")
-            .arg(self.id.to_string())
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .arg("--metadata-listen")
-            .arg(&self.address)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", 20_000 + self.id))
-            .arg("--shards")
-            .arg("2")
-            .arg("--election-timeout-ms")
-            .arg(ELECTION_MS.to_string())
-            .arg("--lease-ms")
-            .arg(LEASE_MS.to_string())
-            .arg("--snapshot-logs")
-            .arg(self.snapshot_logs.to_string())
-            .arg("--log")
-            .arg("info,openraft=info")
-            .stdout(Stdio::null())
-            .stderr(common::broker_log(&self.log_path()));
-        if let Some(join) = &self.join {
-            command.arg("--join").arg(join);
-        } else if !self.peers.is_empty() {
-            command.arg("--peers").arg(&self.peers);
+    /// A member on its own ports (native 20_000 + 100 × id, its shards the 10 above), started
+    /// later with [`Broker::start`].
+    fn new(id: u64, address: String, membership: &[&str], snapshot_logs: u64) -> Broker {
+        let listen = 20_000 + 100 * id as u16;
+        let mut args = vec![
+            "--node-id".to_string(),
+            id.to_string(),
+            "--election-timeout-ms".into(),
+            ELECTION_MS.to_string(),
+            "--lease-ms".into(),
+            LEASE_MS.to_string(),
+            "--snapshot-logs".into(),
+            snapshot_logs.to_string(),
+            "--log".into(),
+            "info,openraft=info".into(),
+        ];
+        args.extend(membership.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Broker {
+            id,
+            process: common::BrokerProcess::prepare(
+                &format!("meta-{id}-"),
+                &format!("127.0.0.1:{listen}"),
+                &address,
+                &[listen + 10, listen + 11],
+                &args,
+            ),
         }
-        self.child = Some(command.spawn().expect("spawn sluice-broker"));
     }
 
-    /// Where this broker's stderr goes, appended across restarts; printed if a test fails.
-    fn log_path(&self) -> PathBuf {
-        self.dir.with_extension("log")
+    /// Starts the process; it serves once the cluster has metadata, so nothing waits here.
+    fn start(&mut self) {
+        self.process.spawn_detached();
+    }
+
+    /// The metadata address.
+    fn address(&self) -> &str {
+        &self.process.metadata
+    }
+
+    fn dir(&self) -> &std::path::Path {
+        self.process.dir.path()
     }
 
     fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill(); // SIGKILL
-            let _ = child.wait();
-        }
+        self.process.kill_if_running();
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        unsafe_sigterm(child.id());
-        child.wait().expect("wait")
-    }
-}
-
-fn unsafe_sigterm(pid: u32) {
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill9();
+        self.process.terminate()
     }
 }
 
 struct Cluster {
-    _root: tempfile::TempDir,
     brokers: Vec<Broker>,
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            // Each broker's log follows, from the harness, as its process is dropped.
             for broker in &mut self.brokers {
-                if let Some(child) = &mut broker.child {
-                    eprintln!("broker {}: {:?}", broker.id, child.try_wait());
-                }
+                eprintln!("broker {}: {:?}", broker.id, broker.process.try_wait());
                 broker.kill9();
             }
-            self.print_logs();
         }
     }
 }
 
 impl Cluster {
     fn new(size: u64, snapshot_logs: u64) -> Cluster {
-        let root = tempfile::Builder::new()
-            .prefix("meta")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .expect("tempdir");
         let addresses: Vec<String> = (0..size)
-            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .map(|_| format!("127.0.0.1:{}", common::free_port()))
             .collect();
         let peers = if size == 1 {
             String::new()
@@ -155,32 +113,26 @@ impl Cluster {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        let membership: Vec<&str> = if peers.is_empty() {
+            Vec::new()
+        } else {
+            vec!["--peers", &peers]
+        };
         let brokers = (0..size)
-            .map(|i| Broker {
-                id: i + 1,
-                dir: root.path().join(format!("broker-{}", i + 1)),
-                address: addresses[i as usize].clone(),
-                peers: peers.clone(),
-                snapshot_logs,
-                join: None,
-                child: None,
+            .map(|i| {
+                Broker::new(
+                    i + 1,
+                    addresses[i as usize].clone(),
+                    &membership,
+                    snapshot_logs,
+                )
             })
             .collect();
-        let mut cluster = Cluster {
-            _root: root,
-            brokers,
-        };
+        let mut cluster = Cluster { brokers };
         for broker in &mut cluster.brokers {
             broker.start();
         }
         cluster
-    }
-
-    /// The tail of every broker's log, so a failure in CI shows what the brokers saw.
-    fn print_logs(&self) {
-        for broker in &self.brokers {
-            common::print_log_tail(&format!("broker {}", broker.id), &broker.log_path());
-        }
     }
 
     fn broker(&mut self, id: u64) -> &mut Broker {
@@ -188,14 +140,19 @@ impl Cluster {
     }
 
     fn client(&self) -> AdminClient {
-        AdminClient::new(self.brokers.iter().map(|b| b.address.clone()).collect())
-            .with_timeout(Duration::from_secs(20))
+        AdminClient::new(
+            self.brokers
+                .iter()
+                .map(|b| b.address().to_owned())
+                .collect(),
+        )
+        .with_timeout(Duration::from_secs(20))
     }
 
     fn describe(&self, id: u64) -> Option<ClusterView> {
         let client = AdminClient::new(vec![]).with_timeout(Duration::from_secs(2));
         match client.request_to_blocking(
-            &self.brokers[id as usize - 1].address,
+            self.brokers[id as usize - 1].address(),
             AdminRequest::Describe,
         ) {
             Ok(AdminReply::Cluster(view)) => Some(*view),
@@ -318,7 +275,7 @@ fn three_brokers_replicate_fail_over_and_catch_up() {
     // A non-controller answers with where the controller is.
     let follower = (1..=3).find(|&id| id != controller).expect("follower");
     let direct = AdminClient::new(vec![]).request_to_blocking(
-        &cluster.brokers[follower as usize - 1].address,
+        cluster.brokers[follower as usize - 1].address(),
         AdminRequest::CreateTopic {
             name: "direct".into(),
             partitions: 1,
@@ -331,12 +288,14 @@ fn three_brokers_replicate_fail_over_and_catch_up() {
             controller: Some((id, address)),
         }) => {
             assert_eq!(id, controller);
-            assert_eq!(address, cluster.brokers[controller as usize - 1].address);
+            assert_eq!(address, cluster.brokers[controller as usize - 1].address());
         }
         other => panic!("expected NotController, got {other:?}"),
     }
     // Created through any broker (the client follows the redirect), visible on all three.
-    let client = AdminClient::new(vec![cluster.brokers[follower as usize - 1].address.clone()]);
+    let client = AdminClient::new(vec![cluster.brokers[follower as usize - 1]
+        .address()
+        .to_owned()]);
     client
         .request_blocking(AdminRequest::CreateTopic {
             name: "events".into(),
@@ -378,22 +337,15 @@ fn three_brokers_replicate_fail_over_and_catch_up() {
     );
 
     // A fourth broker joins the running cluster: learner first, then voter.
-    let joiner_dir = cluster.brokers[0].dir.with_file_name("broker-4");
-    let joiner_address = format!("127.0.0.1:{}", free_port());
+    let joiner_address = format!("127.0.0.1:{}", common::free_port());
     let join = survivors
         .iter()
-        .map(|&id| cluster.brokers[id as usize - 1].address.clone())
+        .map(|&id| cluster.brokers[id as usize - 1].address().to_owned())
         .collect::<Vec<_>>()
         .join(",");
-    cluster.brokers.push(Broker {
-        id: 4,
-        dir: joiner_dir,
-        address: joiner_address,
-        peers: String::new(),
-        snapshot_logs: 1_000,
-        join: Some(join),
-        child: None,
-    });
+    cluster
+        .brokers
+        .push(Broker::new(4, joiner_address, &["--join", &join], 1_000));
     cluster.broker(4).start();
     wait_until(
         "broker 4 is a voter with the metadata",
@@ -491,7 +443,7 @@ fn snapshots_bound_the_log_and_a_fresh_follower_installs_one() {
     });
     let fresh = (1..=3).find(|&id| id != controller).expect("follower");
     cluster.broker(fresh).kill9();
-    let _ = std::fs::remove_dir_all(&cluster.broker(fresh).dir);
+    let _ = std::fs::remove_dir_all(cluster.broker(fresh).dir());
     for i in 0..120 {
         cluster
             .create_topic(&format!("t{i}"), 2, 2)

@@ -23,6 +23,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -283,7 +284,12 @@ struct Shared {
     config: ProducerConfig,
     cluster: Arc<Cluster>,
     state: Mutex<State>,
-    /// Wakes the sender task: a batch is ready, a response came back, a flush began.
+    /// Wakes the sender task. Everything that changes what the sender should do next or when
+    /// notifies it: a batch is ready, a response came back, a flush began, a retry time was set
+    /// (an unreachable broker, a failed producer-id reset), a partition was un-paused, a
+    /// metadata refresh ended. The
+    /// sender sleeps until the earliest deadline it planned, so a change it is not told of
+    /// would wait for that deadline, which may be a batch's delivery timeout.
     wake: Notify,
     /// Buffer room was freed.
     room: Notify,
@@ -291,6 +297,8 @@ struct Shared {
     completed: Notify,
     /// The sender task has exited.
     stopped: Notify,
+    /// A metadata refresh started by the sender is running (`refresh_in_background`).
+    refreshing: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -319,6 +327,10 @@ struct PartitionQueue {
     /// Closed batches not in flight, oldest (lowest sequence) first.
     ready: VecDeque<Batch>,
     in_flight: usize,
+    /// Producer id and base sequence of each batch in flight (at most
+    /// `IN_FLIGHT_BATCHES_PER_PARTITION_MAX`), so a refusal of a later batch can tell that an
+    /// earlier one has not returned yet.
+    in_flight_sequences: Vec<(i64, i32)>,
     /// This partition's producer id and epoch, and the next sequence number.
     producer: (i64, i16),
     next_sequence: i32,
@@ -416,6 +428,7 @@ impl Producer {
             room: Notify::new(),
             completed: Notify::new(),
             stopped: Notify::new(),
+            refreshing: AtomicBool::new(false),
         });
         tokio::spawn(run_sender(Arc::clone(&shared)));
         Ok(Producer {
@@ -744,6 +757,7 @@ impl PartitionQueue {
             open: None,
             ready: VecDeque::new(),
             in_flight: 0,
+            in_flight_sequences: Vec::new(),
             producer,
             next_sequence: 0,
             paused: false,
@@ -801,6 +815,27 @@ struct Plan {
     exit: bool,
 }
 
+/// Refreshes the metadata of `topics` in a task of its own, so that a refresh waiting on an
+/// unreachable broker (connection attempts, backoffs between them) never holds up the sender,
+/// which serves the other brokers meanwhile and is woken when the refresh ends. One refresh at a
+/// time: topics that go stale during one wait for the next.
+fn refresh_in_background(shared: &Arc<Shared>, topics: Vec<Arc<str>>) {
+    if shared.refreshing.swap(true, Ordering::AcqRel) {
+        shared.lock().stale_topics.extend(topics);
+        return;
+    }
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        if let Err(error) = shared.cluster.refresh(Some(&names)).await {
+            tracing::debug!(%error, "metadata refresh failed");
+        }
+        shared.refreshing.store(false, Ordering::Release);
+        // New addresses, or a topic that went stale meanwhile: plan again.
+        shared.wake.notify_one();
+    });
+}
+
 async fn run_sender(shared: Arc<Shared>) {
     loop {
         let wake = shared.wake.notified();
@@ -813,10 +848,7 @@ async fn run_sender(shared: Arc<Shared>) {
             return;
         }
         if !plan.stale_topics.is_empty() {
-            let topics: Vec<String> = plan.stale_topics.iter().map(|t| t.to_string()).collect();
-            if let Err(error) = shared.cluster.refresh(Some(&topics)).await {
-                tracing::debug!(%error, "metadata refresh failed");
-            }
+            refresh_in_background(&shared, plan.stale_topics);
         }
         for key in plan.resets {
             shared.reset_partition(key).await;
@@ -824,11 +856,20 @@ async fn run_sender(shared: Arc<Shared>) {
         let mut outbound = Vec::new();
         for address in plan.addresses {
             match shared.cluster.connection(&address).await {
-                Ok(connection) => {
-                    if let Some(permit) = connection.try_reserve() {
-                        outbound.push((connection, permit));
-                    }
-                }
+                Ok(connection) => match connection.try_reserve() {
+                    Some(permit) => outbound.push((connection, permit)),
+                    // Closed since it was handed out (an idle connection has no request whose
+                    // failure would wake the sender): treat it as unreachable, which does.
+                    None if connection.is_closed() => shared.unreachable(
+                        &address,
+                        Error::Connection {
+                            address: address.clone(),
+                            reason: "closed".into(),
+                        },
+                    ),
+                    // Every slot is taken: a response frees one and wakes the sender.
+                    None => {}
+                },
                 Err(error) => shared.unreachable(&address, error),
             }
         }
@@ -1012,6 +1053,9 @@ impl Shared {
                 }
                 *used += len;
                 queue.in_flight += 1;
+                if let Some((producer_id, _, seq)) = batch.sequence {
+                    queue.in_flight_sequences.push((producer_id, seq));
+                }
                 out.batches.push((key.clone(), batch));
             }
         }
@@ -1110,6 +1154,15 @@ impl Shared {
                 unreachable!("queues are never removed, and this batch came from one");
             };
             queue.in_flight -= 1;
+            if let Some((producer_id, _, seq)) = batch.sequence {
+                if let Some(at) = queue
+                    .in_flight_sequences
+                    .iter()
+                    .position(|&s| s == (producer_id, seq))
+                {
+                    queue.in_flight_sequences.swap_remove(at);
+                }
+            }
             let error = match result {
                 Ok(base) => {
                     self.complete(state, batch, Ok(base), key.1);
@@ -1122,12 +1175,16 @@ impl Shared {
                 _ => None,
             };
             // An out-of-order refusal is expected while an earlier batch of this partition is
-            // being retried: this one goes back behind it.
-            let earlier_pending = batch.sequence.is_some_and(|(_, _, seq)| {
-                queue
-                    .ready
+            // being retried, or has not returned yet (the outcomes of a connection's requests
+            // are handled by separate tasks, in any order): this one goes back behind it.
+            let earlier_pending = batch.sequence.is_some_and(|(producer_id, _, seq)| {
+                queue.ready.iter().any(|b| {
+                    b.sequence
+                        .is_some_and(|(p, _, s)| p == producer_id && s < seq)
+                }) || queue
+                    .in_flight_sequences
                     .iter()
-                    .any(|b| b.sequence.is_some_and(|(_, _, s)| s < seq))
+                    .any(|&(p, s)| p == producer_id && s < seq)
             });
             let retriable = match code {
                 None => error.is_retriable(),
@@ -1170,18 +1227,23 @@ impl Shared {
     /// A partition's address could not be connected to: retry later and refresh metadata.
     fn unreachable(&self, address: &str, error: Error) {
         tracing::debug!(address, %error, "cannot connect");
-        let mut state = self.lock();
-        let state = &mut *state;
-        let retry = Instant::now() + self.config.client.retry_backoff;
-        for (key, queue) in state.queues.iter_mut() {
-            if self.cluster.address_of(&key.0, key.1).as_deref() == Some(address) {
-                queue.retry_at = Some(retry);
-                if let Some(front) = queue.ready.front_mut() {
-                    front.last_error = Some(error.clone());
+        {
+            let mut state = self.lock();
+            let state = &mut *state;
+            let retry = Instant::now() + self.config.client.retry_backoff;
+            for (key, queue) in state.queues.iter_mut() {
+                if self.cluster.address_of(&key.0, key.1).as_deref() == Some(address) {
+                    queue.retry_at = Some(retry);
+                    if let Some(front) = queue.ready.front_mut() {
+                        front.last_error = Some(error.clone());
+                    }
+                    state.stale_topics.insert(Arc::clone(&key.0));
                 }
-                state.stale_topics.insert(Arc::clone(&key.0));
             }
         }
+        // The sender's next action changed (a retry time, a metadata refresh): it must plan
+        // again rather than sleep until the deadline it computed before.
+        self.wake.notify_one();
     }
 
     /// Gives a partition a new producer id and renumbers its queued batches.
@@ -1193,6 +1255,7 @@ impl Shared {
                 if let Some(queue) = self.lock().queues.get_mut(&key) {
                     queue.retry_at = Some(Instant::now() + self.config.client.retry_backoff_max);
                 }
+                self.wake.notify_one();
                 return;
             }
         };
@@ -1210,6 +1273,9 @@ impl Shared {
             queue.needs_reset = false;
             queue.paused = false;
         }
+        drop(state);
+        // Un-paused: its batches can go now, not at whatever deadline the sender planned.
+        self.wake.notify_one();
     }
 }
 

@@ -28,9 +28,9 @@ use sluice_protocol::native::{
     PartitionMetadata, ProducePartitionResponse, ProduceRequest, ProduceResponse, RequestHeader,
     TopicMetadata, TopicResponse,
 };
-use sluice_protocol::{BatchError, BatchHeader};
+use sluice_protocol::BatchError;
 
-use super::producers::SequenceCheck;
+use super::producers::ProduceOutcome;
 
 use super::partitions::SharedPartitions;
 use super::socket::{Watch, WatchStats};
@@ -528,13 +528,19 @@ async fn produce(
         };
         match ctx.partitions.get(&p.topic, p.partition) {
             Some(owned) if owned.leader => {
-                let check = match BatchHeader::parse(batch) {
-                    Ok(header) => Some((header, owned.producers.borrow().check(&header))),
-                    Err(_) => None, // `append` reports the precise error.
-                };
-                match check {
-                    Some((_, SequenceCheck::Duplicate { base_offset })) => {
-                        // A retry of a batch already written: answer with its offset.
+                match owned
+                    .producers
+                    .append(&owned.log, batch, owned.leader_epoch)
+                    .await
+                {
+                    Ok(ProduceOutcome::Appended(appended)) => {
+                        result.base_offset = appended.base_offset;
+                        result.log_start = owned.log.log_start();
+                        waits.push((results.len(), owned.log.clone(), appended));
+                    }
+                    Ok(ProduceOutcome::Duplicate { base_offset }) => {
+                        // A retry of a batch already written: answer with its offset once it
+                        // is durable (the first attempt may still be waiting for its flush).
                         result.base_offset = base_offset;
                         result.log_start = owned.log.log_start();
                         let appended = Appended {
@@ -543,27 +549,12 @@ async fn produce(
                         };
                         waits.push((results.len(), owned.log.clone(), appended));
                     }
-                    Some((_, SequenceCheck::OutOfOrder)) => {
-                        result.error = ErrorCode::OutOfOrderSequence
+                    Ok(ProduceOutcome::OutOfOrder) => result.error = ErrorCode::OutOfOrderSequence,
+                    Ok(ProduceOutcome::Fenced) => result.error = ErrorCode::ProducerFenced,
+                    Err(error) => {
+                        ctx.report_storage(&error);
+                        result.error = storage_code(&error);
                     }
-                    Some((_, SequenceCheck::Fenced)) => result.error = ErrorCode::ProducerFenced,
-                    _ => match owned.log.append(batch, owned.leader_epoch).await {
-                        Ok(appended) => {
-                            if let Some((header, _)) = check {
-                                owned
-                                    .producers
-                                    .borrow_mut()
-                                    .record(&header, appended.base_offset);
-                            }
-                            result.base_offset = appended.base_offset;
-                            result.log_start = owned.log.log_start();
-                            waits.push((results.len(), owned.log.clone(), appended));
-                        }
-                        Err(error) => {
-                            ctx.report_storage(&error);
-                            result.error = storage_code(&error);
-                        }
-                    },
                 }
             }
             Some(_) => result.error = ErrorCode::NotLeaderOrWrongShard,

@@ -1,9 +1,11 @@
 //! The data plane: thread-per-core shards serving the native protocol.
 //!
 //! Each shard is a glommio executor pinned to a core. It accepts connections on the broker's main
-//! address (every shard listens there with SO_REUSEPORT, so the kernel spreads connections) and
-//! on its own address (advertised in the metadata, so shard-aware clients connect straight to the
-//! shard that owns a partition). A shard opens and serves the logs of the partitions the metadata
+//! address (one listening socket, each shard accepting on a duplicate of its descriptor) and on
+//! its own address (advertised in the metadata, so shard-aware clients connect straight to the
+//! shard that owns a partition). The own addresses are fixed by configuration (by default the
+//! `--listen` port plus `SHARD_PORT_OFFSET` plus the shard index), not chosen by the kernel at
+//! start, so a restart does not move them. A shard opens and serves the logs of the partitions the metadata
 //! places on it; nothing else touches them. Requests for a partition owned by another shard of
 //! this broker are answered with `NotLeaderOrWrongShard` and the owning shard's address is in
 //! the metadata (see `ARCHITECTURE.md`).
@@ -41,6 +43,9 @@ pub struct ShardConfig {
     pub data_dir: PathBuf,
     /// The main native-protocol address (all shards accept here).
     pub listen: String,
+    /// Each shard's own address, by shard index (`--shard-ports`, or derived from `--listen`):
+    /// fixed, so a restarted broker is found where its metadata says.
+    pub shard_listen: Vec<std::net::SocketAddr>,
     pub mode: Mode,
     /// Configuration of topics created through this broker.
     pub topic_defaults: crate::metadata::types::TopicConfig,

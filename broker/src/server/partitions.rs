@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::producers::ProducerState;
+use super::producers::{PartitionProducers, ProducerState};
 use super::{Mode, ShardConfig};
 use crate::metadata::types::{FlushSetting, TopicConfig};
 use crate::metadata::{ClusterState, NodeId};
@@ -26,20 +26,22 @@ pub struct OwnedPartition {
     /// Whether this broker leads the partition (only the leader serves produce and fetch).
     pub leader: bool,
     pub leader_epoch: u32,
-    /// Idempotent producers' sequences, rebuilt from the log on open.
-    pub producers: Rc<RefCell<ProducerState>>,
+    /// Idempotent producers' sequences, rebuilt from the log on open; every append of an
+    /// idempotent batch goes through it.
+    pub producers: Rc<PartitionProducers>,
 }
 
 /// Rebuilds producer state from the newest two segments (a producer silent for longer than that
-/// is treated as new: its next batch is accepted whatever its sequence).
+/// is treated as new: its next batch is accepted whatever its sequence). A log read from offset
+/// 0 gives a state that knows every producer.
 async fn rebuild_producers(log: &PartitionLog) -> Result<ProducerState, StorageError> {
-    let mut state = ProducerState::default();
     let bases = log.segment_bases();
     let mut offset = bases
         .len()
         .checked_sub(2)
         .map_or(log.log_start(), |i| bases[i])
         .max(log.log_start());
+    let mut state = ProducerState::new(offset == 0);
     while offset < log.high_watermark() {
         let read = log.read(offset, 4 << 20).await?;
         if read.is_empty() {
@@ -188,7 +190,7 @@ impl Partitions {
                             log,
                             leader,
                             leader_epoch: epoch,
-                            producers: Rc::new(RefCell::new(producers)),
+                            producers: Rc::new(PartitionProducers::new(producers)),
                         },
                     );
                 }

@@ -6,12 +6,21 @@
 //! retry of a remembered batch is answered with the offset it got the first time and not written
 //! again; a gap is refused (`OutOfOrderSequence`), and so is an older epoch (`ProducerFenced`).
 //! The state is rebuilt from the log when a partition is opened.
+//!
+//! Check, append and record are one step per partition ([`PartitionProducers::append`]): the
+//! append can wait (backpressure, a segment roll), and a retry of the same batch arriving on
+//! another connection in that wait would otherwise pass the check too and be written twice; a
+//! record made out of sequence order would also make the newest remembered batch an older one,
+//! so the next batch in sequence would be refused as out of order.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 
+use glommio::sync::Semaphore;
 use sluice_protocol::BatchHeader;
 
 use crate::limits::{PRODUCERS_PER_PARTITION_MAX, PRODUCER_BATCHES_REMEMBERED};
+use crate::storage::{Appended, PartitionLog, StorageError};
 
 /// One remembered batch of a producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,17 +70,36 @@ fn next_sequence(sequence: i32) -> i32 {
 pub struct ProducerState {
     producers: HashMap<i64, ProducerEntry>,
     clock: u64,
+    /// Every producer that ever wrote to the partition is known: the state was built from the
+    /// whole log and none was forgotten since. Then a producer not known here has written
+    /// nothing, and its first batch must start its sequence (0).
+    knows_every_producer: bool,
 }
 
 impl ProducerState {
+    /// The state of a partition whose whole log was scanned (`complete`), or only its newest
+    /// part (a producer silent since may be unknown here).
+    pub fn new(complete: bool) -> ProducerState {
+        ProducerState {
+            knows_every_producer: complete,
+            ..ProducerState::default()
+        }
+    }
+
     /// Decides what to do with a batch before it is appended.
     pub fn check(&self, header: &BatchHeader) -> SequenceCheck {
         if header.producer_id < 0 {
             return SequenceCheck::Append;
         }
         let Some(entry) = self.producers.get(&header.producer_id) else {
-            // A producer we do not know (new, or forgotten): nothing to compare with.
-            return SequenceCheck::Append;
+            // A new producer starts at 0: a later batch means an earlier one is still on its
+            // way (a retry after a refusal), and writing this one first would reorder them.
+            // A producer that may have been forgotten has nothing to compare with.
+            return if header.base_sequence == 0 || !self.knows_every_producer {
+                SequenceCheck::Append
+            } else {
+                SequenceCheck::OutOfOrder
+            };
         };
         if header.producer_epoch < entry.epoch {
             return SequenceCheck::Fenced;
@@ -133,6 +161,7 @@ impl ProducerState {
         if self.producers.len() > PRODUCERS_PER_PARTITION_MAX {
             if let Some((&oldest, _)) = self.producers.iter().min_by_key(|(_, e)| e.touched) {
                 self.producers.remove(&oldest);
+                self.knows_every_producer = false;
             }
         }
     }
@@ -143,6 +172,86 @@ impl ProducerState {
 
     pub fn is_empty(&self) -> bool {
         self.producers.is_empty()
+    }
+}
+
+/// What became of a batch offered to a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProduceOutcome {
+    /// Appended now (not yet durable: wait with `PartitionLog::wait_durable`).
+    Appended(Appended),
+    /// A retry of a batch already in the log: nothing was appended.
+    Duplicate { base_offset: u64 },
+    /// Refused: a gap in the producer's sequence.
+    OutOfOrder,
+    /// Refused: an older epoch of the producer.
+    Fenced,
+}
+
+/// A partition's idempotent producers and the lock that makes check, append and record of a
+/// producer's batch one step. Owned by the partition's shard (single-threaded, never shared
+/// across executors).
+#[derive(Debug)]
+pub struct PartitionProducers {
+    state: RefCell<ProducerState>,
+    /// One permit: held by an idempotent batch from its sequence check until its sequence is
+    /// recorded (the append between them can wait). Batches without a producer id skip it.
+    appending: Semaphore,
+}
+
+impl PartitionProducers {
+    pub fn new(state: ProducerState) -> PartitionProducers {
+        PartitionProducers {
+            state: RefCell::new(state),
+            appending: Semaphore::new(1),
+        }
+    }
+
+    /// Checks the batch's sequence, appends it if it is new and records it, as one step for
+    /// this partition. A batch whose header does not parse goes to `append`, which reports
+    /// the precise error.
+    pub async fn append(
+        &self,
+        log: &PartitionLog,
+        batch: &[u8],
+        leader_epoch: u32,
+    ) -> Result<ProduceOutcome, StorageError> {
+        let header = match BatchHeader::parse(batch) {
+            Ok(header) if header.producer_id >= 0 => header,
+            _ => {
+                return log
+                    .append(batch, leader_epoch)
+                    .await
+                    .map(ProduceOutcome::Appended)
+            }
+        };
+        let _step = self
+            .appending
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        match self.state.borrow().check(&header) {
+            SequenceCheck::Append => {}
+            SequenceCheck::Duplicate { base_offset } => {
+                return Ok(ProduceOutcome::Duplicate { base_offset })
+            }
+            SequenceCheck::OutOfOrder => return Ok(ProduceOutcome::OutOfOrder),
+            SequenceCheck::Fenced => return Ok(ProduceOutcome::Fenced),
+        }
+        let appended = log.append(batch, leader_epoch).await?;
+        self.state
+            .borrow_mut()
+            .record(&header, appended.base_offset);
+        Ok(ProduceOutcome::Appended(appended))
+    }
+
+    /// Producers known to this partition.
+    pub fn len(&self) -> usize {
+        self.state.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.state.borrow().is_empty()
     }
 }
 
@@ -205,6 +314,33 @@ mod tests {
         assert_eq!(state.check(&header(1, 1, 1, 1)), SequenceCheck::Fenced);
         assert_eq!(state.check(&header(1, 3, 5, 1)), SequenceCheck::OutOfOrder);
         assert_eq!(state.check(&header(1, 3, 0, 1)), SequenceCheck::Append);
+    }
+
+    #[test]
+    fn a_producer_unknown_to_a_complete_state_starts_at_zero() {
+        let mut state = ProducerState::new(true);
+        assert_eq!(
+            state.check(&header(3, 0, 5, 1)),
+            SequenceCheck::OutOfOrder,
+            "its first batch is still on its way"
+        );
+        assert_eq!(state.check(&header(3, 0, 0, 5)), SequenceCheck::Append);
+        state.record(&header(3, 0, 0, 5), 0);
+        assert_eq!(state.check(&header(3, 0, 5, 1)), SequenceCheck::Append);
+        // A state that may have forgotten producers takes them at any sequence.
+        assert_eq!(
+            ProducerState::new(false).check(&header(3, 0, 5, 1)),
+            SequenceCheck::Append
+        );
+        let mut crowded = ProducerState::new(true);
+        for id in 0..=PRODUCERS_PER_PARTITION_MAX as i64 {
+            crowded.record(&header(id, 0, 0, 1), id as u64);
+        }
+        assert_eq!(
+            crowded.check(&header(1_000_000, 0, 7, 1)),
+            SequenceCheck::Append,
+            "after one was forgotten"
+        );
     }
 
     #[test]

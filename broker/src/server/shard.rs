@@ -2,6 +2,7 @@
 
 use std::cell::Cell;
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +16,9 @@ use super::connection::{serve, ShardContext};
 use super::partitions::Partitions;
 use super::{MetadataLink, Mode, ShardConfig};
 use crate::limits::{
-    CONNECTIONS_PER_SHARD_MAX, SHARD_BUFFERED_BYTES_MAX, SHARD_SERVING_LATENCY,
-    SHARD_SHARES_BULK_LATENCY, SHARD_SHARES_MAINTENANCE, SHARD_SHARES_SERVING,
-    SOCKET_WATCH_LATENCY, SOCKET_WATCH_THROUGHPUT,
+    CONNECTIONS_PER_SHARD_MAX, LISTEN_FREED_WAIT, LISTEN_RETRY_INTERVAL, SHARD_BUFFERED_BYTES_MAX,
+    SHARD_SERVING_LATENCY, SHARD_SHARES_BULK_LATENCY, SHARD_SHARES_MAINTENANCE,
+    SHARD_SHARES_SERVING, SOCKET_WATCH_LATENCY, SOCKET_WATCH_THROUGHPUT,
 };
 use crate::notify::Notify;
 use crate::reactor::{Pulse, ReactorWatch};
@@ -44,12 +45,26 @@ pub struct Shards {
 
 impl Shards {
     /// Starts `count` shards, pinned to cores round-robin, each listening on the main address
-    /// and on its own port (same host, port chosen by the OS).
+    /// and on its own address (`config.shard_listen`, one per shard). A port already in use is
+    /// an error naming it, never a silent fallback.
     pub fn start(config: ShardConfig, count: u32, link: MetadataLink) -> Result<Shards, String> {
         let main: SocketAddr = config
             .listen
             .parse()
             .map_err(|e| format!("--listen {:?} is not host:port: {e}", config.listen))?;
+        if config.shard_listen.len() != count as usize {
+            return Err(format!(
+                "{count} shards need {count} shard ports, {} given",
+                config.shard_listen.len()
+            ));
+        }
+        // One socket for the main address, shared by every shard (each accepts on a duplicate
+        // of its descriptor), bound without SO_REUSEPORT: with it, a second broker could share
+        // the port unnoticed, and a broker restarted at once would join the listen group of
+        // its killed predecessor's sockets while those linger (see `LISTEN_FREED_WAIT`),
+        // where connections wait in a backlog nobody will accept from.
+        let main_listener =
+            bind_freed(main).map_err(|e| format!("cannot listen on {main} (--listen): {e}"))?;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         // Watched from before the first shard starts: a shard can hang in its first sleep.
         let pulses: Vec<Arc<Pulse>> = (0..count).map(|_| Arc::default()).collect();
@@ -62,6 +77,9 @@ impl Shards {
             watch: Arc::new(watch),
         };
         for (shard, pulse) in (0..count).zip(pulses) {
+            let main = main_listener
+                .try_clone()
+                .map_err(|e| format!("cannot share the listener on {main}: {e}"))?;
             let (address_tx, address_rx) = std::sync::mpsc::channel::<Result<String, String>>();
             let (stop_tx, stop_rx) = flume::bounded::<()>(1);
             let config = config.clone();
@@ -126,7 +144,7 @@ impl ShardStopper {
 async fn run(
     config: ShardConfig,
     shard: u32,
-    main: SocketAddr,
+    main: std::net::TcpListener,
     link: MetadataLink,
     address_tx: std::sync::mpsc::Sender<Result<String, String>>,
     stop_rx: flume::Receiver<()>,
@@ -137,10 +155,15 @@ async fn run(
         crate::shard::prime_dma_io(&topics_dir)
             .await
             .map_err(|e| e.to_string())?;
-        let main_listener =
-            TcpListener::bind(main).map_err(|e| format!("cannot listen on {main}: {e}"))?;
-        let own_listener = TcpListener::bind(SocketAddr::new(main.ip(), 0))
-            .map_err(|e| format!("cannot listen on {}: {e}", main.ip()))?;
+        // SAFETY: `main` is a bound, listening TCP socket (a duplicate descriptor of the main
+        // listener, this shard's own); the glommio listener takes sole ownership of it.
+        let main_listener = unsafe { TcpListener::from_raw_fd(main.into_raw_fd()) };
+        let own_listener = bind_exclusive(config.shard_listen[shard as usize]).map_err(|e| {
+            format!(
+                "shard {shard} cannot listen on {} (--shard-ports): {e}",
+                config.shard_listen[shard as usize]
+            )
+        })?;
         let own = own_listener.local_addr().map_err(|e| e.to_string())?;
         Ok::<_, String>((main_listener, own_listener, own))
     }
@@ -220,9 +243,30 @@ async fn run(
     let accept = |listener: TcpListener| {
         let ctx = Rc::clone(&ctx);
         let connections = Rc::clone(&connections);
+        let mut state = link.state.clone();
         // Connections and every task they spawn (but fetches) run in the serving queue.
         queues
             .spawn(queues.serving, async move {
+                // Not before the first metadata: an empty state would tell clients that their
+                // topics do not exist. Connections wait in the listen backlog meanwhile (a
+                // restarted broker has its state back from its own Raft log within
+                // milliseconds).
+                let stop = ctx.stop.listen();
+                let has_metadata = async {
+                    while state.borrow_and_update().version == 0 {
+                        if state.changed().await.is_err() {
+                            return false;
+                        }
+                    }
+                    true
+                }
+                .or(async {
+                    stop.await;
+                    false
+                });
+                if !has_metadata.await {
+                    return;
+                }
                 loop {
                     let Ok(permit) = connections.acquire_static_permit(1).await else {
                         return;
@@ -305,6 +349,41 @@ async fn run(
         .close_all()
         .await
         .map_err(|e| format!("shard {shard}: closing logs: {e}"))
+}
+
+/// A listener on `address` without SO_REUSEPORT (glommio's `bind` sets it), so a port another
+/// process listens on is refused (`EADDRINUSE`) instead of shared. Retried for
+/// `LISTEN_FREED_WAIT`: the port may still be held for a moment by the broker this one replaces.
+fn bind_freed(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let deadline = std::time::Instant::now() + LISTEN_FREED_WAIT;
+    let listener = loop {
+        match std::net::TcpListener::bind(address) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(LISTEN_RETRY_INTERVAL);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("{e}; is another broker running there?"),
+                ))
+            }
+            other => break other?,
+        }
+    };
+    // glommio tries a plain `accept` before it queues one on io_uring: it must not block.
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// [`bind_freed`] for a shard's own port, as a glommio listener of the calling shard.
+fn bind_exclusive(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = bind_freed(address)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket that `into_raw_fd` gives up;
+    // the glommio listener takes sole ownership of it.
+    Ok(unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) })
 }
 
 /// A shard's task queues. glommio runs one queue at a time and switches between them by shares

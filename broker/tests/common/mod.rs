@@ -1,8 +1,11 @@
-//! Helpers shared by the broker's integration tests: executors, batches, temp directories.
+//! Helpers shared by the broker's integration tests: executors, batches, temp directories, and
+//! [`BrokerProcess`], the harness for tests that run a real `sluice-broker` process.
 #![allow(dead_code)]
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use sluice_protocol::batch::stamp;
 use sluice_protocol::{BatchBuilder, BatchOptions};
@@ -74,4 +77,240 @@ pub fn batch(tag: u64, records: u32, value_len: usize, timestamp: i64) -> Vec<u8
 pub fn stamped(mut bytes: Vec<u8>, base_offset: u64, epoch: u32) -> Vec<u8> {
     stamp(&mut bytes, base_offset, epoch);
     bytes
+}
+
+/// A free TCP port on 127.0.0.1 below the kernel's ephemeral range (which starts at 32768), so
+/// no client socket of a parallel test can take it between a broker's stop and its restart.
+/// Spread by process id so test binaries running at once rarely try the same ports.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(2_654_435_761);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 11_000 + (seed.wrapping_add(n.wrapping_mul(7_919)) % 9_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Whether a broker serves `address`: it answers an ApiVersions request. (A port that merely
+/// accepts connections is not enough: a broker killed a moment ago still accepts into its
+/// listen backlog for a few milliseconds, and a starting one waits for its metadata before it
+/// takes connections from the backlog.)
+pub fn answers(address: &str) -> bool {
+    use sluice_protocol::native::{
+        encode_control, encode_request, split_response, ApiKey, ApiVersionsRequest,
+    };
+    use std::io::{Read, Write};
+    let attempt = || -> std::io::Result<bool> {
+        let address: std::net::SocketAddr = address.parse().expect("ip:port");
+        let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let control = encode_control(&ApiVersionsRequest {
+            client_id: "test-harness".into(),
+        });
+        let api = ApiKey::ApiVersions;
+        stream.write_all(&encode_request(api, api.versions().1, 7, &control, 0))?;
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len)?;
+        let mut frame = vec![0u8; u32::from_le_bytes(len) as usize];
+        stream.read_exact(&mut frame)?;
+        Ok(split_response(&frame).is_ok_and(|r| r.correlation_id == 7 && r.frame_error == 0))
+    };
+    attempt().unwrap_or(false)
+}
+
+/// A `sluice-broker` child process on a temporary data directory, with fixed ports: the main
+/// address, the metadata address and one port per shard, kept across restarts. Killed (and its
+/// log shown, if the test is failing) on drop.
+#[derive(Debug)]
+pub struct BrokerProcess {
+    pub dir: tempfile::TempDir,
+    pub listen: String,
+    pub metadata: String,
+    pub shard_ports: Vec<u16>,
+    child: Option<Child>,
+    /// Flags added to every start.
+    args: Vec<String>,
+}
+
+impl BrokerProcess {
+    /// Starts a broker with `shards` shards and the extra flags `args`, and waits until it
+    /// accepts connections.
+    pub fn start(prefix: &str, shards: u32, args: &[&str]) -> BrokerProcess {
+        let dir = test_dir(prefix);
+        let mut broker = BrokerProcess {
+            dir,
+            listen: String::new(),
+            metadata: String::new(),
+            shard_ports: vec![0; shards as usize],
+            child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        broker.pick_ports();
+        broker.spawn(true);
+        broker
+    }
+
+    /// A broker not started yet, on the given ports (for clusters, whose members must know
+    /// each other's metadata addresses before any starts); start it with [`Self::spawn`] or
+    /// [`Self::spawn_detached`].
+    pub fn prepare(
+        prefix: &str,
+        listen: &str,
+        metadata: &str,
+        shard_ports: &[u16],
+        args: &[&str],
+    ) -> BrokerProcess {
+        BrokerProcess {
+            dir: test_dir(prefix),
+            listen: listen.to_owned(),
+            metadata: metadata.to_owned(),
+            shard_ports: shard_ports.to_vec(),
+            child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    fn pick_ports(&mut self) {
+        self.listen = format!("127.0.0.1:{}", free_port());
+        self.metadata = format!("127.0.0.1:{}", free_port());
+        for port in self.shard_ports.iter_mut() {
+            *port = free_port();
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("broker.log")
+    }
+
+    /// Each shard's address, as the broker advertises it (without `--advertise`).
+    pub fn shard_addresses(&self) -> Vec<String> {
+        self.shard_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// Starts the process and waits until its main address and every shard port answer
+    /// requests ([`answers`]). A fresh broker (`may_move`) whose port something else took first exits at
+    /// once and is started again on new ports; a restarted one keeps its ports (clients know
+    /// them) and tries again while the old process's sockets linger.
+    pub fn spawn(&mut self, may_move: bool) {
+        assert!(self.child.is_none(), "the broker is running");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut child = self.command();
+            loop {
+                let serving = std::iter::once(self.listen.clone())
+                    .chain(self.shard_addresses())
+                    .all(|a| answers(&a));
+                if serving {
+                    self.child = Some(child);
+                    return;
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    print_log_tail("broker", &self.log_path());
+                    panic!("broker did not come up");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if may_move {
+                self.pick_ports();
+            } else {
+                if Instant::now() >= deadline {
+                    print_log_tail("broker", &self.log_path());
+                    panic!("broker could not restart on its ports");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// The process, started with the harness's flags and then the broker's own (which win).
+    fn command(&self) -> Child {
+        let ports: Vec<String> = self.shard_ports.iter().map(u16::to_string).collect();
+        // `SLUICE_TEST_BROKER_LOG=sluice_broker=debug` makes the log say more.
+        let log = std::env::var("SLUICE_TEST_BROKER_LOG").unwrap_or("warn".into());
+        // A test may have emptied the data directory (a broker that lost its disk).
+        std::fs::create_dir_all(self.dir.path()).expect("data directory");
+        Command::new(env!("CARGO_BIN_EXE_sluice-broker"))
+            .args(["--data-dir", self.dir.path().to_str().unwrap()])
+            .args([
+                "--listen",
+                &self.listen,
+                "--metadata-listen",
+                &self.metadata,
+            ])
+            .args(["--shards", &self.shard_ports.len().to_string()])
+            .args(["--shard-ports", &ports.join(",")])
+            .args(["--election-timeout-ms", "150", "--log", &log])
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(broker_log(&self.log_path()))
+            .spawn()
+            .expect("spawn sluice-broker")
+    }
+
+    /// Starts the process without waiting for it to serve (a cluster member serves once the
+    /// cluster has metadata, which needs the others).
+    pub fn spawn_detached(&mut self) {
+        assert!(self.child.is_none(), "the broker is running");
+        self.child = Some(self.command());
+    }
+
+    /// The process's exit status if it has ended; `None` while it runs or when not started.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Kills the process with SIGKILL, if it runs, and waits for it.
+    pub fn kill_if_running(&mut self) {
+        if self.child.is_some() {
+            self.kill();
+        }
+    }
+
+    /// Kills the process with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("the broker is running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("wait for the broker");
+    }
+
+    /// Asks the process to stop with SIGTERM and waits for its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the broker is running");
+        // SAFETY: plain kill(2) on the child's pid, which we have not waited for yet.
+        let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(sent, 0, "SIGTERM");
+        child.wait().expect("wait for the broker")
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            print_log_tail("broker", &self.log_path());
+            // The whole log outlives the data directory.
+            let kept = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("failed-broker-{}.log", std::process::id()));
+            if std::fs::copy(self.log_path(), &kept).is_ok() {
+                eprintln!("whole broker log: {}", kept.display());
+            }
+        }
+    }
 }
