@@ -14,7 +14,9 @@
 //! send the requests that need the controller (create and delete topic) to that thread over a
 //! bounded flume channel.
 
+pub mod api;
 pub mod connection;
+pub mod context;
 pub mod partitions;
 pub mod producers;
 pub mod shard;

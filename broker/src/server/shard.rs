@@ -12,7 +12,8 @@ use glommio::net::TcpListener;
 use glommio::sync::Semaphore;
 use glommio::{Latency, Placement, Shares, TaskQueueHandle};
 
-use super::connection::{serve, ShardContext};
+use super::connection::serve;
+use super::context::ShardContext;
 use super::partitions::Partitions;
 use super::{MetadataLink, Mode, ShardConfig};
 use crate::limits::{

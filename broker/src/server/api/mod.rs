@@ -1,0 +1,134 @@
+//! The native protocol's request handlers, one module per API (or family of APIs), and
+//! [`dispatch`], which decodes a request and starts its handler. Handlers know nothing of
+//! framing or sockets: they take a decoded request and return a [`Response`] (or the task that
+//! will yield it), so the replica fetch and a Kafka listener can reuse them.
+//!
+//! - [`admin`] serves ApiVersions, Metadata, CreateTopic, DeleteTopic and InitProducerId;
+//! - [`produce`] serves Produce;
+//! - [`fetch`] serves Fetch (consumers);
+//! - [`list_offsets`] serves ListOffsets (earliest, latest, by time).
+
+pub mod admin;
+pub mod fetch;
+pub mod list_offsets;
+pub mod produce;
+
+use std::rc::Rc;
+
+use glommio::task::JoinHandle;
+use sluice_protocol::native::{
+    decode_control, ApiKey, ApiRange, ApiVersionsResponse, CreateTopicRequest, DeleteTopicRequest,
+    FetchRequest, FrameDecodeError, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
+    ProduceRequest, RequestHeader,
+};
+
+use super::context::{response, Response, ShardContext};
+use crate::metadata::AdminRequest;
+
+#[derive(Debug)]
+pub enum DispatchError {
+    UnsupportedApi,
+    UnsupportedVersion,
+    Malformed(FrameDecodeError),
+}
+
+impl From<FrameDecodeError> for DispatchError {
+    fn from(error: FrameDecodeError) -> Self {
+        DispatchError::Malformed(error)
+    }
+}
+
+/// Decodes one request and starts handling it; returns the task that yields its response.
+pub async fn dispatch(
+    ctx: &Rc<ShardContext>,
+    header: RequestHeader,
+    control: &[u8],
+    data: &[u8],
+) -> Result<JoinHandle<Option<Response>>, DispatchError> {
+    let api = ApiKey::from_u16(header.api_key).ok_or(DispatchError::UnsupportedApi)?;
+    let (min, max) = api.versions();
+    if header.api_version < min || header.api_version > max {
+        return Err(DispatchError::UnsupportedVersion);
+    }
+    let id = header.correlation_id;
+    let ctx = Rc::clone(ctx);
+    Ok(match api {
+        ApiKey::ApiVersions => {
+            let body = ApiVersionsResponse {
+                apis: ApiKey::ALL
+                    .iter()
+                    .map(|k| ApiRange {
+                        key: *k as u16,
+                        min: k.versions().0,
+                        max: k.versions().1,
+                    })
+                    .collect(),
+                broker_id: ctx.node_id,
+                shard: ctx.shard,
+            };
+            glommio::spawn_local(async move { Some(response(id, &body)) }).detach()
+        }
+        ApiKey::Metadata => {
+            let request: MetadataRequest = decode_control(control)?;
+            glommio::spawn_local(async move { Some(response(id, &admin::metadata(&ctx, request))) })
+                .detach()
+        }
+        ApiKey::CreateTopic => {
+            let request: CreateTopicRequest = decode_control(control)?;
+            glommio::spawn_local(async move {
+                let outcome = ctx
+                    .link
+                    .call(AdminRequest::CreateTopic {
+                        name: request.name,
+                        partitions: request.partitions,
+                        replication_factor: request.replication_factor,
+                        config: Some(ctx.topic_defaults.clone()),
+                    })
+                    .await;
+                Some(response(id, &admin::topic_outcome(&ctx, outcome).await))
+            })
+            .detach()
+        }
+        ApiKey::DeleteTopic => {
+            let request: DeleteTopicRequest = decode_control(control)?;
+            glommio::spawn_local(async move {
+                let outcome = ctx
+                    .link
+                    .call(AdminRequest::DeleteTopic { name: request.name })
+                    .await;
+                Some(response(id, &admin::topic_outcome(&ctx, outcome).await))
+            })
+            .detach()
+        }
+        ApiKey::Produce => {
+            let request: ProduceRequest = decode_control(control)?;
+            produce::produce(ctx, id, request, data).await?
+        }
+        ApiKey::Fetch => {
+            let request: FetchRequest = decode_control(control)?;
+            let bulk = ctx.bulk;
+            super::shard::spawn_into(
+                bulk,
+                async move { Some(fetch::fetch(&ctx, id, request).await) },
+            )
+            .detach()
+        }
+        ApiKey::InitProducerId => {
+            let request: InitProducerIdRequest = decode_control(control)?;
+            glommio::spawn_local(async move {
+                Some(response(id, &admin::init_producer_id(&ctx, request).await))
+            })
+            .detach()
+        }
+        ApiKey::ListOffsets => {
+            let request: ListOffsetsRequest = decode_control(control)?;
+            glommio::spawn_local(async move {
+                Some(response(
+                    id,
+                    &list_offsets::list_offsets(&ctx, request).await,
+                ))
+            })
+            .detach()
+        }
+    })
+}

@@ -1,0 +1,116 @@
+//! Produce: each partition's batch goes through the partition's producer state and log (check,
+//! append, record as one step), in the connection's reader so a connection's batches keep their
+//! order and a full write buffer stops the reader (backpressure); a task then waits for
+//! durability and answers.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::FutureExt;
+use glommio::task::JoinHandle;
+use sluice_protocol::native::{
+    Acks, ErrorCode, FrameDecodeError, ProducePartitionResponse, ProduceRequest, ProduceResponse,
+};
+
+use super::DispatchError;
+use crate::server::context::{response, storage_code, Response, ShardContext};
+use crate::server::producers::ProduceOutcome;
+use crate::storage::Appended;
+
+pub async fn produce(
+    ctx: Rc<ShardContext>,
+    id: u32,
+    request: ProduceRequest,
+    data: &[u8],
+) -> Result<JoinHandle<Option<Response>>, DispatchError> {
+    let declared: u64 = request
+        .partitions
+        .iter()
+        .map(|p| u64::from(p.batch_len))
+        .sum();
+    if declared != data.len() as u64 {
+        return Err(DispatchError::Malformed(FrameDecodeError::ControlOverrun {
+            control: declared as usize,
+            len: data.len(),
+        }));
+    }
+    let mut results = Vec::with_capacity(request.partitions.len());
+    let mut waits: Vec<(usize, crate::storage::PartitionLog, Appended)> = Vec::new();
+    let mut at = 0usize;
+    for p in &request.partitions {
+        let batch = &data[at..at + p.batch_len as usize];
+        at += p.batch_len as usize;
+        let mut result = ProducePartitionResponse {
+            topic: p.topic.clone(),
+            partition: p.partition,
+            error: ErrorCode::None,
+            base_offset: 0,
+            log_start: 0,
+        };
+        match ctx.partitions.get(&p.topic, p.partition) {
+            Some(owned) if owned.leader => {
+                match owned
+                    .producers
+                    .append(&owned.log, batch, owned.leader_epoch)
+                    .await
+                {
+                    Ok(ProduceOutcome::Appended(appended)) => {
+                        result.base_offset = appended.base_offset;
+                        result.log_start = owned.log.log_start();
+                        waits.push((results.len(), owned.log.clone(), appended));
+                    }
+                    Ok(ProduceOutcome::Duplicate { base_offset }) => {
+                        // A retry of a batch already written: answer with its offset once it
+                        // is durable (the first attempt may still be waiting for its flush).
+                        result.base_offset = base_offset;
+                        result.log_start = owned.log.log_start();
+                        let appended = Appended {
+                            base_offset,
+                            last_offset: base_offset,
+                        };
+                        waits.push((results.len(), owned.log.clone(), appended));
+                    }
+                    Ok(ProduceOutcome::OutOfOrder) => result.error = ErrorCode::OutOfOrderSequence,
+                    Ok(ProduceOutcome::Fenced) => result.error = ErrorCode::ProducerFenced,
+                    Err(error) => {
+                        ctx.report_storage(&error);
+                        result.error = storage_code(&error);
+                    }
+                }
+            }
+            Some(_) => result.error = ErrorCode::NotLeaderOrWrongShard,
+            None => result.error = ctx.missing_partition(&p.topic, p.partition),
+        }
+        results.push(result);
+    }
+    // One deadline for the whole request, however many batches it carries: the client's own
+    // timeout covers the request, not each batch.
+    let deadline = Instant::now() + Duration::from_millis(u64::from(request.timeout_ms.max(1)));
+    let acks = request.acks;
+    Ok(glommio::spawn_local(async move {
+        for (index, log, appended) in waits {
+            let durable = async { Some(log.wait_durable(appended).await) }.or(async {
+                glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+                None
+            });
+            match durable.await {
+                Some(Ok(())) => {}
+                Some(Err(error)) => {
+                    ctx.report_storage(&error);
+                    results[index].error = storage_code(&error);
+                }
+                None => results[index].error = ErrorCode::Timeout,
+            }
+        }
+        if acks == Acks::None {
+            return None;
+        }
+        Some(response(
+            id,
+            &ProduceResponse {
+                partitions: results,
+            },
+        ))
+    })
+    .detach())
+}
