@@ -154,3 +154,20 @@ pub const GROUP_MEMBERS_MAX: usize = 200;
 
 /// Longest consumer group id: ids are keys of the offsets log and names in every group request.
 pub const GROUP_ID_BYTES_MAX: usize = 255;
+
+/// Longest a leader holds a follower's fetch when it has nothing new (long poll): short enough
+/// that a follower reports its durable end (what the high watermark counts) promptly when the
+/// leader is idle, long enough that idle partitions cost a request per half second.
+pub const REPLICA_FETCH_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Most bytes one replica fetch asks for (per partition and per request): 8 MiB is a few
+/// group commits of a busy partition, and bounds the follower's memory per leader it follows.
+pub const REPLICA_FETCH_BYTES_MAX: u32 = 8 << 20;
+
+/// Longest pause between a follower's attempts to reach its leader after a failure.
+pub const REPLICA_FETCH_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often a leader shard checks whether its partitions' in-sync sets should change. A
+/// follower that caught up joins within about this long; one that lags leaves within
+/// `replica_lag_time_max` plus this.
+pub const IN_SYNC_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);

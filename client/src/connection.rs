@@ -530,5 +530,6 @@ pub(crate) fn api_name(api: ApiKey) -> &'static str {
         ApiKey::Fetch => "Fetch",
         ApiKey::ListOffsets => "ListOffsets",
         ApiKey::InitProducerId => "InitProducerId",
+        ApiKey::ReplicaFetch => "ReplicaFetch",
     }
 }

@@ -41,10 +41,12 @@ pub enum ApiKey {
     Fetch = 5,
     ListOffsets = 6,
     InitProducerId = 7,
+    /// A follower replica's fetch from its leader.
+    ReplicaFetch = 8,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 8] = [
+    pub const ALL: [ApiKey; 9] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopic,
@@ -53,6 +55,7 @@ impl ApiKey {
         ApiKey::Fetch,
         ApiKey::ListOffsets,
         ApiKey::InitProducerId,
+        ApiKey::ReplicaFetch,
     ];
 
     pub fn from_u16(value: u16) -> Option<ApiKey> {
@@ -227,7 +230,8 @@ pub enum Acks {
     None,
     /// Durable on the leader per the partition's flush policy.
     Leader,
-    /// All in-sync replicas (today the same as `Leader`: replication comes later).
+    /// Durable on every in-sync replica (below the high watermark); refused with
+    /// `NotEnoughReplicas` while fewer than the topic's `min_insync_replicas` are in sync.
     All,
 }
 

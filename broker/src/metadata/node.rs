@@ -398,6 +398,33 @@ impl MetadataNode {
                         MetadataError::Unavailable("coordinator assignment was not applied".into())
                     })
             }
+            AdminRequest::AlterInSync {
+                topic,
+                partition,
+                leader,
+                leader_epoch,
+                partition_epoch,
+                in_sync,
+            } => {
+                self.require_controller()?;
+                self.inner.machine.state().check_alter_in_sync(
+                    &topic,
+                    partition,
+                    leader,
+                    leader_epoch,
+                    partition_epoch,
+                    &in_sync,
+                )?;
+                self.propose(Command::AlterInSync {
+                    topic,
+                    partition,
+                    leader,
+                    leader_epoch,
+                    partition_epoch,
+                    in_sync,
+                })
+                .await
+            }
             AdminRequest::AllocateProducerIds { count } => {
                 self.require_controller()?;
                 if count == 0 || count > crate::limits::PRODUCER_ID_BLOCK_MAX {

@@ -57,6 +57,15 @@ pub enum AdminRequest {
         id: NodeId,
         metadata_address: String,
     },
+    /// A partition leader changes its in-sync set (see `Command::AlterInSync`).
+    AlterInSync {
+        topic: String,
+        partition: u32,
+        leader: NodeId,
+        leader_epoch: u32,
+        partition_epoch: u32,
+        in_sync: Vec<NodeId>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -17,6 +17,8 @@
 pub mod api;
 pub mod connection;
 pub mod context;
+pub mod fetcher;
+pub mod in_sync;
 pub mod partitions;
 pub mod producers;
 pub mod shard;

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use super::producers::{PartitionProducers, ProducerState};
 use super::{Mode, ShardConfig};
-use crate::metadata::types::{FlushSetting, TopicConfig};
+use crate::metadata::types::{FlushSetting, PartitionInfo, TopicConfig};
 use crate::metadata::{ClusterState, NodeId};
+use crate::replication::isr::LeaderState;
 use crate::storage::{FlushPolicy, LogConfig, PartitionLog, StorageError};
 
 /// One partition this shard holds a replica of.
@@ -26,9 +27,48 @@ pub struct OwnedPartition {
     /// Whether this broker leads the partition (only the leader serves produce and fetch).
     pub leader: bool,
     pub leader_epoch: u32,
-    /// Idempotent producers' sequences, rebuilt from the log on open; every append of an
-    /// idempotent batch goes through it.
+    /// Idempotent producers' sequences, rebuilt from the log on open and when this replica
+    /// becomes leader; every append of an idempotent batch goes through it.
     pub producers: Rc<PartitionProducers>,
+    /// The partition as the metadata last described it (replicas, in-sync set, epochs).
+    pub info: Rc<PartitionInfo>,
+    /// `acks=all` needs at least this many in-sync replicas.
+    pub min_insync: u32,
+    pub replica_lag_time_max_ms: u64,
+    /// The leader's view of its followers, while this broker leads.
+    pub followers: Option<Rc<RefCell<LeaderState>>>,
+}
+
+/// Milliseconds on a clock that only moves forward (the in-sync rules' time).
+pub fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+impl OwnedPartition {
+    /// The brokers of the in-sync set.
+    pub fn in_sync(&self) -> &[NodeId] {
+        &self.info.in_sync
+    }
+
+    /// Recomputes the high watermark a leader publishes: its durable end while it is alone in
+    /// the in-sync set, else the smallest durable end over the set.
+    pub fn refresh_high_watermark(&self, me: NodeId) {
+        let Some(followers) = &self.followers else {
+            return;
+        };
+        if self.info.in_sync.as_slice() == [me] {
+            self.log.follow_durable_end();
+        } else {
+            let hw = followers
+                .borrow_mut()
+                .update_high_watermark(self.log.durable_end());
+            self.log.set_high_watermark(hw);
+        }
+    }
 }
 
 /// Rebuilds producer state from the newest two segments (a producer silent for longer than that
@@ -114,6 +154,15 @@ impl Partitions {
             .cloned()
     }
 
+    /// Every partition this shard holds a replica of.
+    pub fn all(&self) -> Vec<((String, u32), OwnedPartition)> {
+        self.owned
+            .borrow()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     fn dir(&self, topic: &str, partition: u32, topic_id: u64) -> PathBuf {
         self.config
             .data_dir
@@ -125,7 +174,8 @@ impl Partitions {
     /// deletes the logs of deleted topics. An error opening a log is an environment failure.
     pub async fn reconcile(&self, state: &Arc<ClusterState>) -> Result<(), StorageError> {
         let me: NodeId = self.config.node_id;
-        let mut wanted: HashMap<(String, u32), (u64, bool, u32, &TopicConfig)> = HashMap::new();
+        let mut wanted: HashMap<(String, u32), (u64, &PartitionInfo, &TopicConfig)> =
+            HashMap::new();
         for topic in state.topics.values() {
             for (index, partition) in topic.partitions.iter().enumerate() {
                 if partition
@@ -135,12 +185,7 @@ impl Partitions {
                 {
                     wanted.insert(
                         (topic.name.clone(), index as u32),
-                        (
-                            topic.id,
-                            partition.leader == Some(me),
-                            partition.leader_epoch,
-                            &topic.config,
-                        ),
+                        (topic.id, partition, &topic.config),
                     );
                 }
             }
@@ -164,15 +209,14 @@ impl Partitions {
                 tracing::warn!(%error, topic = %key.0, partition = key.1, "could not remove a deleted partition");
             }
         }
-        for ((topic, partition), (topic_id, leader, epoch, config)) in wanted {
+        for ((topic, partition), (topic_id, info, config)) in wanted {
             let key = (topic.clone(), partition);
+            let leader = info.leader == Some(me);
+            let epoch = info.leader_epoch;
             let existing = self.owned.borrow().get(&key).cloned();
-            match existing {
-                Some(mut owned) => {
-                    owned.leader = leader;
-                    owned.leader_epoch = epoch;
-                    self.owned.borrow_mut().insert(key, owned);
-                }
+            let fresh = existing.is_none();
+            let mut owned = match existing {
+                Some(owned) => owned,
                 None => {
                     let (log, report) = PartitionLog::open(
                         self.dir(&topic, partition, topic_id),
@@ -183,18 +227,49 @@ impl Partitions {
                         tracing::warn!(%topic, partition, cut = report.tail.truncated_bytes, "recovered a torn log tail");
                     }
                     let producers = rebuild_producers(&log).await?;
-                    self.owned.borrow_mut().insert(
-                        key,
-                        OwnedPartition {
-                            topic_id,
-                            log,
-                            leader,
-                            leader_epoch: epoch,
-                            producers: Rc::new(PartitionProducers::new(producers)),
-                        },
-                    );
+                    OwnedPartition {
+                        topic_id,
+                        log,
+                        leader: false,
+                        leader_epoch: epoch,
+                        producers: Rc::new(PartitionProducers::new(producers)),
+                        info: Rc::new(info.clone()),
+                        min_insync: config.resolved_min_insync(info.replicas.len() as u32),
+                        replica_lag_time_max_ms: config.replica_lag_time_max_ms,
+                        followers: None,
+                    }
                 }
+            };
+            let became_leader = leader && (!owned.leader || owned.leader_epoch != epoch);
+            if became_leader {
+                // A follower's appends did not go through the producer state: rebuild it from
+                // the log before serving producers. The new epoch starts at the log's end.
+                if !fresh && owned.followers.is_none() && owned.log.next_offset() > 0 {
+                    let producers = rebuild_producers(&owned.log).await?;
+                    owned.producers = Rc::new(PartitionProducers::new(producers));
+                }
+                tracing::info!(%topic, partition, epoch, "leading");
+                owned.followers = Some(Rc::new(RefCell::new(LeaderState::new(
+                    me,
+                    info.replicas.iter().map(|r| r.broker).collect(),
+                    info.in_sync.clone(),
+                    owned.log.next_offset(),
+                    owned.log.high_watermark(),
+                    now_ms(),
+                ))));
+            } else if !leader {
+                owned.followers = None;
             }
+            if let Some(followers) = &owned.followers {
+                followers.borrow_mut().set_in_sync(info.in_sync.clone());
+            }
+            owned.leader = leader;
+            owned.leader_epoch = epoch;
+            owned.info = Rc::new(info.clone());
+            owned.min_insync = config.resolved_min_insync(info.replicas.len() as u32);
+            owned.replica_lag_time_max_ms = config.replica_lag_time_max_ms;
+            owned.refresh_high_watermark(me);
+            self.owned.borrow_mut().insert(key, owned);
         }
         Ok(())
     }

@@ -240,6 +240,14 @@ async fn run(
             .detach()
     };
 
+    // Replication: fetch what this shard follows; as a leader, keep the in-sync sets right.
+    let fetchers = queues
+        .spawn(queues.serving, super::fetcher::run(Rc::clone(&ctx)))
+        .detach();
+    let in_sync = queues
+        .spawn(queues.maintenance, super::in_sync::run(Rc::clone(&ctx)))
+        .detach();
+
     let connections = Rc::new(Semaphore::new(CONNECTIONS_PER_SHARD_MAX as u64));
     let accept = |listener: TcpListener| {
         let ctx = Rc::clone(&ctx);
@@ -343,6 +351,8 @@ async fn run(
     }
     reconcile.cancel();
     retention.cancel();
+    fetchers.cancel();
+    in_sync.cancel();
     if let Some(error) = failure.take() {
         return Err(error);
     }

@@ -493,6 +493,18 @@ impl PartitionLog {
         }
     }
 
+    /// Makes the high watermark follow the durable end again (a leader alone in its in-sync set:
+    /// everything durable on it is committed).
+    pub fn follow_durable_end(&self) {
+        let mut state = self.inner.state.borrow_mut();
+        let before = state.high_watermark();
+        state.replicated_high_watermark = None;
+        if state.high_watermark() != before {
+            drop(state);
+            self.inner.flushed.notify();
+        }
+    }
+
     /// Writes the high watermark to its checkpoint file, read back on open. Replication calls
     /// this lazily: a high watermark that lags after a crash is only conservative.
     pub async fn checkpoint_high_watermark(&self) -> Result<()> {

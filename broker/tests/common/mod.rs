@@ -2,6 +2,8 @@
 //! [`BrokerProcess`], the harness for tests that run a real `sluice-broker` process.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

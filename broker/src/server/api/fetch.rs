@@ -16,7 +16,7 @@ use crate::storage::SendChunk;
 
 /// Completes when any of the listeners fires.
 #[derive(Debug)]
-pub struct AnyListener(Vec<Listener>);
+pub struct AnyListener(pub Vec<Listener>);
 
 impl std::future::Future for AnyListener {
     type Output = ();

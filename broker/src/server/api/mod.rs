@@ -6,12 +6,14 @@
 //! - [`admin`] serves ApiVersions, Metadata, CreateTopic, DeleteTopic and InitProducerId;
 //! - [`produce`] serves Produce;
 //! - [`fetch`] serves Fetch (consumers);
-//! - [`list_offsets`] serves ListOffsets (earliest, latest, by time).
+//! - [`list_offsets`] serves ListOffsets (earliest, latest, by time);
+//! - [`replica_fetch`] serves ReplicaFetch (followers, on the leader).
 
 pub mod admin;
 pub mod fetch;
 pub mod list_offsets;
 pub mod produce;
+pub mod replica_fetch;
 
 use std::rc::Rc;
 
@@ -19,7 +21,7 @@ use glommio::task::JoinHandle;
 use sluice_protocol::native::{
     decode_control, ApiKey, ApiRange, ApiVersionsResponse, CreateTopicRequest, DeleteTopicRequest,
     FetchRequest, FrameDecodeError, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
-    ProduceRequest, RequestHeader,
+    ProduceRequest, ReplicaFetchRequest, RequestHeader,
 };
 
 use super::context::{response, Response, ShardContext};
@@ -117,6 +119,14 @@ pub async fn dispatch(
             let request: InitProducerIdRequest = decode_control(control)?;
             glommio::spawn_local(async move {
                 Some(response(id, &admin::init_producer_id(&ctx, request).await))
+            })
+            .detach()
+        }
+        ApiKey::ReplicaFetch => {
+            let request: ReplicaFetchRequest = decode_control(control)?;
+            let bulk = ctx.bulk;
+            super::shard::spawn_into(bulk, async move {
+                Some(replica_fetch::replica_fetch(&ctx, id, request).await)
             })
             .detach()
         }

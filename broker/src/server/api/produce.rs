@@ -48,6 +48,14 @@ pub async fn produce(
             log_start: 0,
         };
         match ctx.partitions.get(&p.topic, p.partition) {
+            Some(owned)
+                if owned.leader
+                    && request.acks == Acks::All
+                    && (owned.in_sync().len() as u32) < owned.min_insync =>
+            {
+                // Below the topic's in-sync minimum: refused before anything is appended.
+                result.error = ErrorCode::NotEnoughReplicas;
+            }
             Some(owned) if owned.leader => {
                 match owned
                     .producers
@@ -89,7 +97,15 @@ pub async fn produce(
     let acks = request.acks;
     Ok(glommio::spawn_local(async move {
         for (index, log, appended) in waits {
-            let durable = async { Some(log.wait_durable(appended).await) }.or(async {
+            let durable = async {
+                log.wait_durable(appended).await?;
+                if acks == Acks::All {
+                    // Durable on every in-sync replica: below the high watermark.
+                    wait_high_watermark(&log, appended.last_offset).await?;
+                }
+                Ok(())
+            };
+            let durable = async { Some(durable.await) }.or(async {
                 glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
                 None
             });
@@ -113,4 +129,25 @@ pub async fn produce(
         ))
     })
     .detach())
+}
+
+/// Waits until the log's high watermark passes `last_offset` (every in-sync replica has it
+/// durable), or the log fails or closes.
+async fn wait_high_watermark(
+    log: &crate::storage::PartitionLog,
+    last_offset: u64,
+) -> Result<(), crate::storage::StorageError> {
+    loop {
+        let moved = log.durable_end_changed();
+        if log.high_watermark() > last_offset {
+            return Ok(());
+        }
+        // A closed or failed log answers with its error.
+        log.wait_durable(Appended {
+            base_offset: last_offset,
+            last_offset,
+        })
+        .await?;
+        moved.await;
+    }
 }

@@ -1,0 +1,75 @@
+//! The leader side's periodic duty: for every partition this shard leads, ask the in-sync rules
+//! (`replication::isr`) whether the in-sync set should change, and propose the change to the
+//! controller (`AdminRequest::AlterInSync`, fenced by the leader and partition epochs). The
+//! new set reaches the shard with the metadata, like every other change.
+
+use std::rc::Rc;
+
+use futures_lite::FutureExt;
+
+use super::context::ShardContext;
+use super::partitions::now_ms;
+use crate::limits::IN_SYNC_CHECK_INTERVAL;
+use crate::metadata::{AdminReply, AdminRequest};
+
+pub async fn run(ctx: Rc<ShardContext>) {
+    loop {
+        let stop = ctx.stop.listen();
+        let go_on = async {
+            glommio::timer::sleep(IN_SYNC_CHECK_INTERVAL).await;
+            true
+        }
+        .or(async {
+            stop.await;
+            false
+        });
+        if !go_on.await {
+            return;
+        }
+        for ((topic, partition), owned) in ctx.partitions.all() {
+            let Some(followers) = owned.followers.as_ref() else {
+                continue;
+            };
+            let Some(change) = followers
+                .borrow()
+                .proposed_change(now_ms(), owned.replica_lag_time_max_ms)
+            else {
+                continue;
+            };
+            tracing::info!(%topic, partition, from = ?owned.info.in_sync, to = ?change.in_sync, "proposing an in-sync change");
+            let outcome = ctx
+                .link
+                .call(AdminRequest::AlterInSync {
+                    topic: topic.clone(),
+                    partition,
+                    leader: ctx.node_id,
+                    leader_epoch: owned.leader_epoch,
+                    partition_epoch: owned.info.partition_epoch,
+                    in_sync: change.in_sync,
+                })
+                .await;
+            match outcome {
+                Ok(AdminReply::Done { version }) => {
+                    // Wait until this shard has the change, so the next round judges the new set.
+                    let mut state = ctx.link.state.clone();
+                    let applied = async {
+                        while state.borrow_and_update().version < version {
+                            if state.changed().await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    .or(async {
+                        glommio::timer::sleep(IN_SYNC_CHECK_INTERVAL * 4).await;
+                    });
+                    applied.await;
+                }
+                Ok(other) => tracing::debug!(?other, "unexpected in-sync reply"),
+                Err(error) => {
+                    tracing::debug!(%topic, partition, %error, "in-sync change refused");
+                }
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
+}
