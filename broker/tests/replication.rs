@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::cluster::{serial, wait_until, Cluster};
-use sluice_client::{Acks, ClientConfig, Producer, ProducerConfig, ProducerRecord};
+use sluice_client::{
+    Acks, ClientConfig, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig,
+    ProducerRecord, TopicPartition,
+};
 
 /// The `.log` files of every partition directory of `topic` in a broker's data directory, by
 /// (partition directory name, segment file name).
@@ -128,4 +131,180 @@ fn followers_join_the_in_sync_set_and_hold_the_same_bytes() {
         total > records as usize * 10,
         "{total} bytes hold the records"
     );
+}
+
+/// Waits until every partition of `topic` has `size` in-sync replicas on the controller's view.
+fn wait_in_sync(cluster: &Cluster, among: &[u64], topic: &str, size: usize) -> u64 {
+    let controller = cluster.wait_for_controller(among);
+    wait_until(
+        &format!("{topic}: {size} in-sync replicas everywhere"),
+        Duration::from_secs(30),
+        || {
+            cluster.describe(controller).is_some_and(|v| {
+                v.state.topics.get(topic).is_some_and(|t| {
+                    t.partitions
+                        .iter()
+                        .all(|p| p.in_sync.len() == size && p.leader.is_some())
+                })
+            })
+        },
+    );
+    controller
+}
+
+/// Three brokers, replication factor 3, `acks=all` load from the client; the partition's
+/// leader is killed with SIGKILL halfway. The producer finishes with no failed delivery, and
+/// every acknowledged record is in the log exactly once, in order, at its acknowledged offset,
+/// read through the new leader; the two survivors' copies are the same bytes.
+#[test]
+fn sigkill_of_the_leader_loses_nothing_acknowledged() {
+    let _serial = serial();
+    let mut cluster = Cluster::new(3, 10_000);
+    let controller = cluster.wait_for_controller(&[1, 2, 3]);
+    wait_until("all brokers registered", Duration::from_secs(20), || {
+        cluster
+            .describe(controller)
+            .is_some_and(|v| v.state.brokers.len() == 3)
+    });
+    cluster.create_topic("failover", 1, 3).expect("create");
+    let controller = wait_in_sync(&cluster, &[1, 2, 3], "failover", 3);
+    let victim = cluster.describe(controller).expect("describe").state.topics["failover"]
+        .partitions[0]
+        .leader
+        .expect("a leader");
+
+    let records = 6_000u32;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let config = client_config(&cluster);
+    let (acked_tx, acked_rx) = std::sync::mpsc::channel::<u32>();
+    let producing = {
+        let config = config.clone();
+        runtime.spawn(async move {
+            let producer = Producer::new(
+                ProducerConfig::new(config)
+                    .acks(Acks::All)
+                    .linger(Duration::from_millis(2)),
+            )
+            .await
+            .expect("producer");
+            let mut acknowledged = Vec::with_capacity(records as usize);
+            let mut pending = std::collections::VecDeque::new();
+            for i in 0..records {
+                let record = ProducerRecord::new("failover")
+                    .key(format!("key-{}", i % 7))
+                    .value(format!("value-{i}"));
+                pending.push_back((i, producer.send(record).await.expect("send")));
+                // Keep a bounded window in flight, so the kill lands mid-stream.
+                while pending.len() > 200 {
+                    let (i, delivery) = pending.pop_front().expect("pending");
+                    let delivered = delivery.await.expect("no failed delivery");
+                    acknowledged.push((i, delivered.offset.expect("an offset")));
+                    let _ = acked_tx.send(i);
+                }
+            }
+            producer.close().await.expect("close");
+            for (i, delivery) in pending {
+                let delivered = delivery.await.expect("no failed delivery");
+                acknowledged.push((i, delivered.offset.expect("an offset")));
+            }
+            acknowledged
+        })
+    };
+    // Kill the leader once a third of the records are acknowledged.
+    while acked_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("records acknowledged before the kill")
+        < records / 3
+    {}
+    cluster.broker(victim).kill9();
+    let acknowledged = runtime.block_on(producing).expect("producer task");
+    assert_eq!(acknowledged.len(), records as usize);
+
+    // Read the whole partition through the new leader.
+    let survivors: Vec<u64> = (1..=3).filter(|&id| id != victim).collect();
+    let survivors_config = ClientConfig::new(
+        survivors
+            .iter()
+            .map(|&id| cluster.brokers[id as usize - 1].process.listen.clone()),
+    )
+    .request_timeout(Duration::from_secs(10))
+    .retry_backoff(Duration::from_millis(20), Duration::from_millis(200));
+    let read = runtime.block_on(async move {
+        let mut consumer = Consumer::new(
+            ConsumerConfig::new(survivors_config)
+                .auto_offset_reset(OffsetReset::Earliest)
+                .fetch_wait_max(Duration::from_millis(100)),
+        )
+        .expect("consumer");
+        consumer.assign([TopicPartition::new("failover", 0)]);
+        let mut all = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while all.len() < records as usize {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "read {} of {records}",
+                all.len()
+            );
+            all.extend(
+                consumer
+                    .poll(Duration::from_millis(200))
+                    .await
+                    .expect("poll"),
+            );
+        }
+        all
+    });
+    let by_offset: BTreeMap<u64, String> = read
+        .iter()
+        .map(|r| {
+            (
+                r.offset,
+                String::from_utf8(r.value.as_ref().expect("value").to_vec()).expect("text"),
+            )
+        })
+        .collect();
+    assert_eq!(by_offset.len(), read.len(), "no offset twice");
+    for (i, offset) in &acknowledged {
+        assert_eq!(
+            by_offset.get(offset),
+            Some(&format!("value-{i}")),
+            "record {i} acknowledged at offset {offset}"
+        );
+    }
+    let values: std::collections::HashSet<&String> = by_offset.values().collect();
+    assert_eq!(values.len(), by_offset.len(), "every record once");
+    // Per key, the records are in the order they were sent.
+    let mut last: BTreeMap<u32, u32> = BTreeMap::new();
+    for value in by_offset.values() {
+        let i: u32 = value["value-".len()..].parse().expect("number");
+        if let Some(previous) = last.insert(i % 7, i) {
+            assert!(
+                previous < i,
+                "key {} out of order: {previous} then {i}",
+                i % 7
+            );
+        }
+    }
+
+    // The survivors agree byte for byte once both are in sync.
+    wait_in_sync(&cluster, &survivors, "failover", 2);
+    for &id in &survivors {
+        assert!(cluster.broker(id).terminate().success());
+    }
+    let copies: Vec<_> = survivors
+        .iter()
+        .map(|&id| segment_files(cluster.brokers[id as usize - 1].dir(), "failover"))
+        .collect();
+    assert_eq!(copies[0].len(), copies[1].len());
+    for (key, path) in &copies[0] {
+        assert!(
+            std::fs::read(path).expect("segment")
+                == std::fs::read(&copies[1][key]).expect("segment"),
+            "{key:?} differs between the survivors"
+        );
+    }
 }

@@ -17,7 +17,7 @@ use super::{Mode, ShardConfig};
 use crate::metadata::types::{FlushSetting, PartitionInfo, TopicConfig};
 use crate::metadata::{ClusterState, NodeId};
 use crate::replication::isr::LeaderState;
-use crate::storage::{FlushPolicy, LogConfig, PartitionLog, StorageError};
+use crate::storage::{FlushPolicy, LogConfig, PartitionLog, ReadBound, StorageError};
 
 /// One partition this shard holds a replica of.
 #[derive(Debug, Clone)]
@@ -82,8 +82,11 @@ async fn rebuild_producers(log: &PartitionLog) -> Result<ProducerState, StorageE
         .map_or(log.log_start(), |i| bases[i])
         .max(log.log_start());
     let mut state = ProducerState::new(offset == 0);
-    while offset < log.high_watermark() {
-        let read = log.read(offset, 4 << 20).await?;
+    // The whole log counts, not only what is below the high watermark: a replica that becomes
+    // leader keeps its tail past the old high watermark, and its producers' sequences continue
+    // from there.
+    while offset < log.durable_end() {
+        let read = log.read_to(offset, 4 << 20, ReadBound::DurableEnd).await?;
         if read.is_empty() {
             break;
         }
@@ -245,6 +248,7 @@ impl Partitions {
                 // A follower's appends did not go through the producer state: rebuild it from
                 // the log before serving producers. The new epoch starts at the log's end.
                 if !fresh && owned.followers.is_none() && owned.log.next_offset() > 0 {
+                    owned.log.flush().await?;
                     let producers = rebuild_producers(&owned.log).await?;
                     owned.producers = Rc::new(PartitionProducers::new(producers));
                 }
