@@ -152,101 +152,94 @@ fn wait_in_sync(cluster: &Cluster, among: &[u64], topic: &str, size: usize) -> u
     controller
 }
 
-/// Three brokers, replication factor 3, `acks=all` load from the client; the partition's
-/// leader is killed with SIGKILL halfway. The producer finishes with no failed delivery, and
-/// every acknowledged record is in the log exactly once, in order, at its acknowledged offset,
-/// read through the new leader; the two survivors' copies are the same bytes.
-#[test]
-fn sigkill_of_the_leader_loses_nothing_acknowledged() {
-    let _serial = serial();
-    let mut cluster = Cluster::new(3, 10_000);
-    let controller = cluster.wait_for_controller(&[1, 2, 3]);
-    wait_until("all brokers registered", Duration::from_secs(20), || {
-        cluster
-            .describe(controller)
-            .is_some_and(|v| v.state.brokers.len() == 3)
-    });
-    cluster.create_topic("failover", 1, 3).expect("create");
-    let controller = wait_in_sync(&cluster, &[1, 2, 3], "failover", 3);
-    let victim = cluster.describe(controller).expect("describe").state.topics["failover"]
-        .partitions[0]
-        .leader
-        .expect("a leader");
-
-    let records = 6_000u32;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let config = client_config(&cluster);
+/// Sends `records` records to partition 0 of `topic` with `acks=all`, a bounded window in
+/// flight; reports each acknowledged record's number on the channel as it comes, and returns
+/// (record, offset) for all of them. Any failed delivery fails the test.
+fn spawn_producer(
+    runtime: &tokio::runtime::Runtime,
+    config: ClientConfig,
+    topic: &'static str,
+    records: u32,
+) -> (
+    tokio::task::JoinHandle<Vec<(u32, u64)>>,
+    std::sync::mpsc::Receiver<u32>,
+) {
     let (acked_tx, acked_rx) = std::sync::mpsc::channel::<u32>();
-    let producing = {
-        let config = config.clone();
-        runtime.spawn(async move {
-            let producer = Producer::new(
-                ProducerConfig::new(config)
-                    .acks(Acks::All)
-                    .linger(Duration::from_millis(2)),
-            )
-            .await
-            .expect("producer");
-            let mut acknowledged = Vec::with_capacity(records as usize);
-            let mut pending = std::collections::VecDeque::new();
-            for i in 0..records {
-                let record = ProducerRecord::new("failover")
-                    .key(format!("key-{}", i % 7))
-                    .value(format!("value-{i}"));
-                pending.push_back((i, producer.send(record).await.expect("send")));
-                // Keep a bounded window in flight, so the kill lands mid-stream.
-                while pending.len() > 200 {
-                    let (i, delivery) = pending.pop_front().expect("pending");
-                    let delivered = delivery.await.expect("no failed delivery");
-                    acknowledged.push((i, delivered.offset.expect("an offset")));
-                    let _ = acked_tx.send(i);
-                }
-            }
-            producer.close().await.expect("close");
-            for (i, delivery) in pending {
+    let task = runtime.spawn(async move {
+        let producer = Producer::new(
+            ProducerConfig::new(config)
+                .acks(Acks::All)
+                .linger(Duration::from_millis(2)),
+        )
+        .await
+        .expect("producer");
+        let mut acknowledged = Vec::with_capacity(records as usize);
+        let mut pending = std::collections::VecDeque::new();
+        for i in 0..records {
+            let record = ProducerRecord::new(topic)
+                .partition(0)
+                .key(format!("key-{}", i % 7))
+                .value(format!("value-{i}"));
+            pending.push_back((i, producer.send(record).await.expect("send")));
+            // Keep a bounded window in flight, so faults land mid-stream.
+            while pending.len() > 200 {
+                let (i, delivery) = pending.pop_front().expect("pending");
                 let delivered = delivery.await.expect("no failed delivery");
                 acknowledged.push((i, delivered.offset.expect("an offset")));
+                let _ = acked_tx.send(i);
             }
-            acknowledged
-        })
-    };
-    // Kill the leader once a third of the records are acknowledged.
-    while acked_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("records acknowledged before the kill")
-        < records / 3
-    {}
-    cluster.broker(victim).kill9();
-    let acknowledged = runtime.block_on(producing).expect("producer task");
-    assert_eq!(acknowledged.len(), records as usize);
+        }
+        producer.close().await.expect("close");
+        for (i, delivery) in pending {
+            let delivered = delivery.await.expect("no failed delivery");
+            acknowledged.push((i, delivered.offset.expect("an offset")));
+        }
+        acknowledged
+    });
+    (task, acked_rx)
+}
 
-    // Read the whole partition through the new leader.
-    let survivors: Vec<u64> = (1..=3).filter(|&id| id != victim).collect();
-    let survivors_config = ClientConfig::new(
-        survivors
+/// Waits until `count` records are acknowledged.
+fn wait_acknowledged(acked: &std::sync::mpsc::Receiver<u32>, count: u32) {
+    while acked
+        .recv_timeout(Duration::from_secs(60))
+        .expect("records acknowledged")
+        < count
+    {}
+}
+
+/// Reads partition 0 of `topic` from the start through `brokers` and checks the checker's
+/// rules: every acknowledged record is there exactly once, at its acknowledged offset, and
+/// each key's records are in the order they were sent.
+fn check_acknowledged(
+    runtime: &tokio::runtime::Runtime,
+    cluster: &Cluster,
+    brokers: &[u64],
+    topic: &'static str,
+    acknowledged: &[(u32, u64)],
+) {
+    let config = ClientConfig::new(
+        brokers
             .iter()
             .map(|&id| cluster.brokers[id as usize - 1].process.listen.clone()),
     )
     .request_timeout(Duration::from_secs(10))
     .retry_backoff(Duration::from_millis(20), Duration::from_millis(200));
+    let expected = acknowledged.len();
     let read = runtime.block_on(async move {
         let mut consumer = Consumer::new(
-            ConsumerConfig::new(survivors_config)
+            ConsumerConfig::new(config)
                 .auto_offset_reset(OffsetReset::Earliest)
                 .fetch_wait_max(Duration::from_millis(100)),
         )
         .expect("consumer");
-        consumer.assign([TopicPartition::new("failover", 0)]);
+        consumer.assign([TopicPartition::new(topic, 0)]);
         let mut all = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while all.len() < records as usize {
+        while all.len() < expected {
             assert!(
                 std::time::Instant::now() < deadline,
-                "read {} of {records}",
+                "read {} of {expected}",
                 all.len()
             );
             all.extend(
@@ -268,7 +261,7 @@ fn sigkill_of_the_leader_loses_nothing_acknowledged() {
         })
         .collect();
     assert_eq!(by_offset.len(), read.len(), "no offset twice");
-    for (i, offset) in &acknowledged {
+    for (i, offset) in acknowledged {
         assert_eq!(
             by_offset.get(offset),
             Some(&format!("value-{i}")),
@@ -277,7 +270,6 @@ fn sigkill_of_the_leader_loses_nothing_acknowledged() {
     }
     let values: std::collections::HashSet<&String> = by_offset.values().collect();
     assert_eq!(values.len(), by_offset.len(), "every record once");
-    // Per key, the records are in the order they were sent.
     let mut last: BTreeMap<u32, u32> = BTreeMap::new();
     for value in by_offset.values() {
         let i: u32 = value["value-".len()..].parse().expect("number");
@@ -289,6 +281,51 @@ fn sigkill_of_the_leader_loses_nothing_acknowledged() {
             );
         }
     }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Starts three brokers and waits until all are registered; returns the controller.
+fn three_brokers() -> (Cluster, u64) {
+    let cluster = Cluster::new(3, 10_000);
+    let controller = cluster.wait_for_controller(&[1, 2, 3]);
+    wait_until("all brokers registered", Duration::from_secs(20), || {
+        cluster
+            .describe(controller)
+            .is_some_and(|v| v.state.brokers.len() == 3)
+    });
+    (cluster, controller)
+}
+
+/// Three brokers, replication factor 3, `acks=all` load from the client; the partition's
+/// leader is killed with SIGKILL halfway. The producer finishes with no failed delivery, and
+/// every acknowledged record is in the log exactly once, in order, at its acknowledged offset,
+/// read through the new leader; the two survivors' copies are the same bytes.
+#[test]
+fn sigkill_of_the_leader_loses_nothing_acknowledged() {
+    let _serial = serial();
+    let (mut cluster, _) = three_brokers();
+    cluster.create_topic("failover", 1, 3).expect("create");
+    let controller = wait_in_sync(&cluster, &[1, 2, 3], "failover", 3);
+    let victim = cluster.describe(controller).expect("describe").state.topics["failover"]
+        .partitions[0]
+        .leader
+        .expect("a leader");
+    let records = 6_000u32;
+    let runtime = runtime();
+    let (producing, acked) = spawn_producer(&runtime, client_config(&cluster), "failover", records);
+    wait_acknowledged(&acked, records / 3);
+    cluster.broker(victim).kill9();
+    let acknowledged = runtime.block_on(producing).expect("producer task");
+    assert_eq!(acknowledged.len(), records as usize);
+    let survivors: Vec<u64> = (1..=3).filter(|&id| id != victim).collect();
+    check_acknowledged(&runtime, &cluster, &survivors, "failover", &acknowledged);
 
     // The survivors agree byte for byte once both are in sync.
     wait_in_sync(&cluster, &survivors, "failover", 2);
@@ -307,4 +344,72 @@ fn sigkill_of_the_leader_loses_nothing_acknowledged() {
             "{key:?} differs between the survivors"
         );
     }
+}
+
+/// SIGKILL of all three brokers at once under `acks=all` load; all three restart on their
+/// data: the producer's retries finish every delivery, and nothing acknowledged is lost.
+#[test]
+fn sigkill_of_the_whole_cluster_loses_nothing_acknowledged() {
+    let _serial = serial();
+    let (mut cluster, _) = three_brokers();
+    cluster.create_topic("blackout", 1, 3).expect("create");
+    wait_in_sync(&cluster, &[1, 2, 3], "blackout", 3);
+    let records = 5_000u32;
+    let runtime = runtime();
+    let (producing, acked) = spawn_producer(&runtime, client_config(&cluster), "blackout", records);
+    wait_acknowledged(&acked, records / 3);
+    for id in 1..=3 {
+        cluster.broker(id).kill9();
+    }
+    for id in 1..=3 {
+        cluster.broker(id).start();
+    }
+    let acknowledged = runtime.block_on(producing).expect("producer task");
+    assert_eq!(acknowledged.len(), records as usize);
+    check_acknowledged(&runtime, &cluster, &[1, 2, 3], "blackout", &acknowledged);
+}
+
+/// A follower frozen with SIGSTOP leaves the in-sync set and `acks=all` writes go on without
+/// it; after SIGCONT it catches up and rejoins.
+#[test]
+fn a_stalled_follower_leaves_the_in_sync_set_and_rejoins() {
+    let _serial = serial();
+    let (mut cluster, _) = three_brokers();
+    let config = sluice_broker::metadata::types::TopicConfig {
+        replica_lag_time_max_ms: 1_000,
+        ..Default::default()
+    };
+    cluster
+        .create_topic_with("stall", 1, 3, Some(config))
+        .expect("create");
+    let controller = wait_in_sync(&cluster, &[1, 2, 3], "stall", 3);
+    let partition =
+        cluster.describe(controller).expect("describe").state.topics["stall"].partitions[0].clone();
+    let leader = partition.leader.expect("a leader");
+    // Freeze a follower that is not the controller, so the metadata keeps its leader.
+    let stalled = (1..=3)
+        .find(|&id| id != leader && id != controller)
+        .expect("a follower");
+    let records = 4_000u32;
+    let runtime = runtime();
+    let (producing, acked) = spawn_producer(&runtime, client_config(&cluster), "stall", records);
+    wait_acknowledged(&acked, records / 4);
+    cluster.broker(stalled).process.pause();
+    wait_until(
+        "the stalled follower out of the set",
+        Duration::from_secs(20),
+        || {
+            cluster.describe(controller).is_some_and(|v| {
+                !v.state.topics["stall"].partitions[0]
+                    .in_sync
+                    .contains(&stalled)
+            })
+        },
+    );
+    // Writes go on: two in sync meet min_insync_replicas = 2.
+    let acknowledged = runtime.block_on(producing).expect("producer task");
+    assert_eq!(acknowledged.len(), records as usize);
+    cluster.broker(stalled).process.resume();
+    wait_in_sync(&cluster, &[1, 2, 3], "stall", 3);
+    check_acknowledged(&runtime, &cluster, &[1, 2, 3], "stall", &acknowledged);
 }

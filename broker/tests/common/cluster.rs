@@ -189,11 +189,21 @@ impl Cluster {
         partitions: u32,
         rf: u32,
     ) -> Result<AdminReply, MetadataError> {
+        self.create_topic_with(name, partitions, rf, None)
+    }
+
+    pub fn create_topic_with(
+        &self,
+        name: &str,
+        partitions: u32,
+        rf: u32,
+        config: Option<sluice_broker::metadata::types::TopicConfig>,
+    ) -> Result<AdminReply, MetadataError> {
         self.client().request_blocking(AdminRequest::CreateTopic {
             name: name.into(),
             partitions,
             replication_factor: rf,
-            config: None,
+            config,
         })
     }
 }

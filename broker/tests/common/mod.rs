@@ -289,6 +289,23 @@ impl BrokerProcess {
         child.wait().expect("wait for the broker");
     }
 
+    /// Freezes the process with SIGSTOP (a stalled broker: alive, silent).
+    pub fn pause(&mut self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a paused process go on with SIGCONT.
+    pub fn resume(&mut self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&mut self, signal: libc::c_int) {
+        let child = self.child.as_ref().expect("the broker is running");
+        // SAFETY: plain kill(2) on the child's pid, which we have not waited for yet.
+        let sent = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        assert_eq!(sent, 0, "signal {signal}");
+    }
+
     /// Asks the process to stop with SIGTERM and waits for its exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("the broker is running");
