@@ -171,3 +171,8 @@ pub const REPLICA_FETCH_BACKOFF_MAX: std::time::Duration = std::time::Duration::
 /// follower that caught up joins within about this long; one that lags leaves within
 /// `replica_lag_time_max` plus this.
 pub const IN_SYNC_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// How long a leader waits before proposing an in-sync change again for a partition whose last
+/// proposal failed: the controller may be changing hands, or the change already happened by
+/// another way (a lease expiry); retrying every check would flood the controller.
+pub const IN_SYNC_RETRY_AFTER_REFUSAL: std::time::Duration = std::time::Duration::from_secs(1);

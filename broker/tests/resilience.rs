@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::BrokerProcess;
+use common::{BrokerProcess, Rng};
 use sluice_client::{
     Acks, Admin, ClientConfig, Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, Producer,
     ProducerConfig, ProducerRecord, TopicPartition,
@@ -50,24 +50,6 @@ fn seed() -> u64 {
         });
     eprintln!("seed {seed} ({SEED_ENV}={seed} reproduces)");
     seed
-}
-
-/// splitmix64: small, seedable, good enough to pick timings and sizes.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next_u64() % (hi - lo + 1)
-    }
 }
 
 /// How long every pending delivery (and a consumer's catch-up) may take once the broker serves

@@ -3,16 +3,21 @@
 //! controller (`AdminRequest::AlterInSync`, fenced by the leader and partition epochs). The
 //! new set reaches the shard with the metadata, like every other change.
 
+use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Instant;
 
 use futures_lite::FutureExt;
 
 use super::context::ShardContext;
 use super::partitions::now_ms;
-use crate::limits::IN_SYNC_CHECK_INTERVAL;
+use crate::limits::{IN_SYNC_CHECK_INTERVAL, IN_SYNC_RETRY_AFTER_REFUSAL};
 use crate::metadata::{AdminReply, AdminRequest};
 
 pub async fn run(ctx: Rc<ShardContext>) {
+    // A partition whose proposal failed waits before proposing again (the controller may be
+    // moving, or the change already happened another way, e.g. a lease expiry).
+    let mut refused: HashMap<(String, u32), Instant> = HashMap::new();
     loop {
         let stop = ctx.stop.listen();
         let go_on = async {
@@ -26,10 +31,14 @@ pub async fn run(ctx: Rc<ShardContext>) {
         if !go_on.await {
             return;
         }
+        refused.retain(|_, at| at.elapsed() < IN_SYNC_RETRY_AFTER_REFUSAL);
         for ((topic, partition), owned) in ctx.partitions.all() {
             let Some(followers) = owned.followers.as_ref() else {
                 continue;
             };
+            if refused.contains_key(&(topic.clone(), partition)) {
+                continue;
+            }
             let Some(change) = followers
                 .borrow()
                 .proposed_change(now_ms(), owned.replica_lag_time_max_ms)
@@ -67,6 +76,7 @@ pub async fn run(ctx: Rc<ShardContext>) {
                 Ok(other) => tracing::debug!(?other, "unexpected in-sync reply"),
                 Err(error) => {
                     tracing::debug!(%topic, partition, %error, "in-sync change refused");
+                    refused.insert((topic.clone(), partition), Instant::now());
                 }
             }
             glommio::yield_if_needed().await;
