@@ -55,6 +55,9 @@ pub struct ClientParams {
     pub mode: Option<String>,
     /// `--brokers` when given; null for the embedded broker.
     pub brokers: Option<String>,
+    /// `--cluster`: brokers of the embedded cluster (the topic's replication factor); null for
+    /// one embedded broker or `--brokers`.
+    pub cluster: Option<u32>,
     pub partitions: u32,
     pub producers: u32,
     pub consumers: u32,
@@ -251,48 +254,92 @@ fn payload(seed: u64, bytes: usize) -> Vec<u8> {
     out
 }
 
-/// The broker the scenario talks to: embedded (a child process) or external.
+/// The brokers the scenario talks to: embedded (child processes: one broker or a cluster) or
+/// external.
 struct Target {
-    broker: Option<Broker>,
+    embedded: Vec<Broker>,
     brokers: String,
+    replication_factor: u32,
 }
 
 impl Target {
     fn start(params: &ClientParams, dir: &Path) -> Result<Target, String> {
-        match &params.brokers {
-            Some(brokers) => Ok(Target {
-                broker: None,
+        if let Some(brokers) = &params.brokers {
+            return Ok(Target {
+                embedded: Vec::new(),
                 brokers: brokers.clone(),
-            }),
-            None => {
-                let mode = params.mode.as_deref().unwrap_or("throughput");
-                let extra: Vec<String> = params
-                    .segment_mib
-                    .map(|mib| vec!["--segment-bytes".into(), (mib << 20).to_string()])
-                    .unwrap_or_default();
-                let broker = Broker::start(dir, mode, &extra)?;
-                let brokers = broker.listen.clone();
-                Ok(Target {
-                    broker: Some(broker),
-                    brokers,
-                })
-            }
+                replication_factor: 1,
+            });
         }
+        let mode = params.mode.as_deref().unwrap_or("throughput");
+        let mut extra: Vec<String> = params
+            .segment_mib
+            .map(|mib| vec!["--segment-bytes".into(), (mib << 20).to_string()])
+            .unwrap_or_default();
+        let embedded = match params.cluster {
+            None => vec![Broker::start(dir, mode, &extra)?],
+            Some(size) => {
+                let metadata: Vec<String> = (0..size)
+                    .map(|_| crate::network::free_address())
+                    .collect::<Result<_, _>>()?;
+                let peers = metadata
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| format!("{}={a}", i + 1))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                extra.extend(["--peers".to_string(), peers]);
+                (0..size as usize)
+                    .map(|i| {
+                        Broker::start_member(
+                            &dir.join(format!("broker-{}", i + 1)),
+                            mode,
+                            i as u64 + 1,
+                            &metadata[i],
+                            &extra,
+                        )
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        let brokers = embedded
+            .iter()
+            .map(|b| b.listen.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(Target {
+            embedded,
+            brokers,
+            replication_factor: params.cluster.unwrap_or(1),
+        })
     }
 
+    /// (CPU seconds, RSS in MB) of the embedded brokers, summed.
     fn usage(&self) -> Option<(f64, f64)> {
-        self.broker.as_ref().map(Broker::usage)
+        (!self.embedded.is_empty()).then(|| {
+            self.embedded
+                .iter()
+                .map(Broker::usage)
+                .fold((0.0, 0.0), |(c, r), (bc, br)| (c + bc, r + br))
+        })
     }
 }
 
 /// Creates the topic (retrying while a fresh broker elects its controller); an existing topic of
 /// another partition count is an error.
-async fn prepare_topic(brokers: &str, partitions: u32) -> Result<(), String> {
+async fn prepare_topic(
+    brokers: &str,
+    partitions: u32,
+    replication_factor: u32,
+) -> Result<(), String> {
     let admin = Admin::new(ClientConfig::new(brokers.split(',').map(str::trim)))
         .map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match admin.create_topic(TOPIC, partitions, 1).await {
+        match admin
+            .create_topic(TOPIC, partitions, replication_factor)
+            .await
+        {
             Ok(()) => return Ok(()),
             Err(sluice_client::Error::Broker {
                 code: ErrorCode::TopicExists,
@@ -480,7 +527,12 @@ pub fn run_e2e(
     let runtime = runtime()?;
     let handle = runtime.handle().clone();
     runtime.block_on(async {
-        prepare_topic(&target.brokers, params.partitions).await?;
+        prepare_topic(
+            &target.brokers,
+            params.partitions,
+            target.replication_factor,
+        )
+        .await?;
         let mut producers = Vec::new();
         for _ in 0..params.producers {
             producers.push(
@@ -659,7 +711,12 @@ pub fn run_consume(
     let target = Target::start(params, dir)?;
     let runtime = runtime()?;
     runtime.block_on(async {
-        prepare_topic(&target.brokers, params.partitions).await?;
+        prepare_topic(
+            &target.brokers,
+            params.partitions,
+            target.replication_factor,
+        )
+        .await?;
         let prefill_bytes = params.prefill_mib.unwrap_or(0) << 20;
         let records = (prefill_bytes / params.record_bytes as u64).max(1);
         let epoch = Instant::now();

@@ -126,8 +126,12 @@ struct ClientArgs {
     #[command(flatten)]
     workload: Workload,
     /// Run against these brokers (`host:port,...`) instead of an embedded broker process.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cluster")]
     brokers: Option<String>,
+    /// Run against an embedded cluster of this many broker processes (one shard each), the
+    /// topic replicated on all of them.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=5))]
+    cluster: Option<u32>,
     /// The embedded broker's mode: throughput or latency.
     #[arg(long, default_value = "throughput", value_parser = ["throughput", "latency"])]
     mode: String,
@@ -230,6 +234,7 @@ impl ClientArgs {
         Ok(e2e::ClientParams {
             mode: self.brokers.is_none().then(|| self.mode.clone()),
             brokers: self.brokers.clone(),
+            cluster: self.cluster,
             partitions: self.partitions,
             producers: self.producers,
             consumers: self.consumers,

@@ -132,12 +132,36 @@ impl Broker {
     /// [`BROKER_SUBCOMMAND`], which runs `sluice-broker`'s own start-up. So the benchmark needs no
     /// separately built binary, and the broker's CPU time and memory are measured apart.
     pub fn start(dir: &Path, mode: &str, extra: &[String]) -> Result<Broker, String> {
+        let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::start_with(dir, mode, shards, &free_address()?, extra)
+    }
+
+    /// Starts member `node_id` of an embedded cluster, one shard (the members share this
+    /// machine's cores), its metadata port at `metadata`; `extra` carries `--peers`.
+    pub fn start_member(
+        dir: &Path,
+        mode: &str,
+        node_id: u64,
+        metadata: &str,
+        extra: &[String],
+    ) -> Result<Broker, String> {
+        let mut args = vec!["--node-id".to_string(), node_id.to_string()];
+        args.extend_from_slice(extra);
+        Self::start_with(dir, mode, 1, metadata, &args)
+    }
+
+    fn start_with(
+        dir: &Path,
+        mode: &str,
+        shards: usize,
+        metadata: &str,
+        extra: &[String],
+    ) -> Result<Broker, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let _ = std::fs::remove_dir_all(dir);
         let listen = free_address()?;
         // Each shard's own port, picked free like the others (the default, the --listen port
         // plus 10 plus the shard index, may be some other socket's ephemeral port).
-        let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
         // Held together while picked, so no two are the same.
         let held = (0..shards)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string()))
@@ -157,7 +181,7 @@ impl Broker {
                 "--listen",
                 &listen,
                 "--metadata-listen",
-                &free_address()?,
+                metadata,
                 "--mode",
                 mode,
                 "--shards",

@@ -188,9 +188,9 @@ async fn session(ctx: &ShardContext, leader: LeaderShard, address: &str) -> Resu
                 .collect(),
         };
         correlation = correlation.wrapping_add(1);
+        let round_started = std::time::Instant::now();
         let control = encode_control(&request);
-        let mut frame = encode_request(ApiKey::ReplicaFetch, 0, correlation, &control, 0);
-        frame.extend_from_slice(&control);
+        let frame = encode_request(ApiKey::ReplicaFetch, 0, correlation, &control, 0);
         watch
             .write_all(&mut writer, &frame)
             .await
@@ -213,6 +213,7 @@ async fn session(ctx: &ShardContext, leader: LeaderShard, address: &str) -> Resu
             return Ok(());
         };
         let frame = frame?;
+        let answered_ms = round_started.elapsed().as_millis() as u64;
         let parsed = split_response(&frame).map_err(|e| e.to_string())?;
         if parsed.correlation_id != correlation || parsed.frame_error != 0 {
             return Err(format!(
@@ -261,6 +262,13 @@ async fn session(ctx: &ShardContext, leader: LeaderShard, address: &str) -> Resu
                 moving = true;
             }
         }
+        tracing::trace!(
+            leader = leader.0,
+            bytes = parsed.data.len(),
+            answered_ms = answered_ms,
+            round_ms = round_started.elapsed().as_millis() as u64,
+            "replica fetch round"
+        );
         if moving {
             // The metadata is moving (a leader change on its way): give it a moment.
             glommio::timer::sleep(Duration::from_millis(50)).await;

@@ -108,11 +108,13 @@ pub async fn replica_fetch(ctx: &ShardContext, id: u32, request: ReplicaFetchReq
                 final_answer = true;
                 continue;
             }
+            // "Caught up" is measured against what a follower can fetch: the leader's durable
+            // end (unflushed appends are not served).
             followers.borrow_mut().on_fetch(
                 replica,
                 p.fetch_offset,
                 p.durable_end,
-                log.next_offset(),
+                log.durable_end(),
                 now_ms(),
             );
             owned.refresh_high_watermark(ctx.node_id);
