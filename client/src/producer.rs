@@ -331,6 +331,14 @@ struct PartitionQueue {
     /// `IN_FLIGHT_BATCHES_PER_PARTITION_MAX`), so a refusal of a later batch can tell that an
     /// earlier one has not returned yet.
     in_flight_sequences: Vec<(i64, i32)>,
+    /// The ordinal (the n-th batch of this partition to leave) of each batch in flight. A batch
+    /// leaves only within `IN_FLIGHT_BATCHES_PER_PARTITION_MAX` ordinals of the oldest one in
+    /// flight: outcomes are handled in any order, so later batches' successes can be handled
+    /// before an earlier one's failure, and a window that only counted batches in flight would
+    /// then send past what the broker remembers; the earlier batch's retry, already written,
+    /// would be refused as out of order instead of answered as a duplicate.
+    in_flight_ordinals: Vec<u64>,
+    next_ordinal: u64,
     /// This partition's producer id and epoch, and the next sequence number.
     producer: (i64, i16),
     next_sequence: i32,
@@ -367,6 +375,8 @@ struct Batch {
     /// the payload carries them.
     sequence: Option<(i64, i16, i32)>,
     stamped: bool,
+    /// Which batch of its partition this is, in the order batches first left.
+    ordinal: Option<u64>,
     record_count: u32,
     outcome: Completion,
     created: Instant,
@@ -758,6 +768,8 @@ impl PartitionQueue {
             ready: VecDeque::new(),
             in_flight: 0,
             in_flight_sequences: Vec::new(),
+            in_flight_ordinals: Vec::new(),
+            next_ordinal: 0,
             producer,
             next_sequence: 0,
             paused: false,
@@ -765,6 +777,19 @@ impl PartitionQueue {
             retry_at: None,
             batch_bytes_last: 0,
         }
+    }
+
+    /// Whether the oldest ready batch may leave: within `IN_FLIGHT_BATCHES_PER_PARTITION_MAX`
+    /// ordinals of the oldest batch in flight (see `in_flight_ordinals`).
+    fn window_open(&self) -> bool {
+        let Some(front) = self.ready.front() else {
+            return true;
+        };
+        let ordinal = front.ordinal.unwrap_or(self.next_ordinal);
+        self.in_flight_ordinals
+            .iter()
+            .min()
+            .is_none_or(|&oldest| ordinal < oldest + IN_FLIGHT_BATCHES_PER_PARTITION_MAX as u64)
     }
 
     fn close_open(&mut self) {
@@ -775,6 +800,7 @@ impl PartitionQueue {
                 payload: Payload::Raw(open.builder),
                 sequence: None,
                 stamped: false,
+                ordinal: None,
                 outcome: open.outcome,
                 created: open.created,
                 buffered_bytes: open.buffered_bytes,
@@ -961,7 +987,7 @@ impl Shared {
                 }
                 queue.retry_at = None;
             }
-            if queue.in_flight >= IN_FLIGHT_BATCHES_PER_PARTITION_MAX {
+            if queue.in_flight >= IN_FLIGHT_BATCHES_PER_PARTITION_MAX || !queue.window_open() {
                 continue;
             }
             match self.cluster.address_of(&key.0, key.1) {
@@ -1033,6 +1059,9 @@ impl Shared {
                 let Some(front) = queue.ready.front() else {
                     continue;
                 };
+                if !queue.window_open() {
+                    continue;
+                }
                 let len = match &front.payload {
                     Payload::Raw(builder) => builder.len_bytes(),
                     Payload::Wire(b) => b.len(),
@@ -1051,11 +1080,16 @@ impl Shared {
                         ((i64::from(queue.next_sequence) + i64::from(batch.record_count))
                             % (i64::from(i32::MAX) + 1)) as i32;
                 }
+                if batch.ordinal.is_none() {
+                    batch.ordinal = Some(queue.next_ordinal);
+                    queue.next_ordinal += 1;
+                }
                 *used += len;
                 queue.in_flight += 1;
                 if let Some((producer_id, _, seq)) = batch.sequence {
                     queue.in_flight_sequences.push((producer_id, seq));
                 }
+                queue.in_flight_ordinals.extend(batch.ordinal);
                 out.batches.push((key.clone(), batch));
             }
         }
@@ -1154,6 +1188,12 @@ impl Shared {
                 unreachable!("queues are never removed, and this batch came from one");
             };
             queue.in_flight -= 1;
+            if let Some(at) = batch
+                .ordinal
+                .and_then(|o| queue.in_flight_ordinals.iter().position(|&x| x == o))
+            {
+                queue.in_flight_ordinals.swap_remove(at);
+            }
             if let Some((producer_id, _, seq)) = batch.sequence {
                 if let Some(at) = queue
                     .in_flight_sequences

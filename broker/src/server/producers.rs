@@ -235,7 +235,24 @@ impl PartitionProducers {
             SequenceCheck::Duplicate { base_offset } => {
                 return Ok(ProduceOutcome::Duplicate { base_offset })
             }
-            SequenceCheck::OutOfOrder => return Ok(ProduceOutcome::OutOfOrder),
+            SequenceCheck::OutOfOrder => {
+                let state = self.state.borrow();
+                let newest = state
+                    .producers
+                    .get(&header.producer_id)
+                    .and_then(|e| e.recent.back().copied());
+                tracing::warn!(
+                    producer = header.producer_id,
+                    epoch = header.producer_epoch,
+                    base_sequence = header.base_sequence,
+                    last_delta = header.last_offset_delta,
+                    ?newest,
+                    complete = state.knows_every_producer,
+                    log_end = log.next_offset(),
+                    "DBG out of order"
+                );
+                return Ok(ProduceOutcome::OutOfOrder);
+            }
             SequenceCheck::Fenced => return Ok(ProduceOutcome::Fenced),
         }
         let appended = log.append(batch, leader_epoch).await?;
