@@ -632,7 +632,10 @@ async fn tail_loop(shared: Arc<Shared>, address: String, partition: u32) -> Resu
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let mut offset = 0u64;
     let mut id = 0u32;
-    while !shared.stop.load(Ordering::Relaxed) {
+    loop {
+        // Asked to stop (every record acknowledged, so durable and readable): drain to the end
+        // first, so a fetch that had not been issued yet does not leave records unread.
+        let draining = shared.stop.load(Ordering::Relaxed);
         id = id.wrapping_add(1);
         let frame = request(
             ApiKey::Fetch,
@@ -682,8 +685,10 @@ async fn tail_loop(shared: Arc<Shared>, address: String, partition: u32) -> Resu
                 .fetch_add(u64::from(header.record_count), Ordering::Relaxed);
             offset = header.next_offset();
         }
+        if draining && data.is_empty() {
+            return Ok(());
+        }
     }
-    Ok(())
 }
 
 /// Reads a partition from offset 0 to its end; returns the bytes read.
