@@ -180,7 +180,7 @@ async fn session(ctx: &ShardContext, leader: LeaderShard, address: &str) -> Resu
                     topic: topic.clone(),
                     partition: *partition,
                     fetch_offset: owned.log.next_offset(),
-                    last_fetched_epoch: owned.log.epoch_history().latest().map(|e| e.epoch),
+                    last_fetched_epoch: owned.log.latest_epoch(),
                     durable_end: owned.log.durable_end(),
                     leader_epoch: owned.leader_epoch,
                     max_bytes: REPLICA_FETCH_BYTES_MAX,

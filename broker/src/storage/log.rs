@@ -519,6 +519,11 @@ impl PartitionLog {
         self.inner.state.borrow().epochs.clone()
     }
 
+    /// The epoch of the log's newest batch, if any (without copying the history).
+    pub fn latest_epoch(&self) -> Option<u32> {
+        self.inner.state.borrow().epochs.latest().map(|e| e.epoch)
+    }
+
     /// Where `epoch` ends in this log (Kafka's `OffsetForLeaderEpoch`; see [`EpochHistory`]).
     pub fn end_of_epoch(&self, epoch: u32) -> EpochEnd {
         let state = self.inner.state.borrow();
@@ -848,7 +853,15 @@ impl PartitionLog {
         let start = read_start(index, offset);
         // The batch holding `offset` starts within one index interval of `start`.
         let reach = start.position + u64::from(interval) + max_bytes as u64;
-        let bound_in_segment = (readable_end < index.next_offset())
+        // What `readable` bytes hold ends at the segment's end if it is sealed, at the durable
+        // end if it is the active one (its written bytes are exactly what was flushed). Only a
+        // bound below that (a replicated log's high watermark) costs a header walk.
+        let segment_end = if sealed {
+            index.next_offset()
+        } else {
+            state.durable_end
+        };
+        let bound_in_segment = (readable_end < segment_end)
             .then(|| (readable_end, index.position_for_offset(readable_end)));
         Ok(ReadPlan::Disk(DiskRead {
             file: Rc::clone(file),

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
 use sluice_protocol::native::{
-    encode_control, encode_response_head, ErrorCode, FetchPartitionResponse, FetchRequest,
-    FetchResponse, FrameError,
+    encode_control, encode_response_head, EncodeControl, ErrorCode, FetchPartitionResponse,
+    FetchRequest, FetchResponse, FrameError,
 };
 
 use crate::notify::Listener;
@@ -16,7 +16,7 @@ use crate::storage::SendChunk;
 
 /// Completes when any of the listeners fires.
 #[derive(Debug)]
-pub struct AnyListener(pub Vec<Listener>);
+struct AnyListener(Vec<Listener>);
 
 impl std::future::Future for AnyListener {
     type Output = ();
@@ -90,23 +90,58 @@ pub async fn fetch(ctx: &ShardContext, id: u32, request: FetchRequest) -> Respon
             }
             answers.push(answer);
         }
-        let now = Instant::now();
-        if failed || total >= request.min_bytes as usize || now >= deadline || listeners.is_empty()
+        let answer_now = failed || total >= request.min_bytes as usize;
+        let control = FetchResponse {
+            partitions: answers,
+        };
+        let round = LongPoll {
+            id,
+            total,
+            deadline,
+        };
+        if let Some(response) = round
+            .answer_or_wait(answer_now, &control, data, listeners)
+            .await
         {
-            let control = encode_control(&FetchResponse {
-                partitions: answers,
-            });
-            return Response {
-                head: encode_response_head(id, FrameError::None, &control, total),
-                data,
-            };
+            return response;
         }
-        // Long poll: woken by the append (flush) that moves a durable end, or by the deadline.
-        let wait = deadline - now;
+    }
+}
+
+/// One round of a long-polling fetch (consumer or replica).
+#[derive(Debug)]
+pub struct LongPoll {
+    pub id: u32,
+    /// Bytes of batches this round found.
+    pub total: usize,
+    pub deadline: Instant,
+}
+
+impl LongPoll {
+    /// Answers now when asked to (an error, enough bytes), at the deadline or with nothing to
+    /// wait on; otherwise waits until a listener fires (a flush moved a durable end or high
+    /// watermark) or the deadline passes, and returns `None`: read again.
+    pub async fn answer_or_wait<T: EncodeControl>(
+        &self,
+        answer_now: bool,
+        control: &T,
+        data: Vec<SendChunk>,
+        listeners: Vec<Listener>,
+    ) -> Option<Response> {
+        let now = Instant::now();
+        if answer_now || now >= self.deadline || listeners.is_empty() {
+            let control = encode_control(control);
+            return Some(Response {
+                head: encode_response_head(self.id, FrameError::None, &control, self.total),
+                data,
+            });
+        }
+        let wait = self.deadline - now;
         AnyListener(listeners)
             .or(async {
                 glommio::timer::sleep(wait).await;
             })
             .await;
+        None
     }
 }

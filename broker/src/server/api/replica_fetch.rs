@@ -7,14 +7,12 @@
 
 use std::time::{Duration, Instant};
 
-use futures_lite::FutureExt;
 use sluice_protocol::native::{
-    encode_control, encode_response_head, DivergingEpoch, ErrorCode, FrameError,
-    ReplicaFetchPartition, ReplicaFetchPartitionResponse, ReplicaFetchRequest,
-    ReplicaFetchResponse,
+    DivergingEpoch, ErrorCode, ReplicaFetchPartition, ReplicaFetchPartitionResponse,
+    ReplicaFetchRequest, ReplicaFetchResponse,
 };
 
-use super::fetch::AnyListener;
+use super::fetch::LongPoll;
 use crate::server::context::{storage_code, Response, ShardContext};
 use crate::server::partitions::{now_ms, OwnedPartition};
 use crate::storage::{EpochEnd, ReadBound, SendChunk};
@@ -147,26 +145,20 @@ pub async fn replica_fetch(ctx: &ShardContext, id: u32, request: ReplicaFetchReq
             }
             answers.push(answer);
         }
-        let now = Instant::now();
-        if final_answer
-            || total >= request.min_bytes.max(1) as usize
-            || now >= deadline
-            || listeners.is_empty()
+        let answer_now = final_answer || total >= request.min_bytes.max(1) as usize;
+        let control = ReplicaFetchResponse {
+            partitions: answers,
+        };
+        let round = LongPoll {
+            id,
+            total,
+            deadline,
+        };
+        if let Some(response) = round
+            .answer_or_wait(answer_now, &control, data, listeners)
+            .await
         {
-            let control = encode_control(&ReplicaFetchResponse {
-                partitions: answers,
-            });
-            return Response {
-                head: encode_response_head(id, FrameError::None, &control, total),
-                data,
-            };
+            return response;
         }
-        // Long poll: woken when a durable end (or high watermark) moves, or by the deadline.
-        let wait = deadline - now;
-        AnyListener(listeners)
-            .or(async {
-                glommio::timer::sleep(wait).await;
-            })
-            .await;
     }
 }
