@@ -20,6 +20,13 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+fn port_base() -> u16 {
+    std::env::var("SLUICE_TEST_PORT_BASE")
+        .ok()
+        .and_then(|base| base.parse().ok())
+        .unwrap_or(20_000)
+}
+
 /// One member of a test cluster: the shared broker-process harness with the member's id.
 pub struct Broker {
     pub id: u64,
@@ -27,10 +34,11 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A member on its own ports (native 20_000 + 100 × id, its shards the 10 above), started
-    /// later with [`Broker::start`].
+    /// A member on its own ports (native base + 100 × id, its shards the 10 above), started
+    /// later with [`Broker::start`]. The base is 20,000, or `SLUICE_TEST_PORT_BASE` so that
+    /// suites run at once from several checkouts keep out of each other's ports.
     pub fn new(id: u64, address: String, membership: &[&str], snapshot_logs: u64) -> Broker {
-        let listen = 20_000 + 100 * id as u16;
+        let listen = port_base() + 100 * id as u16;
         let mut args = vec![
             "--node-id".to_string(),
             id.to_string(),
