@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::groups::coordinator::GroupsConfig;
 use crate::limits::{ADMIN_QUEUE_MAX, SHARD_PORT_OFFSET};
 use crate::metadata::types::{FlushSetting, TopicConfig};
 use crate::metadata::{AdminClient, ClusterState, MetadataConfig, MetadataNode, NodeId};
@@ -117,6 +119,19 @@ struct Args {
     /// Default largest batch (message set) a producer may send to a new topic, in bytes.
     #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(64..=64 << 20))]
     message_bytes_max: u64,
+    /// Partitions of the consumer groups' offsets log (`__consumer_offsets`) when this broker
+    /// creates it (on the first group request).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    offsets_partitions: u32,
+    /// Session timeout of a group member that asks for none, in ms.
+    #[arg(long, default_value_t = 45_000, value_parser = clap::value_parser!(u64).range(500..=1_800_000))]
+    group_session_timeout_ms: u64,
+    /// How often group members heartbeat, in ms.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    group_heartbeat_interval_ms: u64,
+    /// Offsets of a group with no members are deleted this long after its last commit, in ms.
+    #[arg(long, default_value_t = 7 * 24 * 3600 * 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    offsets_retention_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -422,6 +437,13 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         shard_listen: listeners.shards.clone(),
         mode: args.mode,
         topic_defaults: args.topic_defaults(),
+        groups: GroupsConfig {
+            offsets_partitions: args.offsets_partitions,
+            session_timeout_default: Duration::from_millis(args.group_session_timeout_ms),
+            heartbeat_interval: Duration::from_millis(args.group_heartbeat_interval_ms),
+            offsets_retention: Duration::from_millis(args.offsets_retention_ms),
+            ..GroupsConfig::default()
+        },
     };
     let shards = match Shards::start(
         shard_config,

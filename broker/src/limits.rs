@@ -155,6 +155,14 @@ pub const GROUP_MEMBERS_MAX: usize = 200;
 /// Longest consumer group id: ids are keys of the offsets log and names in every group request.
 pub const GROUP_ID_BYTES_MAX: usize = 255;
 
+/// Longest metadata string of a committed offset (Kafka's `offset.metadata.max.bytes`): it is
+/// kept in memory for every committed partition of every group a coordinator serves.
+pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
+
+/// How often a coordinator looks for expired sessions: a member is removed at most this long
+/// after its session ends.
+pub const GROUP_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Longest a leader holds a follower's fetch when it has nothing new (long poll): short enough
 /// that a follower reports its durable end (what the high watermark counts) promptly when the
 /// leader is idle, long enough that idle partitions cost a request per half second.

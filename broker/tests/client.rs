@@ -14,9 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_client::{
-    key_partition, Acks, Admin, ClientConfig, Compression, Consumer, ConsumerConfig,
-    ConsumerRecord, Error, OffsetReset, Producer, ProducerConfig, ProducerRecord, Seek,
-    TopicPartition,
+    key_partition, Acks, ClientConfig, Compression, Consumer, ConsumerConfig, ConsumerRecord,
+    Error, OffsetReset, Producer, ProducerConfig, ProducerRecord, Seek, TopicPartition,
 };
 use sluice_protocol::native::{
     decode_control, encode_control, encode_request, split_response, ApiKey, FetchPartition,
@@ -24,6 +23,7 @@ use sluice_protocol::native::{
 };
 use sluice_protocol::BatchIter;
 
+use common::clients::{create_topic, ClientOf};
 use common::BrokerProcess as Broker;
 
 /// A broker process with two shards, as these tests use it.
@@ -33,47 +33,6 @@ fn start_broker() -> Broker {
 
 fn start_broker_with(args: &[&str]) -> Broker {
     Broker::start("client", 2, args)
-}
-
-/// The client settings these tests use against the harness's broker.
-trait ClientOf {
-    fn config(&self) -> ClientConfig;
-}
-
-impl ClientOf for Broker {
-    fn config(&self) -> ClientConfig {
-        ClientConfig::new([self.listen.clone()])
-            .request_timeout(Duration::from_secs(10))
-            .retry_backoff(Duration::from_millis(20), Duration::from_millis(200))
-    }
-}
-
-/// Creates a topic, retrying while the broker's metadata node is still electing itself, and
-/// returns once every partition is served (its shard has opened the log). A produce with
-/// `acks=none` sent before that is dropped without an answer, as Kafka drops it.
-async fn create_topic(broker: &Broker, name: &str, partitions: u32) {
-    let admin = Admin::new(broker.config()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match admin.create_topic(name, partitions, 1).await {
-            Ok(()) => break,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("create topic {name}: {e}; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("create topic {name}: {e}"),
-        }
-    }
-    for partition in 0..partitions {
-        let tp = TopicPartition::new(name, partition);
-        while let Err(e) = admin.offset(&tp, Seek::Latest).await {
-            assert!(
-                Instant::now() < deadline,
-                "{name}/{partition} not served: {e}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
 }
 
 /// Reads every record of the partitions from the start until `expected` records arrived.

@@ -1,8 +1,16 @@
-//! Administrative operations: creating and deleting topics, reading partition offsets.
+//! Administrative operations: creating and deleting topics, reading partition offsets,
+//! listing, describing, deleting consumer groups and resetting their offsets.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use sluice_protocol::native::{ErrorCode, OffsetQuery};
+use sluice_protocol::group_api::{
+    DeleteGroupRequest, DeleteGroupResponse, DescribeGroupRequest, DescribeGroupResponse,
+    ListGroupsRequest, ListGroupsResponse, OffsetCommitPartition, OffsetCommitRequest,
+    OffsetCommitResponse, NO_MEMBER_EPOCH,
+};
+use sluice_protocol::native::{ApiKey, ErrorCode, OffsetQuery};
+
+use crate::group::{coordinator_call, Shared};
 
 use crate::cluster::Cluster;
 use crate::config::ClientConfig;
@@ -76,4 +84,199 @@ impl Admin {
             other => other,
         }
     }
+
+    /// Every consumer group of the cluster, with its state and member count (asked of every
+    /// shard, since each coordinates its own groups).
+    pub async fn list_groups(&self) -> Result<Vec<GroupListing>> {
+        self.cluster.refresh(None).await?;
+        let mut groups = Vec::new();
+        for address in self.cluster.shard_addresses() {
+            let connection = self.cluster.connection(&address).await?;
+            let response: ListGroupsResponse = connection
+                .call(
+                    ApiKey::ListGroups,
+                    &ListGroupsRequest {},
+                    self.cluster.config.request_timeout,
+                )
+                .await?;
+            if response.error != ErrorCode::None {
+                return Err(Error::broker(
+                    response.error,
+                    format!("list groups on {address}"),
+                ));
+            }
+            groups.extend(response.groups.into_iter().map(|g| GroupListing {
+                group: g.group,
+                state: g.state,
+                members: g.members,
+            }));
+        }
+        groups.sort_by(|a, b| a.group.cmp(&b.group));
+        Ok(groups)
+    }
+
+    /// A group's state, members with their assignments, and committed offsets with their lag
+    /// (the partition's high watermark minus the committed offset).
+    pub async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
+        let response: DescribeGroupResponse = self
+            .group_call(
+                group,
+                ApiKey::DescribeGroup,
+                &DescribeGroupRequest {
+                    group: group.to_string(),
+                },
+            )
+            .await?;
+        let mut offsets = Vec::with_capacity(response.offsets.len());
+        for c in response.offsets {
+            let tp = TopicPartition::new(c.topic, c.partition);
+            let end = self.offset(&tp, Seek::Latest).await.ok().flatten();
+            let committed = c.offset.unwrap_or(0);
+            offsets.push(GroupOffset {
+                lag: end.map(|end| end.saturating_sub(committed)),
+                tp,
+                committed,
+                high_watermark: end,
+            });
+        }
+        Ok(GroupDescription {
+            group: response.group,
+            state: response.state,
+            group_epoch: response.group_epoch,
+            assignor: response.assignor,
+            members: response
+                .members
+                .into_iter()
+                .map(|m| GroupMember {
+                    member_id: m.member_id,
+                    instance_id: m.instance_id,
+                    member_epoch: m.member_epoch,
+                    assignment: m
+                        .assignment
+                        .into_iter()
+                        .map(|p| TopicPartition::new(p.topic, p.partition))
+                        .collect(),
+                })
+                .collect(),
+            offsets,
+        })
+    }
+
+    /// Deletes a group that has no members, with its committed offsets.
+    pub async fn delete_group(&self, group: &str) -> Result<()> {
+        let _: DeleteGroupResponse = self
+            .group_call(
+                group,
+                ApiKey::DeleteGroup,
+                &DeleteGroupRequest {
+                    group: group.to_string(),
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Sets a group's committed offsets (a reset to earliest, latest, a time or given offsets:
+    /// resolve them with [`Admin::offset`]). Refused with `NonEmptyGroup` while the group has
+    /// members.
+    pub async fn reset_offsets(
+        &self,
+        group: &str,
+        offsets: &[(TopicPartition, u64)],
+    ) -> Result<()> {
+        let request = OffsetCommitRequest {
+            group: group.to_string(),
+            member_id: None,
+            member_epoch: NO_MEMBER_EPOCH,
+            partitions: offsets
+                .iter()
+                .map(|(tp, offset)| OffsetCommitPartition {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    offset: *offset,
+                    metadata: String::new(),
+                })
+                .collect(),
+        };
+        let response: OffsetCommitResponse = self
+            .group_call(group, ApiKey::OffsetCommit, &request)
+            .await?;
+        match response
+            .partitions
+            .iter()
+            .find(|p| p.error != ErrorCode::None)
+        {
+            None => Ok(()),
+            Some(p) => Err(Error::broker(
+                p.error,
+                format!("reset of {}/{} in group {group:?}", p.topic, p.partition),
+            )),
+        }
+    }
+
+    /// A request to the group's coordinator, retried while the coordinator moves or loads.
+    async fn group_call<Req, Resp>(&self, group: &str, api: ApiKey, request: &Req) -> Result<Resp>
+    where
+        Req: sluice_protocol::native::EncodeControl,
+        Resp: sluice_protocol::native::DecodeControl + crate::group::CoordinatorReply,
+    {
+        let shared = Mutex::new(Shared::default());
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let error =
+                match coordinator_call::<Req, Resp>(&self.cluster, &shared, group, api, request)
+                    .await
+                {
+                    Ok(response) if response.error_code() == ErrorCode::None => {
+                        return Ok(response)
+                    }
+                    Ok(response) => {
+                        Error::broker(response.error_code(), format!("{api:?} of group {group:?}"))
+                    }
+                    Err(error) => error,
+                };
+            if !error.is_retriable() || attempt >= 10 {
+                return Err(error);
+            }
+            tokio::time::sleep(self.cluster.config.backoff(attempt)).await;
+        }
+    }
+}
+
+/// One group as [`Admin::list_groups`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupListing {
+    pub group: String,
+    /// `Empty`, `Assigning` (members moving toward their target assignment) or `Stable`.
+    pub state: String,
+    pub members: u32,
+}
+
+/// What [`Admin::describe_group`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    pub group: String,
+    pub state: String,
+    pub group_epoch: u32,
+    pub assignor: String,
+    pub members: Vec<GroupMember>,
+    pub offsets: Vec<GroupOffset>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub member_epoch: u32,
+    pub assignment: Vec<TopicPartition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupOffset {
+    pub tp: TopicPartition,
+    pub committed: u64,
+    /// `None` when the partition's leader could not be asked.
+    pub high_watermark: Option<u64>,
+    pub lag: Option<u64>,
 }

@@ -149,6 +149,41 @@ impl Consumer {
     pub fn position(&self, tp: &TopicPartition) -> Result<Option<u64>> {
         self.inner.position(tp)
     }
+
+    /// See [`crate::Consumer::subscribe`].
+    pub fn subscribe(
+        &mut self,
+        group: &str,
+        subscription: impl Into<crate::Subscription>,
+    ) -> Result<()> {
+        let _entered = self.runtime.enter();
+        self.inner.subscribe(group, subscription)
+    }
+
+    /// See [`crate::Consumer::set_rebalance_listener`].
+    pub fn set_rebalance_listener(&mut self, listener: impl crate::RebalanceListener + 'static) {
+        self.inner.set_rebalance_listener(listener)
+    }
+
+    /// The partitions the consumer owns now.
+    pub fn assignment(&self) -> Vec<TopicPartition> {
+        self.inner.assignment()
+    }
+
+    /// See [`crate::Consumer::commit`].
+    pub fn commit(&mut self) -> Result<()> {
+        self.runtime.block_on(self.inner.commit())
+    }
+
+    /// See [`crate::Consumer::committed`].
+    pub fn committed(&self, tp: &TopicPartition) -> Result<Option<u64>> {
+        self.runtime.block_on(self.inner.committed(tp))
+    }
+
+    /// See [`crate::Consumer::close`].
+    pub fn close(self) -> Result<()> {
+        self.runtime.block_on(self.inner.close())
+    }
 }
 
 /// A blocking [`crate::Admin`].

@@ -118,6 +118,18 @@ impl Cluster {
         }
     }
 
+    /// Every shard address of every broker the last metadata listed.
+    pub(crate) fn shard_addresses(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .snapshot()
+            .brokers
+            .values()
+            .flat_map(|b| b.shard_addresses.iter().cloned())
+            .collect();
+        all.sort();
+        all
+    }
+
     /// A connection to any broker: known brokers first, then the bootstrap list.
     pub(crate) async fn any_connection(&self) -> Result<Arc<Connection>> {
         let snapshot = self.snapshot();
@@ -350,7 +362,7 @@ impl Cluster {
     }
 
     /// An admin request to any broker, retried on another when the one asked cannot serve it.
-    async fn admin_call<Req, Resp>(&self, api: ApiKey, request: &Req) -> Result<Resp>
+    pub(crate) async fn admin_call<Req, Resp>(&self, api: ApiKey, request: &Req) -> Result<Resp>
     where
         Req: sluice_protocol::native::EncodeControl,
         Resp: sluice_protocol::native::DecodeControl,

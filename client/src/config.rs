@@ -10,6 +10,7 @@ use std::time::Duration;
 use sluice_protocol::native::Acks as WireAcks;
 
 use crate::error::{Error, Result};
+use crate::group::DeliveryGuarantee;
 use crate::limits::{IN_FLIGHT_PER_CONNECTION_MAX, REQUEST_FRAME_BYTES_MAX};
 use crate::partitioner::{DefaultPartitioner, Partitioner};
 
@@ -389,6 +390,19 @@ pub struct ConsumerConfig {
     pub auto_offset_reset: OffsetReset,
     /// Records one `poll` returns at most. Default 10,000.
     pub poll_records_max: usize,
+    /// A group member's session: if the coordinator hears no heartbeat for this long, the
+    /// member's partitions go to others (bounded by the broker). Default 45 s.
+    pub group_session_timeout: Duration,
+    /// Static membership: a member restarting with the same id within its session timeout
+    /// gets its partitions back with no rebalance. Default none.
+    pub group_instance_id: Option<String>,
+    /// When a group member commits offsets. Default [`DeliveryGuarantee::AtLeastOnce`].
+    pub delivery: DeliveryGuarantee,
+    /// With at-least-once, commit automatically (at `poll`, before releasing partitions and
+    /// on `close`); off: the application calls `commit`. Default on.
+    pub auto_commit: bool,
+    /// Least time between two automatic commits at `poll`. Default 1 s.
+    pub auto_commit_interval: Duration,
 }
 
 impl ConsumerConfig {
@@ -401,7 +415,33 @@ impl ConsumerConfig {
             fetch_wait_max: Duration::from_millis(500),
             auto_offset_reset: OffsetReset::Latest,
             poll_records_max: 10_000,
+            group_session_timeout: Duration::from_secs(45),
+            group_instance_id: None,
+            delivery: DeliveryGuarantee::AtLeastOnce,
+            auto_commit: true,
+            auto_commit_interval: Duration::from_secs(1),
         }
+    }
+
+    pub fn group_session_timeout(mut self, timeout: Duration) -> Self {
+        self.group_session_timeout = timeout;
+        self
+    }
+    pub fn group_instance_id(mut self, id: impl Into<String>) -> Self {
+        self.group_instance_id = Some(id.into());
+        self
+    }
+    pub fn delivery(mut self, delivery: DeliveryGuarantee) -> Self {
+        self.delivery = delivery;
+        self
+    }
+    pub fn auto_commit(mut self, on: bool) -> Self {
+        self.auto_commit = on;
+        self
+    }
+    pub fn auto_commit_interval(mut self, interval: Duration) -> Self {
+        self.auto_commit_interval = interval;
+        self
     }
 
     pub fn fetch_bytes_max(mut self, bytes: usize) -> Self {

@@ -531,5 +531,12 @@ pub(crate) fn api_name(api: ApiKey) -> &'static str {
         ApiKey::ListOffsets => "ListOffsets",
         ApiKey::InitProducerId => "InitProducerId",
         ApiKey::ReplicaFetch => "ReplicaFetch",
+        ApiKey::FindCoordinator => "FindCoordinator",
+        ApiKey::GroupHeartbeat => "GroupHeartbeat",
+        ApiKey::OffsetCommit => "OffsetCommit",
+        ApiKey::OffsetFetch => "OffsetFetch",
+        ApiKey::ListGroups => "ListGroups",
+        ApiKey::DescribeGroup => "DescribeGroup",
+        ApiKey::DeleteGroup => "DeleteGroup",
     }
 }

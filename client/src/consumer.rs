@@ -11,7 +11,7 @@
 //! position are skipped. Seeking bumps the partition's epoch; fetched data of an older epoch is
 //! dropped.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,9 @@ use crate::cluster::Cluster;
 use crate::compression;
 use crate::config::{ConsumerConfig, OffsetReset};
 use crate::error::{stale_metadata_code, Error, Result};
+use crate::group::{
+    DeliveryGuarantee, MemberSettings, Membership, RebalanceListener, Subscription,
+};
 use crate::limits::RESPONSE_FRAME_BYTES_MAX;
 
 /// A topic and one of its partitions.
@@ -138,6 +141,26 @@ pub struct Consumer {
     results_tx: mpsc::UnboundedSender<FetchOutcome>,
     results: mpsc::UnboundedReceiver<FetchOutcome>,
     next_epoch: u64,
+    /// The group this consumer is a member of, after `subscribe`.
+    group: Option<GroupState>,
+}
+
+/// A subscribed consumer's group state.
+struct GroupState {
+    membership: Membership,
+    /// In a mutex only so that the consumer stays `Sync`; `poll` alone calls it.
+    listener: Option<std::sync::Mutex<Box<dyn RebalanceListener>>>,
+    /// The positions last committed (what auto-commit compares against).
+    committed: HashMap<Key, u64>,
+    last_commit: Instant,
+}
+
+impl std::fmt::Debug for GroupState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupState")
+            .field("membership", &self.membership)
+            .finish()
+    }
 }
 
 type Key = (Arc<str>, u32);
@@ -193,11 +216,13 @@ impl Consumer {
             results_tx,
             results,
             next_epoch: 1,
+            group: None,
         }
     }
 
     /// Replaces the assignment. Partitions kept keep their position; new ones start per
-    /// `auto_offset_reset` unless sought first.
+    /// `auto_offset_reset` unless sought first. Not for a consumer that subscribed to a group
+    /// (the group assigns its partitions).
     pub fn assign(&mut self, partitions: impl IntoIterator<Item = TopicPartition>) {
         let wanted: Vec<Key> = partitions
             .into_iter()
@@ -206,23 +231,272 @@ impl Consumer {
         self.partitions.retain(|k, _| wanted.contains(k));
         self.drop_buffered(|k| !wanted.contains(k));
         for key in wanted {
-            if !self.partitions.contains_key(&key) {
-                let epoch = self.bump_epoch();
-                self.partitions.insert(
-                    key,
-                    PartitionState {
-                        position: None,
-                        fetch_position: None,
-                        epoch,
-                        in_fetch: false,
-                        buffered_bytes: 0,
-                        retry_at: None,
-                        attempts: 0,
-                        high_watermark: 0,
-                    },
-                );
+            self.add_partition(key, None);
+        }
+    }
+
+    fn add_partition(&mut self, key: Key, position: Option<u64>) {
+        if self.partitions.contains_key(&key) {
+            return;
+        }
+        let epoch = self.bump_epoch();
+        self.partitions.insert(
+            key,
+            PartitionState {
+                position,
+                fetch_position: position,
+                epoch,
+                in_fetch: false,
+                buffered_bytes: 0,
+                retry_at: None,
+                attempts: 0,
+                high_watermark: 0,
+            },
+        );
+    }
+
+    fn remove_partitions(&mut self, gone: &BTreeSet<TopicPartition>) {
+        let is_gone = |k: &Key| gone.contains(&TopicPartition::new(k.0.as_ref(), k.1));
+        self.drop_buffered(is_gone);
+        self.partitions.retain(|k, _| !is_gone(k));
+    }
+
+    /// Joins consumer group `group`, subscribed to `subscription` (topics or a pattern): the
+    /// group's coordinator assigns this consumer its share of the partitions, which `poll`
+    /// takes on and gives up as the group changes. Positions start at the group's committed
+    /// offsets (else `auto_offset_reset`); offsets are committed per `delivery`.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), sluice_client::Error> {
+    /// use std::time::Duration;
+    /// use sluice_client::{ClientConfig, Consumer, ConsumerConfig};
+    ///
+    /// let config = ConsumerConfig::new(ClientConfig::new(["127.0.0.1:9490"]));
+    /// let mut consumer = Consumer::new(config)?;
+    /// consumer.subscribe("billing", ["orders"])?;
+    /// loop {
+    ///     for record in consumer.poll(Duration::from_secs(1)).await? {
+    ///         println!("{}/{} @{}", record.topic, record.partition, record.offset);
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn subscribe(&mut self, group: &str, subscription: impl Into<Subscription>) -> Result<()> {
+        if self.group.is_some() {
+            return Err(Error::Config(
+                "this consumer already subscribed to a group".into(),
+            ));
+        }
+        let subscription = subscription.into();
+        if matches!(&subscription, Subscription::Topics(t) if t.is_empty()) {
+            return Err(Error::Config(
+                "a subscription needs at least one topic".into(),
+            ));
+        }
+        self.assign([]);
+        let membership = Membership::start(
+            Arc::clone(&self.cluster),
+            MemberSettings {
+                group: group.to_string(),
+                subscription,
+                instance_id: self.config.group_instance_id.clone(),
+                session_timeout: self.config.group_session_timeout,
+            },
+        );
+        self.group = Some(GroupState {
+            membership,
+            listener: None,
+            committed: HashMap::new(),
+            last_commit: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Sets the listener told of partitions assigned, revoked and lost (after `subscribe`).
+    pub fn set_rebalance_listener(&mut self, listener: impl RebalanceListener + 'static) {
+        if let Some(group) = &mut self.group {
+            group.listener = Some(std::sync::Mutex::new(Box::new(listener)));
+        }
+    }
+
+    /// Commits the position of every owned partition (the offset after the last record
+    /// `poll` returned) to the group, and waits until it is durable.
+    pub async fn commit(&mut self) -> Result<()> {
+        let offsets = self.positions_to_commit(true);
+        self.commit_offsets(offsets).await
+    }
+
+    /// Starts committing the positions of every owned partition; the returned handle yields
+    /// the outcome (dropping it does not cancel the commit).
+    pub fn commit_async(&mut self) -> Result<tokio::task::JoinHandle<Result<()>>> {
+        let offsets = self.positions_to_commit(true);
+        let group = self.group.as_ref().ok_or_else(not_subscribed)?;
+        let shared = Arc::clone(&group.membership.shared);
+        let name = group.membership.group.clone();
+        let cluster = Arc::clone(&self.cluster);
+        for (key, offset) in &offsets {
+            if let Some(g) = self.group.as_mut() {
+                g.committed.insert(key.clone(), *offset);
             }
         }
+        let offsets: Vec<(TopicPartition, u64)> = offsets
+            .into_iter()
+            .map(|(k, o)| (TopicPartition::new(k.0.as_ref(), k.1), o))
+            .collect();
+        Ok(tokio::spawn(async move {
+            crate::group::commit_as_member(&cluster, &shared, &name, &offsets).await
+        }))
+    }
+
+    /// The group's committed offset of a partition (`None`: nothing committed).
+    pub async fn committed(&self, tp: &TopicPartition) -> Result<Option<u64>> {
+        let group = self.group.as_ref().ok_or_else(not_subscribed)?;
+        let found = group
+            .membership
+            .committed(&self.cluster, std::slice::from_ref(tp))
+            .await?;
+        Ok(found.get(tp).copied().flatten())
+    }
+
+    /// Leaves the group in order: with at-least-once auto-commit, commits the positions
+    /// first; then tells the coordinator, so the group rebalances at once rather than after
+    /// the session timeout. A consumer dropped without `close` is removed when its session
+    /// ends.
+    pub async fn close(mut self) -> Result<()> {
+        let outcome = if self.auto_commits() {
+            self.commit().await
+        } else {
+            Ok(())
+        };
+        if let Some(group) = self.group.take() {
+            group
+                .membership
+                .leave(self.cluster.config.request_timeout)
+                .await;
+        }
+        outcome
+    }
+
+    fn auto_commits(&self) -> bool {
+        self.group.is_some()
+            && self.config.delivery == DeliveryGuarantee::AtLeastOnce
+            && self.config.auto_commit
+    }
+
+    /// Owned partitions' positions that differ from what was last committed (all of them
+    /// when `all`).
+    fn positions_to_commit(&self, all: bool) -> Vec<(Key, u64)> {
+        let Some(group) = &self.group else {
+            return Vec::new();
+        };
+        self.partitions
+            .iter()
+            .filter_map(|(k, s)| s.position.map(|p| (k.clone(), p)))
+            .filter(|(k, p)| all || group.committed.get(k) != Some(p))
+            .collect()
+    }
+
+    async fn commit_offsets(&mut self, offsets: Vec<(Key, u64)>) -> Result<()> {
+        let group = self.group.as_ref().ok_or_else(not_subscribed)?;
+        let list: Vec<(TopicPartition, u64)> = offsets
+            .iter()
+            .map(|(k, o)| (TopicPartition::new(k.0.as_ref(), k.1), *o))
+            .collect();
+        group.membership.commit(&self.cluster, &list).await?;
+        let group = self.group.as_mut().expect("checked above");
+        group.last_commit = Instant::now();
+        for (key, offset) in offsets {
+            group.committed.insert(key, offset);
+        }
+        Ok(())
+    }
+
+    /// Brings the assignment in line with the group: drops everything after a fence, releases
+    /// what the coordinator took away (committing first with at-least-once auto-commit), and
+    /// takes on what it added, from the committed offsets.
+    async fn reconcile_group(&mut self) -> Result<()> {
+        let Some(group) = &self.group else {
+            return Ok(());
+        };
+        let (fenced, target, fatal) = {
+            let mut shared = group.membership.lock();
+            let fenced = std::mem::take(&mut shared.fenced);
+            (fenced, shared.target.clone(), shared.fatal.clone())
+        };
+        if let Some(error) = fatal {
+            return Err(error);
+        }
+        let owned: BTreeSet<TopicPartition> = self.assignment().into_iter().collect();
+        if fenced && !owned.is_empty() {
+            self.remove_partitions(&owned);
+            let group = self.group.as_mut().expect("subscribed");
+            group.committed.clear();
+            let lost: Vec<TopicPartition> = owned.into_iter().collect();
+            if let Some(listener) = group.listener.as_mut() {
+                listener
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .lost(&lost);
+            }
+            group.membership.set_owned(BTreeSet::new());
+            return Ok(());
+        }
+        let Some(target) = target else {
+            return Ok(());
+        };
+        let revoked: BTreeSet<TopicPartition> = owned.difference(&target).cloned().collect();
+        if !revoked.is_empty() {
+            if self.auto_commits() {
+                let offsets: Vec<(Key, u64)> = self
+                    .positions_to_commit(false)
+                    .into_iter()
+                    .filter(|(k, _)| revoked.contains(&TopicPartition::new(k.0.as_ref(), k.1)))
+                    .collect();
+                if let Err(error) = self.commit_offsets(offsets).await {
+                    // The next owner starts from the previous commit: records repeat, none
+                    // is lost.
+                    tracing::warn!(%error, "commit before releasing partitions failed");
+                }
+            }
+            self.remove_partitions(&revoked);
+            let group = self.group.as_mut().expect("subscribed");
+            let list: Vec<TopicPartition> = revoked.iter().cloned().collect();
+            if let Some(listener) = group.listener.as_mut() {
+                listener
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .revoked(&list);
+            }
+        }
+        let added: Vec<TopicPartition> = target.difference(&owned).cloned().collect();
+        if !added.is_empty() {
+            let group = self.group.as_ref().expect("subscribed");
+            let committed = group.membership.committed(&self.cluster, &added).await?;
+            for tp in &added {
+                let position = committed.get(tp).copied().flatten();
+                let key: Key = (Arc::from(tp.topic.as_str()), tp.partition);
+                self.add_partition(key.clone(), position);
+                if let (Some(p), Some(g)) = (position, self.group.as_mut()) {
+                    g.committed.insert(key, p);
+                }
+            }
+            let group = self.group.as_mut().expect("subscribed");
+            if let Some(listener) = group.listener.as_mut() {
+                listener
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .assigned(&added);
+            }
+        }
+        if !revoked.is_empty() || !added.is_empty() {
+            let owned: BTreeSet<TopicPartition> = self.assignment().into_iter().collect();
+            self.group
+                .as_ref()
+                .expect("subscribed")
+                .membership
+                .set_owned(owned);
+        }
+        Ok(())
     }
 
     /// The assigned partitions.
@@ -272,13 +546,49 @@ impl Consumer {
     /// means none arrived in time. Records of one partition come in offset order.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
         let deadline = Instant::now() + timeout;
+        // At least once: what the previous poll returned is committed now.
+        if self.auto_commits()
+            && self
+                .group
+                .as_ref()
+                .is_some_and(|g| g.last_commit.elapsed() >= self.config.auto_commit_interval)
+        {
+            let offsets = self.positions_to_commit(false);
+            if !offsets.is_empty() {
+                if let Err(error) = self.commit_offsets(offsets).await {
+                    tracing::debug!(%error, "auto-commit failed; trying again at the next poll");
+                }
+            }
+        }
         loop {
+            self.reconcile_group().await?;
             self.resolve_positions().await?;
             // The next fetches go out before this poll decodes what it returns, so the broker
             // works while the caller does.
             self.start_fetches();
+            let before: Vec<(Key, Option<u64>)> = match (&self.group, self.config.delivery) {
+                (Some(_), DeliveryGuarantee::AtMostOnce) => self
+                    .partitions
+                    .iter()
+                    .map(|(k, s)| (k.clone(), s.position))
+                    .collect(),
+                _ => Vec::new(),
+            };
             let records = self.take_ready()?;
             if !records.is_empty() {
+                if !before.is_empty() {
+                    // At most once: committed before the records are handed out; if the
+                    // commit fails they are not handed out (and will be fetched again).
+                    let offsets = self.positions_to_commit(false);
+                    if let Err(error) = self.commit_offsets(offsets).await {
+                        for (key, position) in before {
+                            if let Some(p) = position {
+                                self.set_position(&key, p);
+                            }
+                        }
+                        return Err(error);
+                    }
+                }
                 return Ok(records);
             }
             let now = Instant::now();
@@ -293,15 +603,30 @@ impl Consumer {
                 .filter(|t| *t > now)
                 .min()
                 .map_or(deadline, |t| t.min(deadline));
-            match tokio::time::timeout_at(wake.into(), self.results.recv()).await {
-                Ok(Some(outcome)) => self.accept(outcome)?,
-                Ok(None) => {
-                    return Err(Error::Connection {
-                        address: "consumer".into(),
-                        reason: "fetch channel closed".into(),
-                    })
+            let changed = self
+                .group
+                .as_ref()
+                .map(|g| Arc::clone(&g.membership.changed));
+            let group_changed = async {
+                match changed {
+                    Some(notify) => notify.notified().await,
+                    None => std::future::pending().await,
                 }
-                Err(_) => {}
+            };
+            tokio::select! {
+                outcome = tokio::time::timeout_at(wake.into(), self.results.recv()) => {
+                    match outcome {
+                        Ok(Some(outcome)) => self.accept(outcome)?,
+                        Ok(None) => {
+                            return Err(Error::Connection {
+                                address: "consumer".into(),
+                                reason: "fetch channel closed".into(),
+                            })
+                        }
+                        Err(_) => {}
+                    }
+                }
+                _ = group_changed => {}
             }
             // Take every result already waiting before decoding, so one poll sees them all.
             while let Ok(outcome) = self.results.try_recv() {
@@ -649,6 +974,10 @@ impl Consumer {
             }
         });
     }
+}
+
+fn not_subscribed() -> Error {
+    Error::Config("the consumer has not subscribed to a group".into())
 }
 
 /// The offset after the last batch of fetched data, from the batch headers alone (the CRCs are

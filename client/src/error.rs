@@ -133,6 +133,10 @@ pub(crate) fn retriable_code(code: ErrorCode) -> bool {
             | ErrorCode::NotEnoughReplicas
             | ErrorCode::FencedLeaderEpoch
             | ErrorCode::UnknownLeaderEpoch
+            // The group's coordinator moved or is loading: find it again and retry.
+            | ErrorCode::NotCoordinator
+            | ErrorCode::CoordinatorLoadInProgress
+            | ErrorCode::CoordinatorNotAvailable
     )
 }
 

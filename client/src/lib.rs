@@ -44,14 +44,16 @@ mod config;
 mod connection;
 mod consumer;
 mod error;
+mod group;
 pub mod limits;
 mod partitioner;
 mod producer;
 
-pub use admin::Admin;
+pub use admin::{Admin, GroupDescription, GroupListing, GroupMember, GroupOffset};
 pub use config::{Acks, ClientConfig, Compression, ConsumerConfig, OffsetReset, ProducerConfig};
 pub use consumer::{Consumer, ConsumerRecord, Seek, TopicPartition};
 pub use error::{Error, Result};
+pub use group::{DeliveryGuarantee, RebalanceListener, Subscription};
 pub use partitioner::{key_partition, murmur2, DefaultPartitioner, Partitioner};
 pub use producer::{Delivery, Producer, ProducerRecord, RecordMetadata};
 pub use sluice_protocol::native::ErrorCode;

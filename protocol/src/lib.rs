@@ -6,6 +6,7 @@
 //! and every decoder returns a typed error instead of panicking on any input.
 
 pub mod batch;
+pub mod group_api;
 pub mod native;
 pub mod varint;
 

@@ -43,10 +43,18 @@ pub enum ApiKey {
     InitProducerId = 7,
     /// A follower replica's fetch from its leader.
     ReplicaFetch = 8,
+    // Consumer groups (`crate::group_api`).
+    FindCoordinator = 20,
+    GroupHeartbeat = 21,
+    OffsetCommit = 22,
+    OffsetFetch = 23,
+    ListGroups = 24,
+    DescribeGroup = 25,
+    DeleteGroup = 26,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 9] = [
+    pub const ALL: [ApiKey; 16] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopic,
@@ -56,6 +64,13 @@ impl ApiKey {
         ApiKey::ListOffsets,
         ApiKey::InitProducerId,
         ApiKey::ReplicaFetch,
+        ApiKey::FindCoordinator,
+        ApiKey::GroupHeartbeat,
+        ApiKey::OffsetCommit,
+        ApiKey::OffsetFetch,
+        ApiKey::ListGroups,
+        ApiKey::DescribeGroup,
+        ApiKey::DeleteGroup,
     ];
 
     pub fn from_u16(value: u16) -> Option<ApiKey> {
@@ -129,6 +144,30 @@ pub enum ErrorCode {
     FencedLeaderEpoch,
     /// The request's leader epoch is newer than this broker knows: its metadata lags; retry.
     UnknownLeaderEpoch,
+    /// This shard is not the group's coordinator: find the coordinator again.
+    NotCoordinator,
+    /// The coordinator is reading the group's state from the offsets log: retry shortly.
+    CoordinatorLoadInProgress,
+    /// No coordinator now (the offsets log is being created or has no leader): retry.
+    CoordinatorNotAvailable,
+    /// The group id is empty or too long.
+    InvalidGroupId,
+    /// The member id is not (or no longer) in the group: rejoin.
+    UnknownMemberId,
+    /// The member's epoch is not its current one (a zombie, or an answer was lost): rejoin.
+    FencedMemberEpoch,
+    /// The group has its maximum number of members.
+    GroupMaxSizeReached,
+    /// A commit for a partition not assigned to the committing member.
+    PartitionNotAssigned,
+    /// The request needs a group with no members (delete, offsets reset, commits from outside).
+    NonEmptyGroup,
+    /// The group does not exist.
+    GroupIdNotFound,
+    /// The subscription is invalid (an unparsable pattern, no topics).
+    InvalidSubscription,
+    /// An offset commit's metadata string is longer than the broker keeps.
+    OffsetMetadataTooLarge,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

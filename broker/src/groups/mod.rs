@@ -5,8 +5,11 @@
 //! - [`state`]: one group's state machine (members, epochs, reconciliation, sessions, static
 //!   members, commit fencing), pure and model-tested.
 //!
-//! *Planned* (issue 13): the coordinator that runs these on a shard, the offsets log and the
-//! group APIs.
+//! - [`records`]: the offsets log's records (keys, offsets, group state), pure.
+//! - [`coordinator`]: one shard's coordinator, which runs the state machine for the groups
+//!   whose partition of the offsets log the shard leads and persists them there.
 
 pub mod assign;
+pub mod coordinator;
+pub mod records;
 pub mod state;

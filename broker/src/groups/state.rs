@@ -104,6 +104,35 @@ pub struct Group {
     target_partitions: BTreeMap<String, u32>,
     members: BTreeMap<String, Member>,
     next_member: u64,
+    /// Part of every member id this incarnation issues (not persisted): a coordinator that
+    /// reloads the group after a failover may have lost the record of the last joins, so it
+    /// must not issue the same ids again.
+    incarnation: u64,
+}
+
+/// What is persisted of a group in the offsets log. Session deadlines are not: a coordinator
+/// that loads a group gives every member a fresh session.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct GroupSnapshot {
+    pub group_id: String,
+    pub session_timeout_ms: u64,
+    pub assignor: String,
+    pub group_epoch: u32,
+    pub next_member: u64,
+    pub target: Vec<(String, Vec<TopicPartition>)>,
+    pub target_partitions: Vec<(String, u32)>,
+    pub members: Vec<MemberSnapshot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct MemberSnapshot {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub member_epoch: u32,
+    pub previous_epoch: u32,
+    pub topics: Vec<String>,
+    pub held: Vec<TopicPartition>,
+    pub revoking: Vec<TopicPartition>,
 }
 
 pub const LEAVE_EPOCH: i32 = -1;
@@ -122,7 +151,95 @@ impl Group {
             target_partitions: BTreeMap::new(),
             members: BTreeMap::new(),
             next_member: 0,
+            incarnation: 0,
         })
+    }
+
+    /// Sets the part of member ids that tells this coordinator incarnation's apart.
+    pub fn set_incarnation(&mut self, incarnation: u64) {
+        self.incarnation = incarnation;
+    }
+
+    /// Changes the session timeout; only while the group has no members (the first member to
+    /// join an empty group sets it).
+    pub fn set_session_timeout(&mut self, session_timeout_ms: u64) {
+        if self.members.is_empty() {
+            self.config.session_timeout_ms = session_timeout_ms;
+        }
+    }
+
+    pub fn config(&self) -> GroupConfig {
+        self.config
+    }
+
+    /// The persisted form (see [`GroupSnapshot`]).
+    pub fn snapshot(&self) -> GroupSnapshot {
+        GroupSnapshot {
+            group_id: self.group_id.clone(),
+            session_timeout_ms: self.config.session_timeout_ms,
+            assignor: self.config.assignor.name().to_string(),
+            group_epoch: self.group_epoch,
+            next_member: self.next_member,
+            target: self
+                .target
+                .iter()
+                .map(|(m, tps)| (m.clone(), tps.iter().cloned().collect()))
+                .collect(),
+            target_partitions: self
+                .target_partitions
+                .iter()
+                .map(|(t, n)| (t.clone(), *n))
+                .collect(),
+            members: self
+                .members
+                .values()
+                .map(|m| MemberSnapshot {
+                    member_id: m.member_id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    member_epoch: m.member_epoch,
+                    previous_epoch: m.previous_epoch,
+                    topics: m.topics.iter().cloned().collect(),
+                    held: m.held.iter().cloned().collect(),
+                    revoking: m.revoking.iter().cloned().collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// A group from its persisted form; every member's session starts at `now_ms`.
+    pub fn restore(snapshot: GroupSnapshot, now_ms: u64) -> Result<Group, GroupError> {
+        let config = GroupConfig {
+            session_timeout_ms: snapshot.session_timeout_ms,
+            assignor: AssignorKind::from_name(&snapshot.assignor).unwrap_or_default(),
+        };
+        let mut group = Group::new(&snapshot.group_id, config)?;
+        group.group_epoch = snapshot.group_epoch;
+        group.next_member = snapshot.next_member;
+        group.target = snapshot
+            .target
+            .into_iter()
+            .map(|(m, tps)| (m, tps.into_iter().collect()))
+            .collect();
+        group.target_partitions = snapshot.target_partitions.into_iter().collect();
+        group.members = snapshot
+            .members
+            .into_iter()
+            .map(|m| {
+                let member = Member {
+                    member_id: m.member_id.clone(),
+                    instance_id: m.instance_id,
+                    member_epoch: m.member_epoch,
+                    previous_epoch: m.previous_epoch,
+                    topics: m.topics.into_iter().collect(),
+                    held: m.held.into_iter().collect(),
+                    revoking: m.revoking.into_iter().collect(),
+                    session_deadline_ms: now_ms + config.session_timeout_ms,
+                };
+                (m.member_id, member)
+            })
+            .collect();
+        group.check_invariant();
+        Ok(group)
     }
 
     pub fn group_id(&self) -> &str {
@@ -332,7 +449,7 @@ impl Group {
 
     fn new_member_id(&mut self) -> String {
         self.next_member += 1;
-        format!("{}-{}", self.group_id, self.next_member)
+        format!("m{:x}-{}", self.incarnation, self.next_member)
     }
 
     /// A new group epoch: the target is recomputed from the members' subscriptions, keeping

@@ -39,6 +39,8 @@ pub struct ShardContext {
     pub watch_stats: Rc<WatchStats>,
     /// The shard's task queue for fetches (`shard::TaskQueues`).
     pub bulk: glommio::TaskQueueHandle,
+    /// The shard's group coordinator.
+    pub groups: Rc<crate::groups::coordinator::Coordinator>,
 }
 
 /// A response: header and control, then the data chunks written as they are.

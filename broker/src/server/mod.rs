@@ -53,6 +53,8 @@ pub struct ShardConfig {
     pub mode: Mode,
     /// Configuration of topics created through this broker.
     pub topic_defaults: crate::metadata::types::TopicConfig,
+    /// The group coordinators' settings.
+    pub groups: crate::groups::coordinator::GroupsConfig,
 }
 
 /// A request from a shard to the metadata thread, with where to send the answer.

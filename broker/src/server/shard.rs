@@ -196,7 +196,25 @@ async fn run(
         },
         watch_stats: Rc::default(),
         bulk: queues.bulk,
+        groups: Rc::new(crate::groups::coordinator::Coordinator::new(
+            config.groups.clone(),
+            Rc::clone(&partitions),
+            link.clone(),
+        )),
     });
+
+    // The coordinator's timer: session expiry and offsets retention.
+    {
+        let ctx = Rc::clone(&ctx);
+        queues
+            .spawn(queues.serving, async move {
+                loop {
+                    glommio::timer::sleep(crate::limits::GROUP_TICK).await;
+                    ctx.groups.tick().await;
+                }
+            })
+            .detach();
+    }
 
     // Follow the metadata: open and close this shard's partitions.
     let failure: Rc<Cell<Option<String>>> = Rc::new(Cell::new(None));

@@ -2,6 +2,7 @@
 //! [`BrokerProcess`], the harness for tests that run a real `sluice-broker` process.
 #![allow(dead_code)]
 
+pub mod clients;
 pub mod cluster;
 
 use std::future::Future;

@@ -7,10 +7,12 @@
 //! - [`produce`] serves Produce;
 //! - [`fetch`] serves Fetch (consumers);
 //! - [`list_offsets`] serves ListOffsets (earliest, latest, by time);
-//! - [`replica_fetch`] serves ReplicaFetch (followers, on the leader).
+//! - [`replica_fetch`] serves ReplicaFetch (followers, on the leader);
+//! - [`groups`] serves FindCoordinator and hands the group requests to the shard's coordinator.
 
 pub mod admin;
 pub mod fetch;
+pub mod groups;
 pub mod list_offsets;
 pub mod produce;
 pub mod replica_fetch;
@@ -22,6 +24,11 @@ use sluice_protocol::native::{
     decode_control, ApiKey, ApiRange, ApiVersionsResponse, CreateTopicRequest, DeleteTopicRequest,
     FetchRequest, FrameDecodeError, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
     ProduceRequest, ReplicaFetchRequest, RequestHeader,
+};
+
+use sluice_protocol::group_api::{
+    DeleteGroupRequest, DescribeGroupRequest, FindCoordinatorRequest, GroupHeartbeatRequest,
+    ListGroupsRequest, OffsetCommitRequest, OffsetFetchRequest,
 };
 
 use super::context::{response, Response, ShardContext};
@@ -138,6 +145,53 @@ pub async fn dispatch(
                     &list_offsets::list_offsets(&ctx, request).await,
                 ))
             })
+            .detach()
+        }
+        ApiKey::FindCoordinator => {
+            let request: FindCoordinatorRequest = decode_control(control)?;
+            glommio::spawn_local(async move {
+                Some(response(id, &groups::find_coordinator(&ctx, request).await))
+            })
+            .detach()
+        }
+        ApiKey::GroupHeartbeat => {
+            let request: GroupHeartbeatRequest = decode_control(control)?;
+            glommio::spawn_local(
+                async move { Some(response(id, &ctx.groups.heartbeat(request).await)) },
+            )
+            .detach()
+        }
+        ApiKey::OffsetCommit => {
+            let request: OffsetCommitRequest = decode_control(control)?;
+            glommio::spawn_local(
+                async move { Some(response(id, &ctx.groups.commit(request).await)) },
+            )
+            .detach()
+        }
+        ApiKey::OffsetFetch => {
+            let request: OffsetFetchRequest = decode_control(control)?;
+            glommio::spawn_local(async move {
+                Some(response(id, &ctx.groups.fetch_offsets(request).await))
+            })
+            .detach()
+        }
+        ApiKey::ListGroups => {
+            let _: ListGroupsRequest = decode_control(control)?;
+            glommio::spawn_local(async move { Some(response(id, &ctx.groups.list().await)) })
+                .detach()
+        }
+        ApiKey::DescribeGroup => {
+            let request: DescribeGroupRequest = decode_control(control)?;
+            glommio::spawn_local(
+                async move { Some(response(id, &ctx.groups.describe(request).await)) },
+            )
+            .detach()
+        }
+        ApiKey::DeleteGroup => {
+            let request: DeleteGroupRequest = decode_control(control)?;
+            glommio::spawn_local(
+                async move { Some(response(id, &ctx.groups.delete(request).await)) },
+            )
             .detach()
         }
     })

@@ -133,7 +133,7 @@ pub async fn produce(
 
 /// Waits until the log's high watermark passes `last_offset` (every in-sync replica has it
 /// durable), or the log fails or closes.
-async fn wait_high_watermark(
+pub(crate) async fn wait_high_watermark(
     log: &crate::storage::PartitionLog,
     last_offset: u64,
 ) -> Result<(), crate::storage::StorageError> {
