@@ -248,7 +248,7 @@ pub(crate) async fn commit_as_member(
                 .collect(),
         };
         let result: Result<OffsetCommitResponse> =
-            coordinator_call(cluster, shared, &group, ApiKey::OffsetCommit, &request).await;
+            coordinator_call(cluster, shared, group, ApiKey::OffsetCommit, &request).await;
         let retry = match result {
             Ok(response) if response.error == ErrorCode::None => {
                 return match response

@@ -640,11 +640,11 @@ impl Coordinator {
             for p in &request.partitions {
                 let tp: TopicPartition = (p.topic.clone(), p.partition);
                 let mut error = ErrorCode::None;
-                if !state
+                let exists = state
                     .topics
                     .get(&p.topic)
-                    .is_some_and(|t| (p.partition as usize) < t.partitions.len())
-                {
+                    .is_some_and(|t| (p.partition as usize) < t.partitions.len());
+                if !exists {
                     error = ErrorCode::UnknownTopicOrPartition;
                 } else if p.metadata.len() > OFFSET_METADATA_BYTES_MAX {
                     error = ErrorCode::OffsetMetadataTooLarge;
