@@ -376,28 +376,6 @@ impl MetadataNode {
                 }
                 Ok(AdminReply::HeartbeatAck)
             }
-            AdminRequest::FindCoordinator { group } => {
-                let state = self.inner.machine.state();
-                if let Some(placement) = state.coordinators.get(&group) {
-                    return Ok(AdminReply::Coordinator(*placement));
-                }
-                self.require_controller()?;
-                let placement = state.pick_coordinator(&group)?;
-                self.propose(Command::AssignCoordinator {
-                    group: group.clone(),
-                    placement,
-                })
-                .await?;
-                let state = self.inner.machine.state();
-                state
-                    .coordinators
-                    .get(&group)
-                    .copied()
-                    .map(AdminReply::Coordinator)
-                    .ok_or_else(|| {
-                        MetadataError::Unavailable("coordinator assignment was not applied".into())
-                    })
-            }
             AdminRequest::AlterInSync {
                 topic,
                 partition,

@@ -206,28 +206,6 @@ impl ClusterState {
         placement
     }
 
-    /// Picks a coordinator for a group: a hash of its name over the live brokers' shards.
-    pub fn pick_coordinator(&self, group: &str) -> Result<ReplicaPlacement, MetadataError> {
-        let slots: Vec<ReplicaPlacement> = self
-            .live_brokers()
-            .iter()
-            .flat_map(|b| {
-                (0..b.shards.max(1)).map(move |shard| ReplicaPlacement {
-                    broker: b.id,
-                    shard,
-                })
-            })
-            .collect();
-        if slots.is_empty() {
-            return Err(MetadataError::NoLiveBrokers);
-        }
-        // FNV-1a: stable across processes and versions.
-        let hash = group.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        });
-        Ok(slots[(hash % slots.len() as u64) as usize])
-    }
-
     /// Applies a committed command. Rejections change nothing, not even the version.
     pub fn apply(&mut self, command: &Command) -> CommandResult {
         let result = match command {
@@ -761,16 +739,6 @@ mod tests {
             Err(MetadataError::InvalidConfig(_))
         ));
         assert!(state.check_create_topic("t", 1, 3, &config).is_ok());
-    }
-
-    #[test]
-    fn coordinator_choice_is_stable() {
-        let state = cluster(3, 2);
-        assert_eq!(
-            state.pick_coordinator("g1").unwrap(),
-            state.pick_coordinator("g1").unwrap()
-        );
-        assert!(ClusterState::default().pick_coordinator("g").is_err());
     }
 
     #[test]

@@ -236,7 +236,9 @@ pub struct ClusterState {
     pub version: u64,
     pub brokers: BTreeMap<NodeId, Broker>,
     pub topics: BTreeMap<String, Topic>,
-    /// Consumer group → coordinating (broker, shard).
+    /// Legacy: the first design placed group coordinators here. A group's coordinator is now
+    /// the leader of its partition of the offsets log (`groups::coordinator`); the field and
+    /// `Command::AssignCoordinator` stay so that old Raft logs and snapshots still decode.
     pub coordinators: BTreeMap<String, ReplicaPlacement>,
     pub next_topic_id: u64,
     /// Producer ids below this have been handed out (in blocks, to brokers' shards).
@@ -267,6 +269,7 @@ pub enum Command {
     DeleteTopic {
         name: String,
     },
+    /// Legacy (see `ClusterState::coordinators`): applied, never proposed any more.
     AssignCoordinator {
         group: String,
         placement: ReplicaPlacement,

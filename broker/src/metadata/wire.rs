@@ -14,9 +14,7 @@ use openraft::raft::{
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::types::{
-    ClusterState, MetadataError, NodeId, ReplicaPlacement, TopicConfig, TypeConfig,
-};
+use super::types::{ClusterState, MetadataError, NodeId, TopicConfig, TypeConfig};
 use crate::limits::METADATA_FRAME_BYTES_MAX;
 
 pub const WIRE_VERSION: u8 = 1;
@@ -45,9 +43,6 @@ pub enum AdminRequest {
     Heartbeat {
         id: NodeId,
     },
-    FindCoordinator {
-        group: String,
-    },
     /// Hands out a block of producer ids.
     AllocateProducerIds {
         count: u64,
@@ -74,7 +69,6 @@ pub enum AdminReply {
     ProducerIds { start: u64, count: u64 },
     Done { version: u64 },
     Cluster(Box<ClusterView>),
-    Coordinator(ReplicaPlacement),
     HeartbeatAck,
 }
 
