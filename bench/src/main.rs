@@ -7,6 +7,7 @@
 //! `report` regenerates the results page. Options and the JSON result files: `docs/bench.md`.
 
 mod e2e;
+mod group;
 mod hop;
 mod metadata;
 mod network;
@@ -58,8 +59,54 @@ enum Scenario {
     /// Consumers built on `sluice-client` reading a prefilled topic from the start (from disk),
     /// or at the tail of running producers (`--from tail`).
     Consume(ConsumeArgs),
+    /// Consumer groups: settling after a join and after a member dies, a group's consumption
+    /// against one consumer's, and commits per second on one coordinator.
+    Group(GroupArgs),
     /// Regenerate the markdown results page from the JSON result files in a directory.
     Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+struct GroupArgs {
+    /// Directory for benchmark data (removed afterwards).
+    #[arg(long, default_value = "./sluice-bench-data")]
+    dir: PathBuf,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// The embedded broker's `--mode`.
+    #[arg(long, default_value = "throughput", value_parser = ["throughput", "latency"])]
+    mode: String,
+    /// Partitions of the topic.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    partitions: u32,
+    /// Members of the group that settles (one more joins, then one dies).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
+    members: u32,
+    /// The members' session timeout, in ms.
+    #[arg(long, default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(500..=600_000))]
+    session_timeout_ms: u64,
+    /// The broker's `--group-heartbeat-interval-ms`.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    heartbeat_interval_ms: u64,
+    /// MiB written for the consumption comparison.
+    #[arg(long, default_value_t = 512)]
+    prefill_mib: u64,
+    /// Bytes per record written.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
+    record_bytes: u64,
+    /// Members of the group compared with one consumer.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
+    readers: u32,
+    /// Concurrent committers.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    committers: u32,
+    /// Partition offsets per commit request.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    commit_partitions: u32,
+    /// Seconds of committing.
+    #[arg(long, default_value_t = 10.0)]
+    commit_seconds: f64,
 }
 
 #[derive(Debug, Args)]
@@ -536,6 +583,53 @@ fn metadata(args: MetadataArgs) -> Result<(), String> {
     record::metadata(params, result).write(args.common.json.as_deref())
 }
 
+fn group_scenario(args: GroupArgs) -> Result<(), String> {
+    let params = group::GroupParams {
+        mode: args.mode,
+        partitions: args.partitions,
+        members: args.members,
+        session_timeout_ms: args.session_timeout_ms,
+        heartbeat_interval_ms: args.heartbeat_interval_ms,
+        prefill_mib: args.prefill_mib,
+        record_bytes: args.record_bytes as usize,
+        readers: args.readers,
+        committers: args.committers,
+        commit_partitions: args.commit_partitions,
+        commit_seconds: args.commit_seconds,
+    };
+    let result = group::run(&params, &args.dir.join("group"))?;
+    println!(
+        "consumer groups ({} partitions, session timeout {} ms, heartbeat every {} ms):",
+        params.partitions, params.session_timeout_ms, params.heartbeat_interval_ms
+    );
+    println!(
+        "  group of {} settled {:.0} ms after a join, {:.0} ms after a member died",
+        params.members + 1,
+        result.settle_after_join_ms,
+        result.settle_after_kill_ms
+    );
+    println!(
+        "  {} MiB read by one consumer at {:.0} MB/s, by a group of {} at {:.0} MB/s ({:.2}x)",
+        params.prefill_mib,
+        result.solo_consume_mb_s,
+        params.readers,
+        result.group_consume_mb_s,
+        result.group_vs_solo
+    );
+    let l = &result.commit_latency;
+    println!(
+        "  {:.0} commits/s ({:.0} requests/s of {} partitions, {} committers); request us p50 {} p99 {} max {}",
+        result.commits_per_second,
+        result.commit_requests_per_second,
+        params.commit_partitions,
+        params.committers,
+        l.p50_us,
+        l.p99_us,
+        l.max_us
+    );
+    record::group(params, result).write(args.json.as_deref())
+}
+
 fn hop(args: HopArgs) -> Result<(), String> {
     let params = hop::HopParams {
         round_trips: args.round_trips,
@@ -922,6 +1016,7 @@ fn main() -> ExitCode {
         Some(Scenario::Storage(args)) => storage(args),
         Some(Scenario::Metadata(args)) => metadata(args),
         Some(Scenario::Hop(args)) => hop(args),
+        Some(Scenario::Group(args)) => group_scenario(args),
         Some(Scenario::Produce(args)) => produce(args),
         Some(Scenario::E2e(args)) => e2e_scenario(args),
         Some(Scenario::Consume(args)) => consume(args),

@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::e2e::{ClientParams, ClientResult};
+use crate::group::{GroupParams, GroupResult};
 use crate::hop::{HopParams, HopResult};
 use crate::metadata::{MetadataParams, MetadataResult};
 use crate::network::{NetworkParams, NetworkResult};
@@ -209,6 +210,10 @@ pub fn metadata(
     Report::new("metadata", params, None, result, None)
 }
 
+pub fn group(params: GroupParams, result: GroupResult) -> Report<GroupParams, GroupResult, ()> {
+    Report::new("group", params, None, result, None)
+}
+
 pub fn hop(params: HopParams, result: HopResult) -> Report<HopParams, HopResult, ()> {
     Report::new("hop", params, None, result, None)
 }
@@ -340,6 +345,10 @@ mod tests {
                     ProbeResult::default(),
                     ClientResult::default(),
                 )),
+            ),
+            (
+                "group",
+                json(&group(GroupParams::default(), GroupResult::default())),
             ),
         ]
     }

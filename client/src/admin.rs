@@ -1,6 +1,7 @@
 //! Administrative operations: creating and deleting topics, reading partition offsets,
 //! listing, describing, deleting consumer groups and resetting their offsets.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use sluice_protocol::group_api::{
@@ -31,12 +32,15 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct Admin {
     cluster: Arc<Cluster>,
+    /// Each group's coordinator, once found.
+    coordinators: Arc<Mutex<HashMap<String, Arc<Mutex<Shared>>>>>,
 }
 
 impl Admin {
     pub fn new(config: ClientConfig) -> Result<Admin> {
         Ok(Admin {
             cluster: Cluster::new(config)?,
+            coordinators: Arc::default(),
         })
     }
 
@@ -220,7 +224,13 @@ impl Admin {
         Req: sluice_protocol::native::EncodeControl,
         Resp: sluice_protocol::native::DecodeControl + crate::group::CoordinatorReply,
     {
-        let shared = Mutex::new(Shared::default());
+        let shared = Arc::clone(
+            self.coordinators
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(group.to_string())
+                .or_default(),
+        );
         let mut attempt = 0;
         loop {
             attempt += 1;
