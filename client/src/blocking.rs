@@ -225,4 +225,24 @@ impl Admin {
     pub fn offset(&self, tp: &TopicPartition, at: Seek) -> Result<Option<u64>> {
         self.runtime.block_on(self.inner.offset(tp, at))
     }
+
+    /// See [`crate::Admin::list_groups`].
+    pub fn list_groups(&self) -> Result<Vec<crate::GroupListing>> {
+        self.runtime.block_on(self.inner.list_groups())
+    }
+
+    /// See [`crate::Admin::describe_group`].
+    pub fn describe_group(&self, group: &str) -> Result<crate::GroupDescription> {
+        self.runtime.block_on(self.inner.describe_group(group))
+    }
+
+    /// See [`crate::Admin::delete_group`].
+    pub fn delete_group(&self, group: &str) -> Result<()> {
+        self.runtime.block_on(self.inner.delete_group(group))
+    }
+
+    /// See [`crate::Admin::reset_offsets`].
+    pub fn reset_offsets(&self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<()> {
+        self.runtime.block_on(self.inner.reset_offsets(group, offsets))
+    }
 }
