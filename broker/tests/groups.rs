@@ -953,7 +953,7 @@ fn offsets_and_groups_survive_the_sigkill_of_the_coordinators_broker() {
         .request_timeout(Duration::from_secs(10))
         .retry_backoff(Duration::from_millis(20), Duration::from_millis(500));
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(create_topic_on(config.clone(), "durable", 2, 3));
+    runtime.block_on(create_topic_on(config.clone(), "durable", 4, 3));
     runtime.block_on(produce(config.clone(), "durable", 0, 200));
     let mut consumer = Consumer::new(consumer_config(config.clone()).auto_commit(false)).unwrap();
     runtime.block_on(async {
@@ -963,7 +963,37 @@ fn offsets_and_groups_survive_the_sigkill_of_the_coordinators_broker() {
         consumer.commit().await.unwrap();
         consumer.close().await.unwrap();
     });
-    // The coordinator's broker dies; the offsets log's partition moves to an in-sync replica.
+
+    // Two members resume the group; a third joins, and the coordinator's broker is killed in
+    // the middle of that rebalance.
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let owned: Arc<Mutex<HashMap<usize, Vec<TopicPartition>>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let member = |m: usize| {
+        let (seen, owned, stop) = (Arc::clone(&seen), Arc::clone(&owned), Arc::clone(&stop));
+        let config = consumer_config(config.clone());
+        runtime.spawn(async move {
+            let mut consumer = Consumer::new(config).unwrap();
+            consumer.subscribe("survivors", ["durable"]).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match consumer.poll(Duration::from_millis(50)).await {
+                    Ok(records) => seen.lock().unwrap().extend(records.iter().map(value_of)),
+                    Err(e) => eprintln!("member {m}: {e} (retrying)"),
+                }
+                owned.lock().unwrap().insert(m, consumer.assignment());
+            }
+            let _ = consumer.close().await;
+        })
+    };
+    let mut members = vec![member(0), member(1)];
+    common::cluster::wait_until(
+        "two members share the group",
+        Duration::from_secs(60),
+        || {
+            let owned = owned.lock().unwrap();
+            owned.len() == 2 && owned.values().all(|o| o.len() == 2)
+        },
+    );
     let coordinator_address = coordinator(&addresses[0], "survivors");
     let victim = (1..=3u64)
         .find(|id| {
@@ -974,6 +1004,7 @@ fn offsets_and_groups_survive_the_sigkill_of_the_coordinators_broker() {
                 .contains(&coordinator_address)
         })
         .unwrap();
+    members.push(member(2));
     cluster.broker(victim).kill9();
     let survivors: Vec<String> = (1..=3u64)
         .filter(|id| *id != victim)
@@ -982,21 +1013,28 @@ fn offsets_and_groups_survive_the_sigkill_of_the_coordinators_broker() {
     let config = ClientConfig::new(survivors)
         .request_timeout(Duration::from_secs(10))
         .retry_backoff(Duration::from_millis(20), Duration::from_millis(500));
-    runtime.block_on(async {
-        produce(config.clone(), "durable", 200, 50).await;
-        let mut consumer = Consumer::new(consumer_config(config.clone())).unwrap();
-        consumer.subscribe("survivors", ["durable"]).unwrap();
-        let mut seen = Vec::new();
-        poll_until(&mut consumer, &mut seen, "after failover", |s| {
-            s.len() >= 50
-        })
-        .await;
-        seen.sort_unstable();
-        assert_eq!(
-            seen,
-            (200..250).collect::<Vec<_>>(),
-            "resumed at the committed offsets"
-        );
-        consumer.close().await.unwrap();
-    });
+    runtime.block_on(produce(config.clone(), "durable", 200, 50));
+    // The group settles on the new coordinator: three members, every partition owned once,
+    // every record after the commit read, nothing before it.
+    common::cluster::wait_until(
+        "the group settles on the new coordinator",
+        Duration::from_secs(90),
+        || {
+            let owned = owned.lock().unwrap();
+            let all: Vec<&TopicPartition> = owned.values().flatten().collect();
+            let distinct: BTreeSet<&TopicPartition> = all.iter().copied().collect();
+            let read: HashSet<u64> = seen.lock().unwrap().iter().copied().collect();
+            owned.len() == 3
+                && owned.values().all(|o| !o.is_empty())
+                && all.len() == 4
+                && distinct.len() == 4
+                && (200..250).all(|v| read.contains(&v))
+        },
+    );
+    let earliest = seen.lock().unwrap().iter().copied().min();
+    assert_eq!(earliest, Some(200), "resumed at the committed offsets");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for m in members {
+        runtime.block_on(m).unwrap();
+    }
 }

@@ -243,6 +243,7 @@ impl Admin {
 
     /// See [`crate::Admin::reset_offsets`].
     pub fn reset_offsets(&self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<()> {
-        self.runtime.block_on(self.inner.reset_offsets(group, offsets))
+        self.runtime
+            .block_on(self.inner.reset_offsets(group, offsets))
     }
 }
