@@ -4,8 +4,11 @@
 //!   retries with backoff and, with idempotence (on by default), never writes a record twice or
 //!   out of order, even across broker restarts.
 //! - [`Consumer`] reads assigned partitions from a position (offset, timestamp, earliest,
-//!   latest), prefetching with bounded memory and long polling.
-//! - [`Admin`] creates and deletes topics and looks up offsets.
+//!   latest), prefetching with bounded memory and long polling; or joins a consumer group
+//!   ([`Consumer::subscribe`]) whose coordinator shares the partitions among its members, with
+//!   at-most-once or at-least-once delivery ([`DeliveryGuarantee`]).
+//! - [`Admin`] creates and deletes topics, looks up offsets, and lists, describes and deletes
+//!   groups and resets their offsets.
 //! - [`blocking`] wraps all three for synchronous code.
 //!
 //! All of it is async on tokio. Connections go to the shard that owns each partition (the
