@@ -123,6 +123,10 @@ struct Args {
     /// creates it (on the first group request).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1_000))]
     offsets_partitions: u32,
+    /// Segment size of the offsets log's partitions when this broker creates it, in bytes
+    /// (small segments are compacted sooner).
+    #[arg(long, default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1 << 20..=1 << 30))]
+    offsets_segment_bytes: u64,
     /// Session timeout of a group member that asks for none, in ms.
     #[arg(long, default_value_t = 45_000, value_parser = clap::value_parser!(u64).range(500..=1_800_000))]
     group_session_timeout_ms: u64,
@@ -439,6 +443,7 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         topic_defaults: args.topic_defaults(),
         groups: GroupsConfig {
             offsets_partitions: args.offsets_partitions,
+            offsets_segment_bytes: args.offsets_segment_bytes,
             session_timeout_default: Duration::from_millis(args.group_session_timeout_ms),
             heartbeat_interval: Duration::from_millis(args.group_heartbeat_interval_ms),
             offsets_retention: Duration::from_millis(args.offsets_retention_ms),

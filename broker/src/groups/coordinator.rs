@@ -52,6 +52,8 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 pub struct GroupsConfig {
     /// Partitions of the offsets log when this broker creates it.
     pub offsets_partitions: u32,
+    /// Segment size of the offsets log when this broker creates it.
+    pub offsets_segment_bytes: u64,
     /// Session granted when a member asks for none.
     pub session_timeout_default: Duration,
     /// Bounds of the sessions members may ask for.
@@ -69,6 +71,7 @@ impl Default for GroupsConfig {
     fn default() -> Self {
         GroupsConfig {
             offsets_partitions: 8,
+            offsets_segment_bytes: 16 << 20,
             session_timeout_default: Duration::from_secs(45),
             session_timeout_min: Duration::from_millis(500),
             session_timeout_max: Duration::from_secs(1800),

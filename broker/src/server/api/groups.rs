@@ -12,14 +12,12 @@ use crate::metadata::{AdminRequest, MetadataError};
 use crate::server::api::admin::topic_outcome;
 use crate::server::context::ShardContext;
 
-/// Segments of the offsets log: small, so that compaction has sealed segments to clean.
-const OFFSETS_SEGMENT_BYTES: u64 = 16 << 20;
-
 /// The configuration of the offsets log: never deleted by age or size (its records are the
-/// latest state of every group, kept until a group is deleted).
-fn offsets_topic_config(defaults: &TopicConfig) -> TopicConfig {
+/// latest state of every group, kept until a group is deleted), in small segments so that
+/// compaction has sealed segments to clean.
+fn offsets_topic_config(defaults: &TopicConfig, segment_bytes: u64) -> TopicConfig {
     TopicConfig {
-        segment_bytes: OFFSETS_SEGMENT_BYTES.max(defaults.message_bytes_max),
+        segment_bytes: segment_bytes.max(defaults.message_bytes_max),
         segment_age_ms: None,
         retention_ms: None,
         retention_bytes: None,
@@ -55,7 +53,10 @@ pub async fn find_coordinator(
                 name: OFFSETS_TOPIC.to_string(),
                 partitions: ctx.groups.config().offsets_partitions,
                 replication_factor: live.min(3),
-                config: Some(offsets_topic_config(&ctx.topic_defaults)),
+                config: Some(offsets_topic_config(
+                    &ctx.topic_defaults,
+                    ctx.groups.config().offsets_segment_bytes,
+                )),
             })
             .await;
         match outcome {
