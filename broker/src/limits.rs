@@ -176,3 +176,12 @@ pub const IN_SYNC_CHECK_INTERVAL: std::time::Duration = std::time::Duration::fro
 /// proposal failed: the controller may be changing hands, or the change already happened by
 /// another way (a lease expiry); retrying every check would flood the controller.
 pub const IN_SYNC_RETRY_AFTER_REFUSAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Longest a broker stopping on SIGTERM waits for the controller to move its leaderships before
+/// it stops anyway: long enough for a follower that is a few seconds behind to catch up and
+/// take over, short enough that an orchestrator's grace period (30 s in Kubernetes) still covers
+/// the shards' own flush and close.
+pub const CONTROLLED_SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often a stopping broker asks the controller again while leaderships are left to move.
+pub const CONTROLLED_SHUTDOWN_RETRY: std::time::Duration = std::time::Duration::from_millis(250);

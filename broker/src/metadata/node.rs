@@ -25,7 +25,7 @@ use super::wire::{
     read_frame, write_frame, AdminReply, AdminRequest, ClusterView, WireError, WireRequest,
     WireResponse,
 };
-use crate::limits::METADATA_CONNECTIONS_MAX;
+use crate::limits::{CONTROLLED_SHUTDOWN_RETRY, METADATA_CONNECTIONS_MAX};
 
 /// How a metadata node is set up.
 #[derive(Debug, Clone)]
@@ -237,6 +237,65 @@ impl MetadataNode {
         }
     }
 
+    /// Controlled shutdown, run on SIGTERM before the shards stop: asks the controller to move
+    /// this broker's leaderships to other in-sync replicas and waits until the metadata shows it
+    /// leads no partition that another live replica could take, at most `wait`; then returns
+    /// anyway (the leases move what is left when this broker has stopped).
+    pub async fn controlled_shutdown(&self, wait: Duration) {
+        let id = self.id();
+        let deadline = Instant::now() + wait;
+        let client = AdminClient::new(self.bootstrap()).with_timeout(CONTROLLED_SHUTDOWN_RETRY * 4);
+        let mut applied = self.state();
+        loop {
+            let state = applied.borrow_and_update().clone();
+            let (led, movable) = state.led_by(id);
+            if movable == 0 {
+                tracing::info!(
+                    broker = id,
+                    still_leading = led,
+                    "controlled shutdown: no leadership left to move"
+                );
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!(
+                    broker = id,
+                    still_leading = led,
+                    movable,
+                    waited_ms = wait.as_millis() as u64,
+                    "controlled shutdown: leaderships did not move in time; stopping anyway"
+                );
+                return;
+            }
+            if let Err(error) = client
+                .request(AdminRequest::ControlledShutdown { id })
+                .await
+            {
+                tracing::debug!(%error, "controlled shutdown request");
+            }
+            // The next look after the metadata changes, or after a pause (followers may catch
+            // up and join an in-sync set, the controller may move).
+            let pause = CONTROLLED_SHUTDOWN_RETRY.min(deadline.saturating_duration_since(now));
+            let _ = tokio::time::timeout(pause, applied.changed()).await;
+        }
+    }
+
+    /// Metadata addresses to reach the controller through: this node first, then its peers.
+    fn bootstrap(&self) -> Vec<String> {
+        let config = &self.inner.config;
+        let mut bootstrap: Vec<String> = vec![config.listen.clone()];
+        bootstrap.extend(
+            config
+                .peers
+                .values()
+                .chain(&config.join)
+                .filter(|a| **a != config.listen)
+                .cloned(),
+        );
+        bootstrap
+    }
+
     fn controller(&self) -> Option<(NodeId, String)> {
         let metrics = self.inner.raft.metrics().borrow().clone();
         let leader = metrics.current_leader?;
@@ -425,6 +484,24 @@ impl MetadataNode {
                 })
                 .await
             }
+            AdminRequest::ControlledShutdown { id } => {
+                self.require_controller()?;
+                let state = self.inner.machine.state();
+                // Asked again while the broker waits: propose only what would change something.
+                let mut after = (*state).clone();
+                if let CommandResult::Rejected(error) =
+                    after.apply(&Command::ControlledShutdown { id })
+                {
+                    return Err(error);
+                }
+                if after.brokers == state.brokers && after.topics == state.topics {
+                    return Ok(AdminReply::Done {
+                        version: state.version,
+                    });
+                }
+                tracing::info!(broker = id, "controlled shutdown: moving its leaderships");
+                self.propose(Command::ControlledShutdown { id }).await
+            }
             AdminRequest::AllocateProducerIds { count } => {
                 self.require_controller()?;
                 if count == 0 || count > crate::limits::PRODUCER_ID_BLOCK_MAX {
@@ -539,7 +616,7 @@ async fn controller_duties(node: MetadataNode) {
             state
                 .brokers
                 .values()
-                .filter(|b| b.state == BrokerState::Alive)
+                .filter(|b| b.state != BrokerState::Dead)
                 .filter(|b| {
                     leases
                         .last
@@ -594,15 +671,8 @@ async fn join_cluster(node: MetadataNode) {
 /// Registers this broker with the controller, then heartbeats for as long as the node runs.
 async fn register_and_heartbeat(node: MetadataNode) {
     let config = &node.inner.config;
-    let mut bootstrap: Vec<String> = vec![config.listen.clone()];
-    bootstrap.extend(
-        config
-            .peers
-            .values()
-            .filter(|a| **a != config.listen)
-            .cloned(),
-    );
-    let client = AdminClient::new(bootstrap).with_timeout(Duration::from_millis(config.lease_ms));
+    let client =
+        AdminClient::new(node.bootstrap()).with_timeout(Duration::from_millis(config.lease_ms));
     let register = AdminRequest::RegisterBroker {
         id: config.node_id,
         address: config.broker_address.clone(),

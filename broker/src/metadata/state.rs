@@ -264,9 +264,8 @@ impl ClusterState {
                     let before = broker.state;
                     broker.state = *state;
                     match (before, *state) {
-                        (BrokerState::Alive, BrokerState::Dead | BrokerState::Fenced) => {
-                            self.move_leaders_off(*id)
-                        }
+                        (BrokerState::Alive, BrokerState::Dead | BrokerState::Fenced)
+                        | (BrokerState::Fenced, BrokerState::Dead) => self.move_leaders_off(*id),
                         (BrokerState::Dead | BrokerState::Fenced, BrokerState::Alive) => {
                             self.restore_leaders(*id)
                         }
@@ -356,6 +355,17 @@ impl ClusterState {
                     info.partition_epoch += 1;
                     None
                 }),
+            Command::ControlledShutdown { id } => match self.brokers.get_mut(id) {
+                None => Err(MetadataError::UnknownBroker(*id)),
+                Some(broker) if broker.state == BrokerState::Dead => {
+                    Err(MetadataError::BrokerDead(*id))
+                }
+                Some(broker) => {
+                    broker.state = BrokerState::Fenced;
+                    self.shed_leadership(*id);
+                    Ok(None)
+                }
+            },
             Command::AssignCoordinator { group, placement } => {
                 self.coordinators.entry(group.clone()).or_insert(*placement);
                 Ok(None)
@@ -457,6 +467,55 @@ impl ClusterState {
             }
         }
         self.coordinators.retain(|_, p| p.broker != NodeId::MAX);
+    }
+
+    /// A broker stops cleanly: each partition it leads moves to another live in-sync replica
+    /// (epoch + 1) and stays with it when there is none; it leaves every in-sync set it is not
+    /// the leader (or last member) of. Every change bumps the partition epoch.
+    fn shed_leadership(&mut self, leaving: NodeId) {
+        let alive: Vec<NodeId> = self.live_brokers().iter().map(|b| b.id).collect();
+        for topic in self.topics.values_mut() {
+            for partition in &mut topic.partitions {
+                let before = (partition.leader, partition.in_sync.clone());
+                if partition.leader == Some(leaving) {
+                    if let Some(next) = partition
+                        .in_sync
+                        .iter()
+                        .copied()
+                        .find(|b| *b != leaving && alive.contains(b))
+                    {
+                        partition.leader = Some(next);
+                        partition.leader_epoch += 1;
+                    }
+                }
+                if partition.leader != Some(leaving) && partition.in_sync.len() > 1 {
+                    partition.in_sync.retain(|&b| b != leaving);
+                }
+                if (partition.leader, &partition.in_sync) != (before.0, &before.1) {
+                    partition.partition_epoch += 1;
+                }
+            }
+        }
+    }
+
+    /// Partitions `broker` leads, and how many of them have another replica on a live broker
+    /// (one a controlled shutdown can move leadership to, now or once it is in sync).
+    pub fn led_by(&self, broker: NodeId) -> (usize, usize) {
+        let mut led = 0;
+        let mut movable = 0;
+        for partition in self.topics.values().flat_map(|t| &t.partitions) {
+            if partition.leader == Some(broker) {
+                led += 1;
+                if partition
+                    .replicas
+                    .iter()
+                    .any(|r| r.broker != broker && self.is_alive(r.broker))
+                {
+                    movable += 1;
+                }
+            }
+        }
+        (led, movable)
     }
 
     /// A broker came back: offline partitions whose in-sync set holds it get it as leader.
@@ -747,6 +806,85 @@ mod tests {
         assert_ne!(new_leader, leader);
         assert_eq!(p.in_sync, vec![new_leader]);
         assert_eq!(p.leader_epoch, 1);
+    }
+
+    /// A controlled shutdown moves leadership only to live in-sync replicas (epoch + 1), takes
+    /// the broker out of the sets it follows in, keeps a leader that has no successor rather
+    /// than leaving its partition offline, and fences the broker until it registers again.
+    #[test]
+    fn controlled_shutdown_moves_leadership_to_in_sync_replicas_only() {
+        let mut state = cluster(3, 1);
+        create(&mut state, "r", 3, 3);
+        // Partitions 0 and 1 get every replica in sync; partition 2 keeps its leader alone.
+        for partition in 0..2u32 {
+            let p = state.topics["r"].partitions[partition as usize].clone();
+            let all: Vec<NodeId> = p.replicas.iter().map(|r| r.broker).collect();
+            let applied = state.apply(&Command::AlterInSync {
+                topic: "r".into(),
+                partition,
+                leader: p.leader.unwrap(),
+                leader_epoch: 0,
+                partition_epoch: 0,
+                in_sync: all,
+            });
+            assert!(matches!(applied, CommandResult::Applied { .. }));
+        }
+        let leaving = state.topics["r"].partitions[0].leader.unwrap();
+        let lonely = state.topics["r"]
+            .partitions
+            .iter()
+            .position(|p| p.leader == Some(leaving) && p.in_sync.len() == 1);
+        let before = state.topics["r"].clone();
+        let (led, movable) = state.led_by(leaving);
+        assert!(led >= 1 && movable == led);
+        assert!(matches!(
+            state.apply(&Command::ControlledShutdown { id: leaving }),
+            CommandResult::Applied { .. }
+        ));
+        assert_eq!(state.brokers[&leaving].state, BrokerState::Fenced);
+        for (i, (p, old)) in state.topics["r"]
+            .partitions
+            .iter()
+            .zip(&before.partitions)
+            .enumerate()
+        {
+            if Some(i) == lonely {
+                assert_eq!(p.leader, Some(leaving), "no successor: it keeps leading");
+                assert_eq!(p.leader_epoch, old.leader_epoch);
+                continue;
+            }
+            assert_ne!(p.leader, Some(leaving));
+            assert!(
+                p.leader.is_some_and(|l| old.in_sync.contains(&l)),
+                "an in-sync successor"
+            );
+            assert!(!p.in_sync.contains(&leaving) || p.in_sync.len() == 1);
+            if old.leader == Some(leaving) {
+                assert_eq!(p.leader_epoch, old.leader_epoch + 1);
+            }
+            if *p != *old {
+                assert!(p.partition_epoch > old.partition_epoch);
+            }
+        }
+        // Fenced: it cannot join a set again, and new topics are not placed on it.
+        assert!(state.live_brokers().iter().all(|b| b.id != leaving));
+        // Its lease then expires: what it still leads moves as for any dead broker.
+        state.apply(&Command::SetBrokerState {
+            id: leaving,
+            state: BrokerState::Dead,
+        });
+        assert!(state.topics["r"]
+            .partitions
+            .iter()
+            .all(|p| p.leader != Some(leaving)));
+        assert_eq!(
+            state.apply(&Command::ControlledShutdown { id: leaving }),
+            CommandResult::Rejected(MetadataError::BrokerDead(leaving))
+        );
+        assert_eq!(
+            state.apply(&Command::ControlledShutdown { id: 99 }),
+            CommandResult::Rejected(MetadataError::UnknownBroker(99))
+        );
     }
 
     #[test]

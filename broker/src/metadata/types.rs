@@ -39,7 +39,8 @@ pub type Raft = openraft::Raft<TypeConfig>;
 )]
 pub enum BrokerState {
     Alive,
-    /// Registered but not allowed to lead (reserved for controlled shutdown).
+    /// Stopping cleanly (controlled shutdown): it keeps serving, but no leadership moves to it,
+    /// it joins no in-sync set and no new partition is placed on it.
     Fenced,
     /// Its lease expired: it leads nothing until it heartbeats again.
     Dead,
@@ -286,6 +287,14 @@ pub enum Command {
         partition_epoch: u32,
         in_sync: Vec<NodeId>,
     },
+    /// A broker stopping cleanly asks the controller to take its leaderships first (Kafka's
+    /// controlled shutdown): the broker is fenced, every partition it leads moves to another
+    /// live in-sync replica (leader epoch + 1), and it leaves the in-sync sets of the partitions
+    /// it follows. A partition with no other live in-sync replica keeps it as leader rather than
+    /// going offline; the broker asks again while it waits, as followers may catch up.
+    ControlledShutdown {
+        id: NodeId,
+    },
 }
 
 /// What applying a command produced.
@@ -346,6 +355,8 @@ pub enum MetadataError {
     StalePartitionEpoch { current: u32, got: u32 },
     #[error("invalid in-sync set: {0}")]
     InvalidInSync(String),
+    #[error("broker {0} is dead: its lease expired")]
+    BrokerDead(NodeId),
 }
 
 fn controller_text(controller: &Option<(NodeId, String)>) -> String {

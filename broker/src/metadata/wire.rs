@@ -66,6 +66,12 @@ pub enum AdminRequest {
         partition_epoch: u32,
         in_sync: Vec<NodeId>,
     },
+    /// A broker stopping cleanly asks the controller to move its leaderships (see
+    /// `Command::ControlledShutdown`); answered once applied, or at once when it would change
+    /// nothing.
+    ControlledShutdown {
+        id: NodeId,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -95,6 +95,7 @@ pub fn metadata_code(error: &MetadataError) -> ErrorCode {
         }
         MetadataError::InvalidInSync(_) => ErrorCode::InvalidConfig,
         MetadataError::UnknownBroker(_)
+        | MetadataError::BrokerDead(_)
         | MetadataError::NoLiveBrokers
         | MetadataError::Unavailable(_)
         | MetadataError::Malformed(_) => ErrorCode::Unavailable,

@@ -264,6 +264,7 @@ impl Partitions {
             } else if !leader {
                 owned.followers = None;
             }
+            let deposed = owned.leader && (!leader || owned.leader_epoch != epoch);
             if let Some(followers) = &owned.followers {
                 followers.borrow_mut().set_in_sync(info.in_sync.clone());
             }
@@ -273,7 +274,12 @@ impl Partitions {
             owned.min_insync = config.resolved_min_insync(info.replicas.len() as u32);
             owned.replica_lag_time_max_ms = config.replica_lag_time_max_ms;
             owned.refresh_high_watermark(me);
+            let log = owned.log.clone();
             self.owned.borrow_mut().insert(key, owned);
+            if deposed {
+                // `acks=all` produces waiting on this leadership's high watermark answer now.
+                log.wake_waiters();
+            }
         }
         Ok(())
     }

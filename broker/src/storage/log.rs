@@ -505,6 +505,12 @@ impl PartitionLog {
         }
     }
 
+    /// Wakes every task waiting for the durable end or the high watermark to move, so it looks
+    /// again at what it waits on (replication: this replica stopped leading).
+    pub fn wake_waiters(&self) {
+        self.inner.flushed.notify();
+    }
+
     /// Writes the high watermark to its checkpoint file, read back on open. Replication calls
     /// this lazily: a high watermark that lags after a crash is only conservative.
     pub async fn checkpoint_high_watermark(&self) -> Result<()> {
