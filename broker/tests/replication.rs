@@ -695,6 +695,120 @@ fn a_partitioned_leader_acknowledges_nothing_and_its_suffix_is_truncated() {
     assert_same_bytes_after_stop(&mut cluster, &[1, 2, 3], "split");
 }
 
+/// Partition reassignment under `acks=all` load, through the client's admin API: a partition
+/// on two brokers moves its leader's replica to the third broker. The new replica catches up
+/// as an extra follower, joins the in-sync set, and only then is the old one dropped (its
+/// leadership moving to an in-sync target replica, its directory deleted). Nothing
+/// acknowledged is lost, the moved replica holds the same bytes as the one that stayed, the
+/// preferred leader (the new replica) can then be elected, and the topic can grow.
+#[test]
+fn reassignment_under_load_moves_a_replica_with_the_same_bytes() {
+    let _serial = serial();
+    let (mut cluster, _) = three_brokers();
+    cluster.create_topic("moving", 1, 2).expect("create");
+    let controller = wait_in_sync(&cluster, &[1, 2, 3], "moving", 2);
+    let before = cluster.describe(controller).expect("describe").state.topics["moving"].partitions
+        [0]
+    .clone();
+    let old_leader = before.leader.expect("a leader");
+    let stays = before
+        .replicas
+        .iter()
+        .map(|r| r.broker)
+        .find(|&b| b != old_leader)
+        .expect("a follower");
+    let newcomer = (1..=3)
+        .find(|b| before.replicas.iter().all(|r| r.broker != *b))
+        .expect("a broker without a replica");
+    let records = 8_000u32;
+    let runtime = runtime();
+    let (producing, acked) = spawn_producer(&runtime, client_config(&cluster), "moving", records);
+    wait_acknowledged(&acked, records / 4);
+    let admin = sluice_client::Admin::new(client_config(&cluster)).expect("admin");
+    runtime
+        .block_on(admin.reassign_partition("moving", 0, &[newcomer, stays]))
+        .expect("reassignment started");
+    // A second move while this one runs is refused with a typed error.
+    let refused = runtime
+        .block_on(admin.reassign_partition("moving", 0, &[old_leader, stays]))
+        .expect_err("one reassignment at a time");
+    assert!(
+        matches!(
+            refused,
+            sluice_client::Error::Broker {
+                code: ErrorCode::ReassignmentInProgress,
+                ..
+            }
+        ) || runtime
+            .block_on(admin.partitions("moving"))
+            .is_ok_and(|p| p[0].replicas == vec![newcomer, stays]),
+        "{refused:?}"
+    );
+    wait_until(
+        "the reassignment completed",
+        Duration::from_secs(60),
+        || {
+            runtime.block_on(admin.partitions("moving")).is_ok_and(|p| {
+                let p = &p[0];
+                p.replicas == vec![newcomer, stays]
+                    && p.in_sync.len() == 2
+                    && p.leader.is_some_and(|l| l != old_leader)
+            })
+        },
+    );
+    let acknowledged = runtime.block_on(producing).expect("producer task");
+    assert_eq!(acknowledged.len(), records as usize);
+    // The dropped replica's directory is deleted.
+    wait_until("the old replica deleted", Duration::from_secs(30), || {
+        segment_files(cluster.brokers[old_leader as usize - 1].dir(), "moving").is_empty()
+    });
+    // The new replica is the preferred leader; electing it is a leadership move, epoch + 1.
+    runtime
+        .block_on(admin.elect_preferred_leader("moving", 0))
+        .expect("preferred leader elected");
+    let p = runtime
+        .block_on(admin.partitions("moving"))
+        .expect("partitions")[0]
+        .clone();
+    assert_eq!(p.leader, Some(newcomer));
+    check_acknowledged(
+        &runtime,
+        &cluster,
+        &[stays, newcomer],
+        "moving",
+        &acknowledged,
+    );
+    // A topic grows: its new partitions get leaders, and shrinking is refused.
+    runtime
+        .block_on(admin.create_topic("growing", 1, 2))
+        .expect("create");
+    runtime
+        .block_on(admin.add_partitions("growing", 3))
+        .expect("partitions added");
+    assert_eq!(
+        runtime
+            .block_on(admin.partition_count("growing"))
+            .expect("count"),
+        3
+    );
+    let refused = runtime
+        .block_on(admin.add_partitions("growing", 2))
+        .expect_err("fewer partitions");
+    assert!(
+        matches!(
+            refused,
+            sluice_client::Error::Broker {
+                code: ErrorCode::InvalidPartitions,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    wait_in_sync(&cluster, &[1, 2, 3], "moving", 2);
+    assert!(cluster.broker(old_leader).terminate().success());
+    assert_same_bytes_after_stop(&mut cluster, &[stays, newcomer], "moving");
+}
+
 const SEED_ENV: &str = "SLUICE_REPLICATION_SEED";
 
 /// The run's seed: `SLUICE_REPLICATION_SEED` reproduces a run's fault schedule.

@@ -531,5 +531,8 @@ pub(crate) fn api_name(api: ApiKey) -> &'static str {
         ApiKey::ListOffsets => "ListOffsets",
         ApiKey::InitProducerId => "InitProducerId",
         ApiKey::ReplicaFetch => "ReplicaFetch",
+        ApiKey::AddPartitions => "AddPartitions",
+        ApiKey::ElectPreferredLeader => "ElectPreferredLeader",
+        ApiKey::ReassignPartition => "ReassignPartition",
     }
 }

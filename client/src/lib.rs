@@ -48,7 +48,7 @@ pub mod limits;
 mod partitioner;
 mod producer;
 
-pub use admin::Admin;
+pub use admin::{Admin, PartitionState};
 pub use config::{Acks, ClientConfig, Compression, ConsumerConfig, OffsetReset, ProducerConfig};
 pub use consumer::{Consumer, ConsumerRecord, Seek, TopicPartition};
 pub use error::{Error, Result};

@@ -352,6 +352,24 @@ impl MetadataNode {
         }
     }
 
+    /// Completes every reassignment whose target replicas are all in sync (controller only).
+    async fn complete_reassignments(&self) {
+        for (topic, partition, partition_epoch) in self.inner.machine.state().reassignments_ready()
+        {
+            tracing::info!(%topic, partition, "reassignment complete: dropping the old replicas");
+            if let Err(error) = self
+                .propose(Command::CompleteReassignment {
+                    topic: topic.clone(),
+                    partition,
+                    partition_epoch,
+                })
+                .await
+            {
+                tracing::debug!(%topic, partition, %error, "completing a reassignment");
+            }
+        }
+    }
+
     fn touch_lease(&self, id: NodeId) {
         let mut leases = self.inner.leases.lock().unwrap_or_else(|p| p.into_inner());
         leases.last.insert(id, Instant::now());
@@ -474,15 +492,20 @@ impl MetadataNode {
                     partition_epoch,
                     &in_sync,
                 )?;
-                self.propose(Command::AlterInSync {
-                    topic,
-                    partition,
-                    leader,
-                    leader_epoch,
-                    partition_epoch,
-                    in_sync,
-                })
-                .await
+                let reply = self
+                    .propose(Command::AlterInSync {
+                        topic,
+                        partition,
+                        leader,
+                        leader_epoch,
+                        partition_epoch,
+                        in_sync,
+                    })
+                    .await;
+                // A replica being added may just have joined: end its reassignment now rather
+                // than at the next controller tick.
+                self.complete_reassignments().await;
+                reply
             }
             AdminRequest::ControlledShutdown { id } => {
                 self.require_controller()?;
@@ -501,6 +524,46 @@ impl MetadataNode {
                 }
                 tracing::info!(broker = id, "controlled shutdown: moving its leaderships");
                 self.propose(Command::ControlledShutdown { id }).await
+            }
+            AdminRequest::AddPartitions { topic, count } => {
+                self.require_controller()?;
+                let partitions = self
+                    .inner
+                    .machine
+                    .state()
+                    .place_added_partitions(&topic, count)?;
+                self.propose(Command::AddPartitions { topic, partitions })
+                    .await
+            }
+            AdminRequest::ElectPreferredLeader { topic, partition } => {
+                self.require_controller()?;
+                let state = self.inner.machine.state();
+                if !state.check_elect_preferred_leader(&topic, partition)? {
+                    return Ok(AdminReply::Done {
+                        version: state.version,
+                    });
+                }
+                self.propose(Command::ElectPreferredLeader { topic, partition })
+                    .await
+            }
+            AdminRequest::ReassignPartition {
+                topic,
+                partition,
+                brokers,
+            } => {
+                self.require_controller()?;
+                let target = self
+                    .inner
+                    .machine
+                    .state()
+                    .place_reassignment(&topic, partition, &brokers)?;
+                tracing::info!(%topic, partition, ?brokers, "reassignment started");
+                self.propose(Command::ReassignPartition {
+                    topic,
+                    partition,
+                    target,
+                })
+                .await
             }
             AdminRequest::AllocateProducerIds { count } => {
                 self.require_controller()?;
@@ -627,6 +690,7 @@ async fn controller_duties(node: MetadataNode) {
                 .collect()
         };
         was_controller = true;
+        node.complete_reassignments().await;
         for id in expired {
             tracing::warn!(
                 broker = id,

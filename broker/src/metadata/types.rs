@@ -198,6 +198,12 @@ pub struct PartitionInfo {
     /// change proposed against an older one is refused (Kafka's partition epoch).
     #[serde(default)]
     pub partition_epoch: u32,
+    /// While a reassignment runs, the replica set it moves to (Kafka's target replicas):
+    /// `replicas` then holds the old set followed by the replicas being added, which catch up
+    /// as extra followers; once every target replica is in sync the controller completes the
+    /// move (`Command::CompleteReassignment`) and the replicas not in the target are dropped.
+    #[serde(default)]
+    pub target_replicas: Option<Vec<ReplicaPlacement>>,
 }
 
 #[derive(
@@ -295,6 +301,33 @@ pub enum Command {
     ControlledShutdown {
         id: NodeId,
     },
+    /// New partitions for an existing topic, placed by the controller (one replica list each),
+    /// numbered after the existing ones.
+    AddPartitions {
+        topic: String,
+        partitions: Vec<Vec<ReplicaPlacement>>,
+    },
+    /// Moves a partition's leadership to its preferred replica (the first), which must be
+    /// alive and in sync: leader epoch + 1.
+    ElectPreferredLeader {
+        topic: String,
+        partition: u32,
+    },
+    /// Starts moving a partition to the replica set `target`: the replicas it adds join as
+    /// followers (see `PartitionInfo::target_replicas`).
+    ReassignPartition {
+        topic: String,
+        partition: u32,
+        target: Vec<ReplicaPlacement>,
+    },
+    /// Ends a reassignment whose target replicas are all in sync, at `partition_epoch`: the
+    /// replicas outside the target leave (and the leadership moves to the first in-sync target
+    /// replica if the leader is one of them, epoch + 1).
+    CompleteReassignment {
+        topic: String,
+        partition: u32,
+        partition_epoch: u32,
+    },
 }
 
 /// What applying a command produced.
@@ -357,6 +390,22 @@ pub enum MetadataError {
     InvalidInSync(String),
     #[error("broker {0} is dead: its lease expired")]
     BrokerDead(NodeId),
+    #[error("the preferred leader {preferred} of {topic}/{partition} is not alive and in sync")]
+    PreferredLeaderNotAvailable {
+        topic: String,
+        partition: u32,
+        preferred: NodeId,
+    },
+    #[error("invalid reassignment: {0}")]
+    InvalidReassignment(String),
+    #[error("{topic}/{partition} is being reassigned already")]
+    ReassignmentInProgress { topic: String, partition: u32 },
+    #[error("the reassignment of {topic}/{partition} cannot complete: {reason}")]
+    ReassignmentNotReady {
+        topic: String,
+        partition: u32,
+        reason: String,
+    },
 }
 
 fn controller_text(controller: &Option<(NodeId, String)>) -> String {

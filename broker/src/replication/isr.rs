@@ -128,6 +128,25 @@ impl LeaderState {
         progress.leader_end_at_last_fetch = leader_end;
     }
 
+    /// The replica set changed (a reassignment started or completed): followers added start
+    /// out of the set, as caught up at `now_ms` (they get `replica_lag_time_max` like any new
+    /// follower); removed ones are forgotten.
+    pub fn set_replicas(&mut self, replicas: Vec<NodeId>, now_ms: u64) {
+        self.followers.retain(|broker, _| replicas.contains(broker));
+        for &broker in &replicas {
+            if broker != self.leader {
+                self.followers.entry(broker).or_insert(FollowerProgress {
+                    fetch_offset: 0,
+                    durable_end: 0,
+                    caught_up_ms: now_ms,
+                    last_fetch_ms: now_ms,
+                    leader_end_at_last_fetch: 0,
+                });
+            }
+        }
+        self.replicas = replicas;
+    }
+
     /// The in-sync set changed (the controller applied a change, or a new one came with the
     /// metadata).
     pub fn set_in_sync(&mut self, in_sync: Vec<NodeId>) {

@@ -266,7 +266,12 @@ impl Partitions {
             }
             let deposed = owned.leader && (!leader || owned.leader_epoch != epoch);
             if let Some(followers) = &owned.followers {
-                followers.borrow_mut().set_in_sync(info.in_sync.clone());
+                let mut followers = followers.borrow_mut();
+                let replicas: Vec<NodeId> = info.replicas.iter().map(|r| r.broker).collect();
+                if followers.replicas != replicas {
+                    followers.set_replicas(replicas, now_ms());
+                }
+                followers.set_in_sync(info.in_sync.clone());
             }
             owned.leader = leader;
             owned.leader_epoch = epoch;
