@@ -185,3 +185,9 @@ pub const CONTROLLED_SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::f
 
 /// How often a stopping broker asks the controller again while leaderships are left to move.
 pub const CONTROLLED_SHUTDOWN_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How often a shard writes the high watermark of each replicated log it holds to the log's
+/// checkpoint file (when it moved). Kafka's default, 5 s: a lagging checkpoint after a crash only
+/// makes consumers wait for the leader's next fetch answer, never shows them too much.
+pub const HIGH_WATERMARK_CHECKPOINT_INTERVAL: std::time::Duration =
+    std::time::Duration::from_secs(5);

@@ -303,6 +303,25 @@ impl Partitions {
         Ok(())
     }
 
+    /// Checkpoints the high watermark of every owned replicated log whose high watermark moved.
+    pub async fn checkpoint_high_watermarks(&self) -> Result<(), StorageError> {
+        let logs: Vec<PartitionLog> = self
+            .owned
+            .borrow()
+            .values()
+            .map(|o| o.log.clone())
+            .collect();
+        for log in logs {
+            match log.checkpoint_high_watermark_if_moved().await {
+                // A log closed meanwhile (its partition moved away) has nothing to keep.
+                Ok(_) | Err(StorageError::Closed) => {}
+                Err(error) => return Err(error),
+            }
+            glommio::yield_if_needed().await;
+        }
+        Ok(())
+    }
+
     /// Applies retention to every owned log.
     pub async fn enforce_retention(&self) -> Result<(), StorageError> {
         let logs: Vec<PartitionLog> = self
