@@ -267,6 +267,31 @@ mod tests {
         assert_eq!(state.proposed_change(30_000, LAG), None, "2 stays in sync");
     }
 
+    /// A replica added to a partition whose leader was alone (a reassignment) joins only once
+    /// durable up to everything the leader had published, not at once from an empty log.
+    #[test]
+    fn an_added_replica_joins_only_once_it_has_the_leaders_data() {
+        let mut state = LeaderState::new(1, vec![1], vec![1], 0, 0, 0);
+        // Alone, the leader publishes its durable end.
+        assert_eq!(state.update_high_watermark(5_000), 5_000);
+        state.set_replicas(vec![1, 2], 100);
+        assert!(state.is_follower(2));
+        assert_eq!(state.proposed_change(100, LAG), None, "2 has nothing yet");
+        state.on_fetch(2, 0, 0, 5_000, 200);
+        assert_eq!(state.proposed_change(200, LAG), None);
+        state.on_fetch(2, 5_000, 4_000, 5_000, 300);
+        assert_eq!(
+            state.proposed_change(300, LAG),
+            None,
+            "not durable up to it yet"
+        );
+        state.on_fetch(2, 5_000, 5_000, 5_000, 400);
+        assert_eq!(state.proposed_change(400, LAG).unwrap().in_sync, vec![1, 2]);
+        // Removed again: forgotten.
+        state.set_replicas(vec![1], 500);
+        assert!(!state.is_follower(2));
+    }
+
     #[test]
     fn a_new_leader_waits_for_followers_past_its_epoch_start() {
         let mut state = LeaderState::new(2, vec![1, 2, 3], vec![2], 500, 400, 0);

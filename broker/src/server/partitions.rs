@@ -60,12 +60,14 @@ impl OwnedPartition {
         let Some(followers) = &self.followers else {
             return;
         };
+        // The in-sync rules' own high watermark moves too while the leader is alone: a follower
+        // joins only once durable up to it, so it must not lag behind what consumers were shown.
+        let hw = followers
+            .borrow_mut()
+            .update_high_watermark(self.log.durable_end());
         if self.info.in_sync.as_slice() == [me] {
             self.log.follow_durable_end();
         } else {
-            let hw = followers
-                .borrow_mut()
-                .update_high_watermark(self.log.durable_end());
             self.log.set_high_watermark(hw);
         }
     }
