@@ -191,3 +191,13 @@ pub const CONTROLLED_SHUTDOWN_RETRY: std::time::Duration = std::time::Duration::
 /// makes consumers wait for the leader's next fetch answer, never shows them too much.
 pub const HIGH_WATERMARK_CHECKPOINT_INTERVAL: std::time::Duration =
     std::time::Duration::from_secs(5);
+
+/// Longest pause between two rounds of the controller's duties (lease expiry, refused peers,
+/// reassignments ready to complete); a quarter lease when that is shorter.
+pub const CONTROLLER_TICK_MAX: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A broker whose metadata port has refused connections this long, with no exchange answered
+/// since, is marked dead without waiting for its lease: nothing listens there, so its process is
+/// gone (a paused or partitioned broker times out instead, and keeps its lease). Long enough for
+/// a few Raft heartbeats (a ninth of the election timeout apart) to have been refused too.
+pub const REFUSED_DEAD_AFTER: std::time::Duration = std::time::Duration::from_millis(250);

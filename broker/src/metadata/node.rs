@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use super::client::AdminClient;
-use super::network::Network;
+use super::network::{Network, Refusals};
 use super::store::{LogStore, StateMachineStore};
 use super::types::{
     BrokerState, ClusterState, Command, CommandResult, MetadataError, NodeId, Raft,
@@ -25,7 +25,9 @@ use super::wire::{
     read_frame, write_frame, AdminReply, AdminRequest, ClusterView, WireError, WireRequest,
     WireResponse,
 };
-use crate::limits::{CONTROLLED_SHUTDOWN_RETRY, METADATA_CONNECTIONS_MAX};
+use crate::limits::{
+    CONTROLLED_SHUTDOWN_RETRY, CONTROLLER_TICK_MAX, METADATA_CONNECTIONS_MAX, REFUSED_DEAD_AFTER,
+};
 
 /// How a metadata node is set up.
 #[derive(Debug, Clone)]
@@ -109,6 +111,8 @@ struct NodeInner {
     log: LogStore,
     state: watch::Receiver<Arc<ClusterState>>,
     leases: Mutex<Leases>,
+    /// Peers whose metadata port refuses connections, as the Raft network saw.
+    refusals: Refusals,
 }
 
 impl std::fmt::Debug for NodeInner {
@@ -161,11 +165,13 @@ impl MetadataNode {
                     address: config.listen.clone(),
                     source,
                 })?;
+        let refusals = Refusals::default();
         let raft = Raft::new(
             config.node_id,
             raft_config,
             Network {
                 local: config.node_id,
+                refusals: refusals.clone(),
             },
             log.clone(),
             machine.clone(),
@@ -180,6 +186,7 @@ impl MetadataNode {
                 log,
                 state,
                 leases: Mutex::new(Leases::default()),
+                refusals,
             }),
         };
         let initialized = node
@@ -371,6 +378,9 @@ impl MetadataNode {
     }
 
     fn touch_lease(&self, id: NodeId) {
+        // It reached us, so it listens again (a restarted broker registers before Raft, in
+        // its backoff, connects to it again).
+        self.inner.refusals.answered(id);
         let mut leases = self.inner.leases.lock().unwrap_or_else(|p| p.into_inner());
         leases.last.insert(id, Instant::now());
     }
@@ -656,12 +666,14 @@ async fn serve_connection(node: MetadataNode, mut stream: TcpStream) -> Result<(
     }
 }
 
-/// While this node is the controller: expire leases of brokers that stopped heartbeating.
+/// While this node is the controller: expire leases of brokers that stopped heartbeating, and
+/// declare dead at once a broker whose metadata port refuses connections (its process is gone:
+/// no need to wait out its lease); complete reassignments that are ready.
 async fn controller_duties(node: MetadataNode) {
     let lease = Duration::from_millis(node.inner.config.lease_ms);
     let mut was_controller = false;
     loop {
-        tokio::time::sleep(lease / 4).await;
+        tokio::time::sleep((lease / 4).min(CONTROLLER_TICK_MAX)).await;
         if node.require_controller().is_err() {
             was_controller = false;
             continue;
@@ -676,15 +688,17 @@ async fn controller_duties(node: MetadataNode) {
                     leases.last.insert(*id, now);
                 }
             }
+            let refusing = node.inner.refusals.refusing(REFUSED_DEAD_AFTER);
             state
                 .brokers
                 .values()
-                .filter(|b| b.state != BrokerState::Dead)
+                .filter(|b| b.state != BrokerState::Dead && b.id != node.id())
                 .filter(|b| {
-                    leases
-                        .last
-                        .get(&b.id)
-                        .is_none_or(|t| now.duration_since(*t) > lease)
+                    refusing.contains(&b.id)
+                        || leases
+                            .last
+                            .get(&b.id)
+                            .is_none_or(|t| now.duration_since(*t) > lease)
                 })
                 .map(|b| b.id)
                 .collect()
@@ -694,7 +708,8 @@ async fn controller_duties(node: MetadataNode) {
         for id in expired {
             tracing::warn!(
                 broker = id,
-                "broker lease expired: marking it dead and moving its leadership"
+                "broker lease expired or its metadata port refuses connections: marking it dead \
+                 and moving its leadership"
             );
             if let Err(error) = node
                 .propose(Command::SetBrokerState {
