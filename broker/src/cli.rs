@@ -515,14 +515,25 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
             .await;
         stopper.stop();
         // Shards finish in-flight requests and flush; the metadata node keeps running meanwhile.
-        while let Some(failure) = failed_rx.recv().await {
-            if !failure.is_empty() {
-                node.shutdown().await;
-                return Err(failure);
+        // Bounded: a shard that cannot stop must not keep the process alive for ever (what it
+        // acknowledged is durable; the next start recovers as after a crash).
+        let stopped = tokio::time::timeout(crate::limits::SHARD_STOP_WAIT_MAX, async {
+            while let Some(failure) = failed_rx.recv().await {
+                if !failure.is_empty() {
+                    return Err(failure);
+                }
             }
-        }
+            Ok(())
+        })
+        .await;
         node.shutdown().await;
-        Ok(())
+        match stopped {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!(
+                "the shards did not stop within {:?}; exiting without closing their logs",
+                crate::limits::SHARD_STOP_WAIT_MAX
+            )),
+        }
     });
     match outcome {
         Ok(()) => {

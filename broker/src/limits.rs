@@ -201,3 +201,9 @@ pub const CONTROLLER_TICK_MAX: std::time::Duration = std::time::Duration::from_m
 /// gone (a paused or partitioned broker times out instead, and keeps its lease). Long enough for
 /// a few Raft heartbeats (a ninth of the election timeout apart) to have been refused too.
 pub const REFUSED_DEAD_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Longest a stopping broker waits for its shards to finish their requests, flush and close
+/// their logs (the connections' own drain is 10 s of it) before it exits with an error instead:
+/// a stuck shard must not keep the process alive for ever, and everything acknowledged is
+/// already durable.
+pub const SHARD_STOP_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);

@@ -546,6 +546,11 @@ impl PartitionLog {
     /// leaves a shorter valid log, which simply fetches again), then the new active segment is
     /// created; the epoch history and the high watermark start at `offset`.
     pub async fn restart_at(&self, offset: u64) -> Result<()> {
+        let log = self.clone();
+        to_completion(async move { log.restart_at_now(offset).await }).await
+    }
+
+    async fn restart_at_now(&self, offset: u64) -> Result<()> {
         let inner = &self.inner;
         let _permit = inner
             .flush_lock
@@ -1083,6 +1088,11 @@ impl PartitionLog {
     /// Removes every batch at or after `offset` (a batch containing `offset` goes whole), across
     /// segments, and returns the new end of the log. Used by replication to cut a divergent tail.
     pub async fn truncate_to(&self, offset: u64) -> Result<u64> {
+        let log = self.clone();
+        to_completion(async move { log.truncate_to_now(offset).await }).await
+    }
+
+    async fn truncate_to_now(&self, offset: u64) -> Result<u64> {
         let inner = &self.inner;
         let _permit = inner
             .flush_lock
@@ -1254,6 +1264,11 @@ impl PartitionLog {
     /// Seals the active segment and starts a new one, if it still needs it for a batch of
     /// `batch_len` bytes once the flush lock is held.
     async fn roll(&self, batch_len: usize) -> Result<()> {
+        let log = self.clone();
+        to_completion(async move { log.roll_now(batch_len).await }).await
+    }
+
+    async fn roll_now(&self, batch_len: usize) -> Result<()> {
         let inner = &self.inner;
         let _permit = inner
             .flush_lock
@@ -1426,6 +1441,20 @@ async fn recover_epochs(
         }
     }
     Ok((history, changed))
+}
+
+/// Runs an exclusive section (a roll, a truncation, a restart) in a task of its own and waits
+/// for it. The section then always runs to its end even when the caller is dropped midway (a
+/// stopping shard cancels its fetcher, perhaps in the middle of a truncation): a section cut
+/// short would leave the log marked exclusive, holding every later append and the close that
+/// waits for them, and its files half-changed.
+async fn to_completion<T: 'static>(
+    section: impl std::future::Future<Output = Result<T>> + 'static,
+) -> Result<T> {
+    glommio::spawn_local(section)
+        .detach()
+        .await
+        .unwrap_or(Err(StorageError::Closed))
 }
 
 /// The high watermark's checkpoint, if one was written.
