@@ -3,8 +3,9 @@
 //! Scenarios held against the machine's limits run the probe in the same run and report their
 //! figures as ratios to it, because absolute numbers on a shared 2-core VM mean little on their
 //! own. Scenarios: `probe` (the raw limits alone), `storage` (the partition log alone),
-//! `metadata` (Raft), `hop` (the cross-shard hop) and `produce` (a broker process over TCP);
-//! `report` regenerates the results page. Options and the JSON result files: `docs/bench.md`.
+//! `metadata` (Raft), `hop` (the cross-shard hop), `produce` (a broker process over TCP), `e2e`
+//! and `consume` (the client library), `failover` and `catchup` (replication on an embedded
+//! cluster); `report` regenerates the results page. Options and the JSON result files: `docs/bench.md`.
 
 mod e2e;
 mod group;
@@ -16,6 +17,7 @@ mod plot;
 mod probe;
 mod progress;
 mod record;
+mod replication;
 mod report;
 mod rng;
 mod storage;
@@ -62,6 +64,13 @@ enum Scenario {
     /// Consumer groups: settling after a join and after a member dies, a group's consumption
     /// against one consumer's, and commits per second on one coordinator.
     Group(GroupArgs),
+    /// Unavailability after SIGKILL of a partition's leader: three brokers, replication factor
+    /// 3, paced `acks=all` load; the time from the kill to the first acknowledgement of a
+    /// record sent after it.
+    Failover(FailoverArgs),
+    /// Catch-up rate of a replica added to a full partition (two brokers: a reassignment adds a
+    /// replica to a replication-factor-1 partition), against the raw read probe.
+    Catchup(CatchupArgs),
     /// Regenerate the markdown results page from the JSON result files in a directory.
     Report(ReportArgs),
 }
@@ -299,6 +308,40 @@ impl ClientArgs {
             prefill_mib: None,
         })
     }
+}
+
+#[derive(Debug, Args)]
+struct FailoverArgs {
+    /// Directory for the brokers' data (removed afterwards).
+    #[arg(long, default_value = "./sluice-bench-data")]
+    dir: PathBuf,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Clusters started, one kill each.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    runs: u32,
+    /// The brokers' lease in ms; default: the broker's default.
+    #[arg(long)]
+    lease_ms: Option<u64>,
+    /// The brokers' Raft election timeout in ms; default: the broker's default.
+    #[arg(long)]
+    election_timeout_ms: Option<u64>,
+    /// Bytes of each record's value.
+    #[arg(long, default_value_t = 100)]
+    record_bytes: usize,
+}
+
+#[derive(Debug, Args)]
+struct CatchupArgs {
+    #[command(flatten)]
+    common: Common,
+    /// MiB in the partition before the replica is added.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    fill_mib: u64,
+    /// Bytes of each record's value.
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
 }
 
 #[derive(Debug, Args)]
@@ -915,6 +958,88 @@ fn consume(args: ConsumeArgs) -> Result<(), String> {
     )
 }
 
+fn failover(args: FailoverArgs) -> Result<(), String> {
+    if args.record_bytes == 0 || args.record_bytes > 1 << 20 {
+        return Err("record-bytes must be 1..=1048576".into());
+    }
+    let defaults = sluice_broker::metadata::MetadataConfig::new(0, PathBuf::new(), String::new());
+    let mut extra = Vec::new();
+    if let Some(ms) = args.lease_ms {
+        extra.extend(["--lease-ms".to_string(), ms.to_string()]);
+    }
+    if let Some(ms) = args.election_timeout_ms {
+        extra.extend(["--election-timeout-ms".to_string(), ms.to_string()]);
+    }
+    let params = replication::FailoverParams {
+        runs: args.runs,
+        lease_ms: args.lease_ms.unwrap_or(defaults.lease_ms),
+        election_timeout_ms: args
+            .election_timeout_ms
+            .unwrap_or(defaults.election_timeout_ms),
+        defaults: args.lease_ms.is_none() && args.election_timeout_ms.is_none(),
+        record_bytes: args.record_bytes,
+    };
+    eprintln!(
+        "failover: {} runs, lease {} ms, election timeout {} ms ...",
+        params.runs, params.lease_ms, params.election_timeout_ms
+    );
+    let result = replication::run_failover(&params, &args.dir, &extra)?;
+    let _ = std::fs::remove_dir_all(&args.dir);
+    println!(
+        "failover (3 brokers, rf 3, acks=all; lease {} ms, election timeout {} ms{}):",
+        params.lease_ms,
+        params.election_timeout_ms,
+        if params.defaults {
+            ", the defaults"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  SIGKILL of the leader -> first acks=all acknowledgement: min {:.0} ms, median {:.0} ms, max {:.0} ms (target <= 2000)",
+        result.unavailable_ms_min, result.unavailable_ms_median, result.unavailable_ms_max
+    );
+    println!(
+        "  load average (1 min): {:.2} before, {:.2} after",
+        result.load_avg_1m_start, result.load_avg_1m_end
+    );
+    record::failover(params, result).write(args.json.as_deref())
+}
+
+fn catchup(args: CatchupArgs) -> Result<(), String> {
+    if args.record_bytes == 0 || args.record_bytes > (1 << 20) - 1024 {
+        return Err("record-bytes must be 1..=1047552".into());
+    }
+    let params = replication::CatchupParams {
+        fill_mib: args.fill_mib,
+        record_bytes: args.record_bytes,
+    };
+    let probe = run_probe(&args.common.dir, args.common.probe_mib)?;
+    eprintln!("catchup: filling {} MiB ...", params.fill_mib);
+    let result = replication::run_catchup(&params, &args.common.dir.join("cluster"));
+    let _ = std::fs::remove_dir_all(args.common.dir.join("cluster"));
+    let result = result?;
+    let report = record::catchup(params, probe, result);
+    print_probe(report.probe.as_ref().expect("probe"));
+    let r = &report.result;
+    println!(
+        "catchup: {:.0} MiB caught up in {:.2} s = {:.0} MB/s ({} x the raw read; target >= 0.5)",
+        r.partition_bytes as f64 / (1 << 20) as f64,
+        r.catch_up_s,
+        r.catch_up_mb_s,
+        report
+            .ratios
+            .as_ref()
+            .and_then(|q| q.catch_up_vs_raw_read)
+            .map_or("-".into(), |x| format!("{x:.2}"))
+    );
+    println!(
+        "  fill {:.0} MB/s; load average (1 min): {:.2} before, {:.2} after",
+        r.fill_mb_s, r.load_avg_1m_start, r.load_avg_1m_end
+    );
+    report.write(args.common.json.as_deref())
+}
+
 fn probe_only(args: ProbeArgs) -> Result<(), String> {
     let probe = run_probe(&args.common.dir, args.disk_mib)?;
     print_probe(&probe);
@@ -1020,6 +1145,8 @@ fn main() -> ExitCode {
         Some(Scenario::Produce(args)) => produce(args),
         Some(Scenario::E2e(args)) => e2e_scenario(args),
         Some(Scenario::Consume(args)) => consume(args),
+        Some(Scenario::Failover(args)) => failover(args),
+        Some(Scenario::Catchup(args)) => catchup(args),
         Some(Scenario::Report(args)) => report(args),
         None => match Cli::parse_from(["sluice-bench", "e2e"]).scenario {
             Some(Scenario::E2e(args)) => e2e_scenario(args),

@@ -116,6 +116,8 @@ pub struct Broker {
     child: Child,
     pub listen: String,
     dir: PathBuf,
+    /// Killed and reaped already: its pid may belong to another process now.
+    reaped: bool,
 }
 
 /// A loopback address with a port nobody listens on right now.
@@ -203,7 +205,15 @@ impl Broker {
             child,
             listen,
             dir: dir.to_owned(),
+            reaped: false,
         })
+    }
+
+    /// Kills the process with SIGKILL (a crash) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.reaped = true;
     }
 
     /// (CPU seconds, RSS in MB) from /proc.
@@ -233,6 +243,10 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        if self.reaped {
+            let _ = std::fs::remove_dir_all(&self.dir);
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();

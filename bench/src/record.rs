@@ -15,6 +15,7 @@ use crate::hop::{HopParams, HopResult};
 use crate::metadata::{MetadataParams, MetadataResult};
 use crate::network::{NetworkParams, NetworkResult};
 use crate::probe::ProbeResult;
+use crate::replication::{CatchupParams, CatchupResult, FailoverParams, FailoverResult};
 use crate::storage::{StorageParams, StorageResult};
 
 /// One result file.
@@ -104,6 +105,31 @@ fn ratio(numerator: f64, denominator: f64) -> Option<f64> {
     (denominator > 0.0)
         .then(|| numerator / denominator)
         .filter(|r| r.is_finite())
+}
+
+/// The `failover` scenario: not held against the probe.
+pub fn failover(
+    params: FailoverParams,
+    result: FailoverResult,
+) -> Report<FailoverParams, FailoverResult, ()> {
+    Report::new("failover", params, None, result, None)
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CatchupRatios {
+    pub catch_up_vs_raw_read: Option<f64>,
+}
+
+/// The `catchup` scenario: the catch-up rate over the raw read probe.
+pub fn catchup(
+    params: CatchupParams,
+    probe: ProbeResult,
+    result: CatchupResult,
+) -> Report<CatchupParams, CatchupResult, CatchupRatios> {
+    let ratios = CatchupRatios {
+        catch_up_vs_raw_read: ratio(result.catch_up_mb_s, probe.disk_read_mb_s),
+    };
+    Report::new("catchup", params, Some(probe), result, Some(ratios))
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -349,6 +375,21 @@ mod tests {
             (
                 "group",
                 json(&group(GroupParams::default(), GroupResult::default())),
+            ),
+            (
+                "failover",
+                json(&failover(
+                    FailoverParams::default(),
+                    FailoverResult::default(),
+                )),
+            ),
+            (
+                "catchup",
+                json(&catchup(
+                    CatchupParams::default(),
+                    ProbeResult::default(),
+                    CatchupResult::default(),
+                )),
             ),
         ]
     }

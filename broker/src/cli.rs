@@ -4,7 +4,8 @@
 //! address and its own fixed port, see `Listeners`), then the metadata node on this thread's current-thread tokio
 //! runtime, registering the broker with its shard addresses. The metadata thread forwards every
 //! applied metadata version to the shards and serves their admin requests. SIGTERM or SIGINT:
-//! shards stop accepting, finish in-flight requests, flush and close their logs; exit 0. A shard
+//! a controlled shutdown first (the controller moves this broker's leaderships to other in-sync
+//! replicas, bounded by `CONTROLLED_SHUTDOWN_WAIT`), then the shards stop accepting, finish in-flight requests, flush and close their logs; exit 0. A shard
 //! whose storage fails stops the whole process (exit 1) rather than leaving the others serving.
 
 use std::collections::BTreeMap;
@@ -536,16 +537,30 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
             return Err(format!("stopping: {failure}"));
         }
         tracing::info!("shutting down");
+        // Leaderships first, so clients and followers move on while this broker still serves.
+        node.controlled_shutdown(crate::limits::CONTROLLED_SHUTDOWN_WAIT)
+            .await;
         stopper.stop();
         // Shards finish in-flight requests and flush; the metadata node keeps running meanwhile.
-        while let Some(failure) = failed_rx.recv().await {
-            if !failure.is_empty() {
-                node.shutdown().await;
-                return Err(failure);
+        // Bounded: a shard that cannot stop must not keep the process alive for ever (what it
+        // acknowledged is durable; the next start recovers as after a crash).
+        let stopped = tokio::time::timeout(crate::limits::SHARD_STOP_WAIT_MAX, async {
+            while let Some(failure) = failed_rx.recv().await {
+                if !failure.is_empty() {
+                    return Err(failure);
+                }
             }
-        }
+            Ok(())
+        })
+        .await;
         node.shutdown().await;
-        Ok(())
+        match stopped {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!(
+                "the shards did not stop within {:?}; exiting without closing their logs",
+                crate::limits::SHARD_STOP_WAIT_MAX
+            )),
+        }
     });
     match outcome {
         Ok(()) => {

@@ -184,3 +184,34 @@ pub const IN_SYNC_CHECK_INTERVAL: std::time::Duration = std::time::Duration::fro
 /// proposal failed: the controller may be changing hands, or the change already happened by
 /// another way (a lease expiry); retrying every check would flood the controller.
 pub const IN_SYNC_RETRY_AFTER_REFUSAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Longest a broker stopping on SIGTERM waits for the controller to move its leaderships before
+/// it stops anyway: long enough for a follower that is a few seconds behind to catch up and
+/// take over, short enough that an orchestrator's grace period (30 s in Kubernetes) still covers
+/// the shards' own flush and close.
+pub const CONTROLLED_SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often a stopping broker asks the controller again while leaderships are left to move.
+pub const CONTROLLED_SHUTDOWN_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How often a shard writes the high watermark of each replicated log it holds to the log's
+/// checkpoint file (when it moved). Kafka's default, 5 s: a lagging checkpoint after a crash only
+/// makes consumers wait for the leader's next fetch answer, never shows them too much.
+pub const HIGH_WATERMARK_CHECKPOINT_INTERVAL: std::time::Duration =
+    std::time::Duration::from_secs(5);
+
+/// Longest pause between two rounds of the controller's duties (lease expiry, refused peers,
+/// reassignments ready to complete); a quarter lease when that is shorter.
+pub const CONTROLLER_TICK_MAX: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A broker whose metadata port has refused connections this long, with no exchange answered
+/// since, is marked dead without waiting for its lease: nothing listens there, so its process is
+/// gone (a paused or partitioned broker times out instead, and keeps its lease). Long enough for
+/// a few Raft heartbeats (a ninth of the election timeout apart) to have been refused too.
+pub const REFUSED_DEAD_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Longest a stopping broker waits for its shards to finish their requests, flush and close
+/// their logs (the connections' own drain is 10 s of it) before it exits with an error instead:
+/// a stuck shard must not keep the process alive for ever, and everything acknowledged is
+/// already durable.
+pub const SHARD_STOP_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);

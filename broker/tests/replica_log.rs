@@ -485,3 +485,102 @@ fn retention_moves_the_first_epoch_start_to_the_log_start() {
         log.close().await.unwrap();
     });
 }
+
+/// The high watermark is checkpointed when it moved (and only then), and on close; a follower
+/// that fell behind the leader's log start restarts its log there, empty, and continues from
+/// it: the old segments and epochs are gone, the next batch is the leader's at that offset,
+/// and all of it survives a reopen.
+#[test]
+fn high_watermark_checkpoints_and_a_restart_at_the_leaders_log_start() {
+    let dir = test_dir("replica-restart");
+    let (a, b) = paths(dir.path());
+    run(move || async move {
+        let leader = open(&a).await;
+        for i in 0..30u64 {
+            leader
+                .append_durable(&batch(i, 2, 900, 1000), 2)
+                .await
+                .unwrap();
+        }
+        let follower = open(&b).await;
+        // Unreplicated: nothing to checkpoint.
+        assert!(!follower.checkpoint_high_watermark_if_moved().await.unwrap());
+        replicate(&leader, &follower).await;
+        follower.set_high_watermark(leader.durable_end() / 2);
+        assert!(follower.checkpoint_high_watermark_if_moved().await.unwrap());
+        assert!(
+            !follower.checkpoint_high_watermark_if_moved().await.unwrap(),
+            "unchanged: not written again"
+        );
+        let hw = follower.durable_end();
+        follower.set_high_watermark(hw);
+        // Closing writes the moved high watermark.
+        follower.close().await.unwrap();
+        let follower = open(&b).await;
+        assert_eq!(follower.high_watermark(), hw);
+
+        // The leader goes on and retention drops its start: the follower is behind it.
+        for i in 30..60u64 {
+            leader
+                .append_durable(&batch(i, 2, 900, 1000), 3)
+                .await
+                .unwrap();
+        }
+        let start = leader.segment_bases()[leader.segment_count() - 2];
+        assert!(start > follower.next_offset());
+        assert!(matches!(
+            follower.restart_at(follower.next_offset()).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        follower.restart_at(start).await.unwrap();
+        assert_eq!(
+            (follower.log_start(), follower.next_offset()),
+            (start, start)
+        );
+        assert_eq!(follower.high_watermark(), start);
+        assert!(follower.epoch_history().entries().is_empty());
+        // It continues from there as any follower, and holds exactly the leader's suffix.
+        let mut offset = start;
+        while offset < leader.durable_end() {
+            let bytes = leader
+                .read_to(offset, 8000, ReadBound::DurableEnd)
+                .await
+                .unwrap()
+                .to_vec();
+            for item in BatchIter::new(&bytes) {
+                let (header, batch) = item.unwrap();
+                if header.base_offset >= offset {
+                    follower.append_replica(batch).await.unwrap();
+                    offset = header.next_offset();
+                }
+            }
+        }
+        follower.flush().await.unwrap();
+        let suffix = {
+            let mut out = Vec::new();
+            let mut at = start;
+            loop {
+                let read = leader
+                    .read_to(at, 2500, ReadBound::DurableEnd)
+                    .await
+                    .unwrap();
+                if read.is_empty() {
+                    break out;
+                }
+                let bytes = read.to_vec();
+                for item in BatchIter::new(&bytes) {
+                    at = item.unwrap().0.next_offset();
+                }
+                out.extend_from_slice(&bytes);
+            }
+        };
+        assert_eq!(read_all(&follower, ReadBound::DurableEnd).await, suffix);
+        follower.close().await.unwrap();
+        let follower = open(&b).await;
+        assert_eq!(follower.log_start(), start);
+        assert_eq!(read_all(&follower, ReadBound::DurableEnd).await, suffix);
+        assert_eq!(follower.epoch_history().latest().map(|e| e.epoch), Some(3));
+        follower.close().await.unwrap();
+        leader.close().await.unwrap();
+    });
+}

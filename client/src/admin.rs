@@ -1,5 +1,6 @@
-//! Administrative operations: creating and deleting topics, reading partition offsets,
-//! listing, describing, deleting consumer groups and resetting their offsets.
+//! Administrative operations: creating and deleting topics, growing them, moving partitions and
+//! their leadership, reading partition offsets; listing, describing and deleting consumer
+//! groups and resetting their offsets.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,7 +10,9 @@ use sluice_protocol::group_api::{
     ListGroupsRequest, ListGroupsResponse, OffsetCommitPartition, OffsetCommitRequest,
     OffsetCommitResponse, NO_MEMBER_EPOCH,
 };
-use sluice_protocol::native::{ApiKey, ErrorCode, OffsetQuery};
+use sluice_protocol::native::{
+    ApiKey, ElectPreferredLeaderRequest, ErrorCode, OffsetQuery, ReassignPartitionRequest,
+};
 
 use crate::group::{coordinator_call, Shared};
 
@@ -17,6 +20,19 @@ use crate::cluster::Cluster;
 use crate::config::ClientConfig;
 use crate::consumer::{Seek, TopicPartition};
 use crate::error::{Error, Result};
+
+/// One partition's replication state, from [`Admin::partitions`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionState {
+    pub partition: u32,
+    /// `None` while no in-sync replica is alive.
+    pub leader: Option<u64>,
+    pub leader_epoch: u32,
+    /// Brokers holding a replica, the preferred leader first (during a reassignment: the old
+    /// set followed by the replicas being added).
+    pub replicas: Vec<u64>,
+    pub in_sync: Vec<u64>,
+}
 
 /// Topic management and offset lookups.
 ///
@@ -59,6 +75,74 @@ impl Admin {
     /// Deletes a topic and returns once the metadata no longer lists it.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         self.cluster.delete_topic(name).await
+    }
+
+    /// Grows a topic to `count` partitions (more than it has) and returns once every partition
+    /// has a leader. Records keyed before and after land on different partitions.
+    pub async fn add_partitions(&self, topic: &str, count: u32) -> Result<()> {
+        self.cluster.add_partitions(topic, count).await
+    }
+
+    /// Moves a partition's leadership to its preferred replica (the first of its replicas),
+    /// which must be alive and in sync (else `PreferredLeaderNotAvailable`); nothing happens
+    /// when it leads already.
+    pub async fn elect_preferred_leader(&self, topic: &str, partition: u32) -> Result<()> {
+        let request = ElectPreferredLeaderRequest {
+            topic: topic.to_owned(),
+            partition,
+        };
+        self.cluster
+            .partition_admin(
+                ApiKey::ElectPreferredLeader,
+                &request,
+                &format!("elect the preferred leader of {topic}/{partition}"),
+            )
+            .await
+    }
+
+    /// Starts moving a partition to the replicas on `brokers` (the first becomes its preferred
+    /// leader). The added replicas catch up as followers; once all are in sync the old ones
+    /// are dropped. Returns when the move has started: watch [`Admin::partitions`] for its end
+    /// (the replicas are then exactly `brokers`).
+    pub async fn reassign_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        brokers: &[u64],
+    ) -> Result<()> {
+        let request = ReassignPartitionRequest {
+            topic: topic.to_owned(),
+            partition,
+            brokers: brokers.to_vec(),
+        };
+        self.cluster
+            .partition_admin(
+                ApiKey::ReassignPartition,
+                &request,
+                &format!("reassign {topic}/{partition}"),
+            )
+            .await
+    }
+
+    /// Each partition of a topic as the metadata has it: leader, leader epoch, replicas and
+    /// in-sync set.
+    pub async fn partitions(&self, topic: &str) -> Result<Vec<PartitionState>> {
+        let mut partitions: Vec<PartitionState> = self
+            .cluster
+            .describe_topic(topic)
+            .await?
+            .partitions
+            .into_iter()
+            .map(|p| PartitionState {
+                partition: p.partition,
+                leader: p.leader,
+                leader_epoch: p.leader_epoch,
+                replicas: p.replicas,
+                in_sync: p.in_sync,
+            })
+            .collect();
+        partitions.sort_by_key(|p| p.partition);
+        Ok(partitions)
     }
 
     /// The topic's partition count; [`Error::UnknownTopic`] if there is no such topic.

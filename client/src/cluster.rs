@@ -322,6 +322,27 @@ impl Cluster {
         .await
     }
 
+    /// Grows a topic to `count` partitions and waits until every one has a leader.
+    pub(crate) async fn add_partitions(&self, name: &str, count: u32) -> Result<()> {
+        let request = sluice_protocol::native::AddPartitionsRequest {
+            topic: name.to_owned(),
+            count,
+        };
+        self.partition_admin(
+            ApiKey::AddPartitions,
+            &request,
+            &format!("add partitions to {name:?}"),
+        )
+        .await?;
+        self.wait_for(name, |t| {
+            t.is_some_and(|t| {
+                t.partitions.len() == count as usize
+                    && t.partitions.iter().all(|p| p.leader.is_some())
+            })
+        })
+        .await
+    }
+
     /// Deletes a topic and waits until the metadata no longer has it.
     pub(crate) async fn delete_topic(&self, name: &str) -> Result<()> {
         let request = DeleteTopicRequest {
@@ -335,6 +356,42 @@ impl Cluster {
             ));
         }
         self.wait_for(name, |t| t.is_none()).await
+    }
+
+    /// A partition admin request (AddPartitions, ElectPreferredLeader, ReassignPartition),
+    /// answered once the broker asked has applied it.
+    pub(crate) async fn partition_admin<Req: sluice_protocol::native::EncodeControl>(
+        &self,
+        api: ApiKey,
+        request: &Req,
+        what: &str,
+    ) -> Result<()> {
+        let response: TopicResponse = self.admin_call(api, request).await?;
+        if response.error != ErrorCode::None {
+            return Err(Error::broker(
+                response.error,
+                format!("{what}: {}", response.message),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The topic as a broker's metadata has it: leaders, replicas and in-sync sets.
+    pub(crate) async fn describe_topic(
+        &self,
+        name: &str,
+    ) -> Result<sluice_protocol::native::TopicMetadata> {
+        let request = sluice_protocol::native::MetadataRequest {
+            topics: Some(vec![name.to_owned()]),
+        };
+        let response: sluice_protocol::native::MetadataResponse =
+            self.admin_call(ApiKey::Metadata, &request).await?;
+        match response.topics.into_iter().find(|t| t.name == name) {
+            Some(t) if t.error == ErrorCode::None => Ok(t),
+            _ => Err(Error::UnknownTopic {
+                topic: name.to_owned(),
+            }),
+        }
     }
 
     async fn wait_for(&self, name: &str, done: impl Fn(Option<&TopicInfo>) -> bool) -> Result<()> {

@@ -52,7 +52,7 @@ pub mod limits;
 mod partitioner;
 mod producer;
 
-pub use admin::{Admin, GroupDescription, GroupListing, GroupMember, GroupOffset};
+pub use admin::{Admin, GroupDescription, GroupListing, GroupMember, GroupOffset, PartitionState};
 pub use config::{Acks, ClientConfig, Compression, ConsumerConfig, OffsetReset, ProducerConfig};
 pub use consumer::{Consumer, ConsumerRecord, Seek, TopicPartition};
 pub use error::{Error, Result};

@@ -43,6 +43,12 @@ pub enum ApiKey {
     InitProducerId = 7,
     /// A follower replica's fetch from its leader.
     ReplicaFetch = 8,
+    /// Grows a topic's partition count (through the controller).
+    AddPartitions = 9,
+    /// Moves a partition's leadership to its preferred replica (through the controller).
+    ElectPreferredLeader = 10,
+    /// Moves a partition to another replica set (through the controller).
+    ReassignPartition = 11,
     // Consumer groups (`crate::group_api`).
     FindCoordinator = 20,
     GroupHeartbeat = 21,
@@ -54,7 +60,7 @@ pub enum ApiKey {
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 16] = [
+    pub const ALL: [ApiKey; 19] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopic,
@@ -64,6 +70,9 @@ impl ApiKey {
         ApiKey::ListOffsets,
         ApiKey::InitProducerId,
         ApiKey::ReplicaFetch,
+        ApiKey::AddPartitions,
+        ApiKey::ElectPreferredLeader,
+        ApiKey::ReassignPartition,
         ApiKey::FindCoordinator,
         ApiKey::GroupHeartbeat,
         ApiKey::OffsetCommit,
@@ -144,6 +153,10 @@ pub enum ErrorCode {
     FencedLeaderEpoch,
     /// The request's leader epoch is newer than this broker knows: its metadata lags; retry.
     UnknownLeaderEpoch,
+    /// The preferred replica is not alive and in sync, so it cannot lead.
+    PreferredLeaderNotAvailable,
+    /// The partition is being reassigned already.
+    ReassignmentInProgress,
     /// This shard is not the group's coordinator: find the coordinator again.
     NotCoordinator,
     /// The coordinator is reading the group's state from the offsets log: retry shortly.
@@ -260,6 +273,30 @@ pub struct TopicResponse {
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct DeleteTopicRequest {
     pub name: String,
+}
+
+/// Grows `topic` to `count` partitions; answered with a [`TopicResponse`].
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct AddPartitionsRequest {
+    pub topic: String,
+    pub count: u32,
+}
+
+/// Moves the leadership of one partition to its preferred (first) replica; answered with a
+/// [`TopicResponse`].
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ElectPreferredLeaderRequest {
+    pub topic: String,
+    pub partition: u32,
+}
+
+/// Moves one partition to the replicas on `brokers` (the first is the preferred leader);
+/// answered with a [`TopicResponse`] once the move has started.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ReassignPartitionRequest {
+    pub topic: String,
+    pub partition: u32,
+    pub brokers: Vec<u64>,
 }
 
 /// Acknowledgement level of a produce request.

@@ -369,12 +369,29 @@ impl Coordinator {
         }
     }
 
-    /// Waits until `appended` is durable on every in-sync replica.
-    async fn committed(&self, owned: &OwnedPartition, appended: Appended) -> Result<(), Refusal> {
+    /// Waits until `appended` is durable on every in-sync replica. A deposed leader's high
+    /// watermark comes from the new leader's log, which may hold other records at these
+    /// offsets: if this shard stops leading at the slot's epoch, the write is not confirmed.
+    async fn committed(
+        &self,
+        owned: &OwnedPartition,
+        slot: &Slot,
+        appended: Appended,
+    ) -> Result<(), Refusal> {
         let log = owned.log.clone();
+        let still_leading = || {
+            self.partitions
+                .get(OFFSETS_TOPIC, slot.partition)
+                .is_some_and(|o| o.leader && o.leader_epoch == slot.epoch)
+        };
         let wait = async {
             log.wait_durable(appended).await?;
-            crate::server::api::produce::wait_high_watermark(&log, appended.last_offset).await
+            crate::server::api::produce::wait_high_watermark(
+                &log,
+                appended.last_offset,
+                still_leading,
+            )
+            .await
         };
         let timeout = self.config.write_timeout;
         let outcome = async { Some(wait.await) }
@@ -573,7 +590,7 @@ impl Coordinator {
         };
         let appended = self.append(&owned, &slot, &[record]).await?;
         drop(permit);
-        self.committed(&owned, appended).await?;
+        self.committed(&owned, &slot, appended).await?;
         Ok((answer, session))
     }
 
@@ -688,7 +705,7 @@ impl Coordinator {
         }
         let appended = self.append(&owned, &slot, &records).await?;
         drop(permit);
-        self.committed(&owned, appended).await?;
+        self.committed(&owned, &slot, appended).await?;
         // Visible once durable on the in-sync replicas; a later commit already applied wins.
         if let Some(entry) = slot.groups.borrow_mut().get_mut(&request.group) {
             for (i, (tp, value)) in accepted.into_iter().enumerate() {
@@ -933,7 +950,7 @@ impl Coordinator {
         slot.groups.borrow_mut().remove(group);
         drop(permit);
         if let Some(appended) = appended {
-            self.committed(&owned, appended).await?;
+            self.committed(&owned, &slot, appended).await?;
         }
         tracing::info!(group, expired, "group deleted");
         Ok(())
@@ -1000,7 +1017,7 @@ impl Coordinator {
                     match self.append(&owned, &slot, &[record]).await {
                         Ok(appended) => {
                             drop(permit);
-                            let _ = self.committed(&owned, appended).await;
+                            let _ = self.committed(&owned, &slot, appended).await;
                         }
                         Err(_) => break,
                     }

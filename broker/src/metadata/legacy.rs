@@ -86,6 +86,84 @@ pub mod v1 {
                                     leader_epoch: p.leader_epoch,
                                     in_sync: p.in_sync,
                                     partition_epoch: 0,
+                                    target_replicas: None,
+                                })
+                                .collect(),
+                        };
+                        (name, topic)
+                    })
+                    .collect(),
+                coordinators: old.coordinators,
+                next_topic_id: old.next_topic_id,
+                next_producer_id: old.next_producer_id,
+            }
+        }
+    }
+}
+
+/// Schema 2: before reassignments (`PartitionInfo::target_replicas`).
+pub mod v2 {
+    use std::collections::BTreeMap;
+
+    use crate::metadata::types::{
+        Broker, ClusterState as Current, NodeId, PartitionInfo as CurrentPartition,
+        ReplicaPlacement, Topic as CurrentTopic, TopicConfig,
+    };
+
+    #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct PartitionInfo {
+        pub replicas: Vec<ReplicaPlacement>,
+        pub leader: Option<NodeId>,
+        pub leader_epoch: u32,
+        pub in_sync: Vec<NodeId>,
+        pub partition_epoch: u32,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct Topic {
+        pub name: String,
+        pub id: u64,
+        pub replication_factor: u32,
+        pub config: TopicConfig,
+        pub partitions: Vec<PartitionInfo>,
+    }
+
+    #[derive(
+        Debug, Clone, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+    )]
+    pub struct ClusterState {
+        pub version: u64,
+        pub brokers: BTreeMap<NodeId, Broker>,
+        pub topics: BTreeMap<String, Topic>,
+        pub coordinators: BTreeMap<String, ReplicaPlacement>,
+        pub next_topic_id: u64,
+        pub next_producer_id: u64,
+    }
+
+    impl From<ClusterState> for Current {
+        fn from(old: ClusterState) -> Current {
+            Current {
+                version: old.version,
+                brokers: old.brokers,
+                topics: old
+                    .topics
+                    .into_iter()
+                    .map(|(name, t)| {
+                        let topic = CurrentTopic {
+                            name: t.name,
+                            id: t.id,
+                            replication_factor: t.replication_factor,
+                            config: t.config,
+                            partitions: t
+                                .partitions
+                                .into_iter()
+                                .map(|p| CurrentPartition {
+                                    replicas: p.replicas,
+                                    leader: p.leader,
+                                    leader_epoch: p.leader_epoch,
+                                    in_sync: p.in_sync,
+                                    partition_epoch: p.partition_epoch,
+                                    target_replicas: None,
                                 })
                                 .collect(),
                         };

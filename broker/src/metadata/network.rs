@@ -1,6 +1,10 @@
-//! Raft RPCs to other brokers over TCP, one lazily opened connection per peer.
+//! Raft RPCs to other brokers over TCP, one lazily opened connection per peer; and what they
+//! learn of peers whose metadata port refuses connections (a process that is gone), which the
+//! controller uses to declare a killed broker dead before its lease runs out.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
@@ -16,10 +20,43 @@ use tokio::net::TcpStream;
 use super::types::{NodeId, TypeConfig};
 use super::wire::{read_frame, write_frame, WireError, WireRequest, WireResponse};
 
+/// Peers whose metadata port refused a connection, since when (cleared by the next exchange
+/// that succeeds). A refusal is the kernel saying nothing listens there: the broker process is
+/// gone (killed, crashed, stopped), unlike a timeout, which a pause or a partition also gives.
+#[derive(Debug, Clone, Default)]
+pub struct Refusals(Arc<Mutex<HashMap<NodeId, Instant>>>);
+
+impl Refusals {
+    fn refused(&self, peer: NodeId) {
+        self.lock().entry(peer).or_insert_with(Instant::now);
+    }
+
+    /// `peer` answered (a Raft exchange, or a registration or heartbeat reached the controller):
+    /// whatever refused before, it listens now.
+    pub fn answered(&self, peer: NodeId) {
+        self.lock().remove(&peer);
+    }
+
+    /// Peers refusing connections, with nothing answered since, for at least `for_at_least`.
+    pub fn refusing(&self, for_at_least: Duration) -> Vec<NodeId> {
+        let now = Instant::now();
+        self.lock()
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= for_at_least)
+            .map(|(peer, _)| *peer)
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Instant>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Creates [`PeerClient`]s for openraft.
 #[derive(Debug, Clone, Default)]
 pub struct Network {
     pub local: NodeId,
+    pub refusals: Refusals,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -31,6 +68,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             address: node.addr.clone(),
             stream: None,
+            refusals: self.refusals.clone(),
         }
     }
 }
@@ -42,6 +80,7 @@ pub struct PeerClient {
     target: NodeId,
     address: String,
     stream: Option<TcpStream>,
+    refusals: Refusals,
 }
 
 enum CallError {
@@ -58,9 +97,15 @@ impl PeerClient {
     ) -> Result<WireResponse, CallError> {
         let exchange = async {
             if self.stream.is_none() {
-                let stream = TcpStream::connect(&self.address)
-                    .await
-                    .map_err(CallError::Unreachable)?;
+                let stream = match TcpStream::connect(&self.address).await {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                            self.refusals.refused(self.target);
+                        }
+                        return Err(CallError::Unreachable(e));
+                    }
+                };
                 stream.set_nodelay(true).map_err(CallError::Unreachable)?;
                 self.stream = Some(stream);
             }
@@ -85,6 +130,8 @@ impl PeerClient {
         };
         if outcome.is_err() {
             self.stream = None;
+        } else {
+            self.refusals.answered(self.target);
         }
         outcome
     }

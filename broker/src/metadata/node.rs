@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use super::client::AdminClient;
-use super::network::Network;
+use super::network::{Network, Refusals};
 use super::store::{LogStore, StateMachineStore};
 use super::types::{
     BrokerState, ClusterState, Command, CommandResult, MetadataError, NodeId, Raft,
@@ -25,7 +25,9 @@ use super::wire::{
     read_frame, write_frame, AdminReply, AdminRequest, ClusterView, WireError, WireRequest,
     WireResponse,
 };
-use crate::limits::METADATA_CONNECTIONS_MAX;
+use crate::limits::{
+    CONTROLLED_SHUTDOWN_RETRY, CONTROLLER_TICK_MAX, METADATA_CONNECTIONS_MAX, REFUSED_DEAD_AFTER,
+};
 
 /// How a metadata node is set up.
 #[derive(Debug, Clone)]
@@ -109,6 +111,8 @@ struct NodeInner {
     log: LogStore,
     state: watch::Receiver<Arc<ClusterState>>,
     leases: Mutex<Leases>,
+    /// Peers whose metadata port refuses connections, as the Raft network saw.
+    refusals: Refusals,
 }
 
 impl std::fmt::Debug for NodeInner {
@@ -161,11 +165,13 @@ impl MetadataNode {
                     address: config.listen.clone(),
                     source,
                 })?;
+        let refusals = Refusals::default();
         let raft = Raft::new(
             config.node_id,
             raft_config,
             Network {
                 local: config.node_id,
+                refusals: refusals.clone(),
             },
             log.clone(),
             machine.clone(),
@@ -180,6 +186,7 @@ impl MetadataNode {
                 log,
                 state,
                 leases: Mutex::new(Leases::default()),
+                refusals,
             }),
         };
         let initialized = node
@@ -235,6 +242,65 @@ impl MetadataNode {
         if let Err(error) = self.inner.raft.shutdown().await {
             tracing::warn!(%error, "raft shutdown");
         }
+    }
+
+    /// Controlled shutdown, run on SIGTERM before the shards stop: asks the controller to move
+    /// this broker's leaderships to other in-sync replicas and waits until the metadata shows it
+    /// leads no partition that another live replica could take, at most `wait`; then returns
+    /// anyway (the leases move what is left when this broker has stopped).
+    pub async fn controlled_shutdown(&self, wait: Duration) {
+        let id = self.id();
+        let deadline = Instant::now() + wait;
+        let client = AdminClient::new(self.bootstrap()).with_timeout(CONTROLLED_SHUTDOWN_RETRY * 4);
+        let mut applied = self.state();
+        loop {
+            let state = applied.borrow_and_update().clone();
+            let (led, movable) = state.led_by(id);
+            if movable == 0 {
+                tracing::info!(
+                    broker = id,
+                    still_leading = led,
+                    "controlled shutdown: no leadership left to move"
+                );
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!(
+                    broker = id,
+                    still_leading = led,
+                    movable,
+                    waited_ms = wait.as_millis() as u64,
+                    "controlled shutdown: leaderships did not move in time; stopping anyway"
+                );
+                return;
+            }
+            if let Err(error) = client
+                .request(AdminRequest::ControlledShutdown { id })
+                .await
+            {
+                tracing::debug!(%error, "controlled shutdown request");
+            }
+            // The next look after the metadata changes, or after a pause (followers may catch
+            // up and join an in-sync set, the controller may move).
+            let pause = CONTROLLED_SHUTDOWN_RETRY.min(deadline.saturating_duration_since(now));
+            let _ = tokio::time::timeout(pause, applied.changed()).await;
+        }
+    }
+
+    /// Metadata addresses to reach the controller through: this node first, then its peers.
+    fn bootstrap(&self) -> Vec<String> {
+        let config = &self.inner.config;
+        let mut bootstrap: Vec<String> = vec![config.listen.clone()];
+        bootstrap.extend(
+            config
+                .peers
+                .values()
+                .chain(&config.join)
+                .filter(|a| **a != config.listen)
+                .cloned(),
+        );
+        bootstrap
     }
 
     fn controller(&self) -> Option<(NodeId, String)> {
@@ -293,7 +359,28 @@ impl MetadataNode {
         }
     }
 
+    /// Completes every reassignment whose target replicas are all in sync (controller only).
+    async fn complete_reassignments(&self) {
+        for (topic, partition, partition_epoch) in self.inner.machine.state().reassignments_ready()
+        {
+            tracing::info!(%topic, partition, "reassignment complete: dropping the old replicas");
+            if let Err(error) = self
+                .propose(Command::CompleteReassignment {
+                    topic: topic.clone(),
+                    partition,
+                    partition_epoch,
+                })
+                .await
+            {
+                tracing::debug!(%topic, partition, %error, "completing a reassignment");
+            }
+        }
+    }
+
     fn touch_lease(&self, id: NodeId) {
+        // It reached us, so it listens again (a restarted broker registers before Raft, in
+        // its backoff, connects to it again).
+        self.inner.refusals.answered(id);
         let mut leases = self.inner.leases.lock().unwrap_or_else(|p| p.into_inner());
         leases.last.insert(id, Instant::now());
     }
@@ -393,13 +480,76 @@ impl MetadataNode {
                     partition_epoch,
                     &in_sync,
                 )?;
-                self.propose(Command::AlterInSync {
+                let reply = self
+                    .propose(Command::AlterInSync {
+                        topic,
+                        partition,
+                        leader,
+                        leader_epoch,
+                        partition_epoch,
+                        in_sync,
+                    })
+                    .await;
+                // A replica being added may just have joined: end its reassignment now rather
+                // than at the next controller tick.
+                self.complete_reassignments().await;
+                reply
+            }
+            AdminRequest::ControlledShutdown { id } => {
+                self.require_controller()?;
+                let state = self.inner.machine.state();
+                // Asked again while the broker waits: propose only what would change something.
+                let mut after = (*state).clone();
+                if let CommandResult::Rejected(error) =
+                    after.apply(&Command::ControlledShutdown { id })
+                {
+                    return Err(error);
+                }
+                if after.brokers == state.brokers && after.topics == state.topics {
+                    return Ok(AdminReply::Done {
+                        version: state.version,
+                    });
+                }
+                tracing::info!(broker = id, "controlled shutdown: moving its leaderships");
+                self.propose(Command::ControlledShutdown { id }).await
+            }
+            AdminRequest::AddPartitions { topic, count } => {
+                self.require_controller()?;
+                let partitions = self
+                    .inner
+                    .machine
+                    .state()
+                    .place_added_partitions(&topic, count)?;
+                self.propose(Command::AddPartitions { topic, partitions })
+                    .await
+            }
+            AdminRequest::ElectPreferredLeader { topic, partition } => {
+                self.require_controller()?;
+                let state = self.inner.machine.state();
+                if !state.check_elect_preferred_leader(&topic, partition)? {
+                    return Ok(AdminReply::Done {
+                        version: state.version,
+                    });
+                }
+                self.propose(Command::ElectPreferredLeader { topic, partition })
+                    .await
+            }
+            AdminRequest::ReassignPartition {
+                topic,
+                partition,
+                brokers,
+            } => {
+                self.require_controller()?;
+                let target = self
+                    .inner
+                    .machine
+                    .state()
+                    .place_reassignment(&topic, partition, &brokers)?;
+                tracing::info!(%topic, partition, ?brokers, "reassignment started");
+                self.propose(Command::ReassignPartition {
                     topic,
                     partition,
-                    leader,
-                    leader_epoch,
-                    partition_epoch,
-                    in_sync,
+                    target,
                 })
                 .await
             }
@@ -494,12 +644,14 @@ async fn serve_connection(node: MetadataNode, mut stream: TcpStream) -> Result<(
     }
 }
 
-/// While this node is the controller: expire leases of brokers that stopped heartbeating.
+/// While this node is the controller: expire leases of brokers that stopped heartbeating, and
+/// declare dead at once a broker whose metadata port refuses connections (its process is gone:
+/// no need to wait out its lease); complete reassignments that are ready.
 async fn controller_duties(node: MetadataNode) {
     let lease = Duration::from_millis(node.inner.config.lease_ms);
     let mut was_controller = false;
     loop {
-        tokio::time::sleep(lease / 4).await;
+        tokio::time::sleep((lease / 4).min(CONTROLLER_TICK_MAX)).await;
         if node.require_controller().is_err() {
             was_controller = false;
             continue;
@@ -514,24 +666,28 @@ async fn controller_duties(node: MetadataNode) {
                     leases.last.insert(*id, now);
                 }
             }
+            let refusing = node.inner.refusals.refusing(REFUSED_DEAD_AFTER);
             state
                 .brokers
                 .values()
-                .filter(|b| b.state == BrokerState::Alive)
+                .filter(|b| b.state != BrokerState::Dead && b.id != node.id())
                 .filter(|b| {
-                    leases
-                        .last
-                        .get(&b.id)
-                        .is_none_or(|t| now.duration_since(*t) > lease)
+                    refusing.contains(&b.id)
+                        || leases
+                            .last
+                            .get(&b.id)
+                            .is_none_or(|t| now.duration_since(*t) > lease)
                 })
                 .map(|b| b.id)
                 .collect()
         };
         was_controller = true;
+        node.complete_reassignments().await;
         for id in expired {
             tracing::warn!(
                 broker = id,
-                "broker lease expired: marking it dead and moving its leadership"
+                "broker lease expired or its metadata port refuses connections: marking it dead \
+                 and moving its leadership"
             );
             if let Err(error) = node
                 .propose(Command::SetBrokerState {
@@ -572,15 +728,8 @@ async fn join_cluster(node: MetadataNode) {
 /// Registers this broker with the controller, then heartbeats for as long as the node runs.
 async fn register_and_heartbeat(node: MetadataNode) {
     let config = &node.inner.config;
-    let mut bootstrap: Vec<String> = vec![config.listen.clone()];
-    bootstrap.extend(
-        config
-            .peers
-            .values()
-            .filter(|a| **a != config.listen)
-            .cloned(),
-    );
-    let client = AdminClient::new(bootstrap).with_timeout(Duration::from_millis(config.lease_ms));
+    let client =
+        AdminClient::new(node.bootstrap()).with_timeout(Duration::from_millis(config.lease_ms));
     let register = AdminRequest::RegisterBroker {
         id: config.node_id,
         address: config.broker_address.clone(),

@@ -52,6 +52,45 @@ pub fn validate_topic_config(config: &TopicConfig) -> Result<(), MetadataError> 
     Ok(())
 }
 
+/// A fresh partition on `replicas`: its first replica leads, alone in sync.
+fn new_partition(replicas: &[ReplicaPlacement]) -> PartitionInfo {
+    PartitionInfo {
+        leader: replicas.first().map(|r| r.broker),
+        leader_epoch: 0,
+        // Only the first leader starts in sync: a follower holds none of the partition's data
+        // until it has replicated it, and a replica that is not in sync must never lead
+        // (offsets would go back).
+        in_sync: replicas.first().map(|r| r.broker).into_iter().collect(),
+        replicas: replicas.to_vec(),
+        partition_epoch: 0,
+        target_replicas: None,
+    }
+}
+
+/// The shard of `broker` holding the fewest replicas (the lowest on a tie).
+fn least_loaded_shard(
+    broker: &Broker,
+    load: &std::collections::BTreeMap<ReplicaPlacement, u64>,
+) -> ReplicaPlacement {
+    let shard = (0..broker.shards.max(1))
+        .min_by_key(|&shard| {
+            (
+                load.get(&ReplicaPlacement {
+                    broker: broker.id,
+                    shard,
+                })
+                .copied()
+                .unwrap_or(0),
+                shard,
+            )
+        })
+        .unwrap_or(0);
+    ReplicaPlacement {
+        broker: broker.id,
+        shard,
+    }
+}
+
 impl ClusterState {
     /// Brokers that may host and lead partitions, by id.
     pub fn live_brokers(&self) -> Vec<&Broker> {
@@ -161,6 +200,16 @@ impl ClusterState {
         partitions: u32,
         replication_factor: u32,
     ) -> Vec<Vec<ReplicaPlacement>> {
+        self.place_from(self.next_topic_id as usize, partitions, replication_factor)
+    }
+
+    /// Placement of `partitions` partitions whose leaders rotate from live broker `start`.
+    fn place_from(
+        &self,
+        start: usize,
+        partitions: u32,
+        replication_factor: u32,
+    ) -> Vec<Vec<ReplicaPlacement>> {
         let live: Vec<&Broker> = self.live_brokers();
         assert!(
             !live.is_empty() && replication_factor as usize <= live.len(),
@@ -175,35 +224,289 @@ impl ClusterState {
                 }
             }
         }
-        let start = self.next_topic_id as usize;
         let mut placement = Vec::with_capacity(partitions as usize);
         for p in 0..partitions as usize {
             let mut replicas = Vec::with_capacity(replication_factor as usize);
             for r in 0..replication_factor as usize {
                 let broker = live[(start + p + r) % live.len()];
-                let shard = (0..broker.shards.max(1))
-                    .min_by_key(|&shard| {
-                        (
-                            load.get(&ReplicaPlacement {
-                                broker: broker.id,
-                                shard,
-                            })
-                            .copied()
-                            .unwrap_or(0),
-                            shard,
-                        )
-                    })
-                    .unwrap_or(0);
-                let replica = ReplicaPlacement {
-                    broker: broker.id,
-                    shard,
-                };
+                let replica = least_loaded_shard(broker, &load);
                 *load.entry(replica).or_default() += 1;
                 replicas.push(replica);
             }
             placement.push(replicas);
         }
         placement
+    }
+
+    /// Replica load per (broker, shard): how many partitions' replicas each holds.
+    fn replica_load(&self) -> std::collections::BTreeMap<ReplicaPlacement, u64> {
+        let mut load = std::collections::BTreeMap::new();
+        for partition in self.topics.values().flat_map(|t| &t.partitions) {
+            for replica in &partition.replicas {
+                *load.entry(*replica).or_default() += 1;
+            }
+        }
+        load
+    }
+
+    fn partition_info(&self, topic: &str, partition: u32) -> Result<&PartitionInfo, MetadataError> {
+        self.topics
+            .get(topic)
+            .ok_or_else(|| MetadataError::UnknownTopic(topic.to_string()))?
+            .partitions
+            .get(partition as usize)
+            .ok_or_else(|| MetadataError::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+            })
+    }
+
+    /// Checks growing `topic` to `count` partitions and places the new ones (what the controller
+    /// proposes as `Command::AddPartitions`): more than today, at most `TOPIC_PARTITIONS_MAX`,
+    /// and enough live brokers for the topic's replication factor.
+    pub fn place_added_partitions(
+        &self,
+        topic: &str,
+        count: u32,
+    ) -> Result<Vec<Vec<ReplicaPlacement>>, MetadataError> {
+        let existing = self
+            .topics
+            .get(topic)
+            .ok_or_else(|| MetadataError::UnknownTopic(topic.to_string()))?;
+        let current = existing.partitions.len() as u32;
+        if count <= current || count > TOPIC_PARTITIONS_MAX {
+            return Err(MetadataError::InvalidPartitionCount {
+                requested: count,
+                max: TOPIC_PARTITIONS_MAX,
+            });
+        }
+        let live = self.live_brokers().len() as u32;
+        if existing.replication_factor > live {
+            return Err(MetadataError::ReplicationFactorTooLarge {
+                requested: existing.replication_factor,
+                live,
+            });
+        }
+        Ok(self.place_from(
+            existing.id as usize + current as usize,
+            count - current,
+            existing.replication_factor,
+        ))
+    }
+
+    /// Checks placements for new partitions of `topic` (in `apply`): the topic exists, the
+    /// count stays within the limit, each list has the replication factor's length, on
+    /// distinct known brokers and existing shards.
+    fn check_added_partitions(
+        &self,
+        topic: &str,
+        partitions: &[Vec<ReplicaPlacement>],
+    ) -> Result<(), MetadataError> {
+        let existing = self
+            .topics
+            .get(topic)
+            .ok_or_else(|| MetadataError::UnknownTopic(topic.to_string()))?;
+        let total = existing.partitions.len() + partitions.len();
+        if partitions.is_empty() || total > TOPIC_PARTITIONS_MAX as usize {
+            return Err(MetadataError::InvalidPartitionCount {
+                requested: total as u32,
+                max: TOPIC_PARTITIONS_MAX,
+            });
+        }
+        for replicas in partitions {
+            if replicas.len() != existing.replication_factor as usize {
+                return Err(MetadataError::Malformed(
+                    "placement does not match the replication factor".into(),
+                ));
+            }
+            self.check_placements(replicas)
+                .map_err(MetadataError::Malformed)?;
+        }
+        Ok(())
+    }
+
+    /// Replicas on distinct known brokers, each on a shard its broker has.
+    fn check_placements(&self, replicas: &[ReplicaPlacement]) -> Result<(), String> {
+        let mut seen = std::collections::BTreeSet::new();
+        for replica in replicas {
+            if !seen.insert(replica.broker) {
+                return Err(format!("broker {} listed twice", replica.broker));
+            }
+            match self.brokers.get(&replica.broker) {
+                None => return Err(format!("unknown broker {}", replica.broker)),
+                Some(b) if replica.shard >= b.shards.max(1) => {
+                    return Err(format!(
+                        "broker {} has no shard {}",
+                        replica.broker, replica.shard
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether electing the preferred (first) replica of a partition would change its leader;
+    /// an error when that replica is not alive and in sync.
+    pub fn check_elect_preferred_leader(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<bool, MetadataError> {
+        let info = self.partition_info(topic, partition)?;
+        let preferred = info.replicas.first().map(|r| r.broker).unwrap_or_default();
+        if info.leader == Some(preferred) {
+            return Ok(false);
+        }
+        if !info.in_sync.contains(&preferred) || !self.is_alive(preferred) {
+            return Err(MetadataError::PreferredLeaderNotAvailable {
+                topic: topic.to_string(),
+                partition,
+                preferred,
+            });
+        }
+        Ok(true)
+    }
+
+    /// Places a reassignment of a partition to `brokers` (what the controller proposes as
+    /// `Command::ReassignPartition`): a replica staying keeps its shard, a new one goes to the
+    /// least-loaded shard of its broker.
+    pub fn place_reassignment(
+        &self,
+        topic: &str,
+        partition: u32,
+        brokers: &[NodeId],
+    ) -> Result<Vec<ReplicaPlacement>, MetadataError> {
+        let info = self.partition_info(topic, partition)?;
+        let load = self.replica_load();
+        let mut target = Vec::with_capacity(brokers.len());
+        for &broker in brokers {
+            let placement = match info.replicas.iter().find(|r| r.broker == broker) {
+                Some(existing) => *existing,
+                None => match self.brokers.get(&broker) {
+                    Some(b) => least_loaded_shard(b, &load),
+                    None => {
+                        return Err(MetadataError::InvalidReassignment(format!(
+                            "unknown broker {broker}"
+                        )))
+                    }
+                },
+            };
+            target.push(placement);
+        }
+        self.check_reassignment(topic, partition, &target)?;
+        Ok(target)
+    }
+
+    /// Checks a reassignment (the controller before proposing; `apply` again): no other one in
+    /// progress for the partition, a non-empty target on distinct known brokers, replicas that
+    /// stay on their shard, added ones on live brokers, and a change.
+    pub fn check_reassignment(
+        &self,
+        topic: &str,
+        partition: u32,
+        target: &[ReplicaPlacement],
+    ) -> Result<(), MetadataError> {
+        let info = self.partition_info(topic, partition)?;
+        let invalid = |why: String| Err(MetadataError::InvalidReassignment(why));
+        if info.target_replicas.is_some() {
+            return Err(MetadataError::ReassignmentInProgress {
+                topic: topic.to_string(),
+                partition,
+            });
+        }
+        if target.is_empty() || target.len() > self.brokers.len() {
+            return invalid(format!(
+                "{} replicas for a cluster of {} brokers",
+                target.len(),
+                self.brokers.len()
+            ));
+        }
+        if let Err(why) = self.check_placements(target) {
+            return invalid(why);
+        }
+        for replica in target {
+            match info.replicas.iter().find(|r| r.broker == replica.broker) {
+                Some(existing) if existing != replica => {
+                    return invalid(format!(
+                        "broker {} keeps its replica on shard {}",
+                        replica.broker, existing.shard
+                    ))
+                }
+                Some(_) => {}
+                None if !self.is_alive(replica.broker) => {
+                    return invalid(format!("broker {} is not alive", replica.broker))
+                }
+                None => {}
+            }
+        }
+        let mut old: Vec<NodeId> = info.replicas.iter().map(|r| r.broker).collect();
+        let mut new: Vec<NodeId> = target.iter().map(|r| r.broker).collect();
+        old.sort_unstable();
+        new.sort_unstable();
+        if old == new {
+            return invalid("the target is the current replica set".into());
+        }
+        Ok(())
+    }
+
+    /// Checks that a reassignment can complete at `partition_epoch`: one is in progress, every
+    /// target replica is in sync, and a target replica can lead.
+    pub fn check_complete_reassignment(
+        &self,
+        topic: &str,
+        partition: u32,
+        partition_epoch: u32,
+    ) -> Result<(), MetadataError> {
+        let info = self.partition_info(topic, partition)?;
+        let not_ready = |reason: &str| {
+            Err(MetadataError::ReassignmentNotReady {
+                topic: topic.to_string(),
+                partition,
+                reason: reason.to_string(),
+            })
+        };
+        let Some(target) = &info.target_replicas else {
+            return not_ready("no reassignment is in progress");
+        };
+        if info.partition_epoch != partition_epoch {
+            return Err(MetadataError::StalePartitionEpoch {
+                current: info.partition_epoch,
+                got: partition_epoch,
+            });
+        }
+        if !target.iter().all(|r| info.in_sync.contains(&r.broker)) {
+            return not_ready("a target replica is not in sync yet");
+        }
+        let leader_stays = info
+            .leader
+            .is_some_and(|l| target.iter().any(|r| r.broker == l));
+        if !leader_stays && !target.iter().any(|r| self.is_alive(r.broker)) {
+            return not_ready("no live target replica can lead");
+        }
+        Ok(())
+    }
+
+    /// Reassignments whose target replicas are all in sync: (topic, partition, partition epoch)
+    /// for the controller to complete.
+    pub fn reassignments_ready(&self) -> Vec<(String, u32, u32)> {
+        let mut ready = Vec::new();
+        for topic in self.topics.values() {
+            for (index, info) in topic.partitions.iter().enumerate() {
+                if info.target_replicas.is_some()
+                    && self
+                        .check_complete_reassignment(
+                            &topic.name,
+                            index as u32,
+                            info.partition_epoch,
+                        )
+                        .is_ok()
+                {
+                    ready.push((topic.name.clone(), index as u32, info.partition_epoch));
+                }
+            }
+        }
+        ready
     }
 
     /// Applies a committed command. Rejections change nothing, not even the version.
@@ -242,9 +545,8 @@ impl ClusterState {
                     let before = broker.state;
                     broker.state = *state;
                     match (before, *state) {
-                        (BrokerState::Alive, BrokerState::Dead | BrokerState::Fenced) => {
-                            self.move_leaders_off(*id)
-                        }
+                        (BrokerState::Alive, BrokerState::Dead | BrokerState::Fenced)
+                        | (BrokerState::Fenced, BrokerState::Dead) => self.move_leaders_off(*id),
                         (BrokerState::Dead | BrokerState::Fenced, BrokerState::Alive) => {
                             self.restore_leaders(*id)
                         }
@@ -278,19 +580,7 @@ impl ClusterState {
                         min_insync_replicas: config.resolved_min_insync(*replication_factor),
                         ..config.clone()
                     };
-                    let partitions = partitions
-                        .iter()
-                        .map(|replicas| PartitionInfo {
-                            leader: replicas.first().map(|r| r.broker),
-                            leader_epoch: 0,
-                            // Only the first leader starts in sync: a follower holds none of
-                            // the partition's data until it has replicated it, and a replica
-                            // that is not in sync must never lead (offsets would go back).
-                            in_sync: replicas.first().map(|r| r.broker).into_iter().collect(),
-                            replicas: replicas.clone(),
-                            partition_epoch: 0,
-                        })
-                        .collect();
+                    let partitions = partitions.iter().map(|r| new_partition(r)).collect();
                     self.topics.insert(
                         name.clone(),
                         Topic {
@@ -334,6 +624,78 @@ impl ClusterState {
                     info.partition_epoch += 1;
                     None
                 }),
+            Command::ControlledShutdown { id } => match self.brokers.get_mut(id) {
+                None => Err(MetadataError::UnknownBroker(*id)),
+                Some(broker) if broker.state == BrokerState::Dead => {
+                    Err(MetadataError::BrokerDead(*id))
+                }
+                Some(broker) => {
+                    broker.state = BrokerState::Fenced;
+                    self.shed_leadership(*id);
+                    Ok(None)
+                }
+            },
+            Command::AddPartitions { topic, partitions } => {
+                self.check_added_partitions(topic, partitions).map(|()| {
+                    let existing = self.topics.get_mut(topic).expect("checked above");
+                    existing
+                        .partitions
+                        .extend(partitions.iter().map(|r| new_partition(r)));
+                    None
+                })
+            }
+            Command::ElectPreferredLeader { topic, partition } => self
+                .check_elect_preferred_leader(topic, *partition)
+                .map(|changes| {
+                    let info = self.partition_mut(topic, *partition);
+                    if changes {
+                        info.leader = info.replicas.first().map(|r| r.broker);
+                        info.leader_epoch += 1;
+                        info.partition_epoch += 1;
+                    }
+                    None
+                }),
+            Command::ReassignPartition {
+                topic,
+                partition,
+                target,
+            } => self
+                .check_reassignment(topic, *partition, target)
+                .map(|()| {
+                    let info = self.partition_mut(topic, *partition);
+                    let adding: Vec<ReplicaPlacement> = target
+                        .iter()
+                        .filter(|t| !info.replicas.iter().any(|r| r.broker == t.broker))
+                        .copied()
+                        .collect();
+                    info.replicas.extend(adding);
+                    info.target_replicas = Some(target.clone());
+                    info.partition_epoch += 1;
+                    None
+                }),
+            Command::CompleteReassignment {
+                topic,
+                partition,
+                partition_epoch,
+            } => self
+                .check_complete_reassignment(topic, *partition, *partition_epoch)
+                .map(|()| {
+                    let alive: Vec<NodeId> = self.live_brokers().iter().map(|b| b.id).collect();
+                    let info = self.partition_mut(topic, *partition);
+                    let target = info.target_replicas.take().expect("checked above");
+                    info.in_sync
+                        .retain(|b| target.iter().any(|r| r.broker == *b));
+                    if !info
+                        .leader
+                        .is_some_and(|l| target.iter().any(|r| r.broker == l))
+                    {
+                        info.leader = info.in_sync.iter().copied().find(|b| alive.contains(b));
+                        info.leader_epoch += 1;
+                    }
+                    info.replicas = target;
+                    info.partition_epoch += 1;
+                    None
+                }),
             Command::AssignCoordinator { group, placement } => {
                 self.coordinators.entry(group.clone()).or_insert(*placement);
                 Ok(None)
@@ -374,6 +736,13 @@ impl ClusterState {
             }
             Err(error) => CommandResult::Rejected(error),
         }
+    }
+
+    fn partition_mut(&mut self, topic: &str, partition: u32) -> &mut PartitionInfo {
+        self.topics
+            .get_mut(topic)
+            .and_then(|t| t.partitions.get_mut(partition as usize))
+            .expect("checked before")
     }
 
     fn is_alive(&self, id: NodeId) -> bool {
@@ -435,6 +804,55 @@ impl ClusterState {
             }
         }
         self.coordinators.retain(|_, p| p.broker != NodeId::MAX);
+    }
+
+    /// A broker stops cleanly: each partition it leads moves to another live in-sync replica
+    /// (epoch + 1) and stays with it when there is none; it leaves every in-sync set it is not
+    /// the leader (or last member) of. Every change bumps the partition epoch.
+    fn shed_leadership(&mut self, leaving: NodeId) {
+        let alive: Vec<NodeId> = self.live_brokers().iter().map(|b| b.id).collect();
+        for topic in self.topics.values_mut() {
+            for partition in &mut topic.partitions {
+                let before = (partition.leader, partition.in_sync.clone());
+                if partition.leader == Some(leaving) {
+                    if let Some(next) = partition
+                        .in_sync
+                        .iter()
+                        .copied()
+                        .find(|b| *b != leaving && alive.contains(b))
+                    {
+                        partition.leader = Some(next);
+                        partition.leader_epoch += 1;
+                    }
+                }
+                if partition.leader != Some(leaving) && partition.in_sync.len() > 1 {
+                    partition.in_sync.retain(|&b| b != leaving);
+                }
+                if (partition.leader, &partition.in_sync) != (before.0, &before.1) {
+                    partition.partition_epoch += 1;
+                }
+            }
+        }
+    }
+
+    /// Partitions `broker` leads, and how many of them have another replica on a live broker
+    /// (one a controlled shutdown can move leadership to, now or once it is in sync).
+    pub fn led_by(&self, broker: NodeId) -> (usize, usize) {
+        let mut led = 0;
+        let mut movable = 0;
+        for partition in self.topics.values().flat_map(|t| &t.partitions) {
+            if partition.leader == Some(broker) {
+                led += 1;
+                if partition
+                    .replicas
+                    .iter()
+                    .any(|r| r.broker != broker && self.is_alive(r.broker))
+                {
+                    movable += 1;
+                }
+            }
+        }
+        (led, movable)
     }
 
     /// A broker came back: offline partitions whose in-sync set holds it get it as leader.
@@ -725,6 +1143,279 @@ mod tests {
         assert_ne!(new_leader, leader);
         assert_eq!(p.in_sync, vec![new_leader]);
         assert_eq!(p.leader_epoch, 1);
+    }
+
+    /// A controlled shutdown moves leadership only to live in-sync replicas (epoch + 1), takes
+    /// the broker out of the sets it follows in, keeps a leader that has no successor rather
+    /// than leaving its partition offline, and fences the broker until it registers again.
+    #[test]
+    fn controlled_shutdown_moves_leadership_to_in_sync_replicas_only() {
+        let mut state = cluster(3, 1);
+        create(&mut state, "r", 3, 3);
+        // Partitions 0 and 1 get every replica in sync; partition 2 keeps its leader alone.
+        for partition in 0..2u32 {
+            let p = state.topics["r"].partitions[partition as usize].clone();
+            let all: Vec<NodeId> = p.replicas.iter().map(|r| r.broker).collect();
+            let applied = state.apply(&Command::AlterInSync {
+                topic: "r".into(),
+                partition,
+                leader: p.leader.unwrap(),
+                leader_epoch: 0,
+                partition_epoch: 0,
+                in_sync: all,
+            });
+            assert!(matches!(applied, CommandResult::Applied { .. }));
+        }
+        let leaving = state.topics["r"].partitions[0].leader.unwrap();
+        let lonely = state.topics["r"]
+            .partitions
+            .iter()
+            .position(|p| p.leader == Some(leaving) && p.in_sync.len() == 1);
+        let before = state.topics["r"].clone();
+        let (led, movable) = state.led_by(leaving);
+        assert!(led >= 1 && movable == led);
+        assert!(matches!(
+            state.apply(&Command::ControlledShutdown { id: leaving }),
+            CommandResult::Applied { .. }
+        ));
+        assert_eq!(state.brokers[&leaving].state, BrokerState::Fenced);
+        for (i, (p, old)) in state.topics["r"]
+            .partitions
+            .iter()
+            .zip(&before.partitions)
+            .enumerate()
+        {
+            if Some(i) == lonely {
+                assert_eq!(p.leader, Some(leaving), "no successor: it keeps leading");
+                assert_eq!(p.leader_epoch, old.leader_epoch);
+                continue;
+            }
+            assert_ne!(p.leader, Some(leaving));
+            assert!(
+                p.leader.is_some_and(|l| old.in_sync.contains(&l)),
+                "an in-sync successor"
+            );
+            assert!(!p.in_sync.contains(&leaving) || p.in_sync.len() == 1);
+            if old.leader == Some(leaving) {
+                assert_eq!(p.leader_epoch, old.leader_epoch + 1);
+            }
+            if *p != *old {
+                assert!(p.partition_epoch > old.partition_epoch);
+            }
+        }
+        // Fenced: it cannot join a set again, and new topics are not placed on it.
+        assert!(state.live_brokers().iter().all(|b| b.id != leaving));
+        // Its lease then expires: what it still leads moves as for any dead broker.
+        state.apply(&Command::SetBrokerState {
+            id: leaving,
+            state: BrokerState::Dead,
+        });
+        assert!(state.topics["r"]
+            .partitions
+            .iter()
+            .all(|p| p.leader != Some(leaving)));
+        assert_eq!(
+            state.apply(&Command::ControlledShutdown { id: leaving }),
+            CommandResult::Rejected(MetadataError::BrokerDead(leaving))
+        );
+        assert_eq!(
+            state.apply(&Command::ControlledShutdown { id: 99 }),
+            CommandResult::Rejected(MetadataError::UnknownBroker(99))
+        );
+    }
+
+    fn in_sync_all(state: &mut ClusterState, topic: &str, partition: u32) {
+        let p = state.topics[topic].partitions[partition as usize].clone();
+        let applied = state.apply(&Command::AlterInSync {
+            topic: topic.into(),
+            partition,
+            leader: p.leader.unwrap(),
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            in_sync: p.replicas.iter().map(|r| r.broker).collect(),
+        });
+        assert!(
+            matches!(applied, CommandResult::Applied { .. }),
+            "{applied:?}"
+        );
+    }
+
+    #[test]
+    fn partitions_are_added_after_the_existing_ones_and_checked() {
+        let mut state = cluster(3, 2);
+        create(&mut state, "t", 2, 2);
+        let before = state.topics["t"].partitions.clone();
+        assert!(matches!(
+            state.place_added_partitions("t", 2),
+            Err(MetadataError::InvalidPartitionCount { .. })
+        ));
+        assert!(matches!(
+            state.place_added_partitions("nope", 4),
+            Err(MetadataError::UnknownTopic(_))
+        ));
+        let placement = state.place_added_partitions("t", 5).unwrap();
+        assert_eq!(placement.len(), 3);
+        let applied = state.apply(&Command::AddPartitions {
+            topic: "t".into(),
+            partitions: placement,
+        });
+        assert!(matches!(applied, CommandResult::Applied { .. }));
+        let topic = &state.topics["t"];
+        assert_eq!(topic.partitions.len(), 5);
+        assert_eq!(
+            &topic.partitions[..2],
+            &before[..],
+            "existing partitions unchanged"
+        );
+        for p in &topic.partitions[2..] {
+            assert_eq!(p.replicas.len(), 2);
+            assert_ne!(p.replicas[0].broker, p.replicas[1].broker);
+            assert_eq!(p.in_sync, vec![p.leader.unwrap()]);
+        }
+        // A placement that breaks the rules is refused in `apply` and changes nothing.
+        let version = state.version;
+        let bad = vec![vec![
+            ReplicaPlacement {
+                broker: 1,
+                shard: 0,
+            },
+            ReplicaPlacement {
+                broker: 1,
+                shard: 1,
+            },
+        ]];
+        assert!(matches!(
+            state.apply(&Command::AddPartitions {
+                topic: "t".into(),
+                partitions: bad,
+            }),
+            CommandResult::Rejected(MetadataError::Malformed(_))
+        ));
+        assert_eq!(state.version, version);
+    }
+
+    #[test]
+    fn the_preferred_leader_is_elected_only_when_in_sync() {
+        let mut state = cluster(3, 1);
+        create(&mut state, "t", 1, 3);
+        let preferred = state.topics["t"].partitions[0].replicas[0].broker;
+        assert_eq!(state.check_elect_preferred_leader("t", 0), Ok(false));
+        in_sync_all(&mut state, "t", 0);
+        state.apply(&Command::ControlledShutdown { id: preferred });
+        state.apply(&Command::RegisterBroker {
+            id: preferred,
+            address: "a".into(),
+            metadata_address: "m".into(),
+            shards: 1,
+            shard_addresses: Vec::new(),
+        });
+        let p = state.topics["t"].partitions[0].clone();
+        assert_ne!(p.leader, Some(preferred), "moved away by the shutdown");
+        assert!(
+            matches!(
+                state.check_elect_preferred_leader("t", 0),
+                Err(MetadataError::PreferredLeaderNotAvailable { .. })
+            ),
+            "out of the in-sync set after its shutdown"
+        );
+        in_sync_all(&mut state, "t", 0);
+        let p = state.topics["t"].partitions[0].clone();
+        assert!(matches!(
+            state.apply(&Command::ElectPreferredLeader {
+                topic: "t".into(),
+                partition: 0
+            }),
+            CommandResult::Applied { .. }
+        ));
+        let after = &state.topics["t"].partitions[0];
+        assert_eq!(after.leader, Some(preferred));
+        assert_eq!(after.leader_epoch, p.leader_epoch + 1);
+        assert_eq!(after.partition_epoch, p.partition_epoch + 1);
+        assert!(matches!(
+            state.check_elect_preferred_leader("t", 9),
+            Err(MetadataError::UnknownPartition { .. })
+        ));
+    }
+
+    /// A reassignment adds the new replicas as followers, completes only once they are all in
+    /// sync, then drops the old ones; leadership moves off a dropped leader, epoch + 1.
+    #[test]
+    fn a_reassignment_adds_then_drops_replicas() {
+        let mut state = cluster(4, 2);
+        create(&mut state, "t", 1, 3);
+        in_sync_all(&mut state, "t", 0);
+        let p = state.topics["t"].partitions[0].clone();
+        let old: Vec<NodeId> = p.replicas.iter().map(|r| r.broker).collect();
+        let newcomer = (1..=4).find(|b| !old.contains(b)).unwrap();
+        let leader = p.leader.unwrap();
+        // Drop the leader, keep the others, add the newcomer first.
+        let brokers: Vec<NodeId> = std::iter::once(newcomer)
+            .chain(old.iter().copied().filter(|b| *b != leader))
+            .collect();
+        let bad = |brokers: &[NodeId]| state.place_reassignment("t", 0, brokers).unwrap_err();
+        assert!(matches!(bad(&[]), MetadataError::InvalidReassignment(_)));
+        assert!(matches!(
+            bad(&[1, 1]),
+            MetadataError::InvalidReassignment(_)
+        ));
+        assert!(matches!(bad(&[9]), MetadataError::InvalidReassignment(_)));
+        assert!(matches!(bad(&old), MetadataError::InvalidReassignment(_)));
+        let target = state.place_reassignment("t", 0, &brokers).unwrap();
+        for (t, b) in target.iter().zip(&brokers) {
+            assert_eq!(t.broker, *b);
+        }
+        assert!(matches!(
+            state.apply(&Command::ReassignPartition {
+                topic: "t".into(),
+                partition: 0,
+                target: target.clone(),
+            }),
+            CommandResult::Applied { .. }
+        ));
+        let during = state.topics["t"].partitions[0].clone();
+        assert_eq!(during.replicas.len(), 4, "old set plus the newcomer");
+        assert_eq!(during.leader, Some(leader));
+        assert_eq!(during.target_replicas.as_ref(), Some(&target));
+        assert!(matches!(
+            state.place_reassignment("t", 0, &old),
+            Err(MetadataError::ReassignmentInProgress { .. })
+        ));
+        assert!(
+            state.reassignments_ready().is_empty(),
+            "the newcomer is not in sync"
+        );
+        assert!(matches!(
+            state.check_complete_reassignment("t", 0, during.partition_epoch),
+            Err(MetadataError::ReassignmentNotReady { .. })
+        ));
+        in_sync_all(&mut state, "t", 0);
+        let ready = state.reassignments_ready();
+        assert_eq!(ready.len(), 1);
+        let (_, _, epoch) = ready[0].clone();
+        assert!(matches!(
+            state.apply(&Command::CompleteReassignment {
+                topic: "t".into(),
+                partition: 0,
+                partition_epoch: epoch - 1,
+            }),
+            CommandResult::Rejected(MetadataError::StalePartitionEpoch { .. })
+        ));
+        assert!(matches!(
+            state.apply(&Command::CompleteReassignment {
+                topic: "t".into(),
+                partition: 0,
+                partition_epoch: epoch,
+            }),
+            CommandResult::Applied { .. }
+        ));
+        let after = &state.topics["t"].partitions[0];
+        assert_eq!(after.replicas, target);
+        assert_eq!(after.target_replicas, None);
+        assert!(!after.in_sync.contains(&leader));
+        let new_leader = after.leader.unwrap();
+        assert_ne!(new_leader, leader);
+        assert!(brokers.contains(&new_leader));
+        assert_eq!(after.leader_epoch, during.leader_epoch + 1);
     }
 
     #[test]

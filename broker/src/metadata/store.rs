@@ -41,7 +41,7 @@ const SNAPSHOT_MAGIC_UNVERSIONED: &[u8; 8] = b"SLMETA01";
 /// `ClusterState` (or of a type inside it) is added, removed or changed, keep the previous
 /// layout's types in a module of their own, and decode older schemas by converting from them in
 /// `decode_state`: a rolling upgrade meets snapshots written by the previous version.
-pub const CLUSTER_STATE_SCHEMA: u32 = 2;
+pub const CLUSTER_STATE_SCHEMA: u32 = 3;
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -381,7 +381,10 @@ fn decode_state(schema: u32, archive: &[u8]) -> std::io::Result<ClusterState> {
         1 => rkyv::from_bytes::<super::legacy::v1::ClusterState, rkyv::rancor::Error>(archive)
             .map(ClusterState::from)
             .map_err(|e| invalid(&e.to_string())),
-        2 => rkyv::from_bytes::<ClusterState, rkyv::rancor::Error>(archive)
+        2 => rkyv::from_bytes::<super::legacy::v2::ClusterState, rkyv::rancor::Error>(archive)
+            .map(ClusterState::from)
+            .map_err(|e| invalid(&e.to_string())),
+        3 => rkyv::from_bytes::<ClusterState, rkyv::rancor::Error>(archive)
             .map_err(|e| invalid(&e.to_string())),
         other => Err(invalid(&format!("state schema {other} is unknown"))),
     }
@@ -652,6 +655,56 @@ mod tests {
         assert_eq!(topic.config.min_insync_replicas, 2, "resolved for rf 3");
         assert_eq!(topic.partitions[0].leader_epoch, 4);
         assert_eq!(topic.partitions[0].partition_epoch, 0);
+    }
+
+    /// A schema-2 snapshot (before reassignments) opens with no reassignment in progress.
+    #[test]
+    fn schema_two_snapshots_are_converted() {
+        use super::super::legacy::v2;
+        use crate::metadata::types::{ReplicaPlacement, TopicConfig};
+        let old = v2::ClusterState {
+            version: 12,
+            topics: [(
+                "t".to_string(),
+                v2::Topic {
+                    name: "t".into(),
+                    id: 5,
+                    replication_factor: 1,
+                    config: TopicConfig::default(),
+                    partitions: vec![v2::PartitionInfo {
+                        replicas: vec![ReplicaPlacement {
+                            broker: 2,
+                            shard: 1,
+                        }],
+                        leader: Some(2),
+                        leader_epoch: 3,
+                        in_sync: vec![2],
+                        partition_epoch: 7,
+                    }],
+                },
+            )]
+            .into(),
+            ..v2::ClusterState::default()
+        };
+        let (meta, _) = sample();
+        let meta_json = serde_json::to_vec(&StoredSnapshotMeta { meta }).unwrap();
+        let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&old).unwrap();
+        let mut bytes = SNAPSHOT_MAGIC.to_vec();
+        bytes.extend_from_slice(&2u32.to_le_bytes());
+        bytes.extend_from_slice(&(meta_json.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&meta_json);
+        bytes.extend_from_slice(&(archive.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&archive);
+        let crc = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        let state = decode_snapshot(&bytes).unwrap().1;
+        let p = &state.topics["t"].partitions[0];
+        assert_eq!(state.version, 12);
+        assert_eq!(
+            (p.leader, p.leader_epoch, p.partition_epoch),
+            (Some(2), 3, 7)
+        );
+        assert_eq!(p.target_replicas, None);
     }
 
     #[test]

@@ -39,7 +39,8 @@ pub type Raft = openraft::Raft<TypeConfig>;
 )]
 pub enum BrokerState {
     Alive,
-    /// Registered but not allowed to lead (reserved for controlled shutdown).
+    /// Stopping cleanly (controlled shutdown): it keeps serving, but no leadership moves to it,
+    /// it joins no in-sync set and no new partition is placed on it.
     Fenced,
     /// Its lease expired: it leads nothing until it heartbeats again.
     Dead,
@@ -197,6 +198,12 @@ pub struct PartitionInfo {
     /// change proposed against an older one is refused (Kafka's partition epoch).
     #[serde(default)]
     pub partition_epoch: u32,
+    /// While a reassignment runs, the replica set it moves to (Kafka's target replicas):
+    /// `replicas` then holds the old set followed by the replicas being added, which catch up
+    /// as extra followers; once every target replica is in sync the controller completes the
+    /// move (`Command::CompleteReassignment`) and the replicas not in the target are dropped.
+    #[serde(default)]
+    pub target_replicas: Option<Vec<ReplicaPlacement>>,
 }
 
 #[derive(
@@ -289,6 +296,41 @@ pub enum Command {
         partition_epoch: u32,
         in_sync: Vec<NodeId>,
     },
+    /// A broker stopping cleanly asks the controller to take its leaderships first (Kafka's
+    /// controlled shutdown): the broker is fenced, every partition it leads moves to another
+    /// live in-sync replica (leader epoch + 1), and it leaves the in-sync sets of the partitions
+    /// it follows. A partition with no other live in-sync replica keeps it as leader rather than
+    /// going offline; the broker asks again while it waits, as followers may catch up.
+    ControlledShutdown {
+        id: NodeId,
+    },
+    /// New partitions for an existing topic, placed by the controller (one replica list each),
+    /// numbered after the existing ones.
+    AddPartitions {
+        topic: String,
+        partitions: Vec<Vec<ReplicaPlacement>>,
+    },
+    /// Moves a partition's leadership to its preferred replica (the first), which must be
+    /// alive and in sync: leader epoch + 1.
+    ElectPreferredLeader {
+        topic: String,
+        partition: u32,
+    },
+    /// Starts moving a partition to the replica set `target`: the replicas it adds join as
+    /// followers (see `PartitionInfo::target_replicas`).
+    ReassignPartition {
+        topic: String,
+        partition: u32,
+        target: Vec<ReplicaPlacement>,
+    },
+    /// Ends a reassignment whose target replicas are all in sync, at `partition_epoch`: the
+    /// replicas outside the target leave (and the leadership moves to the first in-sync target
+    /// replica if the leader is one of them, epoch + 1).
+    CompleteReassignment {
+        topic: String,
+        partition: u32,
+        partition_epoch: u32,
+    },
 }
 
 /// What applying a command produced.
@@ -349,6 +391,24 @@ pub enum MetadataError {
     StalePartitionEpoch { current: u32, got: u32 },
     #[error("invalid in-sync set: {0}")]
     InvalidInSync(String),
+    #[error("broker {0} is dead: its lease expired")]
+    BrokerDead(NodeId),
+    #[error("the preferred leader {preferred} of {topic}/{partition} is not alive and in sync")]
+    PreferredLeaderNotAvailable {
+        topic: String,
+        partition: u32,
+        preferred: NodeId,
+    },
+    #[error("invalid reassignment: {0}")]
+    InvalidReassignment(String),
+    #[error("{topic}/{partition} is being reassigned already")]
+    ReassignmentInProgress { topic: String, partition: u32 },
+    #[error("the reassignment of {topic}/{partition} cannot complete: {reason}")]
+    ReassignmentNotReady {
+        topic: String,
+        partition: u32,
+        reason: String,
+    },
 }
 
 fn controller_text(controller: &Option<(NodeId, String)>) -> String {

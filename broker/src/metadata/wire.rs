@@ -61,6 +61,32 @@ pub enum AdminRequest {
         partition_epoch: u32,
         in_sync: Vec<NodeId>,
     },
+    /// A broker stopping cleanly asks the controller to move its leaderships (see
+    /// `Command::ControlledShutdown`); answered once applied, or at once when it would change
+    /// nothing.
+    ControlledShutdown {
+        id: NodeId,
+    },
+    /// Grows a topic to `count` partitions (more than it has); the controller places the new
+    /// ones as it places a new topic's.
+    AddPartitions {
+        topic: String,
+        count: u32,
+    },
+    /// Moves a partition's leadership to its preferred (first) replica, which must be alive and
+    /// in sync; done at once when it leads already.
+    ElectPreferredLeader {
+        topic: String,
+        partition: u32,
+    },
+    /// Moves a partition to the replicas on `brokers` (the first is the preferred leader):
+    /// added replicas catch up as followers, and once all are in sync the controller drops the
+    /// others. Answered when the move has started.
+    ReassignPartition {
+        topic: String,
+        partition: u32,
+        brokers: Vec<NodeId>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

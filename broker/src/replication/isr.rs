@@ -128,6 +128,25 @@ impl LeaderState {
         progress.leader_end_at_last_fetch = leader_end;
     }
 
+    /// The replica set changed (a reassignment started or completed): followers added start
+    /// out of the set, as caught up at `now_ms` (they get `replica_lag_time_max` like any new
+    /// follower); removed ones are forgotten.
+    pub fn set_replicas(&mut self, replicas: Vec<NodeId>, now_ms: u64) {
+        self.followers.retain(|broker, _| replicas.contains(broker));
+        for &broker in &replicas {
+            if broker != self.leader {
+                self.followers.entry(broker).or_insert(FollowerProgress {
+                    fetch_offset: 0,
+                    durable_end: 0,
+                    caught_up_ms: now_ms,
+                    last_fetch_ms: now_ms,
+                    leader_end_at_last_fetch: 0,
+                });
+            }
+        }
+        self.replicas = replicas;
+    }
+
     /// The in-sync set changed (the controller applied a change, or a new one came with the
     /// metadata).
     pub fn set_in_sync(&mut self, in_sync: Vec<NodeId>) {
@@ -246,6 +265,31 @@ mod tests {
             state.on_fetch(3, end, end, end, t * 1000);
         }
         assert_eq!(state.proposed_change(30_000, LAG), None, "2 stays in sync");
+    }
+
+    /// A replica added to a partition whose leader was alone (a reassignment) joins only once
+    /// durable up to everything the leader had published, not at once from an empty log.
+    #[test]
+    fn an_added_replica_joins_only_once_it_has_the_leaders_data() {
+        let mut state = LeaderState::new(1, vec![1], vec![1], 0, 0, 0);
+        // Alone, the leader publishes its durable end.
+        assert_eq!(state.update_high_watermark(5_000), 5_000);
+        state.set_replicas(vec![1, 2], 100);
+        assert!(state.is_follower(2));
+        assert_eq!(state.proposed_change(100, LAG), None, "2 has nothing yet");
+        state.on_fetch(2, 0, 0, 5_000, 200);
+        assert_eq!(state.proposed_change(200, LAG), None);
+        state.on_fetch(2, 5_000, 4_000, 5_000, 300);
+        assert_eq!(
+            state.proposed_change(300, LAG),
+            None,
+            "not durable up to it yet"
+        );
+        state.on_fetch(2, 5_000, 5_000, 5_000, 400);
+        assert_eq!(state.proposed_change(400, LAG).unwrap().in_sync, vec![1, 2]);
+        // Removed again: forgotten.
+        state.set_replicas(vec![1], 500);
+        assert!(!state.is_follower(2));
     }
 
     #[test]

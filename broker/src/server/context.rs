@@ -96,7 +96,12 @@ pub fn metadata_code(error: &MetadataError) -> ErrorCode {
             ErrorCode::NotLeaderOrWrongShard
         }
         MetadataError::InvalidInSync(_) => ErrorCode::InvalidConfig,
+        MetadataError::InvalidReassignment(_) => ErrorCode::InvalidReplicationFactor,
+        MetadataError::PreferredLeaderNotAvailable { .. } => ErrorCode::PreferredLeaderNotAvailable,
+        MetadataError::ReassignmentInProgress { .. } => ErrorCode::ReassignmentInProgress,
+        MetadataError::ReassignmentNotReady { .. } => ErrorCode::Unavailable,
         MetadataError::UnknownBroker(_)
+        | MetadataError::BrokerDead(_)
         | MetadataError::NoLiveBrokers
         | MetadataError::Unavailable(_)
         | MetadataError::Malformed(_) => ErrorCode::Unavailable,

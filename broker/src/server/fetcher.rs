@@ -239,6 +239,20 @@ async fn session(ctx: &ShardContext, leader: LeaderShard, address: &str) -> Resu
             };
             match answer.error {
                 ErrorCode::None => {}
+                ErrorCode::OffsetOutOfRange if answer.log_start > owned.log.next_offset() => {
+                    // Behind the leader's log start (retention deleted what comes next there):
+                    // nothing here can be continued; start again, empty, at its log start.
+                    tracing::warn!(topic = %answer.topic, partition = answer.partition,
+                        from = owned.log.next_offset(), to = answer.log_start,
+                        "behind the leader's log start: restarting the replica there");
+                    if let Err(error) = owned.log.restart_at(answer.log_start).await {
+                        ctx.report_storage(&error);
+                        if error.is_environmental() {
+                            return Err(error.to_string());
+                        }
+                    }
+                    continue;
+                }
                 ErrorCode::NotLeaderOrWrongShard
                 | ErrorCode::FencedLeaderEpoch
                 | ErrorCode::UnknownLeaderEpoch

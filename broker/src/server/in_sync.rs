@@ -39,6 +39,9 @@ pub async fn run(ctx: Rc<ShardContext>) {
             if refused.contains_key(&(topic.clone(), partition)) {
                 continue;
             }
+            // Judge against the high watermark as of now (a leader alone in its set publishes its
+            // durable end without a fetch to recompute it).
+            owned.refresh_high_watermark(ctx.node_id);
             let Some(change) = followers
                 .borrow()
                 .proposed_change(now_ms(), owned.replica_lag_time_max_ms)

@@ -60,12 +60,14 @@ impl OwnedPartition {
         let Some(followers) = &self.followers else {
             return;
         };
+        // The in-sync rules' own high watermark moves too while the leader is alone: a follower
+        // joins only once durable up to it, so it must not lag behind what consumers were shown.
+        let hw = followers
+            .borrow_mut()
+            .update_high_watermark(self.log.durable_end());
         if self.info.in_sync.as_slice() == [me] {
             self.log.follow_durable_end();
         } else {
-            let hw = followers
-                .borrow_mut()
-                .update_high_watermark(self.log.durable_end());
             self.log.set_high_watermark(hw);
         }
     }
@@ -264,8 +266,14 @@ impl Partitions {
             } else if !leader {
                 owned.followers = None;
             }
+            let deposed = owned.leader && (!leader || owned.leader_epoch != epoch);
             if let Some(followers) = &owned.followers {
-                followers.borrow_mut().set_in_sync(info.in_sync.clone());
+                let mut followers = followers.borrow_mut();
+                let replicas: Vec<NodeId> = info.replicas.iter().map(|r| r.broker).collect();
+                if followers.replicas != replicas {
+                    followers.set_replicas(replicas, now_ms());
+                }
+                followers.set_in_sync(info.in_sync.clone());
             }
             owned.leader = leader;
             owned.leader_epoch = epoch;
@@ -273,7 +281,12 @@ impl Partitions {
             owned.min_insync = config.resolved_min_insync(info.replicas.len() as u32);
             owned.replica_lag_time_max_ms = config.replica_lag_time_max_ms;
             owned.refresh_high_watermark(me);
+            let log = owned.log.clone();
             self.owned.borrow_mut().insert(key, owned);
+            if deposed {
+                // `acks=all` produces waiting on this leadership's high watermark answer now.
+                log.wake_waiters();
+            }
         }
         Ok(())
     }
@@ -288,6 +301,25 @@ impl Partitions {
             .collect();
         for log in logs {
             log.close().await?;
+        }
+        Ok(())
+    }
+
+    /// Checkpoints the high watermark of every owned replicated log whose high watermark moved.
+    pub async fn checkpoint_high_watermarks(&self) -> Result<(), StorageError> {
+        let logs: Vec<PartitionLog> = self
+            .owned
+            .borrow()
+            .values()
+            .map(|o| o.log.clone())
+            .collect();
+        for log in logs {
+            match log.checkpoint_high_watermark_if_moved().await {
+                // A log closed meanwhile (its partition moved away) has nothing to keep.
+                Ok(_) | Err(StorageError::Closed) => {}
+                Err(error) => return Err(error),
+            }
+            glommio::yield_if_needed().await;
         }
         Ok(())
     }

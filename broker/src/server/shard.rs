@@ -258,6 +258,27 @@ async fn run(
             .detach()
     };
 
+    let high_watermarks = {
+        let ctx = Rc::clone(&ctx);
+        let failure = Rc::clone(&failure);
+        queues
+            .spawn(queues.maintenance, async move {
+                loop {
+                    glommio::timer::sleep(crate::limits::HIGH_WATERMARK_CHECKPOINT_INTERVAL).await;
+                    if let Err(error) = ctx.partitions.checkpoint_high_watermarks().await {
+                        if error.is_environmental() {
+                            failure.set(Some(format!(
+                                "shard {shard}: high watermark checkpoint: {error}"
+                            )));
+                            ctx.storage_failed.notify();
+                            return;
+                        }
+                    }
+                }
+            })
+            .detach()
+    };
+
     // Replication: fetch what this shard follows; as a leader, keep the in-sync sets right.
     let fetchers = queues
         .spawn(queues.serving, super::fetcher::run(Rc::clone(&ctx)))
@@ -369,6 +390,7 @@ async fn run(
     }
     reconcile.cancel();
     retention.cancel();
+    high_watermarks.cancel();
     fetchers.cancel();
     in_sync.cancel();
     if let Some(error) = failure.take() {

@@ -268,6 +268,8 @@ struct LogState {
     durable_end: u64,
     /// Set by replication; `None` for a log whose high watermark is its durable end.
     replicated_high_watermark: Option<u64>,
+    /// The value in the high watermark's checkpoint file, if there is one.
+    high_watermark_checkpointed: Option<u64>,
     epochs: EpochHistory,
     /// `epochs` changed since its checkpoint was written.
     epochs_dirty: bool,
@@ -408,9 +410,9 @@ impl PartitionLog {
         let log_end = active.index().next_offset();
         let (epochs, epochs_dirty) =
             recover_epochs(&dir, log_start, log_end, &scanned_epochs).await?;
-        let replicated_high_watermark = read_high_watermark(&dir)
-            .await?
-            .map(|hw| hw.clamp(log_start, log_end));
+        let high_watermark_checkpointed = read_high_watermark(&dir).await?;
+        let replicated_high_watermark =
+            high_watermark_checkpointed.map(|hw| hw.clamp(log_start, log_end));
         let report = RecoveryReport {
             segments: sealed.len() + 1,
             log_start,
@@ -424,6 +426,7 @@ impl PartitionLog {
             log_start,
             durable_end: log_end,
             replicated_high_watermark,
+            high_watermark_checkpointed,
             epochs,
             epochs_dirty,
             exclusive: false,
@@ -505,13 +508,108 @@ impl PartitionLog {
         }
     }
 
+    /// Wakes every task waiting for the durable end or the high watermark to move, so it looks
+    /// again at what it waits on (replication: this replica stopped leading).
+    pub fn wake_waiters(&self) {
+        self.inner.flushed.notify();
+    }
+
     /// Writes the high watermark to its checkpoint file, read back on open. Replication calls
     /// this lazily: a high watermark that lags after a crash is only conservative.
     pub async fn checkpoint_high_watermark(&self) -> Result<()> {
         let hw = self.high_watermark();
         let mut bytes = hw.to_le_bytes().to_vec();
         bytes.extend_from_slice(&crc32c::crc32c(&hw.to_le_bytes()).to_le_bytes());
-        replace_file(&self.inner.dir, HIGH_WATERMARK_FILE, &bytes).await
+        replace_file(&self.inner.dir, HIGH_WATERMARK_FILE, &bytes).await?;
+        self.inner.state.borrow_mut().high_watermark_checkpointed = Some(hw);
+        Ok(())
+    }
+
+    /// Checkpoints the high watermark of a replicated log if it moved since the last
+    /// checkpoint (what the shard does every `HIGH_WATERMARK_CHECKPOINT_INTERVAL`, and closing
+    /// does); returns whether it wrote one. An unreplicated log has none to write.
+    pub async fn checkpoint_high_watermark_if_moved(&self) -> Result<bool> {
+        let moved = {
+            let state = self.inner.state.borrow();
+            state.replicated_high_watermark.is_some()
+                && state.high_watermark_checkpointed != Some(state.high_watermark())
+        };
+        if moved {
+            self.checkpoint_high_watermark().await?;
+        }
+        Ok(moved)
+    }
+
+    /// Drops the whole log and starts it again, empty, at `offset` (a follower that fell
+    /// behind the leader's log start: what it holds can never be continued). Only forward:
+    /// `offset` must be past this log's end. The old segments go first (a crash in between
+    /// leaves a shorter valid log, which simply fetches again), then the new active segment is
+    /// created; the epoch history and the high watermark start at `offset`.
+    pub async fn restart_at(&self, offset: u64) -> Result<()> {
+        let log = self.clone();
+        to_completion(async move { log.restart_at_now(offset).await }).await
+    }
+
+    async fn restart_at_now(&self, offset: u64) -> Result<()> {
+        let inner = &self.inner;
+        let _permit = inner
+            .flush_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        while inner.flush_once(true).await? {}
+        let bases: Vec<u64> = {
+            let mut state = inner.state.borrow_mut();
+            state.usable()?;
+            let end = state.active.index().next_offset();
+            if offset <= end {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset,
+                    log_start: state.log_start,
+                    log_end: end,
+                });
+            }
+            state.exclusive = true;
+            state
+                .sealed
+                .iter()
+                .map(|s| s.index().base_offset())
+                .chain(std::iter::once(state.active.index().base_offset()))
+                .collect()
+        };
+        let result = async {
+            for &base in bases.iter().rev() {
+                SealedSegment::delete_files(&SegmentPaths::new(&inner.dir, base)).await?;
+            }
+            sync_dir(&inner.dir).await?;
+            let active = ActiveSegment::create(
+                &inner.dir,
+                offset,
+                inner.config.index_interval_bytes,
+                inner.config.write_buffer_bytes,
+                inner.config.flush.writes_through(),
+            )
+            .await?;
+            sync_dir(&inner.dir).await?;
+            {
+                let mut state = inner.state.borrow_mut();
+                state.sealed.clear();
+                state.active = active;
+                state.cache.clear();
+                state.log_start = offset;
+                state.durable_end = offset;
+                state.replicated_high_watermark = Some(offset);
+                state.first_unflushed_at = None;
+                state.epochs = EpochHistory::default();
+                state.epochs_dirty = true;
+            }
+            inner.checkpoint_epochs_if_dirty().await?;
+            self.checkpoint_high_watermark().await
+        }
+        .await;
+        inner.end_exclusive(&result);
+        inner.flushed.notify();
+        result
     }
 
     /// The leader epochs of the batches in the log and where each starts.
@@ -990,6 +1088,11 @@ impl PartitionLog {
     /// Removes every batch at or after `offset` (a batch containing `offset` goes whole), across
     /// segments, and returns the new end of the log. Used by replication to cut a divergent tail.
     pub async fn truncate_to(&self, offset: u64) -> Result<u64> {
+        let log = self.clone();
+        to_completion(async move { log.truncate_to_now(offset).await }).await
+    }
+
+    async fn truncate_to_now(&self, offset: u64) -> Result<u64> {
         let inner = &self.inner;
         let _permit = inner
             .flush_lock
@@ -1112,6 +1215,9 @@ impl PartitionLog {
     /// clone fail with [`StorageError::Closed`].
     pub async fn close(&self) -> Result<()> {
         let inner = &self.inner;
+        if !inner.state.borrow().closed {
+            self.checkpoint_high_watermark_if_moved().await?;
+        }
         {
             let _permit = inner
                 .flush_lock
@@ -1158,6 +1264,11 @@ impl PartitionLog {
     /// Seals the active segment and starts a new one, if it still needs it for a batch of
     /// `batch_len` bytes once the flush lock is held.
     async fn roll(&self, batch_len: usize) -> Result<()> {
+        let log = self.clone();
+        to_completion(async move { log.roll_now(batch_len).await }).await
+    }
+
+    async fn roll_now(&self, batch_len: usize) -> Result<()> {
         let inner = &self.inner;
         let _permit = inner
             .flush_lock
@@ -1330,6 +1441,20 @@ async fn recover_epochs(
         }
     }
     Ok((history, changed))
+}
+
+/// Runs an exclusive section (a roll, a truncation, a restart) in a task of its own and waits
+/// for it. The section then always runs to its end even when the caller is dropped midway (a
+/// stopping shard cancels its fetcher, perhaps in the middle of a truncation): a section cut
+/// short would leave the log marked exclusive, holding every later append and the close that
+/// waits for them, and its files half-changed.
+async fn to_completion<T: 'static>(
+    section: impl std::future::Future<Output = Result<T>> + 'static,
+) -> Result<T> {
+    glommio::spawn_local(section)
+        .detach()
+        .await
+        .unwrap_or(Err(StorageError::Closed))
 }
 
 /// The high watermark's checkpoint, if one was written.

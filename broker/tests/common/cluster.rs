@@ -39,6 +39,18 @@ impl Broker {
     /// suites run at once from several checkouts keep out of each other's ports.
     pub fn new(id: u64, address: String, membership: &[&str], snapshot_logs: u64) -> Broker {
         let listen = port_base() + 100 * id as u16;
+        Broker::on_host(id, "127.0.0.1", listen, address, membership, snapshot_logs)
+    }
+
+    /// A member listening on `host`, native port `listen` and its shards the 10 above.
+    pub fn on_host(
+        id: u64,
+        host: &str,
+        listen: u16,
+        address: String,
+        membership: &[&str],
+        snapshot_logs: u64,
+    ) -> Broker {
         let mut args = vec![
             "--node-id".to_string(),
             id.to_string(),
@@ -57,7 +69,7 @@ impl Broker {
             id,
             process: super::BrokerProcess::prepare(
                 &format!("meta-{id}-"),
-                &format!("127.0.0.1:{listen}"),
+                &format!("{host}:{listen}"),
                 &address,
                 &[listen + 10, listen + 11],
                 &args,
@@ -132,6 +144,37 @@ impl Cluster {
                     &membership,
                     snapshot_logs,
                 )
+            })
+            .collect();
+        let mut cluster = Cluster { brokers };
+        for broker in &mut cluster.brokers {
+            broker.start();
+        }
+        cluster
+    }
+
+    /// A cluster of `size` brokers, each in its own network namespace of `net` (see
+    /// [`super::netns`]); call from a thread that has entered `net`'s hub.
+    pub fn in_namespaces(net: &super::netns::Netns, size: u64, snapshot_logs: u64) -> Cluster {
+        const LISTEN: u16 = 9490;
+        const METADATA: u16 = 9492;
+        let peers = (1..=size)
+            .map(|id| format!("{id}={}:{METADATA}", net.ip(id)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let membership = ["--peers", peers.as_str()];
+        let brokers = (1..=size)
+            .map(|id| {
+                let mut broker = Broker::on_host(
+                    id,
+                    &net.ip(id),
+                    LISTEN,
+                    format!("{}:{METADATA}", net.ip(id)),
+                    &membership,
+                    snapshot_logs,
+                );
+                broker.process.netns = Some(net.broker(id));
+                broker
             })
             .collect();
         let mut cluster = Cluster { brokers };

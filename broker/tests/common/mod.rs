@@ -4,6 +4,7 @@
 
 pub mod clients;
 pub mod cluster;
+pub mod netns;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -137,6 +138,8 @@ pub struct BrokerProcess {
     child: Option<Child>,
     /// Flags added to every start.
     args: Vec<String>,
+    /// The network namespace the process runs in (`ip netns exec`), if not the test's own.
+    pub netns: Option<String>,
 }
 
 impl BrokerProcess {
@@ -151,6 +154,7 @@ impl BrokerProcess {
             shard_ports: vec![0; shards as usize],
             child: None,
             args: args.iter().map(|a| a.to_string()).collect(),
+            netns: None,
         };
         broker.pick_ports();
         broker.spawn(true);
@@ -174,6 +178,7 @@ impl BrokerProcess {
             shard_ports: shard_ports.to_vec(),
             child: None,
             args: args.iter().map(|a| a.to_string()).collect(),
+            netns: None,
         }
     }
 
@@ -244,7 +249,17 @@ impl BrokerProcess {
         let log = std::env::var("SLUICE_TEST_BROKER_LOG").unwrap_or("warn".into());
         // A test may have emptied the data directory (a broker that lost its disk).
         std::fs::create_dir_all(self.dir.path()).expect("data directory");
-        Command::new(env!("CARGO_BIN_EXE_sluice-broker"))
+        let binary = env!("CARGO_BIN_EXE_sluice-broker");
+        // `ip netns exec` enters the namespace and execs the broker: the child is the broker.
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns, binary]);
+                command
+            }
+            None => Command::new(binary),
+        };
+        command
             .args(["--data-dir", self.dir.path().to_str().unwrap()])
             .args([
                 "--listen",

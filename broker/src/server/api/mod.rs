@@ -3,7 +3,8 @@
 //! framing or sockets: they take a decoded request and return a [`Response`] (or the task that
 //! will yield it), so the replica fetch and a Kafka listener can reuse them.
 //!
-//! - [`admin`] serves ApiVersions, Metadata, CreateTopic, DeleteTopic and InitProducerId;
+//! - [`admin`] serves ApiVersions, Metadata, CreateTopic, DeleteTopic, InitProducerId and the
+//!   partition admin requests (AddPartitions, ElectPreferredLeader, ReassignPartition);
 //! - [`produce`] serves Produce;
 //! - [`fetch`] serves Fetch (consumers);
 //! - [`list_offsets`] serves ListOffsets (earliest, latest, by time);
@@ -21,9 +22,10 @@ use std::rc::Rc;
 
 use glommio::task::JoinHandle;
 use sluice_protocol::native::{
-    decode_control, ApiKey, ApiRange, ApiVersionsResponse, CreateTopicRequest, DeleteTopicRequest,
-    FetchRequest, FrameDecodeError, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
-    ProduceRequest, ReplicaFetchRequest, RequestHeader,
+    decode_control, AddPartitionsRequest, ApiKey, ApiRange, ApiVersionsResponse,
+    CreateTopicRequest, DeleteTopicRequest, ElectPreferredLeaderRequest, FetchRequest,
+    FrameDecodeError, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest,
+    ReassignPartitionRequest, ReplicaFetchRequest, RequestHeader,
 };
 
 use sluice_protocol::group_api::{
@@ -108,6 +110,40 @@ pub async fn dispatch(
                 Some(response(id, &admin::topic_outcome(&ctx, outcome).await))
             })
             .detach()
+        }
+        ApiKey::AddPartitions => {
+            let request: AddPartitionsRequest = decode_control(control)?;
+            admin_call(
+                ctx,
+                id,
+                AdminRequest::AddPartitions {
+                    topic: request.topic,
+                    count: request.count,
+                },
+            )
+        }
+        ApiKey::ElectPreferredLeader => {
+            let request: ElectPreferredLeaderRequest = decode_control(control)?;
+            admin_call(
+                ctx,
+                id,
+                AdminRequest::ElectPreferredLeader {
+                    topic: request.topic,
+                    partition: request.partition,
+                },
+            )
+        }
+        ApiKey::ReassignPartition => {
+            let request: ReassignPartitionRequest = decode_control(control)?;
+            admin_call(
+                ctx,
+                id,
+                AdminRequest::ReassignPartition {
+                    topic: request.topic,
+                    partition: request.partition,
+                    brokers: request.brokers,
+                },
+            )
         }
         ApiKey::Produce => {
             let request: ProduceRequest = decode_control(control)?;
@@ -195,4 +231,18 @@ pub async fn dispatch(
             .detach()
         }
     })
+}
+
+/// Forwards an admin request to the controller and answers with its outcome (a
+/// [`sluice_protocol::native::TopicResponse`]) once this broker has applied it.
+fn admin_call(
+    ctx: Rc<ShardContext>,
+    id: u32,
+    request: AdminRequest,
+) -> JoinHandle<Option<Response>> {
+    glommio::spawn_local(async move {
+        let outcome = ctx.link.call(request).await;
+        Some(response(id, &admin::topic_outcome(&ctx, outcome).await))
+    })
+    .detach()
 }

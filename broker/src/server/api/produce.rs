@@ -35,7 +35,7 @@ pub async fn produce(
         }));
     }
     let mut results = Vec::with_capacity(request.partitions.len());
-    let mut waits: Vec<(usize, crate::storage::PartitionLog, Appended)> = Vec::new();
+    let mut waits: Vec<(usize, crate::storage::PartitionLog, Appended, u32)> = Vec::new();
     let mut at = 0usize;
     for p in &request.partitions {
         let batch = &data[at..at + p.batch_len as usize];
@@ -65,7 +65,12 @@ pub async fn produce(
                     Ok(ProduceOutcome::Appended(appended)) => {
                         result.base_offset = appended.base_offset;
                         result.log_start = owned.log.log_start();
-                        waits.push((results.len(), owned.log.clone(), appended));
+                        waits.push((
+                            results.len(),
+                            owned.log.clone(),
+                            appended,
+                            owned.leader_epoch,
+                        ));
                     }
                     Ok(ProduceOutcome::Duplicate { base_offset }) => {
                         // A retry of a batch already written: answer with its offset once it
@@ -76,7 +81,12 @@ pub async fn produce(
                             base_offset,
                             last_offset: base_offset,
                         };
-                        waits.push((results.len(), owned.log.clone(), appended));
+                        waits.push((
+                            results.len(),
+                            owned.log.clone(),
+                            appended,
+                            owned.leader_epoch,
+                        ));
                     }
                     Ok(ProduceOutcome::OutOfOrder) => result.error = ErrorCode::OutOfOrderSequence,
                     Ok(ProduceOutcome::Fenced) => result.error = ErrorCode::ProducerFenced,
@@ -96,12 +106,18 @@ pub async fn produce(
     let deadline = Instant::now() + Duration::from_millis(u64::from(request.timeout_ms.max(1)));
     let acks = request.acks;
     Ok(glommio::spawn_local(async move {
-        for (index, log, appended) in waits {
+        for (index, log, appended, epoch) in waits {
+            let (topic, partition) = (&results[index].topic, results[index].partition);
+            let still_leading = || {
+                ctx.partitions
+                    .get(topic, partition)
+                    .is_some_and(|o| o.leader && o.leader_epoch == epoch)
+            };
             let durable = async {
                 log.wait_durable(appended).await?;
                 if acks == Acks::All {
                     // Durable on every in-sync replica: below the high watermark.
-                    wait_high_watermark(&log, appended.last_offset).await?;
+                    wait_high_watermark(&log, appended.last_offset, still_leading).await?;
                 }
                 Ok(())
             };
@@ -132,13 +148,20 @@ pub async fn produce(
 }
 
 /// Waits until the log's high watermark passes `last_offset` (every in-sync replica has it
-/// durable), or the log fails or closes.
+/// durable), or the log fails or closes, or this replica stops leading at the epoch the batch
+/// was appended in: a deposed leader's high watermark comes from the new leader, whose log
+/// may hold other batches at these offsets, so it answers `NotLeaderOrWrongShard` and the
+/// client retries at the new leader (an idempotent batch already there is not written twice).
 pub(crate) async fn wait_high_watermark(
     log: &crate::storage::PartitionLog,
     last_offset: u64,
+    still_leading: impl Fn() -> bool,
 ) -> Result<(), crate::storage::StorageError> {
     loop {
         let moved = log.durable_end_changed();
+        if !still_leading() {
+            return Err(crate::storage::StorageError::Closed);
+        }
         if log.high_watermark() > last_offset {
             return Ok(());
         }

@@ -98,6 +98,14 @@ pub async fn replica_fetch(ctx: &ShardContext, id: u32, request: ReplicaFetchReq
             }
             let log = &owned.log;
             answer.log_start = log.log_start();
+            if p.fetch_offset < log.log_start() {
+                // Behind this log's start (retention deleted what it needs): whatever its
+                // epochs, the follower can only start again here (`log_start` in the answer).
+                answer.error = ErrorCode::OffsetOutOfRange;
+                answers.push(answer);
+                final_answer = true;
+                continue;
+            }
             if let Some(diverging) = divergence(&owned, p) {
                 answer.diverging = Some(diverging);
                 answer.high_watermark = log.high_watermark();
