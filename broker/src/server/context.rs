@@ -70,7 +70,10 @@ pub fn storage_code(error: &StorageError) -> ErrorCode {
         StorageError::InvalidBatch(BatchError::CrcMismatch { .. }) => ErrorCode::CorruptBatch,
         StorageError::InvalidBatch(_) => ErrorCode::InvalidBatch,
         StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
-        StorageError::NotContiguous { .. } => ErrorCode::InvalidBatch,
+        // Kafka answers INVALID_RECORD: a compacted topic needs a key on every record.
+        StorageError::NotContiguous { .. } | StorageError::KeyRequired { .. } => {
+            ErrorCode::InvalidBatch
+        }
         // The log holds a newer epoch than this shard's view of the leadership: stale.
         StorageError::Closed | StorageError::EpochRegression(_) => ErrorCode::NotLeaderOrWrongShard,
         StorageError::Io { .. }

@@ -292,7 +292,7 @@ impl Partitions {
         Ok(())
     }
 
-    /// Applies retention to every owned log.
+    /// Applies retention, and compaction where it is due, to every owned log.
     pub async fn enforce_retention(&self) -> Result<(), StorageError> {
         let logs: Vec<PartitionLog> = self
             .owned
@@ -305,6 +305,9 @@ impl Partitions {
             .map_or(0, |d| d.as_millis() as i64);
         for log in logs {
             log.enforce_retention(now_ms).await?;
+            // The background cleaner: a compaction pass when the log's dirty ratio or a
+            // tombstone's delete horizon says so (never for a `Delete` log).
+            log.compact_if_due(now_ms).await?;
             glommio::yield_if_needed().await;
         }
         Ok(())

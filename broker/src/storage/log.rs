@@ -52,6 +52,10 @@ use super::segment::{
 use crate::limits::SEGMENTS_PER_PARTITION_MAX;
 use crate::notify::Notify;
 
+mod cleaner;
+
+pub use cleaner::{CompactionReport, SwapStep};
+
 /// How often `FlushPolicy::Never` hands buffered data to the device.
 const WRITE_BEHIND_INTERVAL: Duration = Duration::from_millis(10);
 /// The leader-epoch history's file in the partition directory (format: [`EpochHistory`]).
@@ -278,6 +282,11 @@ struct LogState {
     first_unflushed_at: Option<Instant>,
     failed: Option<String>,
     closed: bool,
+    /// Compaction: offsets below this were cleaned by a pass (in memory only: a reopened log
+    /// counts everything as dirty, so its first pass cleans the whole log).
+    clean_end: u64,
+    /// Compaction: the earliest delete horizon of the tombstones the last pass kept.
+    tombstone_horizon_min: Option<i64>,
 }
 
 impl LogState {
@@ -320,6 +329,12 @@ struct LogInner {
     state: RefCell<LogState>,
     /// Serializes flushes, rolls, truncation and retention.
     flush_lock: Semaphore,
+    /// Serializes the work that replaces or deletes sealed segments: compaction (held for a
+    /// whole pass, without the flush lock), retention and truncation (taken before the flush
+    /// lock, never after it).
+    maintenance_lock: Semaphore,
+    /// `close` was called: a compaction pass stops at its next step.
+    closing: std::cell::Cell<bool>,
     /// Data was appended (wakes the flusher).
     appended: Notify,
     /// The durable end moved, or the log failed or closed (wakes durability waiters).
@@ -356,6 +371,7 @@ impl PartitionLog {
         if let Some(parent) = dir.parent() {
             sync_dir(parent).await?;
         }
+        cleaner::recover(&dir, config.index_interval_bytes).await?;
         let bases = list_segments(&dir).await?;
         let interval = config.index_interval_bytes;
         let mut sealed: VecDeque<SealedSegment> =
@@ -431,12 +447,16 @@ impl PartitionLog {
             first_unflushed_at: None,
             failed: None,
             closed: false,
+            clean_end: log_start,
+            tombstone_horizon_min: None,
         };
         let inner = Rc::new(LogInner {
             dir,
             config,
             state: RefCell::new(state),
             flush_lock: Semaphore::new(1),
+            maintenance_lock: Semaphore::new(1),
+            closing: std::cell::Cell::new(false),
             appended: Notify::new(),
             flushed: Notify::new(),
             space: Notify::new(),
@@ -568,12 +588,17 @@ impl PartitionLog {
         self.inner.flushed.listen()
     }
 
-    /// Validates `batch` as a producer's (`validate`), assigns it the next offsets and the
+    /// Validates `batch` as a producer's (`validate`; on a compacted log every record must
+    /// have a key, else [`StorageError::KeyRequired`]), assigns it the next offsets and the
     /// leader's epoch and buffers it for the next flush. Returns once the batch is in the write
     /// buffer (waiting for space when the buffer is full); call [`PartitionLog::wait_durable`]
     /// to wait for the flush that covers it. On any error the log is unchanged.
     pub async fn append(&self, batch: &[u8], leader_epoch: u32) -> Result<Appended> {
-        validate(batch, self.inner.config.batch_bytes_max)?;
+        let header = validate(batch, self.inner.config.batch_bytes_max)?;
+        if self.inner.config.cleanup_policy.compacts() {
+            super::compaction::check_keys(&header, batch)
+                .map_err(|index| StorageError::KeyRequired { index })?;
+        }
         self.append_checked(batch, Stamp::Leader { leader_epoch })
             .await
     }
@@ -598,9 +623,8 @@ impl PartitionLog {
             }
             .into());
         }
-        if header.record_count == 0 {
-            return Err(BatchError::Empty.into());
-        }
+        // A batch without records is what compaction leaves of an emptied one on the leader:
+        // it spans its offsets, and the follower stores it as it is.
         self.append_checked(batch, Stamp::Replica).await
     }
 
@@ -919,7 +943,8 @@ impl PartitionLog {
                         ),
                     })?;
                     offset = header.next_offset();
-                    if header.max_timestamp >= timestamp {
+                    // An empty batch (left by compaction) holds no record to point at.
+                    if header.record_count > 0 && header.max_timestamp >= timestamp {
                         return Ok(Some(first_record_at_or_after(&header, bytes, timestamp)));
                     }
                 }
@@ -929,9 +954,20 @@ impl PartitionLog {
     }
 
     /// Deletes sealed segments past the retention limits (never the active segment) and
-    /// advances the log start. `now_ms` is the current time in ms since the Unix epoch.
+    /// advances the log start; nothing on a log whose cleanup policy is `Compact` alone. `now_ms` is the current time in ms since the Unix epoch.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport> {
         let inner = &self.inner;
+        if !inner.config.cleanup_policy.deletes() {
+            return Ok(RetentionReport {
+                log_start: self.log_start(),
+                ..RetentionReport::default()
+            });
+        }
+        let _maintenance = inner
+            .maintenance_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
         let _permit = inner
             .flush_lock
             .acquire_permit(1)
@@ -991,6 +1027,11 @@ impl PartitionLog {
     /// segments, and returns the new end of the log. Used by replication to cut a divergent tail.
     pub async fn truncate_to(&self, offset: u64) -> Result<u64> {
         let inner = &self.inner;
+        let _maintenance = inner
+            .maintenance_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
         let _permit = inner
             .flush_lock
             .acquire_permit(1)
@@ -1100,6 +1141,7 @@ impl PartitionLog {
         state.active = active;
         state.cache.clear();
         state.durable_end = end;
+        state.clean_end = state.clean_end.min(end);
         if let Some(hw) = &mut state.replicated_high_watermark {
             *hw = (*hw).min(end);
         }
@@ -1112,7 +1154,14 @@ impl PartitionLog {
     /// clone fail with [`StorageError::Closed`].
     pub async fn close(&self) -> Result<()> {
         let inner = &self.inner;
+        inner.closing.set(true);
         {
+            // A compaction pass stops at its next step; wait for it.
+            let _maintenance = inner
+                .maintenance_lock
+                .acquire_permit(1)
+                .await
+                .map_err(|_| StorageError::Closed)?;
             let _permit = inner
                 .flush_lock
                 .acquire_permit(1)
