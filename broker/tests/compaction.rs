@@ -425,3 +425,97 @@ fn a_follower_stores_the_empty_batches_of_a_compacted_leader() {
         leader.close().await.unwrap();
     });
 }
+
+#[test]
+fn records_above_the_high_watermark_shadow_nothing() {
+    let dir = test_dir("compact-hw");
+    let path = dir.path().join("offsets-0");
+    run(move || async move {
+        let (log, _) = PartitionLog::open(&path, config()).await.unwrap();
+        log.append(&batch(&[(key(1), Some(value(1)))], NOW_MS), 1)
+            .await
+            .unwrap();
+        let mut n = 2;
+        while log.segment_count() < 3 {
+            log.append(&batch(&[(key(2), Some(value(n)))], NOW_MS), 1)
+                .await
+                .unwrap();
+            n += 1;
+        }
+        log.flush().await.unwrap();
+        // Replication has committed only the first record; a newer copy of key 1 follows.
+        log.set_high_watermark(1);
+        log.append(&batch(&[(key(1), Some(value(999)))], NOW_MS), 1)
+            .await
+            .unwrap();
+        log.flush().await.unwrap();
+        log.compact(NOW_MS).await.unwrap();
+        let first = log.read(0, 1).await.unwrap().to_vec();
+        let header = validate_frame(&first).unwrap();
+        assert_eq!(header.record_count, 1, "the committed record stays");
+        // Once everything is committed, the older copies go.
+        log.set_high_watermark(log.next_offset());
+        let report = log.compact(NOW_MS).await.unwrap();
+        assert!(report.records_removed > 0);
+        let (records, _) = read_all(&log).await;
+        let copies: Vec<_> = records.iter().filter(|r| r.1 == key(1)).collect();
+        assert_eq!(copies.len(), 1);
+        assert_eq!(copies[0].2, Some(value(999)));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn appends_and_reads_go_on_while_a_pass_runs() {
+    let dir = test_dir("compact-concurrent");
+    let path = dir.path().join("offsets-0");
+    run(move || async move {
+        let (log, _) = PartitionLog::open(&path, config()).await.unwrap();
+        for n in 0..3000u64 {
+            log.append(&batch(&[(key((n % 10) as u32), Some(value(n)))], NOW_MS), 1)
+                .await
+                .unwrap();
+        }
+        log.flush().await.unwrap();
+        let writer = {
+            let log = log.clone();
+            glommio::spawn_local(async move {
+                for n in 3000..6000u64 {
+                    log.append(&batch(&[(key((n % 10) as u32), Some(value(n)))], NOW_MS), 1)
+                        .await
+                        .unwrap();
+                    if n % 100 == 0 {
+                        // Rolls and reads interleave with the pass's steps.
+                        log.flush().await.unwrap();
+                        log.read(0, 4096).await.unwrap();
+                    }
+                }
+            })
+        };
+        let mut passes = 0;
+        while passes < 5 {
+            log.compact(NOW_MS).await.unwrap();
+            passes += 1;
+            glommio::yield_if_needed().await;
+        }
+        writer.await;
+        log.flush().await.unwrap();
+        log.compact(NOW_MS).await.unwrap();
+        let (records, _) = read_all(&log).await;
+        assert_eq!(records.last().map(|r| r.0), Some(5999));
+        let active_base = *log.segment_bases().last().unwrap();
+        for k in 0..10 {
+            let last = records.iter().rev().find(|r| r.1 == key(k)).unwrap();
+            assert_eq!(last.2, Some(value(5990 + u64::from(k))), "key {k}");
+            let sealed_copies = records
+                .iter()
+                .filter(|r| r.1 == key(k) && r.0 < active_base)
+                .count();
+            assert!(sealed_copies <= 1, "key {k}: {sealed_copies} copies");
+        }
+        log.close().await.unwrap();
+        let (log, _) = PartitionLog::open(&path, config()).await.unwrap();
+        assert_eq!(read_all(&log).await.0, records);
+        log.close().await.unwrap();
+    });
+}

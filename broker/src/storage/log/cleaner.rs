@@ -3,8 +3,10 @@
 //!
 //! 1. **Map.** Reads every batch from the log start to the end of the active segment's written
 //!    bytes, noting each idempotent producer's last batch, and maps key → latest offset for the
-//!    batches at or after the first dirty offset until the bounded map is full (`map_end`).
-//! 2. **Clean.** Rewrites the sealed segments that end at or before `map_end`, oldest first,
+//!    batches at or after the first dirty offset and below the high watermark (a replica may
+//!    still truncate what is above it) until the bounded map is full (`map_end`).
+//! 2. **Clean.** Rewrites the sealed segments that end at or before `map_end` and the high
+//!    watermark, oldest first,
 //!    small consecutive ones merged into one file named by the first base offset (while the
 //!    result stays within `segment_bytes_max`). A lone segment that would come out identical is
 //!    left alone.
@@ -402,7 +404,7 @@ impl PartitionLog {
     async fn compact_locked(&self, now_ms: i64) -> Result<CompactionReport> {
         let inner = &self.inner;
         let config = &inner.config;
-        let (sealed, active, clean_end) = {
+        let (sealed, active, clean_end, high_watermark) = {
             let state = inner.state.borrow();
             let sealed: Vec<SegmentRef> = state
                 .sealed
@@ -423,7 +425,12 @@ impl PartitionLog {
                 file: Rc::clone(state.active.file()),
                 path: state.active.paths().log.clone(),
             };
-            (sealed, active, state.clean_end.max(state.log_start))
+            (
+                sealed,
+                active,
+                state.clean_end.max(state.log_start),
+                state.high_watermark(),
+            )
         };
         let mut report = CompactionReport {
             clean_end,
@@ -441,8 +448,11 @@ impl PartitionLog {
             let mut reader = BatchReader::new(segment);
             while let Some((header, batch)) = reader.next().await? {
                 producers.observe(&header);
+                // Records above the high watermark may still be truncated away: they must not
+                // shadow older ones.
                 if map_end.is_none()
                     && header.base_offset >= clean_end
+                    && header.next_offset() <= high_watermark
                     && !map_batch(&mut map, &header, &batch)
                 {
                     map_end = Some(header.base_offset);
@@ -456,7 +466,7 @@ impl PartitionLog {
         let map_end = map_end.unwrap_or(u64::MAX);
         let cleanable: Vec<SegmentRef> = sealed
             .iter()
-            .take_while(|s| s.next <= map_end)
+            .take_while(|s| s.next <= map_end && s.next <= high_watermark)
             .cloned()
             .collect();
         // A full map that covers no dirty segment would make no progress. (With no dirty
