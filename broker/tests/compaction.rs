@@ -519,3 +519,54 @@ fn appends_and_reads_go_on_while_a_pass_runs() {
         log.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_small_key_map_cleans_the_log_over_several_passes() {
+    let dir = test_dir("compact-small-map");
+    let path = dir.path().join("offsets-0");
+    let small = LogConfig {
+        compaction_keys_max: 1200,
+        ..config()
+    };
+    run(move || async move {
+        let (log, _) = PartitionLog::open(&path, small.clone()).await.unwrap();
+        // 3000 distinct keys, each written twice: far more keys than the map holds.
+        for round in 0..2u64 {
+            for chunk in 0..300u32 {
+                let records: Vec<_> = (0..10)
+                    .map(|j| {
+                        let k = chunk * 10 + j;
+                        (key(k), Some(value(round * 10_000 + u64::from(k))))
+                    })
+                    .collect();
+                log.append(&batch(&records, NOW_MS), 1).await.unwrap();
+            }
+        }
+        log.flush().await.unwrap();
+        let active_base = *log.segment_bases().last().unwrap();
+        let mut passes = 0;
+        let mut full = 0;
+        loop {
+            let report = log.compact(NOW_MS).await.unwrap();
+            passes += 1;
+            full += usize::from(report.map_full);
+            assert!(report.keys_mapped <= 1200);
+            if report.clean_end >= active_base || passes == 20 {
+                break;
+            }
+        }
+        assert!(full >= 2, "the map filled on {full} of {passes} passes");
+        assert!(passes < 20, "the passes reach the active segment");
+        let active_base = *log.segment_bases().last().unwrap();
+        let (records, _) = read_all(&log).await;
+        let mut seen = std::collections::HashSet::new();
+        for (offset, k, v) in &records {
+            if *offset < active_base {
+                assert!(seen.insert(k.clone()), "one copy of each key is left");
+                let n = String::from_utf8_lossy(&k[4..]).parse::<u64>().unwrap();
+                assert_eq!(v.as_ref(), Some(&value(10_000 + n)), "the latest copy");
+            }
+        }
+        log.close().await.unwrap();
+    });
+}
