@@ -902,7 +902,8 @@ mod tests {
             let (cleaned, totals) = clean(sealed, active, TS, usize::MAX);
             let (records, end, headers) = flatten(&cleaned, 0);
             prop_assert_eq!(end, sealed_end, "the cleaned part spans the same offsets");
-            let expected: Vec<Flat> = all_records.iter().filter(|r| keep(r, true)).cloned().collect();
+            let expected: Vec<Flat> =
+                all_records.iter().filter(|r| keep(r, true)).cloned().collect();
             prop_assert_eq!(&records, &expected);
             prop_assert_eq!(totals.records_removed as usize, all_records.len() - expected.len());
             prop_assert!(records.windows(2).all(|w| w[0].0 < w[1].0));
@@ -950,7 +951,8 @@ mod tests {
             let (final_bytes, _) = clean(&again, active, TS + 100, usize::MAX);
             let (records, end, _) = flatten(&final_bytes, 0);
             prop_assert_eq!(end, sealed_end);
-            let expected: Vec<Flat> = all_records.iter().filter(|r| keep(r, false)).cloned().collect();
+            let expected: Vec<Flat> =
+                all_records.iter().filter(|r| keep(r, false)).cloned().collect();
             prop_assert_eq!(records, expected);
         }
     }

@@ -954,7 +954,8 @@ impl PartitionLog {
     }
 
     /// Deletes sealed segments past the retention limits (never the active segment) and
-    /// advances the log start; nothing on a log whose cleanup policy is `Compact` alone. `now_ms` is the current time in ms since the Unix epoch.
+    /// advances the log start; nothing on a log whose cleanup policy is `Compact` alone.
+    /// `now_ms` is the current time in ms since the Unix epoch.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport> {
         let inner = &self.inner;
         if !inner.config.cleanup_policy.deletes() {

@@ -473,7 +473,8 @@ impl PartitionLog {
         // segment at all the pass still re-cleans the clean ones: tombstones expire there.)
         if report.map_full && !cleanable.iter().any(|s| s.next > clean_end) {
             tracing::warn!(dir = %inner.dir.display(), keys = map.len(),
-                "compaction: the key map cannot cover one dirty segment; raise compaction_keys_max");
+                "compaction: the key map cannot cover one dirty segment; \
+                 raise compaction_keys_max");
             return Ok(report);
         }
 
