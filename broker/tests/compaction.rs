@@ -62,6 +62,11 @@ async fn read_all(log: &PartitionLog) -> (Records, Vec<BatchHeader>) {
     let mut headers = Vec::new();
     while offset < log.high_watermark() {
         let bytes = log.read(offset, 256 << 10).await.unwrap().to_vec();
+        assert!(
+            !bytes.is_empty(),
+            "a read at {offset} below the high watermark {} returns a batch",
+            log.high_watermark()
+        );
         for item in BatchIter::new(&bytes) {
             let (header, batch) = item.expect("every batch is valid");
             assert_eq!(header.base_offset, offset, "no offset gaps");
@@ -569,4 +574,179 @@ fn a_small_key_map_cleans_the_log_over_several_passes() {
         }
         log.close().await.unwrap();
     });
+}
+
+/// A tiny deterministic RNG (xorshift64*), enough for test choices.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Random sequences of appends, flushes, commits (the high watermark of a replicated log moving
+/// on), compaction passes (time moving on), truncations of the uncommitted tail, retention and
+/// reopenings against a model holding every record ever appended: whatever the log serves is a
+/// record the model holds at that offset, offsets are contiguous from the log start, the latest
+/// committed value of every key is never lost, and right after a pass each key has at most one
+/// copy in the sealed segments wholly below the high watermark. Seeds are printed on failure;
+/// `SLUICE_COMPACTION_SEED` replays one.
+#[test]
+fn random_operations_keep_the_compaction_invariants() {
+    let seeds: Vec<u64> = match std::env::var("SLUICE_COMPACTION_SEED") {
+        Ok(seed) => vec![seed.parse().expect("a u64 seed")],
+        Err(_) => (1..=6).map(|i| 0x5eed_0000 + i).collect(),
+    };
+    for seed in seeds {
+        let dir = test_dir("compact-model");
+        let path = dir.path().join("offsets-0");
+        let outcome = std::panic::catch_unwind(move || {
+            run(move || async move { model_run(seed, &path).await });
+        });
+        if let Err(panic) = outcome {
+            eprintln!("random_operations_keep_the_compaction_invariants failed: seed {seed}");
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+async fn model_run(seed: u64, path: &std::path::Path) {
+    let config = LogConfig {
+        segment_bytes_max: 8 << 10,
+        batch_bytes_max: 4 << 10,
+        write_buffer_bytes: 16 << 10,
+        index_interval_bytes: 512,
+        cache_bytes_max: 16 << 10,
+        flush: FlushPolicy::Never,
+        cleanup_policy: CleanupPolicy::CompactDelete,
+        retention_ms: None,
+        retention_bytes: Some(48 << 10),
+        delete_retention: Duration::from_millis(500),
+        ..LogConfig::default()
+    };
+    let mut rng = Rng(seed | 1);
+    let (mut log, _) = PartitionLog::open(path, config.clone()).await.unwrap();
+    // Every record ever appended and not truncated away: offset → (key, value).
+    let mut model: std::collections::BTreeMap<u64, (Vec<u8>, Option<Vec<u8>>)> = Default::default();
+    let mut now = NOW_MS;
+    let mut n = 0u64;
+    // The committed end: replication's high watermark, moved on by the "commit" operation.
+    let mut hw = 0u64;
+    log.set_high_watermark(hw);
+    // Batch ends: replication's high watermark is always one (a follower's durable end).
+    let mut ends: std::collections::BTreeSet<u64> = Default::default();
+    for step in 0..300 {
+        let op = rng.below(100);
+        let mut after_pass = false;
+        if op < 55 {
+            let count = 1 + rng.below(5);
+            let records: Vec<_> = (0..count)
+                .map(|_| {
+                    n += 1;
+                    let k = key(rng.below(40) as u32);
+                    let v = (rng.below(10) != 0).then(|| value(n));
+                    (k, v)
+                })
+                .collect();
+            let appended = log.append(&batch(&records, now), 1).await.unwrap();
+            for (i, record) in records.into_iter().enumerate() {
+                model.insert(appended.base_offset + i as u64, record);
+            }
+            ends.insert(appended.last_offset + 1);
+        } else if op < 65 {
+            log.flush().await.unwrap();
+        } else if op < 72 {
+            log.flush().await.unwrap();
+            let candidates: Vec<u64> = ends.range(hw..=log.durable_end()).copied().collect();
+            if !candidates.is_empty() {
+                hw = candidates[rng.below(candidates.len() as u64) as usize];
+            }
+            log.set_high_watermark(hw);
+            assert_eq!(log.high_watermark(), hw);
+        } else if op < 85 {
+            log.flush().await.unwrap();
+            now += rng.below(400) as i64;
+            log.compact(now).await.unwrap();
+            after_pass = true;
+        } else if op < 90 {
+            // Replication only ever cuts what is not committed.
+            let (start, end) = (log.log_start().max(hw), log.next_offset());
+            let cut = start + rng.below(end - start + 1);
+            let new_end = log.truncate_to(cut).await.unwrap();
+            assert!(
+                new_end <= cut,
+                "step {step}: truncation ends at or before the cut"
+            );
+            assert!(
+                new_end >= hw,
+                "step {step}: truncation keeps what is committed"
+            );
+            model.retain(|&o, _| o < new_end);
+            ends.retain(|&e| e <= new_end);
+        } else if op < 95 {
+            log.enforce_retention(now).await.unwrap();
+            hw = hw.max(log.log_start());
+            log.set_high_watermark(hw);
+        } else {
+            log.close().await.unwrap();
+            log = PartitionLog::open(path, config.clone()).await.unwrap().0;
+            log.set_high_watermark(hw);
+        }
+        // What the log serves, against the model.
+        log.flush().await.unwrap();
+        let start = log.log_start();
+        model.retain(|&o, _| o >= start);
+        let (records, _) = read_all(&log).await;
+        for (offset, k, v) in &records {
+            assert_eq!(
+                model.get(offset),
+                Some(&(k.clone(), v.clone())),
+                "step {step}: offset {offset} serves a record the model holds"
+            );
+        }
+        assert!(
+            records.iter().all(|r| r.0 < hw),
+            "step {step}: reads stop at the high watermark"
+        );
+        let mut latest: HashMap<&[u8], u64> = HashMap::new();
+        for (&offset, (k, _)) in model.range(..hw) {
+            latest.insert(k, offset);
+        }
+        for (k, &offset) in &latest {
+            let (_, v) = &model[&offset];
+            if v.is_some() {
+                assert!(
+                    records.iter().any(|r| r.0 == offset),
+                    "step {step}: the latest value of {} (offset {offset}) is served",
+                    String::from_utf8_lossy(k)
+                );
+            }
+        }
+        if after_pass {
+            // The segments a pass cleans: sealed ones wholly below the high watermark.
+            let cleaned_end = log
+                .segment_bases()
+                .into_iter()
+                .filter(|&b| b <= hw)
+                .max()
+                .unwrap_or(0);
+            let mut seen = std::collections::HashSet::new();
+            for (offset, k, _) in records.iter().filter(|r| r.0 < cleaned_end) {
+                assert!(
+                    seen.insert(k.clone()),
+                    "step {step}: a second copy of {} at {offset} after a pass",
+                    String::from_utf8_lossy(k)
+                );
+            }
+        }
+    }
+    log.close().await.unwrap();
 }
