@@ -120,6 +120,10 @@ struct Args {
     /// Default largest batch (message set) a producer may send to a new topic, in bytes.
     #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(64..=64 << 20))]
     message_bytes_max: u64,
+    /// How often each shard applies retention and compaction to its logs, in ms (Kafka's
+    /// `log.retention.check.interval.ms`).
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    log_retention_check_interval_ms: u64,
     /// Partitions of the consumer groups' offsets log (`__consumer_offsets`) when this broker
     /// creates it (on the first group request).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1_000))]
@@ -442,6 +446,7 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         shard_listen: listeners.shards.clone(),
         mode: args.mode,
         topic_defaults: args.topic_defaults(),
+        retention_check_interval: Duration::from_millis(args.log_retention_check_interval_ms),
         groups: GroupsConfig {
             offsets_partitions: args.offsets_partitions,
             offsets_segment_bytes: args.offsets_segment_bytes,

@@ -20,6 +20,25 @@ pub const SCAN_CHUNK_BYTES: usize = 8 << 20;
 /// Most segments one partition may hold open; beyond it retention or larger segments are needed.
 pub const SEGMENTS_PER_PARTITION_MAX: usize = 100_000;
 
+/// Keys one compaction pass holds in its key → latest-offset map. Each entry is a 16-byte
+/// digest of the key and an 8-byte offset (about 40 bytes with the hash table's overhead), so a
+/// pass needs at most ~40 MiB; a log with more live keys is cleaned over several passes, each
+/// covering as many segments as the map holds keys for. Kafka's cleaner defaults to 128 MiB of
+/// such entries shared by its threads.
+pub const COMPACTION_KEYS_MAX: usize = 1 << 20;
+
+/// Bytes of cleaned batches a compaction pass buffers before one DMA write of the new segment.
+pub const COMPACTION_WRITE_BUFFER_BYTES: usize = 1 << 20;
+
+/// Largest records section a compaction pass decompresses (to filter a compressed batch): a
+/// batch whose records would inflate past this is kept whole rather than held in memory.
+pub const COMPACTION_DECOMPRESSED_BYTES_MAX: usize = 64 << 20;
+
+/// Idempotent producers whose last batch a compaction pass tracks (Kafka keeps every
+/// producer's last batch so its sequence state can be rebuilt from the log). Beyond it the pass
+/// keeps the header of every idempotent batch it empties: more bytes, never a lost sequence.
+pub const COMPACTION_PRODUCERS_MAX: usize = PRODUCERS_PER_PARTITION_MAX;
+
 /// Longest topic name, as in Kafka: leaves room in a 255-byte file name for the partition suffix.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 

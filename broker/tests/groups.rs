@@ -519,23 +519,106 @@ async fn pattern_subscriptions_pick_up_new_topics_and_resets_need_an_empty_group
     assert!(admin.list_groups().await.unwrap().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offsets_log_stays_readable_after_many_commits() {
-    // Every commit is a record of the offsets log; a restart rebuilds the state by reading it.
-    let mut broker = start_broker();
-    create_topic(&broker, "busy", 1).await;
-    let admin = Admin::new(broker.config()).unwrap();
-    for i in 0..300u64 {
-        admin
-            .reset_offsets("committer", &[(TopicPartition::new("busy", 0), i)])
-            .await
-            .unwrap();
+/// Bytes of the offsets log's segment files under a broker's data directory.
+fn offsets_log_bytes(dir: &std::path::Path) -> u64 {
+    let topics = dir.join("topics");
+    let mut total = 0;
+    for entry in std::fs::read_dir(&topics).unwrap().flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("__consumer_offsets-")
+        {
+            continue;
+        }
+        for file in std::fs::read_dir(entry.path()).unwrap().flatten() {
+            if file.file_name().to_string_lossy().ends_with(".log") {
+                total += file.metadata().map_or(0, |m| m.len());
+            }
+        }
     }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_keeps_the_offsets_log_bounded_after_100_000_commits() {
+    const SEGMENT: u64 = 1 << 20;
+    let segment = SEGMENT.to_string();
+    let mut args = BROKER_ARGS.to_vec();
+    args.extend([
+        "--offsets-partitions",
+        "1",
+        "--offsets-segment-bytes",
+        &segment,
+        "--log-retention-check-interval-ms",
+        "200",
+    ]);
+    let mut broker = Broker::start("groups", 2, &args);
+    create_topic(&broker, "busy", 10).await;
+    // 10 groups × 10 partitions: 100 keys, each committed 1,000 times (10,000 requests of 10
+    // offsets: 100,000 commits).
+    let mut committers = Vec::new();
+    for g in 0..10 {
+        let admin = Admin::new(broker.config()).unwrap();
+        committers.push(tokio::spawn(async move {
+            for round in 0..1_000u64 {
+                let offsets: Vec<(TopicPartition, u64)> = (0..10)
+                    .map(|p| (TopicPartition::new("busy", p), round))
+                    .collect();
+                admin
+                    .reset_offsets(&format!("g{g}"), &offsets)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for c in committers {
+        c.await.unwrap();
+    }
+    // Uncompacted, the log holds every commit (several MiB); compacted, the newest record per
+    // key plus the batch headers compaction keeps, beside the active segment.
+    let bound = SEGMENT + (256 << 10);
+    let dir = broker.dir.path().to_path_buf();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut largest = 0;
+    loop {
+        let bytes = offsets_log_bytes(&dir);
+        largest = largest.max(bytes);
+        if bytes <= bound {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "offsets log still {bytes} bytes (bound {bound})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("offsets log: {largest} bytes at most seen, bounded by {bound}");
+    // It did take every commit: 100,000 records, each at least 40 bytes (key and value of
+    // about 20 each), more than three times the bound had nothing been removed.
+    let end = Admin::new(broker.config())
+        .unwrap()
+        .offset(
+            &TopicPartition::new("__consumer_offsets", 0),
+            sluice_client::Seek::Latest,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(end >= 100_000, "the offsets log ends at {end}");
+    assert!(end * 40 > 3 * bound);
+    // The groups' state is rebuilt from the compacted log.
     broker.kill();
     broker.spawn(false);
     let admin = Admin::new(broker.config()).unwrap();
-    let described = admin.describe_group("committer").await.unwrap();
-    assert_eq!(described.offsets[0].committed, 299);
+    for g in 0..10 {
+        let described = admin.describe_group(&format!("g{g}")).await.unwrap();
+        assert_eq!(described.offsets.len(), 10);
+        assert!(
+            described.offsets.iter().all(|o| o.committed == 999),
+            "{described:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

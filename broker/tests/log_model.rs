@@ -123,6 +123,7 @@ fn config(policy: Policy, retention_bytes: Option<u64>) -> LogConfig {
         index_interval_bytes: 1024,
         write_buffer_bytes: 24 << 10,
         cache_bytes_max: 32 << 10,
+        ..LogConfig::default()
     }
 }
 

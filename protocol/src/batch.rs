@@ -58,7 +58,8 @@ pub const ATTR_TIMESTAMP_LOG_APPEND: u16 = 0b0000_1000;
 pub const ATTR_TRANSACTIONAL: u16 = 0b0001_0000;
 /// Attribute bit 5: a control batch (a transaction marker), not application records.
 pub const ATTR_CONTROL: u16 = 0b0010_0000;
-/// Attribute bit 6: the first record's timestamp delta holds a delete horizon (compaction).
+/// Attribute bit 6: `base_timestamp` holds the delete horizon of the batch's tombstones, set by
+/// compaction (Kafka's KIP-534); record timestamps stay `base_timestamp` + their delta.
 pub const ATTR_DELETE_HORIZON: u16 = 0b0100_0000;
 
 /// Compression codecs named by the attribute bits, with Kafka's numbers. The broker never

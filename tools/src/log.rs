@@ -5,9 +5,10 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use sluice_broker::storage::compaction::records_section;
 use sluice_broker::storage::index::SegmentIndex;
 use sluice_broker::storage::scan::{parse_segment_file_name, scan_all, segment_file_name};
-use sluice_protocol::{BatchHeader, RecordIter, BATCH_HEADER_BYTES};
+use sluice_protocol::{BatchHeader, RecordIter};
 
 /// Outcome of a command: text for stdout, and the exit code (0 clean, 1 damage found).
 #[derive(Debug)]
@@ -45,8 +46,14 @@ fn show(bytes: Option<&[u8]>) -> String {
 }
 
 fn batch_line(position: u64, header: &BatchHeader) -> String {
+    // A batch compaction emptied: it only spans its offsets (consumers skip it).
+    let empty = if header.record_count == 0 {
+        " empty (records removed by compaction)"
+    } else {
+        ""
+    };
     format!(
-        "position {position} base {} last {} count {} bytes {} first_ts {} max_ts {} epoch {} producer {}/{}/{} attributes {:#06x} crc {:#010x} ok",
+        "position {position} base {} last {} count {} bytes {} first_ts {} max_ts {} epoch {} producer {}/{}/{} attributes {:#06x} crc {:#010x} ok{empty}",
         header.base_offset,
         header.last_offset(),
         header.record_count,
@@ -81,13 +88,24 @@ pub fn dump(path: &Path, records: bool) -> Result<Outcome, ToolError> {
         bytes.len()
     );
     let mut batches = 0u64;
+    let mut empty = 0u64;
     let mut record_count = 0u64;
     let report = scan_all(&bytes, base, 4096, |position, header, batch| {
         batches += 1;
+        empty += u64::from(header.record_count == 0);
         record_count += u64::from(header.record_count);
         let _ = writeln!(out, "{}", batch_line(position, header));
-        if records {
-            for record in RecordIter::new(header, &batch[BATCH_HEADER_BYTES..]) {
+        if records && header.record_count > 0 {
+            // Compressed sections are decompressed as the broker's compaction does it.
+            let Some(section) = records_section(header, batch) else {
+                let _ = writeln!(
+                    out,
+                    "  (records not decodable: {:?} is not supported here)",
+                    header.compression()
+                );
+                return;
+            };
+            for record in RecordIter::new(header, &section) {
                 match record {
                     Ok(r) => {
                         let headers: Vec<String> = r
@@ -115,7 +133,7 @@ pub fn dump(path: &Path, records: bool) -> Result<Outcome, ToolError> {
     });
     let _ = writeln!(
         out,
-        "{batches} batches, {record_count} records, {} bytes of batches, next offset {}",
+        "{batches} batches ({empty} empty), {record_count} records, {} bytes of batches, next offset {}",
         report.index.size_bytes(),
         report.index.next_offset()
     );
@@ -147,14 +165,27 @@ pub fn verify(dir: &Path) -> Result<Outcome, ToolError> {
     let entries =
         std::fs::read_dir(dir).map_err(|e| ToolError(format!("{}: {e}", dir.display())))?;
     let mut bases = Vec::new();
+    let mut unfinished = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| ToolError(format!("{}: {e}", dir.display())))?;
-        if let Some((base, "log")) = parse_segment_file_name(&entry.file_name().to_string_lossy()) {
-            bases.push(base);
+        match parse_segment_file_name(&entry.file_name().to_string_lossy()) {
+            Some((base, "log")) => bases.push(base),
+            Some((_, "log.swap" | "log.cleaned" | "index.cleaned" | "timeindex.cleaned")) => {
+                unfinished.push(entry.file_name().to_string_lossy().into_owned());
+            }
+            _ => {}
         }
     }
+    unfinished.sort();
     bases.sort_unstable();
     let mut out = String::new();
+    for name in &unfinished {
+        let _ = writeln!(
+            out,
+            "note: {name} is left by an interrupted compaction; the broker completes a .swap \
+             and deletes .cleaned files when it opens the log (checked below as it is now)"
+        );
+    }
     if bases.is_empty() {
         return Err(ToolError(format!(
             "{}: no segment files (*.log) here",

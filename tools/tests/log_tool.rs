@@ -171,3 +171,55 @@ fn bad_paths_exit_2() {
     assert_eq!(verify.status.code(), Some(2));
     assert_eq!(sluice(&["log", "frobnicate"]).status.code(), Some(2));
 }
+
+#[test]
+fn compacted_partitions_verify_and_dump_their_empty_batches() {
+    let root = root();
+    let dir = root.path().join("offsets-0");
+    let path = dir.clone();
+    sluice_broker::shard::spawn_watched(
+        glommio::LocalExecutorBuilder::default(),
+        "writer",
+        move || async move {
+            let config = LogConfig {
+                segment_bytes_max: 8 << 10,
+                batch_bytes_max: 4 << 10,
+                write_buffer_bytes: 16 << 10,
+                index_interval_bytes: 1024,
+                flush: FlushPolicy::Never,
+                cleanup_policy: sluice_broker::storage::CleanupPolicy::Compact,
+                ..LogConfig::default()
+            };
+            let (log, _) = PartitionLog::open(&path, config).await.expect("open");
+            for i in 0..400u32 {
+                let mut builder = BatchBuilder::new(BatchOptions::default());
+                let value = format!("value-{i}");
+                builder.push(
+                    1_000,
+                    Some(format!("key-{}", i % 4).as_bytes()),
+                    Some(value.as_bytes()),
+                    &[],
+                );
+                log.append(&builder.finish(), 3).await.expect("append");
+            }
+            log.flush().await.expect("flush");
+            let report = log.compact(2_000).await.expect("compact");
+            assert!(report.records_removed > 0);
+            log.close().await.expect("close");
+        },
+    )
+    .expect("executor")
+    .join()
+    .expect("join");
+    let verify = sluice(&["log", "verify", dir.to_str().unwrap()]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+    let first = segments(&dir)[0].clone();
+    let dump = sluice(&["log", "dump", first.to_str().unwrap(), "--records"]);
+    assert_eq!(dump.status.code(), Some(0), "{}", text(&dump));
+    let out = text(&dump);
+    assert!(out.contains("count 0"), "{out}");
+    assert!(
+        out.contains("empty (records removed by compaction)"),
+        "{out}"
+    );
+}

@@ -39,6 +39,8 @@ pub struct ShardContext {
     pub watch_stats: Rc<WatchStats>,
     /// The shard's task queue for fetches (`shard::TaskQueues`).
     pub bulk: glommio::TaskQueueHandle,
+    /// How often retention and compaction look at every log of the shard.
+    pub retention_check_interval: Duration,
     /// The shard's group coordinator.
     pub groups: Rc<crate::groups::coordinator::Coordinator>,
 }
@@ -72,7 +74,10 @@ pub fn storage_code(error: &StorageError) -> ErrorCode {
         StorageError::InvalidBatch(BatchError::CrcMismatch { .. }) => ErrorCode::CorruptBatch,
         StorageError::InvalidBatch(_) => ErrorCode::InvalidBatch,
         StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
-        StorageError::NotContiguous { .. } => ErrorCode::InvalidBatch,
+        // Kafka answers INVALID_RECORD: a compacted topic needs a key on every record.
+        StorageError::NotContiguous { .. } | StorageError::KeyRequired { .. } => {
+            ErrorCode::InvalidBatch
+        }
         // The log holds a newer epoch than this shard's view of the leadership: stale.
         StorageError::Closed | StorageError::EpochRegression(_) => ErrorCode::NotLeaderOrWrongShard,
         StorageError::Io { .. }

@@ -53,6 +53,8 @@ pub struct ShardConfig {
     pub mode: Mode,
     /// Configuration of topics created through this broker.
     pub topic_defaults: crate::metadata::types::TopicConfig,
+    /// How often retention and compaction look at every log (`--log-retention-check-interval-ms`).
+    pub retention_check_interval: std::time::Duration,
     /// The group coordinators' settings.
     pub groups: crate::groups::coordinator::GroupsConfig,
 }

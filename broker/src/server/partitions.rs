@@ -223,11 +223,16 @@ impl Partitions {
             let mut owned = match existing {
                 Some(owned) => owned,
                 None => {
-                    let (log, report) = PartitionLog::open(
-                        self.dir(&topic, partition, topic_id),
-                        log_config(config, self.config.mode),
-                    )
-                    .await?;
+                    let (log, report) =
+                        PartitionLog::open(self.dir(&topic, partition, topic_id), {
+                            let mut log = log_config(config, self.config.mode);
+                            if topic == crate::groups::coordinator::OFFSETS_TOPIC {
+                                // The latest record per group and offset is the state.
+                                log.cleanup_policy = crate::storage::CleanupPolicy::Compact;
+                            }
+                            log
+                        })
+                        .await?;
                     if report.tail.truncated_bytes > 0 {
                         tracing::warn!(%topic, partition, cut = report.tail.truncated_bytes, "recovered a torn log tail");
                     }
@@ -324,7 +329,7 @@ impl Partitions {
         Ok(())
     }
 
-    /// Applies retention to every owned log.
+    /// Applies retention, and compaction where it is due, to every owned log.
     pub async fn enforce_retention(&self) -> Result<(), StorageError> {
         let logs: Vec<PartitionLog> = self
             .owned
@@ -337,6 +342,9 @@ impl Partitions {
             .map_or(0, |d| d.as_millis() as i64);
         for log in logs {
             log.enforce_retention(now_ms).await?;
+            // The background cleaner: a compaction pass when the log's dirty ratio or a
+            // tombstone's delete horizon says so (never for a `Delete` log).
+            log.compact_if_due(now_ms).await?;
             glommio::yield_if_needed().await;
         }
         Ok(())

@@ -24,8 +24,6 @@ use crate::limits::{
 use crate::notify::Notify;
 use crate::reactor::{Pulse, ReactorWatch};
 
-/// How often each shard applies retention to its logs.
-const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a stopping shard waits for its connections to finish in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -196,6 +194,7 @@ async fn run(
         },
         watch_stats: Rc::default(),
         bulk: queues.bulk,
+        retention_check_interval: config.retention_check_interval,
         groups: Rc::new(crate::groups::coordinator::Coordinator::new(
             config.groups.clone(),
             Rc::clone(&partitions),
@@ -245,7 +244,7 @@ async fn run(
         queues
             .spawn(queues.maintenance, async move {
                 loop {
-                    glommio::timer::sleep(RETENTION_INTERVAL).await;
+                    glommio::timer::sleep(ctx.retention_check_interval).await;
                     if let Err(error) = ctx.partitions.enforce_retention().await {
                         if error.is_environmental() {
                             failure.set(Some(format!("shard {shard}: retention: {error}")));

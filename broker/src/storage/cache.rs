@@ -123,6 +123,11 @@ impl BatchCache {
         }
     }
 
+    /// The first offset held, if any.
+    pub fn first_offset(&self) -> Option<u64> {
+        self.chunks.front().map(|c| c.first_offset())
+    }
+
     pub fn clear(&mut self) {
         self.chunks.clear();
         self.bytes = 0;

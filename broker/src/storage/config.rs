@@ -31,6 +31,37 @@ impl FlushPolicy {
     }
 }
 
+/// What happens to old data: Kafka's `cleanup.policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CleanupPolicy {
+    /// `delete`: retention deletes whole sealed segments by age or size. Records may lack keys.
+    #[default]
+    Delete,
+    /// `compact`: compaction keeps the latest record of every key; retention deletes nothing.
+    /// Every record must have a key.
+    Compact,
+    /// `compact,delete`: both; retention still deletes whole segments past its limits.
+    CompactDelete,
+}
+
+impl CleanupPolicy {
+    /// Whether compaction runs (and appends of keyless records are refused).
+    pub fn compacts(self) -> bool {
+        matches!(self, CleanupPolicy::Compact | CleanupPolicy::CompactDelete)
+    }
+
+    /// Whether retention deletes segments by age or size.
+    pub fn deletes(self) -> bool {
+        matches!(self, CleanupPolicy::Delete | CleanupPolicy::CompactDelete)
+    }
+}
+
+/// One partition log's settings. Topic settings map onto them as Kafka names them:
+/// `segment.bytes` → `segment_bytes_max`, `segment.ms` → `segment_age_max`, `retention.ms` →
+/// `retention_ms`, `retention.bytes` → `retention_bytes`, `max.message.bytes` →
+/// `batch_bytes_max`, `cleanup.policy` → `cleanup_policy` (`delete`, `compact`, or both),
+/// `min.cleanable.dirty.ratio` → `compact_dirty_percent_min` (the ratio × 100),
+/// `delete.retention.ms` → `delete_retention`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
     /// Roll the active segment before it grows past this size.
@@ -50,6 +81,19 @@ pub struct LogConfig {
     pub write_buffer_bytes: usize,
     /// Bytes of recently written batches kept in memory for tail reads.
     pub cache_bytes_max: usize,
+    /// Whether old data is deleted by retention, compacted, or both.
+    pub cleanup_policy: CleanupPolicy,
+    /// The background cleaner compacts once the sealed segments not yet cleaned hold at least
+    /// this percentage of the sealed bytes (Kafka's `min.cleanable.dirty.ratio` × 100, default
+    /// 50). `PartitionLog::compact` runs a pass whatever this says.
+    pub compact_dirty_percent_min: u8,
+    /// How long a tombstone (a record with a null value) stays readable after the cleaning
+    /// that first saw it (Kafka's `delete.retention.ms`, default 24 h): consumers that read
+    /// the log within this long see the deletion.
+    pub delete_retention: Duration,
+    /// Keys one compaction pass can hold in its key → offset map; a pass cleans as many
+    /// segments as the map covers. At most `limits::COMPACTION_KEYS_MAX`.
+    pub compaction_keys_max: usize,
 }
 
 impl Default for LogConfig {
@@ -67,6 +111,10 @@ impl Default for LogConfig {
             index_interval_bytes: 64 << 10,
             write_buffer_bytes: 8 << 20,
             cache_bytes_max: 64 << 20,
+            cleanup_policy: CleanupPolicy::Delete,
+            compact_dirty_percent_min: 50,
+            delete_retention: Duration::from_secs(24 * 3600),
+            compaction_keys_max: limits::COMPACTION_KEYS_MAX,
         }
     }
 }
@@ -115,6 +163,19 @@ impl LogConfig {
         }
         if self.index_interval_bytes == 0 {
             return fail("index_interval_bytes must be positive".into());
+        }
+        if self.compact_dirty_percent_min > 100 {
+            return fail(format!(
+                "compact_dirty_percent_min {} is above 100",
+                self.compact_dirty_percent_min
+            ));
+        }
+        if self.compaction_keys_max == 0 || self.compaction_keys_max > limits::COMPACTION_KEYS_MAX {
+            return fail(format!(
+                "compaction_keys_max {} is not in 1..={}",
+                self.compaction_keys_max,
+                limits::COMPACTION_KEYS_MAX
+            ));
         }
         if let FlushPolicy::Interval { interval, bytes } = self.flush {
             if interval.is_zero() || bytes == 0 {

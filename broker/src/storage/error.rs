@@ -1,7 +1,7 @@
 //! Typed errors of the storage layer.
 //!
 //! Two families: errors caused by the caller's input (`InvalidBatch`, `OffsetOutOfRange`,
-//! `NotContiguous`, `EpochRegression`), after
+//! `NotContiguous`, `EpochRegression`, `KeyRequired`), after
 //! which the log is unchanged, and errors of the environment (`Io`, `Corrupt`), after which the
 //! broker is expected to stop the process rather than keep a half-working shard serving.
 
@@ -38,6 +38,8 @@ pub enum StorageError {
     NotContiguous { expected: u64, found: u64 },
     #[error(transparent)]
     EpochRegression(#[from] super::epochs::EpochRegression),
+    #[error("record {index} of the batch has no key; a compacted log keeps records by key")]
+    KeyRequired { index: u32 },
     #[error("invalid log configuration: {0}")]
     Config(String),
     #[error("the log is closed")]

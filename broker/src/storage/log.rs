@@ -52,6 +52,10 @@ use super::segment::{
 use crate::limits::SEGMENTS_PER_PARTITION_MAX;
 use crate::notify::Notify;
 
+mod cleaner;
+
+pub use cleaner::{CompactionReport, SwapStep};
+
 /// How often `FlushPolicy::Never` hands buffered data to the device.
 const WRITE_BEHIND_INTERVAL: Duration = Duration::from_millis(10);
 /// The leader-epoch history's file in the partition directory (format: [`EpochHistory`]).
@@ -280,6 +284,11 @@ struct LogState {
     first_unflushed_at: Option<Instant>,
     failed: Option<String>,
     closed: bool,
+    /// Compaction: offsets below this were cleaned by a pass (in memory only: a reopened log
+    /// counts everything as dirty, so its first pass cleans the whole log).
+    clean_end: u64,
+    /// Compaction: the earliest delete horizon of the tombstones the last pass kept.
+    tombstone_horizon_min: Option<i64>,
 }
 
 impl LogState {
@@ -322,6 +331,12 @@ struct LogInner {
     state: RefCell<LogState>,
     /// Serializes flushes, rolls, truncation and retention.
     flush_lock: Semaphore,
+    /// Serializes the work that replaces or deletes sealed segments: compaction (held for a
+    /// whole pass, without the flush lock), retention and truncation (taken before the flush
+    /// lock, never after it).
+    maintenance_lock: Semaphore,
+    /// `close` was called: a compaction pass stops at its next step.
+    closing: std::cell::Cell<bool>,
     /// Data was appended (wakes the flusher).
     appended: Notify,
     /// The durable end moved, or the log failed or closed (wakes durability waiters).
@@ -358,6 +373,7 @@ impl PartitionLog {
         if let Some(parent) = dir.parent() {
             sync_dir(parent).await?;
         }
+        cleaner::recover(&dir, config.index_interval_bytes).await?;
         let bases = list_segments(&dir).await?;
         let interval = config.index_interval_bytes;
         let mut sealed: VecDeque<SealedSegment> =
@@ -434,12 +450,16 @@ impl PartitionLog {
             first_unflushed_at: None,
             failed: None,
             closed: false,
+            clean_end: log_start,
+            tombstone_horizon_min: None,
         };
         let inner = Rc::new(LogInner {
             dir,
             config,
             state: RefCell::new(state),
             flush_lock: Semaphore::new(1),
+            maintenance_lock: Semaphore::new(1),
+            closing: std::cell::Cell::new(false),
             appended: Notify::new(),
             flushed: Notify::new(),
             space: Notify::new(),
@@ -666,12 +686,17 @@ impl PartitionLog {
         self.inner.flushed.listen()
     }
 
-    /// Validates `batch` as a producer's (`validate`), assigns it the next offsets and the
+    /// Validates `batch` as a producer's (`validate`; on a compacted log every record must
+    /// have a key, else [`StorageError::KeyRequired`]), assigns it the next offsets and the
     /// leader's epoch and buffers it for the next flush. Returns once the batch is in the write
     /// buffer (waiting for space when the buffer is full); call [`PartitionLog::wait_durable`]
     /// to wait for the flush that covers it. On any error the log is unchanged.
     pub async fn append(&self, batch: &[u8], leader_epoch: u32) -> Result<Appended> {
-        validate(batch, self.inner.config.batch_bytes_max)?;
+        let header = validate(batch, self.inner.config.batch_bytes_max)?;
+        if self.inner.config.cleanup_policy.compacts() {
+            super::compaction::check_keys(&header, batch)
+                .map_err(|index| StorageError::KeyRequired { index })?;
+        }
         self.append_checked(batch, Stamp::Leader { leader_epoch })
             .await
     }
@@ -696,9 +721,8 @@ impl PartitionLog {
             }
             .into());
         }
-        if header.record_count == 0 {
-            return Err(BatchError::Empty.into());
-        }
+        // A batch without records is what compaction leaves of an emptied one on the leader:
+        // it spans its offsets, and the follower stores it as it is.
         self.append_checked(batch, Stamp::Replica).await
     }
 
@@ -1017,7 +1041,8 @@ impl PartitionLog {
                         ),
                     })?;
                     offset = header.next_offset();
-                    if header.max_timestamp >= timestamp {
+                    // An empty batch (left by compaction) holds no record to point at.
+                    if header.record_count > 0 && header.max_timestamp >= timestamp {
                         return Ok(Some(first_record_at_or_after(&header, bytes, timestamp)));
                     }
                 }
@@ -1027,9 +1052,21 @@ impl PartitionLog {
     }
 
     /// Deletes sealed segments past the retention limits (never the active segment) and
-    /// advances the log start. `now_ms` is the current time in ms since the Unix epoch.
+    /// advances the log start; nothing on a log whose cleanup policy is `Compact` alone.
+    /// `now_ms` is the current time in ms since the Unix epoch.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport> {
         let inner = &self.inner;
+        if !inner.config.cleanup_policy.deletes() {
+            return Ok(RetentionReport {
+                log_start: self.log_start(),
+                ..RetentionReport::default()
+            });
+        }
+        let _maintenance = inner
+            .maintenance_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
         let _permit = inner
             .flush_lock
             .acquire_permit(1)
@@ -1094,6 +1131,11 @@ impl PartitionLog {
 
     async fn truncate_to_now(&self, offset: u64) -> Result<u64> {
         let inner = &self.inner;
+        let _maintenance = inner
+            .maintenance_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
         let _permit = inner
             .flush_lock
             .acquire_permit(1)
@@ -1203,6 +1245,7 @@ impl PartitionLog {
         state.active = active;
         state.cache.clear();
         state.durable_end = end;
+        state.clean_end = state.clean_end.min(end);
         if let Some(hw) = &mut state.replicated_high_watermark {
             *hw = (*hw).min(end);
         }
@@ -1218,7 +1261,14 @@ impl PartitionLog {
         if !inner.state.borrow().closed {
             self.checkpoint_high_watermark_if_moved().await?;
         }
+        inner.closing.set(true);
         {
+            // A compaction pass stops at its next step; wait for it.
+            let _maintenance = inner
+                .maintenance_lock
+                .acquire_permit(1)
+                .await
+                .map_err(|_| StorageError::Closed)?;
             let _permit = inner
                 .flush_lock
                 .acquire_permit(1)

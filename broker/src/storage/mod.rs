@@ -4,11 +4,14 @@
 //! for one partition at a time. Layers inside it, pure first:
 //! - [`index`] and [`scan`]: in-memory indexes and the batch scanner (no I/O, shared with tools);
 //! - [`epochs`]: the leader-epoch history (pure) and its checkpoint file format;
+//! - [`compaction`]: the pure core of log compaction (which records a cleaned batch keeps, how
+//!   emptied batches merge) and the batch codecs it needs;
 //! - [`cache`]: the tail cache of recently written batches;
 //! - [`segment`]: segment files on glommio DMA (`ActiveSegment` → `SealedSegment`);
 //! - [`log`]: `PartitionLog`, the API the broker uses.
 
 pub mod cache;
+pub mod compaction;
 pub mod config;
 pub mod epochs;
 pub mod error;
@@ -17,7 +20,7 @@ pub mod log;
 pub mod scan;
 pub mod segment;
 
-pub use config::{FlushPolicy, LogConfig};
+pub use config::{CleanupPolicy, FlushPolicy, LogConfig};
 pub use epochs::{EpochEnd, EpochHistory, EpochStart};
 pub use error::StorageError;
 pub use log::{

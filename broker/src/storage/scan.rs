@@ -86,12 +86,6 @@ impl Scanner {
                     }
                 }
             };
-            if header.record_count == 0 {
-                return Feed::Invalid {
-                    position,
-                    reason: "batch holds no records".into(),
-                };
-            }
             if header.base_offset != self.index.next_offset() {
                 return Feed::Invalid {
                     position,

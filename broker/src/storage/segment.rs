@@ -102,7 +102,7 @@ pub(crate) async fn read_small_file(path: &Path) -> Result<Option<Vec<u8>>> {
 }
 
 /// Writes a small file durably with direct I/O.
-async fn write_small_file(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) async fn write_small_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -196,17 +196,17 @@ fn corrupt(path: &Path, position: u64, reason: impl Into<String>) -> StorageErro
 
 /// How a segment scan ended.
 #[derive(Debug)]
-struct ScanOutcome {
-    index: SegmentIndex,
-    file_size: u64,
+pub(crate) struct ScanOutcome {
+    pub index: SegmentIndex,
+    pub file_size: u64,
     /// Where and why the valid data ended before the end of the file.
-    stop: Option<(u64, String)>,
+    pub stop: Option<(u64, String)>,
     /// Each run of batches with one leader epoch: the epoch and its first batch's offset.
     epoch_starts: Vec<EpochStart>,
 }
 
 /// Scans a segment file from its start, reading it in chunks.
-async fn scan_file(
+pub(crate) async fn scan_file(
     file: &DmaFile,
     path: &Path,
     base_offset: u64,
@@ -373,7 +373,7 @@ pub(crate) async fn read_batches(
                     "batch runs past the end of the segment",
                 ));
             }
-            if header.base_offset != next_expected || header.record_count == 0 {
+            if header.base_offset != next_expected {
                 return Err(corrupt(
                     path,
                     batch_position,
@@ -494,6 +494,21 @@ impl SealedSegment {
             paths,
             index,
         })
+    }
+
+    /// A segment just written whole by compaction: its file (renamed into place, durable) and
+    /// the index built while writing it.
+    pub(crate) fn from_cleaned(
+        file: DmaFile,
+        paths: SegmentPaths,
+        index: SegmentIndex,
+    ) -> SealedSegment {
+        assert!(!index.is_empty(), "a cleaned segment holds batches");
+        SealedSegment {
+            file: Rc::new(file),
+            paths,
+            index,
+        }
     }
 
     pub fn index(&self) -> &SegmentIndex {
@@ -662,7 +677,7 @@ pub(crate) async fn locate_batches(
             let batch_position = position + at as u64;
             let header = BatchHeader::parse(&data[at..])
                 .map_err(|e| corrupt(path, batch_position, e.to_string()))?;
-            if header.base_offset != expected || header.record_count == 0 {
+            if header.base_offset != expected {
                 return Err(corrupt(
                     path,
                     batch_position,
