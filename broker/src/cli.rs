@@ -18,7 +18,7 @@ use crate::limits::{ADMIN_QUEUE_MAX, SHARD_PORT_OFFSET};
 use crate::metadata::types::{FlushSetting, TopicConfig};
 use crate::metadata::{AdminClient, ClusterState, MetadataConfig, MetadataNode, NodeId};
 use crate::server::shard::Shards;
-use crate::server::{AdminCall, MetadataLink, Mode, ShardConfig};
+use crate::server::{AdminCall, MetadataLink, Mode, RaftStatus, ShardConfig};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -415,6 +415,7 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
 
     let (state_tx, state_rx) = tokio::sync::watch::channel(Arc::new(ClusterState::default()));
     let (admin_tx, admin_rx) = flume::bounded::<AdminCall>(ADMIN_QUEUE_MAX);
+    let (raft_tx, raft_rx) = tokio::sync::watch::channel(RaftStatus::default());
     let shard_config = ShardConfig {
         node_id: args.node_id,
         data_dir: args.data_dir.clone(),
@@ -429,6 +430,7 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         MetadataLink {
             state: state_rx,
             admin: admin_tx,
+            raft: raft_rx,
         },
     ) {
         Ok(shards) => shards,
@@ -482,6 +484,39 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
                 let current = applied.borrow_and_update().clone();
                 state_tx.send_replace(current);
                 if applied.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        // So does the Raft group's status (controller, term, indexes), for metadata answers
+        // and metrics.
+        let mut raft_metrics = node.raft().metrics();
+        tokio::spawn(async move {
+            let mut controller = None;
+            loop {
+                let status = {
+                    let m = raft_metrics.borrow_and_update();
+                    RaftStatus {
+                        controller: m.current_leader,
+                        term: m.current_term,
+                        last_log_index: m.last_log_index.unwrap_or(0),
+                        applied_index: m.last_applied.map_or(0, |l| l.index),
+                    }
+                };
+                if status.controller != controller {
+                    controller = status.controller;
+                    tracing::info!(
+                        controller = ?controller,
+                        term = status.term,
+                        "metadata controller changed"
+                    );
+                }
+                raft_tx.send_if_modified(|old| {
+                    let changed = *old != status;
+                    *old = status;
+                    changed
+                });
+                if raft_metrics.changed().await.is_err() {
                     return;
                 }
             }

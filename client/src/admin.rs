@@ -1,8 +1,12 @@
-//! Administrative operations: creating and deleting topics, reading partition offsets.
+//! Administrative operations: creating and deleting topics, reading partition offsets, and
+//! describing the cluster, its topics' configuration and its brokers' logs.
 
 use std::sync::Arc;
 
-use sluice_protocol::native::{ErrorCode, OffsetQuery};
+use sluice_protocol::native::{
+    ApiKey, DescribeConfigsRequest, DescribeConfigsResponse, DescribeLogsRequest,
+    DescribeLogsResponse, ErrorCode, MetadataRequest, MetadataResponse, OffsetQuery,
+};
 
 use crate::cluster::Cluster;
 use crate::config::ClientConfig;
@@ -40,8 +44,79 @@ impl Admin {
         replication_factor: u32,
     ) -> Result<()> {
         self.cluster
-            .create_topic(name, partitions, replication_factor)
+            .create_topic(name, partitions, replication_factor, &[])
             .await
+    }
+
+    /// Creates a topic with configuration overrides (`("retention.ms", "-1")`, …; the keys are
+    /// listed in `docs/protocol.md`) and returns once every partition has a leader. An unknown
+    /// key or a bad value is an [`Error::Broker`] with [`ErrorCode::InvalidConfig`].
+    pub async fn create_topic_with_config(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        configs: &[(String, String)],
+    ) -> Result<()> {
+        self.cluster
+            .create_topic(name, partitions, replication_factor, configs)
+            .await
+    }
+
+    /// The cluster's metadata as one broker has it: brokers, the controller, the metadata
+    /// version, and the topics named (all when `None`) with their partitions' leaders, replicas
+    /// and in-sync sets.
+    pub async fn describe_cluster(&self, topics: Option<&[String]>) -> Result<MetadataResponse> {
+        let request = MetadataRequest {
+            topics: topics.map(<[String]>::to_vec),
+        };
+        self.cluster.admin_call(ApiKey::Metadata, &request).await
+    }
+
+    /// The partition logs one shard holds (`address`: a shard address from
+    /// [`Admin::describe_cluster`]), of `topics` (all when empty).
+    pub async fn describe_logs(
+        &self,
+        address: &str,
+        topics: &[String],
+    ) -> Result<DescribeLogsResponse> {
+        let connection = self.cluster.connection(address).await?;
+        let request = DescribeLogsRequest {
+            topics: topics.to_vec(),
+        };
+        connection
+            .call(
+                ApiKey::DescribeLogs,
+                &request,
+                self.cluster.config.request_timeout,
+            )
+            .await
+    }
+
+    /// A topic's configuration, `(key, value)` sorted by key; [`Error::UnknownTopic`] if there
+    /// is no such topic.
+    pub async fn describe_configs(&self, topic: &str) -> Result<Vec<(String, String)>> {
+        let request = DescribeConfigsRequest {
+            topic: topic.to_owned(),
+        };
+        let response: DescribeConfigsResponse = self
+            .cluster
+            .admin_call(ApiKey::DescribeConfigs, &request)
+            .await?;
+        match response.error {
+            ErrorCode::None => Ok(response
+                .configs
+                .into_iter()
+                .map(|c| (c.key, c.value))
+                .collect()),
+            ErrorCode::UnknownTopicOrPartition => Err(Error::UnknownTopic {
+                topic: topic.to_owned(),
+            }),
+            code => Err(Error::broker(
+                code,
+                format!("describe configs of {topic:?}"),
+            )),
+        }
     }
 
     /// Deletes a topic and returns once the metadata no longer lists it.

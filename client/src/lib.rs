@@ -5,7 +5,8 @@
 //!   out of order, even across broker restarts.
 //! - [`Consumer`] reads assigned partitions from a position (offset, timestamp, earliest,
 //!   latest), prefetching with bounded memory and long polling.
-//! - [`Admin`] creates and deletes topics and looks up offsets.
+//! - [`Admin`] creates and deletes topics, looks up offsets, and describes the cluster, topic
+//!   configurations and brokers' logs.
 //! - [`blocking`] wraps all three for synchronous code.
 //!
 //! All of it is async on tokio. Connections go to the shard that owns each partition (the
@@ -55,3 +56,9 @@ pub use error::{Error, Result};
 pub use partitioner::{key_partition, murmur2, DefaultPartitioner, Partitioner};
 pub use producer::{Delivery, Producer, ProducerRecord, RecordMetadata};
 pub use sluice_protocol::native::ErrorCode;
+/// What [`Admin::describe_cluster`] and [`Admin::describe_logs`] return: the protocol's own
+/// answers (`docs/protocol.md`).
+pub use sluice_protocol::native::{
+    BrokerInfo, DescribeLogsResponse, LogDescription, MetadataResponse, PartitionMetadata,
+    TopicMetadata,
+};

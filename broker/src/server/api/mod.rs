@@ -7,9 +7,13 @@
 //! - [`produce`] serves Produce;
 //! - [`fetch`] serves Fetch (consumers);
 //! - [`list_offsets`] serves ListOffsets (earliest, latest, by time);
-//! - [`replica_fetch`] serves ReplicaFetch (followers, on the leader).
+//! - [`replica_fetch`] serves ReplicaFetch (followers, on the leader);
+//! - [`describe_logs`] serves DescribeLogs (the shard's partition logs, for operators);
+//! - [`configs`] serves DescribeConfigs and CreateTopicWithConfig.
 
 pub mod admin;
+pub mod configs;
+pub mod describe_logs;
 pub mod fetch;
 pub mod list_offsets;
 pub mod produce;
@@ -19,7 +23,8 @@ use std::rc::Rc;
 
 use glommio::task::JoinHandle;
 use sluice_protocol::native::{
-    decode_control, ApiKey, ApiRange, ApiVersionsResponse, CreateTopicRequest, DeleteTopicRequest,
+    decode_control, ApiKey, ApiRange, ApiVersionsResponse, CreateTopicRequest,
+    CreateTopicWithConfigRequest, DeleteTopicRequest, DescribeConfigsRequest, DescribeLogsRequest,
     FetchRequest, FrameDecodeError, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
     ProduceRequest, ReplicaFetchRequest, RequestHeader,
 };
@@ -127,6 +132,30 @@ pub async fn dispatch(
             let bulk = ctx.bulk;
             super::shard::spawn_into(bulk, async move {
                 Some(replica_fetch::replica_fetch(&ctx, id, request).await)
+            })
+            .detach()
+        }
+        ApiKey::DescribeLogs => {
+            let request: DescribeLogsRequest = decode_control(control)?;
+            glommio::spawn_local(async move {
+                Some(response(id, &describe_logs::describe_logs(&ctx, request)))
+            })
+            .detach()
+        }
+        ApiKey::DescribeConfigs => {
+            let request: DescribeConfigsRequest = decode_control(control)?;
+            glommio::spawn_local(async move {
+                Some(response(id, &configs::describe_configs(&ctx, request)))
+            })
+            .detach()
+        }
+        ApiKey::CreateTopicWithConfig => {
+            let request: CreateTopicWithConfigRequest = decode_control(control)?;
+            glommio::spawn_local(async move {
+                Some(response(
+                    id,
+                    &configs::create_topic_with_config(&ctx, request).await,
+                ))
             })
             .detach()
         }
