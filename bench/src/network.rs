@@ -160,6 +160,9 @@ impl Broker {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let _ = std::fs::remove_dir_all(dir);
         let listen = free_address()?;
+        // The metrics endpoint on a free port too: never the default 9491, which benchmarks and
+        // tests running at once would share.
+        let metrics = free_address()?;
         // Each shard's own port, picked free like the others (the default, the --listen port
         // plus 10 plus the shard index, may be some other socket's ephemeral port).
         // Held together while picked, so no two are the same.
@@ -188,6 +191,8 @@ impl Broker {
                 &shards.to_string(),
                 "--shard-ports",
                 &shard_ports,
+                "--metrics-listen",
+                &metrics,
             ])
             .args(extra)
             .stdout(Stdio::null())

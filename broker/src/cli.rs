@@ -89,6 +89,10 @@ struct Args {
     /// Take a metadata snapshot (and compact the Raft log) every this many entries.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
     snapshot_logs: u64,
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`), or `none` to serve no
+    /// metrics.
+    #[arg(long, default_value = "127.0.0.1:9491")]
+    metrics_listen: String,
     /// Log filter (tracing syntax), e.g. `info` or `sluice_broker=debug`.
     #[arg(long, default_value = "warn")]
     log: String,
@@ -399,6 +403,28 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         Ok(listeners) => listeners,
         Err(error) => return fail(error),
     };
+    // Bound before anything starts, so a port in use is a start-up error naming the flag.
+    let metrics_listener = match args.metrics_listen.as_str() {
+        "none" | "off" | "" => None,
+        address => match address.parse::<SocketAddr>() {
+            Err(error) => {
+                return fail(format_args!(
+                    "--metrics-listen {address:?} is not ip:port or none: {error}"
+                ))
+            }
+            Ok(address) => match std::net::TcpListener::bind(address)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            {
+                Ok(listener) => Some(listener),
+                Err(error) => {
+                    return fail(format_args!(
+                        "cannot listen on {address} (--metrics-listen; `none` disables \
+                         metrics): {error}"
+                    ))
+                }
+            },
+        },
+    };
     let config = MetadataConfig {
         node_id: args.node_id,
         dir: metadata_dir,
@@ -416,6 +442,7 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
     let (state_tx, state_rx) = tokio::sync::watch::channel(Arc::new(ClusterState::default()));
     let (admin_tx, admin_rx) = flume::bounded::<AdminCall>(ADMIN_QUEUE_MAX);
     let (raft_tx, raft_rx) = tokio::sync::watch::channel(RaftStatus::default());
+    let (state_rx_metrics, raft_rx_metrics) = (state_rx.clone(), raft_rx.clone());
     let shard_config = ShardConfig {
         node_id: args.node_id,
         data_dir: args.data_dir.clone(),
@@ -438,6 +465,12 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
     };
     let mut config = config;
     config.shard_addresses = listeners.advertised_shards.clone();
+    let scraper = crate::metrics::http::Scraper {
+        node_id: args.node_id,
+        shards: shards.snapshots.clone(),
+        state: state_rx_metrics,
+        raft: raft_rx_metrics,
+    };
     let (stopper, threads) = shards.split();
     // A shard thread that ends on its own has failed: stop the whole process.
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -531,6 +564,11 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
                 });
             }
         });
+        if let Some(listener) = metrics_listener {
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| format!("cannot serve metrics: {e}"))?;
+            tokio::spawn(crate::metrics::http::serve(listener, scraper));
+        }
         tracing::info!(node = node.id(), "broker started");
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

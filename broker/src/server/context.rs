@@ -39,6 +39,8 @@ pub struct ShardContext {
     pub watch_stats: Rc<WatchStats>,
     /// The shard's task queue for fetches (`shard::TaskQueues`).
     pub bulk: glommio::TaskQueueHandle,
+    /// What this shard counts (`metrics`); only this shard touches it.
+    pub metrics: Rc<crate::metrics::ShardMetrics>,
 }
 
 /// A response: header and control, then the data chunks written as they are.

@@ -16,6 +16,7 @@ use super::producers::{PartitionProducers, ProducerState};
 use super::{Mode, ShardConfig};
 use crate::metadata::types::{FlushSetting, PartitionInfo, TopicConfig};
 use crate::metadata::{ClusterState, NodeId};
+use crate::metrics::{PartitionCounters, ShardMetrics};
 use crate::replication::isr::LeaderState;
 use crate::storage::{FlushPolicy, LogConfig, PartitionLog, ReadBound, StorageError};
 
@@ -37,6 +38,8 @@ pub struct OwnedPartition {
     pub replica_lag_time_max_ms: u64,
     /// The leader's view of its followers, while this broker leads.
     pub followers: Option<Rc<RefCell<LeaderState>>>,
+    /// Records and bytes in and out of this replica, since this shard opened its log.
+    pub counters: Rc<PartitionCounters>,
 }
 
 /// Milliseconds on a clock that only moves forward (the in-sync rules' time).
@@ -111,6 +114,8 @@ pub struct Partitions {
     config: ShardConfig,
     shard: u32,
     owned: RefCell<HashMap<(String, u32), OwnedPartition>>,
+    /// Closing logs leave their flush counts here.
+    metrics: Rc<ShardMetrics>,
 }
 
 /// The log configuration of a topic's partition on this broker.
@@ -142,11 +147,12 @@ pub fn log_config(topic: &TopicConfig, mode: Mode) -> LogConfig {
 }
 
 impl Partitions {
-    pub fn new(config: ShardConfig, shard: u32) -> Partitions {
+    pub fn new(config: ShardConfig, shard: u32, metrics: Rc<ShardMetrics>) -> Partitions {
         Partitions {
             config,
             shard,
             owned: RefCell::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -204,6 +210,7 @@ impl Partitions {
         for (key, owned) in stale {
             self.owned.borrow_mut().remove(&key);
             owned.log.close().await?;
+            self.metrics.retire(&owned.log);
             let dir = owned.log.dir().to_owned();
             let removed = glommio::executor()
                 .spawn_blocking(move || std::fs::remove_dir_all(&dir))
@@ -240,6 +247,7 @@ impl Partitions {
                         min_insync: config.resolved_min_insync(info.replicas.len() as u32),
                         replica_lag_time_max_ms: config.replica_lag_time_max_ms,
                         followers: None,
+                        counters: Rc::default(),
                     }
                 }
             };

@@ -25,6 +25,9 @@
 //! follower can cut a divergent tail ([`PartitionLog::truncate_to`]); the high watermark is
 //! checkpointed to `high-watermark` when asked.
 
+use crate::metrics::histogram::{
+    HistogramSnapshot, LocalHistogram, LATENCY_BOUNDS_SECONDS, SIZE_BOUNDS_BYTES,
+};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -248,6 +251,37 @@ pub struct LogStats {
     /// Segment rolls, and the time appends were held while they ran, in µs.
     pub rolls: u64,
     pub roll_us: u64,
+    /// Reads answered from the tail cache, and reads that went to a segment file.
+    pub cache_hits: u64,
+    pub disk_reads: u64,
+}
+
+/// Distributions of one log's flushes since it was opened (what `LogStats` sums).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlushHistograms {
+    /// Bytes of each flush's DMA write.
+    pub bytes: HistogramSnapshot,
+    /// Seconds of each flush's DMA write.
+    pub write_seconds: HistogramSnapshot,
+    /// Seconds of each fdatasync.
+    pub sync_seconds: HistogramSnapshot,
+}
+
+#[derive(Debug)]
+struct FlushObserver {
+    bytes: LocalHistogram,
+    write_seconds: LocalHistogram,
+    sync_seconds: LocalHistogram,
+}
+
+impl Default for FlushObserver {
+    fn default() -> Self {
+        FlushObserver {
+            bytes: LocalHistogram::new(SIZE_BOUNDS_BYTES),
+            write_seconds: LocalHistogram::new(LATENCY_BOUNDS_SECONDS),
+            sync_seconds: LocalHistogram::new(LATENCY_BOUNDS_SECONDS),
+        }
+    }
 }
 
 /// What a retention pass deleted.
@@ -328,6 +362,7 @@ struct LogInner {
     space: Notify,
     flusher: RefCell<Option<JoinHandle<()>>>,
     stats: std::cell::Cell<LogStats>,
+    flushes: FlushObserver,
 }
 
 /// One partition's log. Cheap to clone; every clone is the same log. Lives on one shard.
@@ -442,6 +477,7 @@ impl PartitionLog {
             space: Notify::new(),
             flusher: RefCell::new(None),
             stats: Default::default(),
+            flushes: FlushObserver::default(),
         });
         let flusher = glommio::spawn_local(flusher_loop(Rc::downgrade(&inner))).detach();
         *inner.flusher.borrow_mut() = Some(flusher);
@@ -555,6 +591,15 @@ impl PartitionLog {
 
     pub fn stats(&self) -> LogStats {
         self.inner.stats.get()
+    }
+
+    pub fn flush_histograms(&self) -> FlushHistograms {
+        let f = &self.inner.flushes;
+        FlushHistograms {
+            bytes: f.bytes.snapshot(),
+            write_seconds: f.write_seconds.snapshot(),
+            sync_seconds: f.sync_seconds.snapshot(),
+        }
     }
 
     /// Bytes held by the tail cache.
@@ -826,8 +871,10 @@ impl PartitionLog {
         if let Some(slices) = state.cache.read(offset, max_bytes, readable_end) {
             answer.chunks = slices.into_iter().map(ReadChunk::Cached).collect();
             answer.from_cache = true;
+            self.inner.bump(|s| s.cache_hits += 1);
             return Ok(ReadPlan::Done(answer));
         }
+        self.inner.bump(|s| s.disk_reads += 1);
         let interval = self.inner.config.index_interval_bytes;
         let sealed = offset < state.active.index().base_offset();
         let (file, path, index, readable) = if !sealed {
@@ -1450,6 +1497,11 @@ impl LogInner {
             s.write_us += write_us;
             s.sync_us += sync_us;
         });
+        self.flushes.bytes.observe(job.buf.len() as f64);
+        self.flushes.write_seconds.observe(write_us as f64 / 1e6);
+        if sync {
+            self.flushes.sync_seconds.observe(sync_us as f64 / 1e6);
+        }
         state.durable_end = job.next_offset;
         let charge = job.buf.len();
         let chunk = if job.new_bytes as usize * 4 >= self.config.write_buffer_bytes {

@@ -21,6 +21,6 @@ pub use config::{FlushPolicy, LogConfig};
 pub use epochs::{EpochEnd, EpochHistory, EpochStart};
 pub use error::StorageError;
 pub use log::{
-    Appended, FileRange, LogStats, OffsetSpec, PartitionLog, ReadBatches, ReadBound, ReadChunk,
-    RecoveryReport, RetentionReport, SendChunk, SendRead,
+    Appended, FileRange, FlushHistograms, LogStats, OffsetSpec, PartitionLog, ReadBatches,
+    ReadBound, ReadChunk, RecoveryReport, RetentionReport, SendChunk, SendRead,
 };

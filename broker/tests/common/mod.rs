@@ -125,7 +125,9 @@ pub fn answers(address: &str) -> bool {
 }
 
 /// A `sluice-broker` child process on a temporary data directory, with fixed ports: the main
-/// address, the metadata address and one port per shard, kept across restarts. Killed (and its
+/// address, the metadata address, one port per shard and the metrics endpoint (a free port of
+/// its own, never the default 9491 that tests running at once would share), kept across
+/// restarts. Killed (and its
 /// log shown, if the test is failing) on drop.
 #[derive(Debug)]
 pub struct BrokerProcess {
@@ -133,6 +135,8 @@ pub struct BrokerProcess {
     pub listen: String,
     pub metadata: String,
     pub shard_ports: Vec<u16>,
+    /// The metrics endpoint (`--metrics-listen`).
+    pub metrics: String,
     child: Option<Child>,
     /// Flags added to every start.
     args: Vec<String>,
@@ -148,6 +152,7 @@ impl BrokerProcess {
             listen: String::new(),
             metadata: String::new(),
             shard_ports: vec![0; shards as usize],
+            metrics: String::new(),
             child: None,
             args: args.iter().map(|a| a.to_string()).collect(),
         };
@@ -171,6 +176,7 @@ impl BrokerProcess {
             listen: listen.to_owned(),
             metadata: metadata.to_owned(),
             shard_ports: shard_ports.to_vec(),
+            metrics: format!("127.0.0.1:{}", free_port()),
             child: None,
             args: args.iter().map(|a| a.to_string()).collect(),
         }
@@ -179,6 +185,7 @@ impl BrokerProcess {
     fn pick_ports(&mut self) {
         self.listen = format!("127.0.0.1:{}", free_port());
         self.metadata = format!("127.0.0.1:{}", free_port());
+        self.metrics = format!("127.0.0.1:{}", free_port());
         for port in self.shard_ports.iter_mut() {
             *port = free_port();
         }
@@ -253,6 +260,7 @@ impl BrokerProcess {
             ])
             .args(["--shards", &self.shard_ports.len().to_string()])
             .args(["--shard-ports", &ports.join(",")])
+            .args(["--metrics-listen", &self.metrics])
             .args(["--election-timeout-ms", "150", "--log", &log])
             .args(&self.args)
             .stdout(Stdio::null())
