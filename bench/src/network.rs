@@ -193,6 +193,9 @@ impl Broker {
                 &shard_ports,
                 "--metrics-listen",
                 &metrics,
+                // The broker's info lines would mix into the progress line.
+                "--log",
+                "warn",
             ])
             .args(extra)
             .stdout(Stdio::null())

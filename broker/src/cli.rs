@@ -93,9 +93,16 @@ struct Args {
     /// metrics.
     #[arg(long, default_value = "127.0.0.1:9491")]
     metrics_listen: String,
-    /// Log filter (tracing syntax), e.g. `info` or `sluice_broker=debug`.
-    #[arg(long, default_value = "warn")]
+    /// Log filter (tracing syntax), e.g. `info` or `sluice_broker=debug`. At `info` every
+    /// significant event is one line with its ids: start and stop, controller and partition
+    /// leadership changes, in-sync set changes, a log tail cut by recovery, watchdog recoveries.
+    /// openraft's own info lines (elections, votes) are left out unless asked for.
+    #[arg(long, default_value = "info,openraft=warn")]
     log: String,
+    /// `text` for people, `json` (one object per line: timestamp, level, fields, target) for
+    /// log pipelines.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// Default segment size of new topics' partitions, in bytes.
     #[arg(long, default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1 << 20..=(4u64 << 30) - (2 << 20)))]
     segment_bytes: u64,
@@ -121,6 +128,12 @@ struct Args {
     /// Default largest batch (message set) a producer may send to a new topic, in bytes.
     #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(64..=64 << 20))]
     message_bytes_max: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -359,10 +372,13 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         Ok(filter) => filter,
         Err(error) => return fail(format_args!("invalid --log filter: {error}")),
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
 
     let peers: BTreeMap<NodeId, String> = args.peers.iter().cloned().collect();
     if peers.len() != args.peers.len() {
@@ -425,6 +441,14 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
             },
         },
     };
+    // For the start-up log line.
+    let (listen, metadata_address, node_id, shard_count) = (
+        args.listen.clone(),
+        metadata_listen.clone(),
+        args.node_id,
+        shards,
+    );
+    let metrics_address = args.metrics_listen.clone();
     let config = MetadataConfig {
         node_id: args.node_id,
         dir: metadata_dir,
@@ -538,11 +562,14 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
                 };
                 if status.controller != controller {
                     controller = status.controller;
-                    tracing::info!(
-                        controller = ?controller,
-                        term = status.term,
-                        "metadata controller changed"
-                    );
+                    match controller {
+                        Some(id) => tracing::info!(
+                            controller = id,
+                            term = status.term,
+                            "metadata controller changed"
+                        ),
+                        None => tracing::warn!(term = status.term, "no metadata controller"),
+                    }
                 }
                 raft_tx.send_if_modified(|old| {
                     let changed = *old != status;
@@ -569,7 +596,14 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
                 .map_err(|e| format!("cannot serve metrics: {e}"))?;
             tokio::spawn(crate::metrics::http::serve(listener, scraper));
         }
-        tracing::info!(node = node.id(), "broker started");
+        tracing::info!(
+            node = node.id(),
+            listen = %listen,
+            metadata = %metadata_address,
+            metrics = %metrics_address,
+            shards = shard_count,
+            "broker started"
+        );
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
@@ -581,7 +615,7 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         if let Some(failure) = failure {
             return Err(format!("stopping: {failure}"));
         }
-        tracing::info!("shutting down");
+        tracing::info!(node = node_id, "shutting down");
         stopper.stop();
         // Shards finish in-flight requests and flush; the metadata node keeps running meanwhile.
         while let Some(failure) = failed_rx.recv().await {
@@ -591,6 +625,7 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
             }
         }
         node.shutdown().await;
+        tracing::info!(node = node_id, "broker stopped");
         Ok(())
     });
     match outcome {

@@ -297,3 +297,51 @@ async fn metrics_parse_count_what_was_produced_and_consumed_and_only_grow() {
     let (status, body) = get(&broker.metrics, "/metrics");
     assert!(status.contains("200") && body.ends_with("# EOF\n"));
 }
+
+/// `--log-format json`: every line a JSON object; start, leadership and stop are one line each
+/// with their ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_significant_events_with_their_ids() {
+    let mut broker = Broker::start("json-logs", 1, &["--log", "info", "--log-format", "json"]);
+    create_topic(&broker, "logged", 2).await;
+    let events = |path: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    };
+    let message = |e: &serde_json::Value| e["fields"]["message"].as_str().unwrap_or("").to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leading = events(&broker.log_path())
+            .iter()
+            .filter(|e| message(e) == "leading" && e["fields"]["topic"] == "logged")
+            .count();
+        if leading == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "two leadership lines, saw {leading}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(broker.terminate().success());
+    let events = events(&broker.log_path());
+    let started = events
+        .iter()
+        .find(|e| message(e) == "broker started")
+        .expect("a start line");
+    assert_eq!(started["fields"]["node"], 1);
+    assert_eq!(started["fields"]["listen"], broker.listen.as_str());
+    assert!(events
+        .iter()
+        .any(|e| message(e) == "metadata controller changed" && e["fields"]["controller"] == 1));
+    assert!(events
+        .iter()
+        .any(|e| message(e) == "broker stopped" && e["fields"]["node"] == 1));
+    assert!(events
+        .iter()
+        .all(|e| e["level"].is_string() && e["timestamp"].is_string()));
+}

@@ -252,6 +252,20 @@ impl Partitions {
                 }
             };
             let became_leader = leader && (!owned.leader || owned.leader_epoch != epoch);
+            let now_follower = !leader && (fresh || owned.leader || owned.leader_epoch != epoch);
+            if now_follower {
+                tracing::info!(%topic, partition, epoch, leader = ?info.leader, "following");
+            }
+            if !fresh && owned.info.in_sync != info.in_sync {
+                tracing::info!(
+                    %topic,
+                    partition,
+                    epoch,
+                    from = ?owned.info.in_sync,
+                    to = ?info.in_sync,
+                    "in-sync set changed"
+                );
+            }
             if became_leader {
                 // A follower's appends did not go through the producer state: rebuild it from
                 // the log before serving producers. The new epoch starts at the log's end.

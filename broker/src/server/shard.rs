@@ -228,7 +228,7 @@ async fn run(config: ShardConfig, links: ShardLinks) -> Result<(), String> {
             Mode::Latency => SOCKET_WATCH_LATENCY,
             Mode::Throughput => SOCKET_WATCH_THROUGHPUT,
         },
-        watch_stats: Rc::default(),
+        watch_stats: Rc::new(super::socket::WatchStats::for_shard(shard)),
         bulk: queues.bulk,
         metrics,
     });
