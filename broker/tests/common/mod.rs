@@ -97,6 +97,31 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Set in the environment of a test binary re-run as a broker (see [`broker_command`]).
+const BROKER_CHILD_ENV: &str = "SLUICE_TEST_RUN_BROKER";
+
+/// The command that starts a broker: `sluice-broker` in the broker's own tests, which cargo
+/// builds for them; in another crate's tests (the `sluice` CLI's), the test binary itself run
+/// again as a broker, whose `main` calls [`run_broker_if_child`] first. Either way the broker
+/// is `sluice_broker::cli::run`, so the harness is the same.
+pub fn broker_command() -> Command {
+    match option_env!("CARGO_BIN_EXE_sluice-broker") {
+        Some(exe) => Command::new(exe),
+        None => {
+            let mut command = Command::new(std::env::current_exe().expect("the test binary"));
+            command.env(BROKER_CHILD_ENV, "1");
+            command
+        }
+    }
+}
+
+/// In a test binary started by [`broker_command`] as a broker: runs the broker with this
+/// process's arguments and returns its exit code. `None` in a test binary run as tests.
+pub fn run_broker_if_child() -> Option<std::process::ExitCode> {
+    std::env::var_os(BROKER_CHILD_ENV)?;
+    Some(sluice_broker::cli::run(std::env::args_os().collect()))
+}
+
 /// Whether a broker serves `address`: it answers an ApiVersions request. (A port that merely
 /// accepts connections is not enough: a broker killed a moment ago still accepts into its
 /// listen backlog for a few milliseconds, and a starting one waits for its metadata before it
@@ -250,7 +275,7 @@ impl BrokerProcess {
         let log = std::env::var("SLUICE_TEST_BROKER_LOG").unwrap_or("warn".into());
         // A test may have emptied the data directory (a broker that lost its disk).
         std::fs::create_dir_all(self.dir.path()).expect("data directory");
-        Command::new(env!("CARGO_BIN_EXE_sluice-broker"))
+        broker_command()
             .args(["--data-dir", self.dir.path().to_str().unwrap()])
             .args([
                 "--listen",
