@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use sluice_protocol::native::{
-    ApiKey, DescribeConfigsRequest, DescribeConfigsResponse, DescribeLogsRequest,
-    DescribeLogsResponse, ErrorCode, MetadataRequest, MetadataResponse, OffsetQuery,
+    AlterConfigsRequest, ApiKey, ConfigEntry, DescribeConfigsRequest, DescribeConfigsResponse,
+    DescribeLogsRequest, DescribeLogsResponse, ErrorCode, MetadataRequest, MetadataResponse,
+    OffsetQuery, TopicResponse,
 };
 
 use crate::cluster::Cluster;
@@ -61,6 +62,40 @@ impl Admin {
         self.cluster
             .create_topic(name, partitions, replication_factor, configs)
             .await
+    }
+
+    /// Changes settings of a running topic (`("retention.ms", "3600000")`, …; only those that
+    /// take effect on open logs: retention, `min.insync.replicas`, `replica.lag.time.max.ms`,
+    /// `unclean.leader.election.enable`). Returns once the answering broker has applied it.
+    pub async fn alter_topic_config(
+        &self,
+        topic: &str,
+        configs: &[(String, String)],
+    ) -> Result<()> {
+        let request = AlterConfigsRequest {
+            topic: topic.to_owned(),
+            configs: configs
+                .iter()
+                .map(|(key, value)| ConfigEntry {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+        };
+        let response: TopicResponse = self
+            .cluster
+            .admin_call(ApiKey::AlterConfigs, &request)
+            .await?;
+        match response.error {
+            ErrorCode::None => Ok(()),
+            ErrorCode::UnknownTopicOrPartition => Err(Error::UnknownTopic {
+                topic: topic.to_owned(),
+            }),
+            code => Err(Error::broker(
+                code,
+                format!("alter config of {topic:?}: {}", response.message),
+            )),
+        }
     }
 
     /// The cluster's metadata as one broker has it: brokers, the controller, the metadata

@@ -49,10 +49,12 @@ pub enum ApiKey {
     DescribeConfigs = 41,
     /// CreateTopic with configuration overrides (`key=value`, Kafka's names).
     CreateTopicWithConfig = 42,
+    /// Changes settings of a running topic (the alterable ones).
+    AlterConfigs = 43,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 12] = [
+    pub const ALL: [ApiKey; 13] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopic,
@@ -65,6 +67,7 @@ impl ApiKey {
         ApiKey::DescribeLogs,
         ApiKey::DescribeConfigs,
         ApiKey::CreateTopicWithConfig,
+        ApiKey::AlterConfigs,
     ];
 
     pub fn from_u16(value: u16) -> Option<ApiKey> {
@@ -86,6 +89,7 @@ impl ApiKey {
             ApiKey::DescribeLogs => "DescribeLogs",
             ApiKey::DescribeConfigs => "DescribeConfigs",
             ApiKey::CreateTopicWithConfig => "CreateTopicWithConfig",
+            ApiKey::AlterConfigs => "AlterConfigs",
         }
     }
 
@@ -417,6 +421,15 @@ pub struct CreateTopicWithConfigRequest {
     pub name: String,
     pub partitions: u32,
     pub replication_factor: u32,
+    pub configs: Vec<ConfigEntry>,
+}
+
+/// AlterConfigs: settings to change on a running topic; answered with a [`TopicResponse`] once
+/// the answering broker has applied the change (`InvalidConfig` naming the key for one that
+/// cannot change after creation or a bad value; nothing changes then).
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct AlterConfigsRequest {
+    pub topic: String,
     pub configs: Vec<ConfigEntry>,
 }
 

@@ -48,7 +48,7 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
-    /// Topics: create, list, describe, delete.
+    /// Topics: create, list, describe, alter-config, delete.
     Topic {
         #[command(subcommand)]
         command: TopicCommand,
@@ -86,6 +86,9 @@ enum TopicCommand {
     /// A topic's configuration and, per partition: leader, replicas, in-sync set, log start
     /// and end, high watermark, size on disk.
     Describe { name: String },
+    /// Change settings of a running topic: retention.ms, retention.bytes,
+    /// min.insync.replicas, replica.lag.time.max.ms, unclean.leader.election.enable.
+    AlterConfig(online::AlterArgs),
     /// Delete a topic and all its data.
     Delete { name: String },
 }
@@ -129,6 +132,9 @@ fn main() -> ExitCode {
             match command {
                 TopicCommand::Create(args) => online::topic_create(&admin, args, output).await,
                 TopicCommand::List => online::topic_list(&admin, output).await,
+                TopicCommand::AlterConfig(args) => {
+                    online::topic_alter_config(&admin, args, output).await
+                }
                 TopicCommand::Describe { name } => {
                     online::topic_describe(&admin, &name, output).await
                 }

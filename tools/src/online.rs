@@ -1,5 +1,5 @@
 //! The commands that talk to a running cluster through `sluice-client`: `cluster info|health`
-//! and `topic create|list|describe|delete`.
+//! and `topic create|list|describe|alter-config|delete`.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -436,6 +436,50 @@ pub async fn topic_delete(admin: &Admin, name: &str, output: Output) -> CliResul
     match output {
         Output::Json => print_json(&json!({ "topic": name, "deleted": true })),
         Output::Table => println!("deleted topic {name}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AlterArgs {
+    name: String,
+    /// A setting to change, `key=value`; repeat for several.
+    #[arg(long = "config", value_parser = parse_setting, required = true)]
+    configs: Vec<(String, String)>,
+}
+
+pub async fn topic_alter_config(admin: &Admin, args: AlterArgs, output: Output) -> CliResult {
+    let doing = format!("altering topic {:?}", args.name);
+    admin
+        .alter_topic_config(&args.name, &args.configs)
+        .await
+        .map_err(CliError::client(doing.clone()))?;
+    let configs = admin
+        .describe_configs(&args.name)
+        .await
+        .map_err(CliError::client(doing))?;
+    match output {
+        Output::Json => {
+            let config: serde_json::Map<String, Value> = configs
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            print_json(&json!({ "topic": args.name, "config": config }));
+        }
+        Output::Table => {
+            let changed: Vec<String> = args
+                .configs
+                .iter()
+                .map(|(k, _)| {
+                    let now = configs
+                        .iter()
+                        .find(|(key, _)| key == k)
+                        .map_or("?", |(_, v)| v.as_str());
+                    format!("{k}={now}")
+                })
+                .collect();
+            println!("altered topic {}: {}", args.name, changed.join(" "));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -342,6 +342,98 @@ fn single_broker_commands_print_tables_and_json_and_name_their_errors() {
     }
     assert_eq!(end_total, 32);
 
+    // topic alter-config: alterable settings change, the others are refused by name
+    let altered = ok(
+        sluice(
+            b,
+            &[
+                "topic",
+                "alter-config",
+                "orders",
+                "--config",
+                "retention.ms=3600000",
+            ],
+        ),
+        "alter",
+    );
+    assert!(
+        altered.contains("altered topic orders: retention.ms=3600000"),
+        "{altered}"
+    );
+    let altered = json(&ok(
+        sluice(
+            b,
+            &[
+                "topic",
+                "alter-config",
+                "orders",
+                "--config",
+                "retention.bytes=1048576",
+                "--output",
+                "json",
+            ],
+        ),
+        "alter json",
+    ));
+    assert_eq!(altered["config"]["retention.bytes"], "1048576");
+    assert_eq!(altered["config"]["retention.ms"], "3600000");
+    let d = json(&ok(
+        sluice(b, &["topic", "describe", "orders", "--output", "json"]),
+        "describe",
+    ));
+    assert_eq!(d["config"]["retention.ms"], "3600000");
+    fails(
+        sluice(
+            b,
+            &[
+                "topic",
+                "alter-config",
+                "orders",
+                "--config",
+                "segment.bytes=2097152",
+            ],
+        ),
+        1,
+        &["segment.bytes cannot be changed", "InvalidConfig"],
+        "alter segment.bytes",
+    );
+    fails(
+        sluice(
+            b,
+            &[
+                "topic",
+                "alter-config",
+                "orders",
+                "--config",
+                "min.insync.replicas=2",
+            ],
+        ),
+        1,
+        &["replication factor"],
+        "alter min.insync.replicas",
+    );
+    fails(
+        sluice(
+            b,
+            &[
+                "topic",
+                "alter-config",
+                "nope",
+                "--config",
+                "retention.ms=1",
+            ],
+        ),
+        1,
+        &["unknown topic \"nope\""],
+        "alter nope",
+    );
+    fails(
+        sluice(b, &["topic", "alter-config", "orders"]),
+        2,
+        &["--config"],
+        "alter nothing",
+    );
+
     // cluster health
     let health = ok(sluice(b, &["cluster", "health"]), "health");
     assert!(health.contains("healthy: yes"), "{health}");

@@ -31,6 +31,17 @@ pub const KEYS: [&str; 11] = [
     "unclean.leader.election.enable",
 ];
 
+/// The settings a running topic can change (`sluice topic alter-config`): those its logs and
+/// leaders read anew whenever the metadata changes. The others shape segments and write
+/// buffers as a log opens.
+pub const ALTERABLE: [&str; 5] = [
+    "min.insync.replicas",
+    "replica.lag.time.max.ms",
+    "retention.bytes",
+    "retention.ms",
+    "unclean.leader.election.enable",
+];
+
 /// `base` with `overrides` applied in order; an unknown key or a bad value is an error naming
 /// it. (Range checks are `validate_topic_config`'s, done by the controller.)
 pub fn with_overrides(

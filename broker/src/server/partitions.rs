@@ -294,6 +294,10 @@ impl Partitions {
             owned.info = Rc::new(info.clone());
             owned.min_insync = config.resolved_min_insync(info.replicas.len() as u32);
             owned.replica_lag_time_max_ms = config.replica_lag_time_max_ms;
+            owned.log.set_retention(
+                config.retention_ms.map(Duration::from_millis),
+                config.retention_bytes,
+            );
             owned.refresh_high_watermark(me);
             self.owned.borrow_mut().insert(key, owned);
         }

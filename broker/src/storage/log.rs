@@ -363,6 +363,9 @@ struct LogInner {
     flusher: RefCell<Option<JoinHandle<()>>>,
     stats: std::cell::Cell<LogStats>,
     flushes: FlushObserver,
+    /// Retention limits (time, bytes): the configuration's at open, changed by
+    /// [`PartitionLog::set_retention`] when the topic's settings change.
+    retention: std::cell::Cell<(Option<Duration>, Option<u64>)>,
 }
 
 /// One partition's log. Cheap to clone; every clone is the same log. Lives on one shard.
@@ -467,6 +470,7 @@ impl PartitionLog {
             failed: None,
             closed: false,
         };
+        let retention = std::cell::Cell::new((config.retention_ms, config.retention_bytes));
         let inner = Rc::new(LogInner {
             dir,
             config,
@@ -478,6 +482,7 @@ impl PartitionLog {
             flusher: RefCell::new(None),
             stats: Default::default(),
             flushes: FlushObserver::default(),
+            retention,
         });
         let flusher = glommio::spawn_local(flusher_loop(Rc::downgrade(&inner))).detach();
         *inner.flusher.borrow_mut() = Some(flusher);
@@ -591,6 +596,11 @@ impl PartitionLog {
 
     pub fn stats(&self) -> LogStats {
         self.inner.stats.get()
+    }
+
+    /// Changes the retention limits the next retention pass applies.
+    pub fn set_retention(&self, time: Option<Duration>, bytes: Option<u64>) {
+        self.inner.retention.set((time, bytes));
     }
 
     pub fn flush_histograms(&self) -> FlushHistograms {
@@ -992,14 +1002,12 @@ impl PartitionLog {
                 let Some(oldest) = state.sealed.front() else {
                     break;
                 };
-                let expired = inner.config.retention_ms.is_some_and(|retention| {
+                let (retention_time, retention_bytes) = inner.retention.get();
+                let expired = retention_time.is_some_and(|retention| {
                     oldest.index().max_timestamp()
                         < now_ms.saturating_sub(retention.as_millis() as i64)
                 });
-                let oversized = inner
-                    .config
-                    .retention_bytes
-                    .is_some_and(|limit| state.total_bytes() > limit);
+                let oversized = retention_bytes.is_some_and(|limit| state.total_bytes() > limit);
                 if !expired && !oversized {
                     break;
                 }

@@ -1,10 +1,11 @@
-//! Topic configuration: DescribeConfigs (from this broker's applied metadata) and
-//! CreateTopicWithConfig (the broker's topic defaults with the request's overrides, through the
-//! controller). Keys and values: `metadata::topic_config`.
+//! Topic configuration: DescribeConfigs (from this broker's applied metadata),
+//! CreateTopicWithConfig (the broker's topic defaults with the request's overrides) and
+//! AlterConfigs (a running topic's alterable settings), the last two through the controller.
+//! Keys and values: `metadata::topic_config`.
 
 use sluice_protocol::native::{
-    ConfigEntry, CreateTopicWithConfigRequest, DescribeConfigsRequest, DescribeConfigsResponse,
-    ErrorCode, TopicResponse,
+    AlterConfigsRequest, ConfigEntry, CreateTopicWithConfigRequest, DescribeConfigsRequest,
+    DescribeConfigsResponse, ErrorCode, TopicResponse,
 };
 
 use super::admin::topic_outcome;
@@ -57,6 +58,21 @@ pub async fn create_topic_with_config(
             partitions: request.partitions,
             replication_factor: request.replication_factor,
             config: Some(config),
+        })
+        .await;
+    topic_outcome(ctx, outcome).await
+}
+
+pub async fn alter_configs(ctx: &ShardContext, request: AlterConfigsRequest) -> TopicResponse {
+    let outcome = ctx
+        .link
+        .call(AdminRequest::AlterTopicConfig {
+            name: request.topic,
+            overrides: request
+                .configs
+                .into_iter()
+                .map(|c| (c.key, c.value))
+                .collect(),
         })
         .await;
     topic_outcome(ctx, outcome).await

@@ -9,7 +9,7 @@
 //! - [`list_offsets`] serves ListOffsets (earliest, latest, by time);
 //! - [`replica_fetch`] serves ReplicaFetch (followers, on the leader);
 //! - [`describe_logs`] serves DescribeLogs (the shard's partition logs, for operators);
-//! - [`configs`] serves DescribeConfigs and CreateTopicWithConfig.
+//! - [`configs`] serves DescribeConfigs, CreateTopicWithConfig and AlterConfigs.
 
 pub mod admin;
 pub mod configs;
@@ -23,7 +23,7 @@ use std::rc::Rc;
 
 use glommio::task::JoinHandle;
 use sluice_protocol::native::{
-    decode_control, ApiKey, ApiRange, ApiVersionsResponse, CreateTopicRequest,
+    decode_control, AlterConfigsRequest, ApiKey, ApiRange, ApiVersionsResponse, CreateTopicRequest,
     CreateTopicWithConfigRequest, DeleteTopicRequest, DescribeConfigsRequest, DescribeLogsRequest,
     FetchRequest, FrameDecodeError, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
     ProduceRequest, ReplicaFetchRequest, RequestHeader,
@@ -156,6 +156,13 @@ pub async fn dispatch(
                     id,
                     &configs::create_topic_with_config(&ctx, request).await,
                 ))
+            })
+            .detach()
+        }
+        ApiKey::AlterConfigs => {
+            let request: AlterConfigsRequest = decode_control(control)?;
+            glommio::spawn_local(async move {
+                Some(response(id, &configs::alter_configs(&ctx, request).await))
             })
             .detach()
         }
