@@ -537,4 +537,72 @@ mod tests {
         assert!(text.contains("sluice_metadata_version 5\n"));
         assert!(text.contains("sluice_log_flushes_total{shard=\"1\"} 0"));
     }
+
+    /// Every `sluice_…` metric the operations guide and the Grafana dashboard name exists.
+    #[test]
+    fn the_docs_and_the_dashboard_name_only_metrics_that_exist() {
+        let text = Scrape {
+            shards: vec![ShardSnapshot::empty(0)],
+            shards_missing: 0,
+            metadata: MetadataSnapshot {
+                node_id: 1,
+                raft: RaftStatus::default(),
+                version: 0,
+                brokers: Vec::new(),
+                offline_partitions: 0,
+            },
+        }
+        .encode();
+        let mut names = std::collections::HashSet::new();
+        for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+            let (name, kind) = line.split_once(' ').unwrap();
+            names.insert(name.to_string());
+            match kind {
+                "counter" => {
+                    names.insert(format!("{name}_total"));
+                }
+                "histogram" => {
+                    for suffix in ["bucket", "sum", "count"] {
+                        names.insert(format!("{name}_{suffix}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let crates = [
+            "sluice_broker",
+            "sluice_client",
+            "sluice_protocol",
+            "sluice_bench",
+        ];
+        for (doc, body) in [
+            (
+                "docs/operations.md",
+                include_str!("../../../docs/operations.md"),
+            ),
+            (
+                "docs/grafana/sluice.json",
+                include_str!("../../../docs/grafana/sluice.json"),
+            ),
+        ] {
+            let mut rest = body;
+            let mut checked = 0;
+            while let Some(at) = rest.find("sluice_") {
+                let token: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                rest = &rest[at + token.len()..];
+                if crates.contains(&token.as_str()) {
+                    continue;
+                }
+                assert!(
+                    names.contains(&token),
+                    "{doc} names {token}, which is not exposed"
+                );
+                checked += 1;
+            }
+            assert!(checked > 10, "{doc}: {checked} names");
+        }
+    }
 }
