@@ -115,6 +115,8 @@ pub const BROKER_SUBCOMMAND: &str = "__broker";
 pub struct Broker {
     child: Child,
     pub listen: String,
+    /// The broker's metrics endpoint (`--metrics-listen`).
+    pub metrics: String,
     dir: PathBuf,
 }
 
@@ -210,6 +212,7 @@ impl Broker {
         Ok(Broker {
             child,
             listen,
+            metrics,
             dir: dir.to_owned(),
         })
     }
