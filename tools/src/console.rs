@@ -105,16 +105,17 @@ pub async fn produce(brokers: &[String], args: ProduceArgs, output: Output) -> C
         })
     };
     let stdin = std::io::stdin();
-    for line in stdin.lock().lines() {
+    // Lines are bytes: a record need not be UTF-8.
+    for line in stdin.lock().split(b'\n') {
         let line = line.map_err(|e| CliError::Other(format!("reading stdin: {e}")))?;
         let (key, value) = match &args.key_separator {
-            Some(sep) => match line.split_once(sep.as_str()) {
-                Some((k, v)) => (Some(k.to_string()), v.to_string()),
+            Some(sep) => match find(&line, sep.as_bytes()) {
+                Some(at) => (Some(line[..at].to_vec()), line[at + sep.len()..].to_vec()),
                 None => (None, line),
             },
             None => (None, line),
         };
-        bytes += (value.len() + key.as_ref().map_or(0, String::len)) as u64;
+        bytes += (value.len() + key.as_ref().map_or(0, Vec::len)) as u64;
         let mut record = ProducerRecord::new(args.topic.clone()).value(value);
         if let Some(key) = key {
             record = record.key(key);
@@ -161,6 +162,11 @@ pub async fn produce(brokers: &[String], args: ProduceArgs, output: Output) -> C
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where `needle` first occurs in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Where `consume` starts in each partition.
@@ -365,6 +371,13 @@ pub async fn consume(brokers: &[String], args: ConsumeArgs, output: Output) -> C
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn separators_are_found_in_bytes() {
+        assert_eq!(find(b"k::v", b"::"), Some(1));
+        assert_eq!(find(b"\xffk:v", b":"), Some(2));
+        assert_eq!(find(b"kv", b":"), None);
+    }
 
     #[test]
     fn formats_fill_placeholders_and_from_parses() {
