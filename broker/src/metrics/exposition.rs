@@ -31,19 +31,20 @@ enum Value<'a> {
 }
 
 /// Writes one family: its descriptor and every sample.
-fn family<'a>(
+fn family<'a, L: std::borrow::Borrow<Labels>>(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
     kind: MetricType,
-    samples: impl IntoIterator<Item = (Labels, Value<'a>)>,
+    samples: impl IntoIterator<Item = (L, Value<'a>)>,
 ) -> fmt::Result {
     let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
     for (labels, value) in samples {
+        let labels: &Labels = labels.borrow();
         if labels.is_empty() {
             put(&mut metric, value)?;
         } else {
-            put(&mut metric.encode_family(&labels)?, value)?;
+            put(&mut metric.encode_family(labels)?, value)?;
         }
     }
     Ok(())
@@ -295,12 +296,15 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         // Partitions.
         let partitions = || shards.iter().flat_map(|s| s.partitions.iter());
+        // Each partition's labels, made once for all its families (10,000 partitions make
+        // 120,000 samples).
         let labels = |p: &super::snapshot::PartitionSnapshot| -> Labels {
             vec![
                 ("topic", p.topic.clone()),
                 ("partition", p.partition.to_string()),
             ]
         };
+        let partition_labels: Vec<Labels> = partitions().map(labels).collect();
         type PartitionValue = fn(&super::snapshot::PartitionSnapshot) -> u64;
         let partition_families: [(&str, &str, MetricType, PartitionValue); 9] = [
             (
@@ -364,17 +368,22 @@ impl prometheus_client::collector::Collector for Collector {
                 name,
                 help,
                 kind,
-                partitions().map(|p| {
+                partitions().zip(&partition_labels).map(|(p, l)| {
                     let v = value(p);
                     let v = match kind {
                         MetricType::Counter => Value::Counter(v),
                         _ => Value::Gauge(v as i64),
                     };
-                    (labels(p), v)
+                    (l, v)
                 }),
             )?;
         }
         let leading = || partitions().filter(|p| p.leader);
+        let leading_labelled = || {
+            partitions()
+                .zip(&partition_labels)
+                .filter(|(p, _)| p.leader)
+        };
         let leader_families: [(&str, &str, PartitionValue); 3] = [
             (
                 "sluice_partition_replicas",
@@ -398,7 +407,7 @@ impl prometheus_client::collector::Collector for Collector {
                 name,
                 help,
                 Gauge,
-                leading().map(|p| (labels(p), Value::Gauge(value(p) as i64))),
+                leading_labelled().map(|(p, l)| (l, Value::Gauge(value(p) as i64))),
             )?;
         }
         family(
