@@ -90,9 +90,10 @@ struct Args {
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
     snapshot_logs: u64,
     /// Address of the Prometheus metrics endpoint (`GET /metrics`), or `none` to serve no
-    /// metrics.
-    #[arg(long, default_value = "127.0.0.1:9491")]
-    metrics_listen: String,
+    /// metrics. Default: the --listen host and port + 1 (127.0.0.1:9491 for 127.0.0.1:9490), so
+    /// brokers run side by side with their own --listen do not collide.
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// Log filter (tracing syntax), e.g. `info` or `sluice_broker=debug`. At `info` every
     /// significant event is one line with its ids: start and stop, controller and partition
     /// leadership changes, in-sync set changes, a log tail cut by recovery, watchdog recoveries.
@@ -331,6 +332,24 @@ impl Listeners {
     }
 }
 
+/// The metrics address: `--metrics-listen`, else the `--listen` address with the next port.
+fn metrics_address_of(args: &Args) -> Result<String, String> {
+    if let Some(address) = &args.metrics_listen {
+        return Ok(address.clone());
+    }
+    let listen: SocketAddr = args
+        .listen
+        .parse()
+        .map_err(|e| format!("--listen {:?} is not ip:port: {e}", args.listen))?;
+    let port = listen.port().checked_add(1).ok_or_else(|| {
+        format!(
+            "--listen port {} leaves no port above it for metrics; give --metrics-listen",
+            listen.port()
+        )
+    })?;
+    Ok(SocketAddr::new(listen.ip(), port).to_string())
+}
+
 /// `host`, `host:port` or `[v6]:port`; the port defaults to `default_port`.
 fn parse_advertise(text: &str, default_port: u16) -> Result<(String, u16), String> {
     let bad = || format!("--advertise {text:?} is not host or host:port");
@@ -419,8 +438,12 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         Ok(listeners) => listeners,
         Err(error) => return fail(error),
     };
+    let metrics_listen = match metrics_address_of(&args) {
+        Ok(address) => address,
+        Err(error) => return fail(error),
+    };
     // Bound before anything starts, so a port in use is a start-up error naming the flag.
-    let metrics_listener = match args.metrics_listen.as_str() {
+    let metrics_listener = match metrics_listen.as_str() {
         "none" | "off" | "" => None,
         address => match address.parse::<SocketAddr>() {
             Err(error) => {
@@ -448,7 +471,7 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         args.node_id,
         shards,
     );
-    let metrics_address = args.metrics_listen.clone();
+    let metrics_address = metrics_listen.clone();
     let config = MetadataConfig {
         node_id: args.node_id,
         dir: metadata_dir,
@@ -709,6 +732,22 @@ mod tests {
         assert_eq!(host_only.advertised_shards, ["10.0.0.7:9500"]);
         let v6 = Listeners::resolve(&args(&["--listen", "[::1]:9490"]), 1).unwrap();
         assert_eq!(v6.advertised_shards, ["[::1]:9500"]);
+    }
+
+    #[test]
+    fn the_metrics_port_follows_listen_unless_given() {
+        assert_eq!(metrics_address_of(&args(&[])).unwrap(), "127.0.0.1:9491");
+        assert_eq!(
+            metrics_address_of(&args(&["--listen", "127.0.0.1:9590"])).unwrap(),
+            "127.0.0.1:9591"
+        );
+        assert_eq!(
+            metrics_address_of(&args(&["--metrics-listen", "none"])).unwrap(),
+            "none"
+        );
+        assert!(metrics_address_of(&args(&["--listen", "127.0.0.1:65535"]))
+            .unwrap_err()
+            .contains("--metrics-listen"));
     }
 
     #[test]
