@@ -161,13 +161,18 @@ impl Broker {
     ) -> Result<Broker, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let _ = std::fs::remove_dir_all(dir);
-        let listen = free_address()?;
-        // The metrics endpoint on a free port too: never the default 9491, which benchmarks and
-        // tests running at once would share.
-        let metrics = free_address()?;
-        // Each shard's own port, picked free like the others (the default, the --listen port
-        // plus 10 plus the shard index, may be some other socket's ephemeral port).
-        // Held together while picked, so no two are the same.
+        // Every port picked free and held together while picked, so no two are the same: the
+        // main address, the metrics endpoint (never the default, which benchmarks and tests
+        // running at once would share) and each shard's own port (the default, the --listen
+        // port plus 10 plus the shard index, may be some other socket's ephemeral port).
+        let bind = || std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string());
+        let address = |l: &std::net::TcpListener| {
+            l.local_addr()
+                .map(|a| a.to_string())
+                .map_err(|e| e.to_string())
+        };
+        let (held_listen, held_metrics) = (bind()?, bind()?);
+        let (listen, metrics) = (address(&held_listen)?, address(&held_metrics)?);
         let held = (0..shards)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string()))
             .collect::<Result<Vec<_>, String>>()?;
@@ -177,7 +182,7 @@ impl Broker {
             .collect::<Result<Vec<String>, _>>()
             .map_err(|e| e.to_string())?
             .join(",");
-        drop(held);
+        drop((held, held_listen, held_metrics));
         let child = Command::new(&exe)
             .arg(BROKER_SUBCOMMAND)
             .arg("--data-dir")
