@@ -5,7 +5,8 @@
 //! own. Scenarios: `probe` (the raw limits alone), `storage` (the partition log alone),
 //! `metadata` (Raft), `hop` (the cross-shard hop), `produce` (a broker process over TCP), `e2e`
 //! and `consume` (the client library), `failover` and `catchup` (replication on an embedded
-//! cluster); `report` regenerates the results page. Options and the JSON result files: `docs/bench.md`.
+//! cluster), `group` (consumer groups), `scrape` (the metrics endpoint); `report` regenerates
+//! the results page. Options and the JSON result files: `docs/bench.md`.
 
 mod e2e;
 mod group;
@@ -20,6 +21,7 @@ mod record;
 mod replication;
 mod report;
 mod rng;
+mod scrape;
 mod storage;
 
 use std::path::{Path, PathBuf};
@@ -71,6 +73,10 @@ enum Scenario {
     /// Catch-up rate of a replica added to a full partition (two brokers: a reassignment adds a
     /// replica to a replication-factor-1 partition), against the raw read probe.
     Catchup(CatchupArgs),
+    /// The metrics endpoint's cost: scrapes of a broker holding many partitions, idle and under
+    /// producer load, producer throughput with and without scrapes, and the broker's own
+    /// produce latency histogram beside the client's.
+    Scrape(ScrapeArgs),
     /// Regenerate the markdown results page from the JSON result files in a directory.
     Report(ReportArgs),
 }
@@ -116,6 +122,34 @@ struct GroupArgs {
     /// Seconds of committing.
     #[arg(long, default_value_t = 10.0)]
     commit_seconds: f64,
+}
+
+#[derive(Debug, Args)]
+struct ScrapeArgs {
+    /// Partitions of the scraped topic, one record each (10,000 is a topic's maximum).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    partitions: u32,
+    /// Scrapes timed with the broker idle.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    scrapes: u32,
+    /// Seconds of each load phase (without scrapes, then with).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds between scrapes in the second load phase.
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+    /// Bytes of each load record's value.
+    #[arg(long, default_value_t = 256)]
+    record_bytes: usize,
+    /// The embedded broker's mode: throughput or latency.
+    #[arg(long, default_value = "throughput", value_parser = ["throughput", "latency"])]
+    mode: String,
+    /// Where the broker keeps its data (removed first); must support O_DIRECT.
+    #[arg(long, default_value = "target/sluice-bench-scrape")]
+    dir: PathBuf,
+    /// Write the result as JSON here (schema: docs/bench.md).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -1115,6 +1149,57 @@ fn parse_args() -> Result<Cli, ExitCode> {
     })
 }
 
+fn scrape(args: ScrapeArgs) -> Result<(), String> {
+    if !(args.duration > 0.0 && args.interval > 0.0) {
+        return Err("--duration and --interval must be positive".into());
+    }
+    let params = scrape::ScrapeParams {
+        partitions: args.partitions,
+        scrapes: args.scrapes,
+        duration_s: args.duration,
+        interval_s: args.interval,
+        record_bytes: args.record_bytes,
+        mode: args.mode,
+    };
+    let result = scrape::run(&params, &args.dir)?;
+    let ms = |us: u64| us as f64 / 1e3;
+    println!(
+        "scrape of {} partitions: {} series, {:.1} MiB",
+        params.partitions,
+        result.series,
+        result.exposition_bytes as f64 / (1 << 20) as f64
+    );
+    println!(
+        "  idle:       p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms(result.scrape_idle.p50_us),
+        ms(result.scrape_idle.p99_us),
+        ms(result.scrape_idle.max_us)
+    );
+    println!(
+        "  under load: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms(result.scrape_under_load.p50_us),
+        ms(result.scrape_under_load.p99_us),
+        ms(result.scrape_under_load.max_us)
+    );
+    println!(
+        "produce: {:.0} records/s without scrapes, {:.0} with a scrape every {:.1} s",
+        result.produce_records_per_second_unscraped,
+        result.produce_records_per_second_scraped,
+        params.interval_s
+    );
+    let broker = |v: Option<f64>| v.map_or("?".to_string(), |us| format!("<= {:.2} ms", us / 1e3));
+    println!(
+        "produce to ack: client p50 {:.2} ms, p99 {:.2} ms; broker (frame in to ack out, \
+         bucket bound) p50 {}, p99 {} over {} requests",
+        ms(result.client_produce_to_ack.p50_us),
+        ms(result.client_produce_to_ack.p99_us),
+        broker(result.broker_produce_p50_us),
+        broker(result.broker_produce_p99_us),
+        result.broker_produce_requests
+    );
+    record::scrape(params, result).write(args.json.as_deref())
+}
+
 fn main() -> ExitCode {
     // The embedded broker: this executable started again as `sluice-bench __broker <flags>`
     // (see `network::Broker`), running exactly what `sluice-broker <flags>` runs.
@@ -1147,6 +1232,7 @@ fn main() -> ExitCode {
         Some(Scenario::Consume(args)) => consume(args),
         Some(Scenario::Failover(args)) => failover(args),
         Some(Scenario::Catchup(args)) => catchup(args),
+        Some(Scenario::Scrape(args)) => scrape(args),
         Some(Scenario::Report(args)) => report(args),
         None => match Cli::parse_from(["sluice-bench", "e2e"]).scenario {
             Some(Scenario::E2e(args)) => e2e_scenario(args),

@@ -115,6 +115,8 @@ pub const BROKER_SUBCOMMAND: &str = "__broker";
 pub struct Broker {
     child: Child,
     pub listen: String,
+    /// The broker's metrics endpoint (`--metrics-listen`).
+    pub metrics: String,
     dir: PathBuf,
     /// Killed and reaped already: its pid may belong to another process now.
     reaped: bool,
@@ -161,10 +163,18 @@ impl Broker {
     ) -> Result<Broker, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let _ = std::fs::remove_dir_all(dir);
-        let listen = free_address()?;
-        // Each shard's own port, picked free like the others (the default, the --listen port
-        // plus 10 plus the shard index, may be some other socket's ephemeral port).
-        // Held together while picked, so no two are the same.
+        // Every port picked free and held together while picked, so no two are the same: the
+        // main address, the metrics endpoint (never the default, which benchmarks and tests
+        // running at once would share) and each shard's own port (the default, the --listen
+        // port plus 10 plus the shard index, may be some other socket's ephemeral port).
+        let bind = || std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string());
+        let address = |l: &std::net::TcpListener| {
+            l.local_addr()
+                .map(|a| a.to_string())
+                .map_err(|e| e.to_string())
+        };
+        let (held_listen, held_metrics) = (bind()?, bind()?);
+        let (listen, metrics) = (address(&held_listen)?, address(&held_metrics)?);
         let held = (0..shards)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string()))
             .collect::<Result<Vec<_>, String>>()?;
@@ -174,7 +184,7 @@ impl Broker {
             .collect::<Result<Vec<String>, _>>()
             .map_err(|e| e.to_string())?
             .join(",");
-        drop(held);
+        drop((held, held_listen, held_metrics));
         let child = Command::new(&exe)
             .arg(BROKER_SUBCOMMAND)
             .arg("--data-dir")
@@ -190,6 +200,11 @@ impl Broker {
                 &shards.to_string(),
                 "--shard-ports",
                 &shard_ports,
+                "--metrics-listen",
+                &metrics,
+                // The broker's info lines would mix into the progress line.
+                "--log",
+                "warn",
             ])
             .args(extra)
             .stdout(Stdio::null())
@@ -204,6 +219,7 @@ impl Broker {
         Ok(Broker {
             child,
             listen,
+            metrics,
             dir: dir.to_owned(),
             reaped: false,
         })

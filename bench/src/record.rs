@@ -16,6 +16,7 @@ use crate::metadata::{MetadataParams, MetadataResult};
 use crate::network::{NetworkParams, NetworkResult};
 use crate::probe::ProbeResult;
 use crate::replication::{CatchupParams, CatchupResult, FailoverParams, FailoverResult};
+use crate::scrape::{ScrapeParams, ScrapeResult};
 use crate::storage::{StorageParams, StorageResult};
 
 /// One result file.
@@ -244,6 +245,13 @@ pub fn hop(params: HopParams, result: HopResult) -> Report<HopParams, HopResult,
     Report::new("hop", params, None, result, None)
 }
 
+pub fn scrape(
+    params: ScrapeParams,
+    result: ScrapeResult,
+) -> Report<ScrapeParams, ScrapeResult, ()> {
+    Report::new("scrape", params, None, result, None)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
@@ -347,6 +355,10 @@ mod tests {
             (
                 "hop",
                 json(&hop(HopParams::default(), HopResult::default())),
+            ),
+            (
+                "scrape",
+                json(&scrape(ScrapeParams::default(), ScrapeResult::default())),
             ),
             (
                 "produce",

@@ -21,7 +21,7 @@ use crate::limits::{ADMIN_QUEUE_MAX, SHARD_PORT_OFFSET};
 use crate::metadata::types::{FlushSetting, TopicConfig};
 use crate::metadata::{AdminClient, ClusterState, MetadataConfig, MetadataNode, NodeId};
 use crate::server::shard::Shards;
-use crate::server::{AdminCall, MetadataLink, Mode, ShardConfig};
+use crate::server::{AdminCall, MetadataLink, Mode, RaftStatus, ShardConfig};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -92,9 +92,21 @@ struct Args {
     /// Take a metadata snapshot (and compact the Raft log) every this many entries.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
     snapshot_logs: u64,
-    /// Log filter (tracing syntax), e.g. `info` or `sluice_broker=debug`.
-    #[arg(long, default_value = "warn")]
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`), or `none` to serve no
+    /// metrics. Default: the --listen host and port + 1 (127.0.0.1:9491 for 127.0.0.1:9490), so
+    /// brokers run side by side with their own --listen do not collide.
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Log filter (tracing syntax), e.g. `info` or `sluice_broker=debug`. At `info` every
+    /// significant event is one line with its ids: start and stop, controller and partition
+    /// leadership changes, in-sync set changes, a log tail cut by recovery, watchdog recoveries.
+    /// openraft's own info lines (elections, votes) are left out unless asked for.
+    #[arg(long, default_value = "info,openraft=warn")]
     log: String,
+    /// `text` for people, `json` (one object per line: timestamp, level, fields, target) for
+    /// log pipelines.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// Default segment size of new topics' partitions, in bytes.
     #[arg(long, default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1 << 20..=(4u64 << 30) - (2 << 20)))]
     segment_bytes: u64,
@@ -141,6 +153,12 @@ struct Args {
     /// Offsets of a group with no members are deleted this long after its last commit, in ms.
     #[arg(long, default_value_t = 7 * 24 * 3600 * 1000, value_parser = clap::value_parser!(u64).range(1..))]
     offsets_retention_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -338,6 +356,24 @@ impl Listeners {
     }
 }
 
+/// The metrics address: `--metrics-listen`, else the `--listen` address with the next port.
+fn metrics_address_of(args: &Args) -> Result<String, String> {
+    if let Some(address) = &args.metrics_listen {
+        return Ok(address.clone());
+    }
+    let listen: SocketAddr = args
+        .listen
+        .parse()
+        .map_err(|e| format!("--listen {:?} is not ip:port: {e}", args.listen))?;
+    let port = listen.port().checked_add(1).ok_or_else(|| {
+        format!(
+            "--listen port {} leaves no port above it for metrics; give --metrics-listen",
+            listen.port()
+        )
+    })?;
+    Ok(SocketAddr::new(listen.ip(), port).to_string())
+}
+
 /// `host`, `host:port` or `[v6]:port`; the port defaults to `default_port`.
 fn parse_advertise(text: &str, default_port: u16) -> Result<(String, u16), String> {
     let bad = || format!("--advertise {text:?} is not host or host:port");
@@ -379,10 +415,13 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         Ok(filter) => filter,
         Err(error) => return fail(format_args!("invalid --log filter: {error}")),
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
 
     let peers: BTreeMap<NodeId, String> = args.peers.iter().cloned().collect();
     if peers.len() != args.peers.len() {
@@ -423,6 +462,40 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         Ok(listeners) => listeners,
         Err(error) => return fail(error),
     };
+    let metrics_listen = match metrics_address_of(&args) {
+        Ok(address) => address,
+        Err(error) => return fail(error),
+    };
+    // Bound before anything starts, so a port in use is a start-up error naming the flag.
+    let metrics_listener = match metrics_listen.as_str() {
+        "none" | "off" | "" => None,
+        address => match address.parse::<SocketAddr>() {
+            Err(error) => {
+                return fail(format_args!(
+                    "--metrics-listen {address:?} is not ip:port or none: {error}"
+                ))
+            }
+            Ok(address) => match std::net::TcpListener::bind(address)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            {
+                Ok(listener) => Some(listener),
+                Err(error) => {
+                    return fail(format_args!(
+                        "cannot listen on {address} (--metrics-listen; `none` disables \
+                         metrics): {error}"
+                    ))
+                }
+            },
+        },
+    };
+    // For the start-up log line.
+    let (listen, metadata_address, node_id, shard_count) = (
+        args.listen.clone(),
+        metadata_listen.clone(),
+        args.node_id,
+        shards,
+    );
+    let metrics_address = metrics_listen.clone();
     let config = MetadataConfig {
         node_id: args.node_id,
         dir: metadata_dir,
@@ -439,6 +512,8 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
 
     let (state_tx, state_rx) = tokio::sync::watch::channel(Arc::new(ClusterState::default()));
     let (admin_tx, admin_rx) = flume::bounded::<AdminCall>(ADMIN_QUEUE_MAX);
+    let (raft_tx, raft_rx) = tokio::sync::watch::channel(RaftStatus::default());
+    let (state_rx_metrics, raft_rx_metrics) = (state_rx.clone(), raft_rx.clone());
     let shard_config = ShardConfig {
         node_id: args.node_id,
         data_dir: args.data_dir.clone(),
@@ -462,6 +537,7 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         MetadataLink {
             state: state_rx,
             admin: admin_tx,
+            raft: raft_rx,
         },
     ) {
         Ok(shards) => shards,
@@ -469,6 +545,12 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
     };
     let mut config = config;
     config.shard_addresses = listeners.advertised_shards.clone();
+    let scraper = crate::metrics::http::Scraper {
+        node_id: args.node_id,
+        shards: shards.snapshots.clone(),
+        state: state_rx_metrics,
+        raft: raft_rx_metrics,
+    };
     let (stopper, threads) = shards.split();
     // A shard thread that ends on its own has failed: stop the whole process.
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -519,6 +601,42 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
                 }
             }
         });
+        // So does the Raft group's status (controller, term, indexes), for metadata answers
+        // and metrics.
+        let mut raft_metrics = node.raft().metrics();
+        tokio::spawn(async move {
+            let mut controller = None;
+            loop {
+                let status = {
+                    let m = raft_metrics.borrow_and_update();
+                    RaftStatus {
+                        controller: m.current_leader,
+                        term: m.current_term,
+                        last_log_index: m.last_log_index.unwrap_or(0),
+                        applied_index: m.last_applied.map_or(0, |l| l.index),
+                    }
+                };
+                if status.controller != controller {
+                    controller = status.controller;
+                    match controller {
+                        Some(id) => tracing::info!(
+                            controller = id,
+                            term = status.term,
+                            "metadata controller changed"
+                        ),
+                        None => tracing::warn!(term = status.term, "no metadata controller"),
+                    }
+                }
+                raft_tx.send_if_modified(|old| {
+                    let changed = *old != status;
+                    *old = status;
+                    changed
+                });
+                if raft_metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
         // Shards' admin requests go to the controller, wherever it is.
         let client = AdminClient::new(bootstrap);
         tokio::spawn(async move {
@@ -529,7 +647,19 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
                 });
             }
         });
-        tracing::info!(node = node.id(), "broker started");
+        if let Some(listener) = metrics_listener {
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| format!("cannot serve metrics: {e}"))?;
+            tokio::spawn(crate::metrics::http::serve(listener, scraper));
+        }
+        tracing::info!(
+            node = node.id(),
+            listen = %listen,
+            metadata = %metadata_address,
+            metrics = %metrics_address,
+            shards = shard_count,
+            "broker started"
+        );
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
@@ -541,7 +671,7 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         if let Some(failure) = failure {
             return Err(format!("stopping: {failure}"));
         }
-        tracing::info!("shutting down");
+        tracing::info!(node = node_id, "shutting down");
         // Leaderships first, so clients and followers move on while this broker still serves.
         node.controlled_shutdown(crate::limits::CONTROLLED_SHUTDOWN_WAIT)
             .await;
@@ -560,7 +690,10 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         .await;
         node.shutdown().await;
         match stopped {
-            Ok(outcome) => outcome,
+            Ok(outcome) => {
+                tracing::info!(node = node_id, "broker stopped");
+                outcome
+            }
             Err(_) => Err(format!(
                 "the shards did not stop within {:?}; exiting without closing their logs",
                 crate::limits::SHARD_STOP_WAIT_MAX
@@ -648,6 +781,22 @@ mod tests {
         assert_eq!(host_only.advertised_shards, ["10.0.0.7:9500"]);
         let v6 = Listeners::resolve(&args(&["--listen", "[::1]:9490"]), 1).unwrap();
         assert_eq!(v6.advertised_shards, ["[::1]:9500"]);
+    }
+
+    #[test]
+    fn the_metrics_port_follows_listen_unless_given() {
+        assert_eq!(metrics_address_of(&args(&[])).unwrap(), "127.0.0.1:9491");
+        assert_eq!(
+            metrics_address_of(&args(&["--listen", "127.0.0.1:9590"])).unwrap(),
+            "127.0.0.1:9591"
+        );
+        assert_eq!(
+            metrics_address_of(&args(&["--metrics-listen", "none"])).unwrap(),
+            "none"
+        );
+        assert!(metrics_address_of(&args(&["--listen", "127.0.0.1:65535"]))
+            .unwrap_err()
+            .contains("--metrics-listen"));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`cli`]: the `sluice-broker` command line and start-up;
 //! - [`groups`]: consumer groups (the assignors and the group state machine, pure);
 //! - [`replication`]: partition replication (the leader's in-sync rules, pure);
+//! - [`metrics`]: per-shard counters and histograms, and the Prometheus endpoint;
 //! - [`limits`]: every fixed maximum, with its reason;
 //! - [`notify`]: the single-threaded wake-up primitive the log's tasks use.
 
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod groups;
 pub mod limits;
 pub mod metadata;
+pub mod metrics;
 pub mod notify;
 pub mod reactor;
 pub mod replication;

@@ -67,6 +67,25 @@ pub const CONNECTIONS_PER_SHARD_MAX: usize = 4096;
 /// Admin requests queued from the shards to the metadata thread.
 pub const ADMIN_QUEUE_MAX: usize = 1024;
 
+/// Snapshot requests queued for one shard: scrapes run one at a time, so one is waiting at
+/// most; a second slot lets a scrape whose predecessor gave up on a slow shard still ask.
+pub const METRICS_SNAPSHOT_QUEUE_MAX: usize = 2;
+
+/// How long a scrape waits for one shard's snapshot. A snapshot of 10,000 partitions takes a
+/// few milliseconds; a shard that does not answer in 5 s is stuck, and the scrape reports it
+/// (`sluice_scrape_shards_missing`) instead of hanging Prometheus's scrape (10 s by default).
+pub const METRICS_SHARD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Bytes of an HTTP request head the metrics endpoint reads; `GET /metrics` needs ~100.
+pub const METRICS_REQUEST_BYTES_MAX: usize = 8 * 1024;
+
+/// How long the metrics endpoint waits for a request head before closing the connection.
+pub const METRICS_REQUEST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Metrics connections served at once; more wait in the listen backlog (a scraper or two, and
+/// an operator's curl, are the expected clients).
+pub const METRICS_CONNECTIONS_MAX: usize = 16;
+
 /// Producer ids a shard asks the controller for at once: one Raft commit per this many
 /// idempotent producers.
 pub const PRODUCER_ID_BLOCK_MAX: u64 = 1000;

@@ -1,6 +1,7 @@
-//! Administrative operations: creating and deleting topics, growing them, moving partitions and
-//! their leadership, reading partition offsets; listing, describing and deleting consumer
-//! groups and resetting their offsets.
+//! Administrative operations: creating, growing and deleting topics, moving partitions and
+//! their leadership, reading partition offsets, describing the cluster, its topics'
+//! configuration and its brokers' logs; listing, describing and deleting consumer groups and
+//! resetting their offsets.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,9 @@ use sluice_protocol::group_api::{
     OffsetCommitResponse, NO_MEMBER_EPOCH,
 };
 use sluice_protocol::native::{
-    ApiKey, ElectPreferredLeaderRequest, ErrorCode, OffsetQuery, ReassignPartitionRequest,
+    AlterConfigsRequest, ApiKey, ConfigEntry, DescribeConfigsRequest, DescribeConfigsResponse,
+    DescribeLogsRequest, DescribeLogsResponse, ElectPreferredLeaderRequest, ErrorCode,
+    MetadataRequest, MetadataResponse, OffsetQuery, ReassignPartitionRequest, TopicResponse,
 };
 
 use crate::group::{coordinator_call, Shared};
@@ -68,8 +71,113 @@ impl Admin {
         replication_factor: u32,
     ) -> Result<()> {
         self.cluster
-            .create_topic(name, partitions, replication_factor)
+            .create_topic(name, partitions, replication_factor, &[])
             .await
+    }
+
+    /// Creates a topic with configuration overrides (`("retention.ms", "-1")`, …; the keys are
+    /// listed in `docs/protocol.md`) and returns once every partition has a leader. An unknown
+    /// key or a bad value is an [`Error::Broker`] with [`ErrorCode::InvalidConfig`].
+    pub async fn create_topic_with_config(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        configs: &[(String, String)],
+    ) -> Result<()> {
+        self.cluster
+            .create_topic(name, partitions, replication_factor, configs)
+            .await
+    }
+
+    /// Changes settings of a running topic (`("retention.ms", "3600000")`, …; only those that
+    /// take effect on open logs: retention, `min.insync.replicas`, `replica.lag.time.max.ms`,
+    /// `unclean.leader.election.enable`). Returns once the answering broker has applied it.
+    pub async fn alter_topic_config(
+        &self,
+        topic: &str,
+        configs: &[(String, String)],
+    ) -> Result<()> {
+        let request = AlterConfigsRequest {
+            topic: topic.to_owned(),
+            configs: configs
+                .iter()
+                .map(|(key, value)| ConfigEntry {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+        };
+        let response: TopicResponse = self
+            .cluster
+            .admin_call(ApiKey::AlterConfigs, &request)
+            .await?;
+        match response.error {
+            ErrorCode::None => Ok(()),
+            ErrorCode::UnknownTopicOrPartition => Err(Error::UnknownTopic {
+                topic: topic.to_owned(),
+            }),
+            code => Err(Error::broker(
+                code,
+                format!("alter config of {topic:?}: {}", response.message),
+            )),
+        }
+    }
+
+    /// The cluster's metadata as one broker has it: brokers, the controller, the metadata
+    /// version, and the topics named (all when `None`) with their partitions' leaders, replicas
+    /// and in-sync sets.
+    pub async fn describe_cluster(&self, topics: Option<&[String]>) -> Result<MetadataResponse> {
+        let request = MetadataRequest {
+            topics: topics.map(<[String]>::to_vec),
+        };
+        self.cluster.admin_call(ApiKey::Metadata, &request).await
+    }
+
+    /// The partition logs one shard holds (`address`: a shard address from
+    /// [`Admin::describe_cluster`]), of `topics` (all when empty).
+    pub async fn describe_logs(
+        &self,
+        address: &str,
+        topics: &[String],
+    ) -> Result<DescribeLogsResponse> {
+        let connection = self.cluster.connection(address).await?;
+        let request = DescribeLogsRequest {
+            topics: topics.to_vec(),
+        };
+        connection
+            .call(
+                ApiKey::DescribeLogs,
+                &request,
+                self.cluster.config.request_timeout,
+            )
+            .await
+    }
+
+    /// A topic's configuration, `(key, value)` sorted by key; [`Error::UnknownTopic`] if there
+    /// is no such topic.
+    pub async fn describe_configs(&self, topic: &str) -> Result<Vec<(String, String)>> {
+        let request = DescribeConfigsRequest {
+            topic: topic.to_owned(),
+        };
+        let response: DescribeConfigsResponse = self
+            .cluster
+            .admin_call(ApiKey::DescribeConfigs, &request)
+            .await?;
+        match response.error {
+            ErrorCode::None => Ok(response
+                .configs
+                .into_iter()
+                .map(|c| (c.key, c.value))
+                .collect()),
+            ErrorCode::UnknownTopicOrPartition => Err(Error::UnknownTopic {
+                topic: topic.to_owned(),
+            }),
+            code => Err(Error::broker(
+                code,
+                format!("describe configs of {topic:?}"),
+            )),
+        }
     }
 
     /// Deletes a topic and returns once the metadata no longer lists it.

@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use sluice_protocol::native::{
-    ApiKey, CreateTopicRequest, DeleteTopicRequest, ErrorCode, ListOffsetsPartition,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetQuery,
-    TopicResponse,
+    ApiKey, ConfigEntry, CreateTopicRequest, CreateTopicWithConfigRequest, DeleteTopicRequest,
+    ErrorCode, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, OffsetQuery, TopicResponse,
 };
 
 use crate::config::ClientConfig;
@@ -294,19 +294,38 @@ impl Cluster {
         Some(broker.address.clone())
     }
 
-    /// Creates a topic and waits until every partition has a leader in the metadata.
+    /// Creates a topic (with configuration overrides when `configs` is not empty) and waits until
+    /// every partition has a leader in the metadata.
     pub(crate) async fn create_topic(
         &self,
         name: &str,
         partitions: u32,
         replication_factor: u32,
+        configs: &[(String, String)],
     ) -> Result<()> {
-        let request = CreateTopicRequest {
-            name: name.to_owned(),
-            partitions,
-            replication_factor,
+        let response: TopicResponse = if configs.is_empty() {
+            let request = CreateTopicRequest {
+                name: name.to_owned(),
+                partitions,
+                replication_factor,
+            };
+            self.admin_call(ApiKey::CreateTopic, &request).await?
+        } else {
+            let request = CreateTopicWithConfigRequest {
+                name: name.to_owned(),
+                partitions,
+                replication_factor,
+                configs: configs
+                    .iter()
+                    .map(|(key, value)| ConfigEntry {
+                        key: key.clone(),
+                        value: value.clone(),
+                    })
+                    .collect(),
+            };
+            self.admin_call(ApiKey::CreateTopicWithConfig, &request)
+                .await?
         };
-        let response: TopicResponse = self.admin_call(ApiKey::CreateTopic, &request).await?;
         if response.error != ErrorCode::None {
             return Err(Error::broker(
                 response.error,

@@ -521,25 +521,5 @@ fn decode_frame(address: &str, frame: Vec<u8>) -> Result<(u32, Result<Response>)
 }
 
 pub(crate) fn api_name(api: ApiKey) -> &'static str {
-    match api {
-        ApiKey::ApiVersions => "ApiVersions",
-        ApiKey::Metadata => "Metadata",
-        ApiKey::CreateTopic => "CreateTopic",
-        ApiKey::DeleteTopic => "DeleteTopic",
-        ApiKey::Produce => "Produce",
-        ApiKey::Fetch => "Fetch",
-        ApiKey::ListOffsets => "ListOffsets",
-        ApiKey::InitProducerId => "InitProducerId",
-        ApiKey::ReplicaFetch => "ReplicaFetch",
-        ApiKey::AddPartitions => "AddPartitions",
-        ApiKey::ElectPreferredLeader => "ElectPreferredLeader",
-        ApiKey::ReassignPartition => "ReassignPartition",
-        ApiKey::FindCoordinator => "FindCoordinator",
-        ApiKey::GroupHeartbeat => "GroupHeartbeat",
-        ApiKey::OffsetCommit => "OffsetCommit",
-        ApiKey::OffsetFetch => "OffsetFetch",
-        ApiKey::ListGroups => "ListGroups",
-        ApiKey::DescribeGroup => "DescribeGroup",
-        ApiKey::DeleteGroup => "DeleteGroup",
-    }
+    api.name()
 }

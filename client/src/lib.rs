@@ -7,8 +7,9 @@
 //!   latest), prefetching with bounded memory and long polling; or joins a consumer group
 //!   ([`Consumer::subscribe`]) whose coordinator shares the partitions among its members, with
 //!   at-most-once or at-least-once delivery ([`DeliveryGuarantee`]).
-//! - [`Admin`] creates and deletes topics, looks up offsets, and lists, describes and deletes
-//!   groups and resets their offsets.
+//! - [`Admin`] creates, grows and deletes topics, moves partitions and their leadership, looks
+//!   up offsets, describes the cluster, topic configurations and brokers' logs, and lists,
+//!   describes and deletes groups and resets their offsets.
 //! - [`blocking`] wraps all three for synchronous code.
 //!
 //! All of it is async on tokio. Connections go to the shard that owns each partition (the
@@ -60,3 +61,9 @@ pub use group::{DeliveryGuarantee, RebalanceListener, Subscription};
 pub use partitioner::{key_partition, murmur2, DefaultPartitioner, Partitioner};
 pub use producer::{Delivery, Producer, ProducerRecord, RecordMetadata};
 pub use sluice_protocol::native::ErrorCode;
+/// What [`Admin::describe_cluster`] and [`Admin::describe_logs`] return: the protocol's own
+/// answers (`docs/protocol.md`).
+pub use sluice_protocol::native::{
+    BrokerInfo, DescribeLogsResponse, LogDescription, MetadataResponse, PartitionMetadata,
+    TopicMetadata,
+};

@@ -57,10 +57,19 @@ pub enum ApiKey {
     ListGroups = 24,
     DescribeGroup = 25,
     DeleteGroup = 26,
+    // Operators' requests (the `sluice` tool).
+    /// The logs a shard holds: per partition replica, log start and end, high watermark, size.
+    DescribeLogs = 40,
+    /// A topic's configuration as stored in the metadata.
+    DescribeConfigs = 41,
+    /// CreateTopic with configuration overrides (`key=value`, Kafka's names).
+    CreateTopicWithConfig = 42,
+    /// Changes settings of a running topic (the alterable ones).
+    AlterConfigs = 43,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 19] = [
+    pub const ALL: [ApiKey; 23] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopic,
@@ -80,10 +89,43 @@ impl ApiKey {
         ApiKey::ListGroups,
         ApiKey::DescribeGroup,
         ApiKey::DeleteGroup,
+        ApiKey::DescribeLogs,
+        ApiKey::DescribeConfigs,
+        ApiKey::CreateTopicWithConfig,
+        ApiKey::AlterConfigs,
     ];
 
     pub fn from_u16(value: u16) -> Option<ApiKey> {
         ApiKey::ALL.into_iter().find(|k| *k as u16 == value)
+    }
+
+    /// The API's name, as documentation and metrics labels spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ApiKey::ApiVersions => "ApiVersions",
+            ApiKey::Metadata => "Metadata",
+            ApiKey::CreateTopic => "CreateTopic",
+            ApiKey::DeleteTopic => "DeleteTopic",
+            ApiKey::Produce => "Produce",
+            ApiKey::Fetch => "Fetch",
+            ApiKey::ListOffsets => "ListOffsets",
+            ApiKey::InitProducerId => "InitProducerId",
+            ApiKey::ReplicaFetch => "ReplicaFetch",
+            ApiKey::AddPartitions => "AddPartitions",
+            ApiKey::ElectPreferredLeader => "ElectPreferredLeader",
+            ApiKey::ReassignPartition => "ReassignPartition",
+            ApiKey::FindCoordinator => "FindCoordinator",
+            ApiKey::GroupHeartbeat => "GroupHeartbeat",
+            ApiKey::OffsetCommit => "OffsetCommit",
+            ApiKey::OffsetFetch => "OffsetFetch",
+            ApiKey::ListGroups => "ListGroups",
+            ApiKey::DescribeGroup => "DescribeGroup",
+            ApiKey::DeleteGroup => "DeleteGroup",
+            ApiKey::DescribeLogs => "DescribeLogs",
+            ApiKey::DescribeConfigs => "DescribeConfigs",
+            ApiKey::CreateTopicWithConfig => "CreateTopicWithConfig",
+            ApiKey::AlterConfigs => "AlterConfigs",
+        }
     }
 
     /// Versions of each API this code speaks: (min, max).
@@ -181,6 +223,50 @@ pub enum ErrorCode {
     InvalidSubscription,
     /// An offset commit's metadata string is longer than the broker keeps.
     OffsetMetadataTooLarge,
+}
+
+impl ErrorCode {
+    /// The code's name, as metrics labels and tools show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::None => "None",
+            ErrorCode::UnknownTopicOrPartition => "UnknownTopicOrPartition",
+            ErrorCode::NotLeaderOrWrongShard => "NotLeaderOrWrongShard",
+            ErrorCode::OffsetOutOfRange => "OffsetOutOfRange",
+            ErrorCode::CorruptBatch => "CorruptBatch",
+            ErrorCode::BatchTooLarge => "BatchTooLarge",
+            ErrorCode::InvalidBatch => "InvalidBatch",
+            ErrorCode::TopicExists => "TopicExists",
+            ErrorCode::InvalidTopic => "InvalidTopic",
+            ErrorCode::InvalidPartitions => "InvalidPartitions",
+            ErrorCode::InvalidReplicationFactor => "InvalidReplicationFactor",
+            ErrorCode::InvalidConfig => "InvalidConfig",
+            ErrorCode::NotController => "NotController",
+            ErrorCode::Timeout => "Timeout",
+            ErrorCode::StorageFailure => "StorageFailure",
+            ErrorCode::Unavailable => "Unavailable",
+            ErrorCode::OutOfOrderSequence => "OutOfOrderSequence",
+            ErrorCode::ProducerFenced => "ProducerFenced",
+            ErrorCode::NotEnoughReplicas => "NotEnoughReplicas",
+            ErrorCode::NotReplica => "NotReplica",
+            ErrorCode::FencedLeaderEpoch => "FencedLeaderEpoch",
+            ErrorCode::UnknownLeaderEpoch => "UnknownLeaderEpoch",
+            ErrorCode::PreferredLeaderNotAvailable => "PreferredLeaderNotAvailable",
+            ErrorCode::ReassignmentInProgress => "ReassignmentInProgress",
+            ErrorCode::NotCoordinator => "NotCoordinator",
+            ErrorCode::CoordinatorLoadInProgress => "CoordinatorLoadInProgress",
+            ErrorCode::CoordinatorNotAvailable => "CoordinatorNotAvailable",
+            ErrorCode::InvalidGroupId => "InvalidGroupId",
+            ErrorCode::UnknownMemberId => "UnknownMemberId",
+            ErrorCode::FencedMemberEpoch => "FencedMemberEpoch",
+            ErrorCode::GroupMaxSizeReached => "GroupMaxSizeReached",
+            ErrorCode::PartitionNotAssigned => "PartitionNotAssigned",
+            ErrorCode::NonEmptyGroup => "NonEmptyGroup",
+            ErrorCode::GroupIdNotFound => "GroupIdNotFound",
+            ErrorCode::InvalidSubscription => "InvalidSubscription",
+            ErrorCode::OffsetMetadataTooLarge => "OffsetMetadataTooLarge",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -403,6 +489,79 @@ pub struct ListOffsetsPartitionResponse {
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ListOffsetsResponse {
     pub partitions: Vec<ListOffsetsPartitionResponse>,
+}
+
+/// DescribeLogs: every partition replica the answering shard holds, of `topics` (all when
+/// empty). Sent to each shard's own address to see the whole broker.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct DescribeLogsRequest {
+    pub topics: Vec<String>,
+}
+
+/// One partition replica's log, as its shard sees it.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct LogDescription {
+    pub topic: String,
+    pub partition: u32,
+    /// Whether this replica leads the partition.
+    pub leader: bool,
+    pub leader_epoch: u32,
+    /// The first offset still in the log (retention moves it).
+    pub log_start: u64,
+    /// The offset the next appended record gets.
+    pub log_end: u64,
+    /// The end of what this replica has made durable.
+    pub durable_end: u64,
+    /// Consumers read below it.
+    pub high_watermark: u64,
+    /// Bytes of the partition's segment files.
+    pub size_bytes: u64,
+    pub segments: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct DescribeLogsResponse {
+    pub broker_id: u64,
+    pub shard: u32,
+    pub logs: Vec<LogDescription>,
+}
+
+/// A configuration setting, by Kafka's name (`retention.ms`, `segment.bytes`, …).
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ConfigEntry {
+    pub key: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct DescribeConfigsRequest {
+    pub topic: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct DescribeConfigsResponse {
+    pub error: ErrorCode,
+    /// Every setting of the topic, sorted by key.
+    pub configs: Vec<ConfigEntry>,
+}
+
+/// CreateTopic with overrides of the broker's topic defaults; answered with a [`TopicResponse`]
+/// (`InvalidConfig` and a message naming the key for an unknown key or a bad value).
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct CreateTopicWithConfigRequest {
+    pub name: String,
+    pub partitions: u32,
+    pub replication_factor: u32,
+    pub configs: Vec<ConfigEntry>,
+}
+
+/// AlterConfigs: settings to change on a running topic; answered with a [`TopicResponse`] once
+/// the answering broker has applied the change (`InvalidConfig` naming the key for one that
+/// cannot change after creation or a bad value; nothing changes then).
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct AlterConfigsRequest {
+    pub topic: String,
+    pub configs: Vec<ConfigEntry>,
 }
 
 /// One partition of a follower's fetch from its leader.

@@ -1,27 +1,96 @@
-//! `sluice`: Sluice's command-line tool. Today: offline log inspection (`sluice log dump`,
-//! `sluice log verify`), an operator's first tool when something looks wrong.
+//! `sluice`: Sluice's command-line tool. Online, through the native client against running
+//! brokers: `cluster info|health`, `topic create|list|describe|delete`, console `produce` and
+//! `consume`. Offline, on a stopped broker's files: `log dump|verify`. And `completions` for
+//! shells.
+//!
+//! Every online command prints a table, or with `--output json` one JSON document whose keys
+//! are documented in `docs/operations.md` and kept stable. Exit codes: 0 success, 1 an error
+//! (one line on stderr naming the problem and what to do), 2 a bad command line, 3 `cluster
+//! health` found the cluster unhealthy.
 
+mod console;
+mod error;
 mod log;
+mod online;
+mod output;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::error::CliError;
+use crate::output::Output;
 
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about = "Sluice command-line tool")]
 struct Cli {
+    /// Brokers to bootstrap from, comma-separated `host:port` native addresses.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_BROKERS",
+        default_value = "127.0.0.1:9490",
+        value_delimiter = ','
+    )]
+    brokers: Vec<String>,
+    /// `table` for people, `json` for scripts (keys documented in docs/operations.md).
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    output: Output,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The cluster: brokers, controller, health.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Topics: create, list, describe, alter-config, delete.
+    Topic {
+        #[command(subcommand)]
+        command: TopicCommand,
+    },
+    /// Write records read from stdin, one per line (like `kcat -P`).
+    Produce(console::ProduceArgs),
+    /// Print records of a topic (like `kcat -C`).
+    Consume(console::ConsumeArgs),
     /// Partition logs on disk (offline: run them on a stopped broker's files or a copy).
     Log {
         #[command(subcommand)]
         command: LogCommand,
     },
+    /// Print a shell completion script (e.g. `sluice completions bash > /etc/bash_completion.d/sluice`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Brokers (address, state, shards), the controller and the metadata version.
+    Info,
+    /// Offline and under-replicated partitions and dead brokers; exits 3 if there are any.
+    Health,
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicCommand {
+    /// Create a topic.
+    Create(online::CreateArgs),
+    /// List topics with their partition and replica counts.
+    List,
+    /// A topic's configuration and, per partition: leader, replicas, in-sync set, log start
+    /// and end, high watermark, size on disk.
+    Describe { name: String },
+    /// Change settings of a running topic: retention.ms, retention.bytes,
+    /// min.insync.replicas, replica.lag.time.max.ms, unclean.leader.election.enable.
+    AlterConfig(online::AlterArgs),
+    /// Delete a topic and all its data.
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,13 +113,54 @@ enum LogCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let (brokers, output) = (cli.brokers, cli.output);
     let outcome = match cli.command {
-        Command::Log {
-            command: LogCommand::Dump { path, records },
-        } => log::dump(&path, records),
-        Command::Log {
-            command: LogCommand::Verify { dir },
-        } => log::verify(&dir),
+        Command::Log { command } => return run_log(command),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Cluster { command } => online::block_on(async {
+            let admin = online::admin(&brokers)?;
+            match command {
+                ClusterCommand::Info => online::cluster_info(&admin, output).await,
+                ClusterCommand::Health => online::cluster_health(&admin, output).await,
+            }
+        }),
+        Command::Topic { command } => online::block_on(async {
+            let admin = online::admin(&brokers)?;
+            match command {
+                TopicCommand::Create(args) => online::topic_create(&admin, args, output).await,
+                TopicCommand::List => online::topic_list(&admin, output).await,
+                TopicCommand::AlterConfig(args) => {
+                    online::topic_alter_config(&admin, args, output).await
+                }
+                TopicCommand::Describe { name } => {
+                    online::topic_describe(&admin, &name, output).await
+                }
+                TopicCommand::Delete { name } => online::topic_delete(&admin, &name, output).await,
+            }
+        }),
+        Command::Produce(args) => {
+            online::block_on(async { console::produce(&brokers, args, output).await })
+        }
+        Command::Consume(args) => {
+            online::block_on(async { console::consume(&brokers, args, output).await })
+        }
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("sluice: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+fn run_log(command: LogCommand) -> ExitCode {
+    let outcome = match command {
+        LogCommand::Dump { path, records } => log::dump(&path, records),
+        LogCommand::Verify { dir } => log::verify(&dir),
     };
     match outcome {
         Ok(outcome) => {
@@ -67,3 +177,6 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// What the online commands return.
+pub type CliResult = Result<ExitCode, CliError>;

@@ -408,6 +408,29 @@ impl MetadataNode {
                 })
                 .await
             }
+            AdminRequest::AlterTopicConfig { name, overrides } => {
+                self.require_controller()?;
+                if let Some((key, _)) = overrides
+                    .iter()
+                    .find(|(k, _)| !super::topic_config::ALTERABLE.contains(&k.trim()))
+                {
+                    return Err(MetadataError::InvalidConfig(format!(
+                        "{key} cannot be changed after creation (alterable: {})",
+                        super::topic_config::ALTERABLE.join(", ")
+                    )));
+                }
+                let state = self.inner.machine.state();
+                let topic = state
+                    .topics
+                    .get(&name)
+                    .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
+                let mut config = super::topic_config::with_overrides(&topic.config, &overrides)
+                    .map_err(MetadataError::InvalidConfig)?;
+                config.min_insync_replicas = config.resolved_min_insync(topic.replication_factor);
+                state.check_alter_topic_config(&name, &config)?;
+                self.propose(Command::AlterTopicConfig { name, config })
+                    .await
+            }
             AdminRequest::DeleteTopic { name } => {
                 self.require_controller()?;
                 if !self.inner.machine.state().topics.contains_key(&name) {

@@ -136,6 +136,43 @@ impl ClusterState {
         Ok(())
     }
 
+    /// Checks a topic's new configuration against the current state (the controller before
+    /// proposing; `apply` again): the topic exists, the configuration is valid for its
+    /// replication factor, and only alterable settings change.
+    pub fn check_alter_topic_config(
+        &self,
+        name: &str,
+        config: &TopicConfig,
+    ) -> Result<(), MetadataError> {
+        let topic = self
+            .topics
+            .get(name)
+            .ok_or_else(|| MetadataError::UnknownTopic(name.to_string()))?;
+        validate_topic_config(config)?;
+        if config.min_insync_replicas == 0 || config.min_insync_replicas > topic.replication_factor
+        {
+            return Err(MetadataError::InvalidConfig(format!(
+                "min_insync_replicas {} must be between 1 and the replication factor {}",
+                config.min_insync_replicas, topic.replication_factor
+            )));
+        }
+        let unchanged = |c: &TopicConfig| {
+            (
+                c.segment_bytes,
+                c.segment_age_ms,
+                c.flush,
+                c.message_bytes_max,
+            )
+        };
+        if unchanged(config) != unchanged(&topic.config) {
+            return Err(MetadataError::InvalidConfig(format!(
+                "only {} can be changed after creation",
+                super::topic_config::ALTERABLE.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks an in-sync change against the current state (the controller before proposing;
     /// `apply` again): the proposer leads at that leader epoch, the partition is at that
     /// partition epoch, and the new set is non-empty, holds the leader, only replicas, each once,
@@ -593,6 +630,13 @@ impl ClusterState {
                     );
                     Ok(Some(id))
                 }
+            }
+            Command::AlterTopicConfig { name, config } => {
+                self.check_alter_topic_config(name, config).map(|()| {
+                    let topic = self.topics.get_mut(name).expect("checked above");
+                    topic.config = config.clone();
+                    None
+                })
             }
             Command::DeleteTopic { name } => match self.topics.remove(name) {
                 Some(_) => Ok(None),
@@ -1116,6 +1160,53 @@ mod tests {
         let p = state.topics["r"].partitions[0].clone();
         assert_eq!(p.leader, None, "{other} is alive but not in sync");
         assert_eq!(p.in_sync, vec![new_leader]);
+    }
+
+    #[test]
+    fn only_alterable_settings_change_and_they_are_checked() {
+        let mut state = cluster(3, 1);
+        create(&mut state, "a", 1, 3);
+        let before = state.topics["a"].config.clone();
+        let mut config = before.clone();
+        config.retention_ms = None;
+        config.min_insync_replicas = 3;
+        let applied = state.apply(&Command::AlterTopicConfig {
+            name: "a".into(),
+            config: config.clone(),
+        });
+        assert!(
+            matches!(applied, CommandResult::Applied { .. }),
+            "{applied:?}"
+        );
+        assert_eq!(state.topics["a"].config, config);
+        let refused = |state: &mut ClusterState, config: TopicConfig| {
+            let version = state.version;
+            let result = state.apply(&Command::AlterTopicConfig {
+                name: "a".into(),
+                config,
+            });
+            assert_eq!(state.version, version, "a refused change changes nothing");
+            result
+        };
+        let mut segment = config.clone();
+        segment.segment_bytes = 2 << 20;
+        assert!(matches!(
+            refused(&mut state, segment),
+            CommandResult::Rejected(_)
+        ));
+        let mut too_many = config.clone();
+        too_many.min_insync_replicas = 4;
+        assert!(matches!(
+            refused(&mut state, too_many),
+            CommandResult::Rejected(_)
+        ));
+        assert!(matches!(
+            state.apply(&Command::AlterTopicConfig {
+                name: "nope".into(),
+                config
+            }),
+            CommandResult::Rejected(MetadataError::UnknownTopic(_))
+        ));
     }
 
     #[test]

@@ -285,6 +285,12 @@ pub enum Command {
     AllocateProducerIds {
         count: u64,
     },
+    /// Replaces a topic's configuration (checked like a creation's); only the settings in
+    /// `topic_config::ALTERABLE` may differ from the topic's current ones.
+    AlterTopicConfig {
+        name: String,
+        config: TopicConfig,
+    },
     /// A partition's leader changes its in-sync set (Kafka's AlterPartition). Refused unless
     /// `leader` still leads at `leader_epoch` and the partition is at `partition_epoch`, so a
     /// deposed or stale leader cannot change it.

@@ -52,6 +52,12 @@ pub enum AdminRequest {
         id: NodeId,
         metadata_address: String,
     },
+    /// Changes settings of a topic (`key=value`, `topic_config`'s names; only the
+    /// `topic_config::ALTERABLE` ones).
+    AlterTopicConfig {
+        name: String,
+        overrides: Vec<(String, String)>,
+    },
     /// A partition leader changes its in-sync set (see `Command::AlterInSync`).
     AlterInSync {
         topic: String,

@@ -17,7 +17,8 @@ use futures_lite::FutureExt;
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
 use glommio::task::JoinHandle;
-use sluice_protocol::native::{split_request, FrameError};
+use sluice_protocol::native::{split_request, ApiKey, FrameError};
+use std::time::Instant;
 
 use super::api::{dispatch, DispatchError};
 use super::context::{frame_error, Response, ShardContext};
@@ -25,6 +26,25 @@ use super::socket::Watch;
 use crate::limits::{FRAME_BYTES_MAX, IN_FLIGHT_REQUESTS_MAX};
 use crate::notify::Listener;
 use crate::storage::SendChunk;
+
+/// A request being handled: the task that yields its response, the API it asked for (when
+/// its frame could be read) and when its frame arrived.
+struct Pending {
+    task: JoinHandle<Option<Response>>,
+    api_key: Option<u16>,
+    started: Instant,
+}
+
+fn frame_error_name(code: FrameError) -> &'static str {
+    match code {
+        FrameError::None => "None",
+        FrameError::UnsupportedApi => "UnsupportedApi",
+        FrameError::UnsupportedVersion => "UnsupportedVersion",
+        FrameError::MalformedControl => "MalformedControl",
+        FrameError::FrameTooLarge => "FrameTooLarge",
+        FrameError::Throttled => "Throttled",
+    }
+}
 
 /// Serves one connection until the client closes it, the framing breaks, or the shard stops.
 pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
@@ -41,24 +61,32 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
         return;
     }
     let (mut reader, mut writer) = futures_lite::io::split(stream);
-    let (pending_tx, pending_rx) =
-        local_channel::new_bounded::<JoinHandle<Option<Response>>>(IN_FLIGHT_REQUESTS_MAX);
+    let (pending_tx, pending_rx) = local_channel::new_bounded::<Pending>(IN_FLIGHT_REQUESTS_MAX);
     let writer_watch = watch.clone();
+    let writer_ctx = Rc::clone(&ctx);
     let writer_task = glommio::spawn_local(async move {
         let watch = writer_watch;
-        while let Some(task) = pending_rx.recv().await {
-            let Some(Some(response)) = task.await else {
+        let metrics = &writer_ctx.metrics;
+        while let Some(pending) = pending_rx.recv().await {
+            let Some(Some(response)) = pending.task.await else {
+                // No response (a produce with acks = None): done when handled.
+                if let Some(api) = pending.api_key {
+                    metrics.request_done(api, pending.started);
+                }
                 continue;
             };
+            let (mut memory, mut file) = (response.head.len() as u64, 0u64);
             if watch.write_all(&mut writer, &response.head).await.is_err() {
                 return;
             }
             for chunk in &response.data {
                 let sent = match chunk {
                     SendChunk::Memory(bytes) => {
+                        memory += bytes.as_bytes().len() as u64;
                         watch.write_all(&mut writer, bytes.as_bytes()).await
                     }
                     SendChunk::File(range) => {
+                        file += range.len as u64;
                         watch
                             .send_file(range.file.as_raw_fd(), range.position, range.len)
                             .await
@@ -70,6 +98,10 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
             }
             if writer.flush().await.is_err() {
                 return;
+            }
+            metrics.sent(memory, file);
+            if let Some(api) = pending.api_key {
+                metrics.request_done(api, pending.started);
             }
         }
         let _ = writer.close().await;
@@ -87,15 +119,23 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
             Some(Ok(())) => {}
             Some(Err(_)) | None => break,
         }
+        let started = Instant::now();
         let frame_len = u32::from_le_bytes(len_bytes) as usize;
         if !(12..=FRAME_BYTES_MAX).contains(&frame_len) {
             // The framing itself is broken: say so and close.
+            ctx.metrics.error(None, "FrameTooLarge");
             let task =
                 glommio::spawn_local(
                     async move { Some(frame_error(0, FrameError::FrameTooLarge)) },
                 )
                 .detach();
-            let _ = pending_tx.send(task).await;
+            let _ = pending_tx
+                .send(Pending {
+                    task,
+                    api_key: None,
+                    started,
+                })
+                .await;
             break;
         }
         let Ok(permit) = ctx.buffered.acquire_static_permit(frame_len as u64).await else {
@@ -105,8 +145,10 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
         if watch.read_exact(&mut reader, &mut frame).await.is_err() {
             break;
         }
+        let mut api_key = None;
         let task = match split_request(&frame) {
             Err(_) => {
+                ctx.metrics.error(None, "MalformedControl");
                 glommio::spawn_local(
                     async move { Some(frame_error(0, FrameError::MalformedControl)) },
                 )
@@ -114,6 +156,7 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
             }
             Ok(parsed) => {
                 let header = parsed.header;
+                api_key = Some(header.api_key);
                 match dispatch(&ctx, header, parsed.control, parsed.data).await {
                     Ok(task) => task,
                     Err(error) => {
@@ -125,6 +168,8 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
                                 FrameError::MalformedControl
                             }
                         };
+                        ctx.metrics
+                            .error(ApiKey::from_u16(header.api_key), frame_error_name(code));
                         let id = header.correlation_id;
                         glommio::spawn_local(async move { Some(frame_error(id, code)) }).detach()
                     }
@@ -133,7 +178,12 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
         };
         drop(frame);
         drop(permit);
-        if pending_tx.send(task).await.is_err() {
+        let pending = Pending {
+            task,
+            api_key,
+            started,
+        };
+        if pending_tx.send(pending).await.is_err() {
             break;
         }
     }

@@ -43,6 +43,8 @@ pub struct ShardContext {
     pub retention_check_interval: Duration,
     /// The shard's group coordinator.
     pub groups: Rc<crate::groups::coordinator::Coordinator>,
+    /// What this shard counts (`metrics`); only this shard touches it.
+    pub metrics: Rc<crate::metrics::ShardMetrics>,
 }
 
 /// A response: header and control, then the data chunks written as they are.

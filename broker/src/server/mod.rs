@@ -66,11 +66,24 @@ pub struct AdminCall {
     pub reply: flume::Sender<Result<AdminReply, MetadataError>>,
 }
 
+/// This broker's view of the metadata Raft group, published by the metadata thread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RaftStatus {
+    /// The controller (Raft leader) this broker knows of.
+    pub controller: Option<NodeId>,
+    pub term: u64,
+    /// Index of the last entry in this broker's Raft log.
+    pub last_log_index: u64,
+    /// Index of the last entry applied to this broker's state.
+    pub applied_index: u64,
+}
+
 /// What a shard needs from the metadata thread.
 #[derive(Debug, Clone)]
 pub struct MetadataLink {
     pub state: watch::Receiver<Arc<ClusterState>>,
     pub admin: flume::Sender<AdminCall>,
+    pub raft: watch::Receiver<RaftStatus>,
 }
 
 impl MetadataLink {

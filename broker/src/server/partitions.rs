@@ -16,6 +16,7 @@ use super::producers::{PartitionProducers, ProducerState};
 use super::{Mode, ShardConfig};
 use crate::metadata::types::{FlushSetting, PartitionInfo, TopicConfig};
 use crate::metadata::{ClusterState, NodeId};
+use crate::metrics::{PartitionCounters, ShardMetrics};
 use crate::replication::isr::LeaderState;
 use crate::storage::{FlushPolicy, LogConfig, PartitionLog, ReadBound, StorageError};
 
@@ -37,6 +38,8 @@ pub struct OwnedPartition {
     pub replica_lag_time_max_ms: u64,
     /// The leader's view of its followers, while this broker leads.
     pub followers: Option<Rc<RefCell<LeaderState>>>,
+    /// Records and bytes in and out of this replica, since this shard opened its log.
+    pub counters: Rc<PartitionCounters>,
 }
 
 /// Milliseconds on a clock that only moves forward (the in-sync rules' time).
@@ -113,6 +116,8 @@ pub struct Partitions {
     config: ShardConfig,
     shard: u32,
     owned: RefCell<HashMap<(String, u32), OwnedPartition>>,
+    /// Closing logs leave their flush counts here.
+    metrics: Rc<ShardMetrics>,
 }
 
 /// The log configuration of a topic's partition on this broker.
@@ -144,11 +149,12 @@ pub fn log_config(topic: &TopicConfig, mode: Mode) -> LogConfig {
 }
 
 impl Partitions {
-    pub fn new(config: ShardConfig, shard: u32) -> Partitions {
+    pub fn new(config: ShardConfig, shard: u32, metrics: Rc<ShardMetrics>) -> Partitions {
         Partitions {
             config,
             shard,
             owned: RefCell::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -206,6 +212,7 @@ impl Partitions {
         for (key, owned) in stale {
             self.owned.borrow_mut().remove(&key);
             owned.log.close().await?;
+            self.metrics.retire(&owned.log);
             let dir = owned.log.dir().to_owned();
             let removed = glommio::executor()
                 .spawn_blocking(move || std::fs::remove_dir_all(&dir))
@@ -247,10 +254,25 @@ impl Partitions {
                         min_insync: config.resolved_min_insync(info.replicas.len() as u32),
                         replica_lag_time_max_ms: config.replica_lag_time_max_ms,
                         followers: None,
+                        counters: Rc::default(),
                     }
                 }
             };
             let became_leader = leader && (!owned.leader || owned.leader_epoch != epoch);
+            let now_follower = !leader && (fresh || owned.leader || owned.leader_epoch != epoch);
+            if now_follower {
+                tracing::info!(%topic, partition, epoch, leader = ?info.leader, "following");
+            }
+            if !fresh && owned.info.in_sync != info.in_sync {
+                tracing::info!(
+                    %topic,
+                    partition,
+                    epoch,
+                    from = ?owned.info.in_sync,
+                    to = ?info.in_sync,
+                    "in-sync set changed"
+                );
+            }
             if became_leader {
                 // A follower's appends did not go through the producer state: rebuild it from
                 // the log before serving producers. The new epoch starts at the log's end.
@@ -285,6 +307,10 @@ impl Partitions {
             owned.info = Rc::new(info.clone());
             owned.min_insync = config.resolved_min_insync(info.replicas.len() as u32);
             owned.replica_lag_time_max_ms = config.replica_lag_time_max_ms;
+            owned.log.set_retention(
+                config.retention_ms.map(Duration::from_millis),
+                config.retention_bytes,
+            );
             owned.refresh_high_watermark(me);
             let log = owned.log.clone();
             self.owned.borrow_mut().insert(key, owned);

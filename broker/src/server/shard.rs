@@ -21,6 +21,8 @@ use crate::limits::{
     SHARD_SERVING_LATENCY, SHARD_SHARES_BULK_LATENCY, SHARD_SHARES_MAINTENANCE,
     SHARD_SHARES_SERVING, SOCKET_WATCH_LATENCY, SOCKET_WATCH_THROUGHPUT,
 };
+use crate::metrics::snapshot::SnapshotRequest;
+use crate::metrics::ShardMetrics;
 use crate::notify::Notify;
 use crate::reactor::{Pulse, ReactorWatch};
 
@@ -35,6 +37,8 @@ pub type ShardThread = std::thread::JoinHandle<Result<Result<(), String>, String
 pub struct Shards {
     /// Each shard's own native-protocol address, by shard index.
     pub addresses: Vec<String>,
+    /// Where to ask each shard for a metrics snapshot, by shard index.
+    pub snapshots: Vec<flume::Sender<SnapshotRequest>>,
     stops: Vec<flume::Sender<()>>,
     threads: Vec<ShardThread>,
     /// Wakes a shard that sleeps through its reactor ticks; runs as long as this (or the
@@ -71,6 +75,7 @@ impl Shards {
             .map_err(|e| format!("cannot start the reactor watchdog: {e}"))?;
         let mut shards = Shards {
             addresses: Vec::new(),
+            snapshots: Vec::new(),
             stops: Vec::new(),
             threads: Vec::new(),
             watch: Arc::new(watch),
@@ -81,13 +86,28 @@ impl Shards {
                 .map_err(|e| format!("cannot share the listener on {main}: {e}"))?;
             let (address_tx, address_rx) = std::sync::mpsc::channel::<Result<String, String>>();
             let (stop_tx, stop_rx) = flume::bounded::<()>(1);
+            let (snapshot_tx, snapshot_rx) =
+                flume::bounded::<SnapshotRequest>(crate::limits::METRICS_SNAPSHOT_QUEUE_MAX);
             let config = config.clone();
             let link = link.clone();
             let thread = crate::shard::spawn_with_pulse(
                 crate::shard::executor_builder(Placement::Fixed(shard as usize % cpus)),
                 &format!("shard-{shard}"),
                 Arc::clone(&pulse),
-                move || run(config, shard, main, link, address_tx, stop_rx, pulse),
+                move || {
+                    run(
+                        config,
+                        ShardLinks {
+                            shard,
+                            main,
+                            link,
+                            address_tx,
+                            stop_rx,
+                            snapshot_rx,
+                            pulse,
+                        },
+                    )
+                },
             )
             .map_err(|e| format!("cannot start shard {shard}: {e}"))?;
             let address = match address_rx.recv() {
@@ -105,6 +125,7 @@ impl Shards {
                 }
             };
             shards.addresses.push(address);
+            shards.snapshots.push(snapshot_tx);
             shards.stops.push(stop_tx);
             shards.threads.push(thread);
         }
@@ -140,15 +161,27 @@ impl ShardStopper {
     }
 }
 
-async fn run(
-    config: ShardConfig,
+/// What a shard's thread is handed at start.
+struct ShardLinks {
     shard: u32,
     main: std::net::TcpListener,
     link: MetadataLink,
     address_tx: std::sync::mpsc::Sender<Result<String, String>>,
     stop_rx: flume::Receiver<()>,
+    snapshot_rx: flume::Receiver<SnapshotRequest>,
     pulse: Arc<Pulse>,
-) -> Result<(), String> {
+}
+
+async fn run(config: ShardConfig, links: ShardLinks) -> Result<(), String> {
+    let ShardLinks {
+        shard,
+        main,
+        link,
+        address_tx,
+        stop_rx,
+        snapshot_rx,
+        pulse,
+    } = links;
     let topics_dir = config.data_dir.join("topics");
     let started = async {
         crate::shard::prime_dma_io(&topics_dir)
@@ -177,7 +210,8 @@ async fn run(
     let _ = address_tx.send(Ok(own.to_string()));
 
     let queues = TaskQueues::create(config.mode);
-    let partitions = Rc::new(Partitions::new(config.clone(), shard));
+    let metrics = Rc::new(ShardMetrics::default());
+    let partitions = Rc::new(Partitions::new(config.clone(), shard, Rc::clone(&metrics)));
     let ctx = Rc::new(ShardContext {
         node_id: config.node_id,
         shard,
@@ -192,7 +226,7 @@ async fn run(
             Mode::Latency => SOCKET_WATCH_LATENCY,
             Mode::Throughput => SOCKET_WATCH_THROUGHPUT,
         },
-        watch_stats: Rc::default(),
+        watch_stats: Rc::new(super::socket::WatchStats::for_shard(shard)),
         bulk: queues.bulk,
         retention_check_interval: config.retention_check_interval,
         groups: Rc::new(crate::groups::coordinator::Coordinator::new(
@@ -200,6 +234,7 @@ async fn run(
             Rc::clone(&partitions),
             link.clone(),
         )),
+        metrics,
     });
 
     // The coordinator's timer: session expiry and offsets retention.
@@ -277,6 +312,17 @@ async fn run(
             })
             .detach()
     };
+    // Metrics: answer scrapes with a snapshot of this shard's counters.
+    let snapshots = queues
+        .spawn(
+            queues.maintenance,
+            crate::metrics::snapshot::serve_snapshots(
+                Rc::clone(&ctx),
+                Arc::clone(&pulse),
+                snapshot_rx,
+            ),
+        )
+        .detach();
 
     // Replication: fetch what this shard follows; as a leader, keep the in-sync sets right.
     let fetchers = queues
@@ -328,7 +374,9 @@ async fn run(
                         Some(Ok(stream)) => {
                             let ctx = Rc::clone(&ctx);
                             glommio::spawn_local(async move {
-                                serve(ctx, stream).await;
+                                ctx.metrics.connection_opened();
+                                serve(Rc::clone(&ctx), stream).await;
+                                ctx.metrics.connection_closed();
                                 drop(permit);
                             })
                             .detach();
@@ -392,6 +440,7 @@ async fn run(
     high_watermarks.cancel();
     fetchers.cancel();
     in_sync.cancel();
+    snapshots.cancel();
     if let Some(error) = failure.take() {
         return Err(error);
     }

@@ -38,6 +38,17 @@ pub struct WatchStats {
     pub writes_recovered: Cell<u64>,
     /// Whether the first recovery on this shard has been logged.
     logged: Cell<bool>,
+    /// The shard these are of (for the log line).
+    shard: u32,
+}
+
+impl WatchStats {
+    pub fn for_shard(shard: u32) -> WatchStats {
+        WatchStats {
+            shard,
+            ..WatchStats::default()
+        }
+    }
 }
 
 /// One connection's socket descriptor and watchdog period.
@@ -55,7 +66,8 @@ impl Watch {
 
     fn recovered(&self, what: &'static str) {
         if !self.stats.logged.replace(true) {
-            tracing::debug!(
+            tracing::info!(
+                shard = self.stats.shard,
                 fd = self.fd,
                 what,
                 reads = self.stats.reads_recovered.get(),

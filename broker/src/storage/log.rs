@@ -25,6 +25,9 @@
 //! follower can cut a divergent tail ([`PartitionLog::truncate_to`]); the high watermark is
 //! checkpointed to `high-watermark` when asked.
 
+use crate::metrics::histogram::{
+    HistogramSnapshot, LocalHistogram, LATENCY_BOUNDS_SECONDS, SIZE_BOUNDS_BYTES,
+};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -252,6 +255,37 @@ pub struct LogStats {
     /// Segment rolls, and the time appends were held while they ran, in µs.
     pub rolls: u64,
     pub roll_us: u64,
+    /// Reads answered from the tail cache, and reads that went to a segment file.
+    pub cache_hits: u64,
+    pub disk_reads: u64,
+}
+
+/// Distributions of one log's flushes since it was opened (what `LogStats` sums).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlushHistograms {
+    /// Bytes of each flush's DMA write.
+    pub bytes: HistogramSnapshot,
+    /// Seconds of each flush's DMA write.
+    pub write_seconds: HistogramSnapshot,
+    /// Seconds of each fdatasync.
+    pub sync_seconds: HistogramSnapshot,
+}
+
+#[derive(Debug)]
+struct FlushObserver {
+    bytes: LocalHistogram,
+    write_seconds: LocalHistogram,
+    sync_seconds: LocalHistogram,
+}
+
+impl Default for FlushObserver {
+    fn default() -> Self {
+        FlushObserver {
+            bytes: LocalHistogram::new(SIZE_BOUNDS_BYTES),
+            write_seconds: LocalHistogram::new(LATENCY_BOUNDS_SECONDS),
+            sync_seconds: LocalHistogram::new(LATENCY_BOUNDS_SECONDS),
+        }
+    }
 }
 
 /// What a retention pass deleted.
@@ -345,6 +379,10 @@ struct LogInner {
     space: Notify,
     flusher: RefCell<Option<JoinHandle<()>>>,
     stats: std::cell::Cell<LogStats>,
+    flushes: FlushObserver,
+    /// Retention limits (time, bytes): the configuration's at open, changed by
+    /// [`PartitionLog::set_retention`] when the topic's settings change.
+    retention: std::cell::Cell<(Option<Duration>, Option<u64>)>,
 }
 
 /// One partition's log. Cheap to clone; every clone is the same log. Lives on one shard.
@@ -453,6 +491,7 @@ impl PartitionLog {
             clean_end: log_start,
             tombstone_horizon_min: None,
         };
+        let retention = std::cell::Cell::new((config.retention_ms, config.retention_bytes));
         let inner = Rc::new(LogInner {
             dir,
             config,
@@ -465,6 +504,8 @@ impl PartitionLog {
             space: Notify::new(),
             flusher: RefCell::new(None),
             stats: Default::default(),
+            flushes: FlushObserver::default(),
+            retention,
         });
         let flusher = glommio::spawn_local(flusher_loop(Rc::downgrade(&inner))).detach();
         *inner.flusher.borrow_mut() = Some(flusher);
@@ -673,6 +714,20 @@ impl PartitionLog {
 
     pub fn stats(&self) -> LogStats {
         self.inner.stats.get()
+    }
+
+    /// Changes the retention limits the next retention pass applies.
+    pub fn set_retention(&self, time: Option<Duration>, bytes: Option<u64>) {
+        self.inner.retention.set((time, bytes));
+    }
+
+    pub fn flush_histograms(&self) -> FlushHistograms {
+        let f = &self.inner.flushes;
+        FlushHistograms {
+            bytes: f.bytes.snapshot(),
+            write_seconds: f.write_seconds.snapshot(),
+            sync_seconds: f.sync_seconds.snapshot(),
+        }
     }
 
     /// Bytes held by the tail cache.
@@ -948,8 +1003,10 @@ impl PartitionLog {
         if let Some(slices) = state.cache.read(offset, max_bytes, readable_end) {
             answer.chunks = slices.into_iter().map(ReadChunk::Cached).collect();
             answer.from_cache = true;
+            self.inner.bump(|s| s.cache_hits += 1);
             return Ok(ReadPlan::Done(answer));
         }
+        self.inner.bump(|s| s.disk_reads += 1);
         let interval = self.inner.config.index_interval_bytes;
         let sealed = offset < state.active.index().base_offset();
         let (file, path, index, readable) = if !sealed {
@@ -1080,14 +1137,12 @@ impl PartitionLog {
                 let Some(oldest) = state.sealed.front() else {
                     break;
                 };
-                let expired = inner.config.retention_ms.is_some_and(|retention| {
+                let (retention_time, retention_bytes) = inner.retention.get();
+                let expired = retention_time.is_some_and(|retention| {
                     oldest.index().max_timestamp()
                         < now_ms.saturating_sub(retention.as_millis() as i64)
                 });
-                let oversized = inner
-                    .config
-                    .retention_bytes
-                    .is_some_and(|limit| state.total_bytes() > limit);
+                let oversized = retention_bytes.is_some_and(|limit| state.total_bytes() > limit);
                 if !expired && !oversized {
                     break;
                 }
@@ -1625,6 +1680,11 @@ impl LogInner {
             s.write_us += write_us;
             s.sync_us += sync_us;
         });
+        self.flushes.bytes.observe(job.buf.len() as f64);
+        self.flushes.write_seconds.observe(write_us as f64 / 1e6);
+        if sync {
+            self.flushes.sync_seconds.observe(sync_us as f64 / 1e6);
+        }
         state.durable_end = job.next_offset;
         let charge = job.buf.len();
         let chunk = if job.new_bytes as usize * 4 >= self.config.write_buffer_bytes {

@@ -24,6 +24,6 @@ pub use config::{CleanupPolicy, FlushPolicy, LogConfig};
 pub use epochs::{EpochEnd, EpochHistory, EpochStart};
 pub use error::StorageError;
 pub use log::{
-    Appended, FileRange, LogStats, OffsetSpec, PartitionLog, ReadBatches, ReadBound, ReadChunk,
-    RecoveryReport, RetentionReport, SendChunk, SendRead,
+    Appended, FileRange, FlushHistograms, LogStats, OffsetSpec, PartitionLog, ReadBatches,
+    ReadBound, ReadChunk, RecoveryReport, RetentionReport, SendChunk, SendRead,
 };

@@ -99,6 +99,31 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Set in the environment of a test binary re-run as a broker (see [`broker_command`]).
+const BROKER_CHILD_ENV: &str = "SLUICE_TEST_RUN_BROKER";
+
+/// The command that starts a broker: `sluice-broker` in the broker's own tests, which cargo
+/// builds for them; in another crate's tests (the `sluice` CLI's), the test binary itself run
+/// again as a broker, whose `main` calls [`run_broker_if_child`] first. Either way the broker
+/// is `sluice_broker::cli::run`, so the harness is the same.
+pub fn broker_command() -> Command {
+    match option_env!("CARGO_BIN_EXE_sluice-broker") {
+        Some(exe) => Command::new(exe),
+        None => {
+            let mut command = Command::new(std::env::current_exe().expect("the test binary"));
+            command.env(BROKER_CHILD_ENV, "1");
+            command
+        }
+    }
+}
+
+/// In a test binary started by [`broker_command`] as a broker: runs the broker with this
+/// process's arguments and returns its exit code. `None` in a test binary run as tests.
+pub fn run_broker_if_child() -> Option<std::process::ExitCode> {
+    std::env::var_os(BROKER_CHILD_ENV)?;
+    Some(sluice_broker::cli::run(std::env::args_os().collect()))
+}
+
 /// Whether a broker serves `address`: it answers an ApiVersions request. (A port that merely
 /// accepts connections is not enough: a broker killed a moment ago still accepts into its
 /// listen backlog for a few milliseconds, and a starting one waits for its metadata before it
@@ -127,7 +152,9 @@ pub fn answers(address: &str) -> bool {
 }
 
 /// A `sluice-broker` child process on a temporary data directory, with fixed ports: the main
-/// address, the metadata address and one port per shard, kept across restarts. Killed (and its
+/// address, the metadata address, one port per shard and the metrics endpoint (a free port of
+/// its own, never the default 9491 that tests running at once would share), kept across
+/// restarts. Killed (and its
 /// log shown, if the test is failing) on drop.
 #[derive(Debug)]
 pub struct BrokerProcess {
@@ -135,6 +162,8 @@ pub struct BrokerProcess {
     pub listen: String,
     pub metadata: String,
     pub shard_ports: Vec<u16>,
+    /// The metrics endpoint (`--metrics-listen`).
+    pub metrics: String,
     child: Option<Child>,
     /// Flags added to every start.
     args: Vec<String>,
@@ -152,6 +181,7 @@ impl BrokerProcess {
             listen: String::new(),
             metadata: String::new(),
             shard_ports: vec![0; shards as usize],
+            metrics: String::new(),
             child: None,
             args: args.iter().map(|a| a.to_string()).collect(),
             netns: None,
@@ -176,6 +206,7 @@ impl BrokerProcess {
             listen: listen.to_owned(),
             metadata: metadata.to_owned(),
             shard_ports: shard_ports.to_vec(),
+            metrics: format!("127.0.0.1:{}", free_port()),
             child: None,
             args: args.iter().map(|a| a.to_string()).collect(),
             netns: None,
@@ -185,6 +216,7 @@ impl BrokerProcess {
     fn pick_ports(&mut self) {
         self.listen = format!("127.0.0.1:{}", free_port());
         self.metadata = format!("127.0.0.1:{}", free_port());
+        self.metrics = format!("127.0.0.1:{}", free_port());
         for port in self.shard_ports.iter_mut() {
             *port = free_port();
         }
@@ -249,15 +281,20 @@ impl BrokerProcess {
         let log = std::env::var("SLUICE_TEST_BROKER_LOG").unwrap_or("warn".into());
         // A test may have emptied the data directory (a broker that lost its disk).
         std::fs::create_dir_all(self.dir.path()).expect("data directory");
-        let binary = env!("CARGO_BIN_EXE_sluice-broker");
         // `ip netns exec` enters the namespace and execs the broker: the child is the broker.
         let mut command = match &self.netns {
             Some(ns) => {
                 let mut command = Command::new("ip");
-                command.args(["netns", "exec", ns, binary]);
+                command.args(["netns", "exec", ns]);
+                command.arg(broker_command().get_program());
+                for (key, value) in broker_command().get_envs() {
+                    if let Some(value) = value {
+                        command.env(key, value);
+                    }
+                }
                 command
             }
-            None => Command::new(binary),
+            None => broker_command(),
         };
         command
             .args(["--data-dir", self.dir.path().to_str().unwrap()])
@@ -269,6 +306,7 @@ impl BrokerProcess {
             ])
             .args(["--shards", &self.shard_ports.len().to_string()])
             .args(["--shard-ports", &ports.join(",")])
+            .args(["--metrics-listen", &self.metrics])
             .args(["--election-timeout-ms", "150", "--log", &log])
             .args(&self.args)
             .stdout(Stdio::null())

@@ -61,7 +61,7 @@ pub fn metadata(ctx: &ShardContext, request: MetadataRequest) -> MetadataRespons
         .collect();
     MetadataResponse {
         version: state.version,
-        controller: None,
+        controller: ctx.link.raft.borrow().controller,
         brokers,
         topics,
     }

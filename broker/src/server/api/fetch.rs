@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
 use sluice_protocol::native::{
-    encode_control, encode_response_head, EncodeControl, ErrorCode, FetchPartitionResponse,
+    encode_control, encode_response_head, ApiKey, EncodeControl, ErrorCode, FetchPartitionResponse,
     FetchRequest, FetchResponse, FrameError,
 };
 
@@ -37,6 +37,7 @@ pub async fn fetch(ctx: &ShardContext, id: u32, request: FetchRequest) -> Respon
     let deadline = Instant::now() + Duration::from_millis(u64::from(request.max_wait_ms));
     loop {
         let mut listeners = Vec::new();
+        let mut sent = Vec::new();
         let mut answers = Vec::with_capacity(request.partitions.len());
         let mut data: Vec<SendChunk> = Vec::new();
         let mut total = 0usize;
@@ -67,6 +68,7 @@ pub async fn fetch(ctx: &ShardContext, id: u32, request: FetchRequest) -> Respon
                                 let len = read.len_bytes();
                                 answer.bytes_len = len as u32;
                                 total += len;
+                                sent.push((std::rc::Rc::clone(&owned.counters), len));
                                 data.extend(read.chunks);
                             }
                             Err(error) => {
@@ -103,6 +105,12 @@ pub async fn fetch(ctx: &ShardContext, id: u32, request: FetchRequest) -> Respon
             .answer_or_wait(answer_now, &control, data, listeners)
             .await
         {
+            for (counters, len) in sent {
+                counters.fetched(len as u64);
+            }
+            for p in &control.partitions {
+                ctx.metrics.error_code(ApiKey::Fetch, p.error);
+            }
             return response;
         }
     }

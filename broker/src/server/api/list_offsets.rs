@@ -1,7 +1,8 @@
 //! ListOffsets: earliest, latest (the high watermark) or by timestamp.
 
 use sluice_protocol::native::{
-    ErrorCode, ListOffsetsPartitionResponse, ListOffsetsRequest, ListOffsetsResponse, OffsetQuery,
+    ApiKey, ErrorCode, ListOffsetsPartitionResponse, ListOffsetsRequest, ListOffsetsResponse,
+    OffsetQuery,
 };
 
 use crate::server::context::{storage_code, ShardContext};
@@ -34,6 +35,7 @@ pub async fn list_offsets(ctx: &ShardContext, request: ListOffsetsRequest) -> Li
             Some(_) => answer.error = ErrorCode::NotLeaderOrWrongShard,
             None => answer.error = ctx.missing_partition(&p.topic, p.partition),
         }
+        ctx.metrics.error_code(ApiKey::ListOffsets, answer.error);
         partitions.push(answer);
     }
     ListOffsetsResponse { partitions }

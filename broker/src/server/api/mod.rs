@@ -10,8 +10,12 @@
 //! - [`list_offsets`] serves ListOffsets (earliest, latest, by time);
 //! - [`replica_fetch`] serves ReplicaFetch (followers, on the leader);
 //! - [`groups`] serves FindCoordinator and hands the group requests to the shard's coordinator.
+//! - [`describe_logs`] serves DescribeLogs (the shard's partition logs, for operators);
+//! - [`configs`] serves DescribeConfigs, CreateTopicWithConfig and AlterConfigs.
 
 pub mod admin;
+pub mod configs;
+pub mod describe_logs;
 pub mod fetch;
 pub mod groups;
 pub mod list_offsets;
@@ -22,8 +26,9 @@ use std::rc::Rc;
 
 use glommio::task::JoinHandle;
 use sluice_protocol::native::{
-    decode_control, AddPartitionsRequest, ApiKey, ApiRange, ApiVersionsResponse,
-    CreateTopicRequest, DeleteTopicRequest, ElectPreferredLeaderRequest, FetchRequest,
+    decode_control, AddPartitionsRequest, AlterConfigsRequest, ApiKey, ApiRange,
+    ApiVersionsResponse, CreateTopicRequest, CreateTopicWithConfigRequest, DeleteTopicRequest,
+    DescribeConfigsRequest, DescribeLogsRequest, ElectPreferredLeaderRequest, FetchRequest,
     FrameDecodeError, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest,
     ReassignPartitionRequest, ReplicaFetchRequest, RequestHeader,
 };
@@ -170,6 +175,37 @@ pub async fn dispatch(
             let bulk = ctx.bulk;
             super::shard::spawn_into(bulk, async move {
                 Some(replica_fetch::replica_fetch(&ctx, id, request).await)
+            })
+            .detach()
+        }
+        ApiKey::DescribeLogs => {
+            let request: DescribeLogsRequest = decode_control(control)?;
+            glommio::spawn_local(async move {
+                Some(response(id, &describe_logs::describe_logs(&ctx, request)))
+            })
+            .detach()
+        }
+        ApiKey::DescribeConfigs => {
+            let request: DescribeConfigsRequest = decode_control(control)?;
+            glommio::spawn_local(async move {
+                Some(response(id, &configs::describe_configs(&ctx, request)))
+            })
+            .detach()
+        }
+        ApiKey::CreateTopicWithConfig => {
+            let request: CreateTopicWithConfigRequest = decode_control(control)?;
+            glommio::spawn_local(async move {
+                Some(response(
+                    id,
+                    &configs::create_topic_with_config(&ctx, request).await,
+                ))
+            })
+            .detach()
+        }
+        ApiKey::AlterConfigs => {
+            let request: AlterConfigsRequest = decode_control(control)?;
+            glommio::spawn_local(async move {
+                Some(response(id, &configs::alter_configs(&ctx, request).await))
             })
             .detach()
         }

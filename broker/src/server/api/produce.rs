@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use futures_lite::FutureExt;
 use glommio::task::JoinHandle;
 use sluice_protocol::native::{
-    Acks, ErrorCode, FrameDecodeError, ProducePartitionResponse, ProduceRequest, ProduceResponse,
+    Acks, ApiKey, ErrorCode, FrameDecodeError, ProducePartitionResponse, ProduceRequest,
+    ProduceResponse,
 };
 
 use super::DispatchError;
@@ -63,6 +64,10 @@ pub async fn produce(
                     .await
                 {
                     Ok(ProduceOutcome::Appended(appended)) => {
+                        owned.counters.produced(
+                            appended.last_offset - appended.base_offset + 1,
+                            batch.len() as u64,
+                        );
                         result.base_offset = appended.base_offset;
                         result.log_start = owned.log.log_start();
                         waits.push((
@@ -133,6 +138,9 @@ pub async fn produce(
                 }
                 None => results[index].error = ErrorCode::Timeout,
             }
+        }
+        for r in &results {
+            ctx.metrics.error_code(ApiKey::Produce, r.error);
         }
         if acks == Acks::None {
             return None;

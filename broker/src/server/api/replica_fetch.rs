@@ -47,6 +47,7 @@ pub async fn replica_fetch(ctx: &ShardContext, id: u32, request: ReplicaFetchReq
         let mut answers = Vec::with_capacity(request.partitions.len());
         let mut data: Vec<SendChunk> = Vec::new();
         let mut total = 0usize;
+        let mut sent = Vec::new();
         let mut final_answer = false;
         for p in &request.partitions {
             let mut answer = ReplicaFetchPartitionResponse {
@@ -139,6 +140,7 @@ pub async fn replica_fetch(ctx: &ShardContext, id: u32, request: ReplicaFetchReq
                         let len = read.len_bytes();
                         answer.bytes_len = len as u32;
                         total += len;
+                        sent.push((std::rc::Rc::clone(&owned.counters), len));
                         data.extend(read.chunks);
                     }
                     Err(error) => {
@@ -166,6 +168,13 @@ pub async fn replica_fetch(ctx: &ShardContext, id: u32, request: ReplicaFetchReq
             .answer_or_wait(answer_now, &control, data, listeners)
             .await
         {
+            for (counters, len) in sent {
+                counters.replica_fetched(len as u64);
+            }
+            for p in &control.partitions {
+                ctx.metrics
+                    .error_code(sluice_protocol::native::ApiKey::ReplicaFetch, p.error);
+            }
             return response;
         }
     }

@@ -1,0 +1,347 @@
+//! The Prometheus endpoint of a real `sluice-broker` process: `GET /metrics` parsed by a real
+//! parser (the `prometheus-parse` crate, plus a line-by-line check it is lenient about), series
+//! unique, counters monotonic across scrapes under load, and the per-partition counters equal
+//! to what the test produced and consumed.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use sluice_client::{
+    Admin, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, Seek,
+    TopicPartition,
+};
+
+use common::BrokerProcess as Broker;
+
+/// One HTTP/1.1 request to the broker's metrics address: (status line, body).
+fn get(address: &str, path: &str) -> (String, String) {
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response head");
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// A sample's identity: its name and sorted labels.
+type Series = (String, BTreeMap<String, String>);
+
+/// Parses an exposition with `prometheus-parse` and checks what that parser lets pass: every
+/// line is a comment or a sample it understood, the exposition ends with `# EOF`, and no
+/// series appears twice. Returns every sample as a flat (series, value), histogram buckets,
+/// sums and counts included.
+fn parse(body: &str) -> HashMap<Series, f64> {
+    assert!(body.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    let lines: Vec<&str> = body.lines().collect();
+    let sample_lines: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    let scrape = prometheus_parse::Scrape::parse(lines.iter().map(|l| Ok(l.to_string())))
+        .expect("prometheus-parse reads the exposition");
+    // Histograms fold their bucket lines into one sample; count lines the parser accepted.
+    let mut understood = 0usize;
+    for sample in &scrape.samples {
+        understood += match &sample.value {
+            prometheus_parse::Value::Histogram(buckets) => buckets.len(),
+            _ => 1,
+        };
+    }
+    assert_eq!(
+        understood,
+        sample_lines.len(),
+        "every sample line parses (a line the parser skipped is malformed)"
+    );
+    // Unique series, from the raw lines: name{labels} before the value.
+    let mut seen = HashSet::new();
+    let mut values = HashMap::new();
+    for line in &sample_lines {
+        let (series, value) = line.rsplit_once(' ').expect("name value");
+        assert!(seen.insert(series.to_string()), "series twice: {series}");
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let labels: BTreeMap<String, String> = labels
+            .split("\",")
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (k, v) = l.split_once('=').expect("label=value");
+                (k.to_string(), v.trim_matches('"').to_string())
+            })
+            .collect();
+        let value: f64 = value.parse().expect("a number");
+        values.insert((name.to_string(), labels), value);
+    }
+    // Names follow the conventions: the crate's prefix, counters end in _total.
+    for family in body.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let (name, kind) = family.split_once(' ').unwrap();
+        assert!(name.starts_with("sluice_"), "{name}");
+        assert!(!name.ends_with("_total"), "{name}: the encoder adds _total");
+        assert!(["counter", "gauge", "histogram"].contains(&kind), "{kind}");
+    }
+    values
+}
+
+fn partition_value(values: &HashMap<Series, f64>, name: &str, topic: &str, p: u32) -> f64 {
+    let labels: BTreeMap<String, String> = [
+        ("topic".to_string(), topic.to_string()),
+        ("partition".to_string(), p.to_string()),
+    ]
+    .into();
+    *values
+        .get(&(name.to_string(), labels))
+        .unwrap_or_else(|| panic!("{name} for {topic}/{p}"))
+}
+
+fn config(broker: &Broker) -> ClientConfig {
+    ClientConfig::new([broker.listen.clone()])
+        .request_timeout(Duration::from_secs(10))
+        .retry_backoff(Duration::from_millis(20), Duration::from_millis(200))
+}
+
+async fn create_topic(broker: &Broker, name: &str, partitions: u32) {
+    let admin = Admin::new(config(broker)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = admin.create_topic(name, partitions, 1).await {
+        assert!(Instant::now() < deadline, "create topic {name}: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_count_what_was_produced_and_consumed_and_only_grow() {
+    let broker = Broker::start("metrics", 2, &[]);
+    let topic = "metered";
+    let partitions = 3u32;
+    create_topic(&broker, topic, partitions).await;
+
+    // Produce a known number of records per partition.
+    let producer = Producer::new(ProducerConfig::new(config(&broker)))
+        .await
+        .unwrap();
+    let per_partition = [40u64, 75, 120];
+    let mut deliveries = Vec::new();
+    for (p, count) in per_partition.iter().enumerate() {
+        for i in 0..*count {
+            let record = ProducerRecord::new(topic)
+                .partition(p as u32)
+                .key(format!("k{i}"))
+                .value(format!("value-{p}-{i}"));
+            deliveries.push(producer.send(record).await.unwrap());
+        }
+    }
+    for d in deliveries {
+        d.await.unwrap();
+    }
+
+    let (status, body) = get(&broker.metrics, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    let before_consume = parse(&body);
+    for p in 0..partitions {
+        let records_in = partition_value(
+            &before_consume,
+            "sluice_partition_records_in_total",
+            topic,
+            p,
+        );
+        assert_eq!(
+            records_in, per_partition[p as usize] as f64,
+            "records in of {p}"
+        );
+        let end = partition_value(&before_consume, "sluice_partition_log_end_offset", topic, p);
+        assert_eq!(end, per_partition[p as usize] as f64, "log end of {p}");
+        let hw = partition_value(&before_consume, "sluice_partition_high_watermark", topic, p);
+        assert_eq!(hw, end, "high watermark of {p}");
+        let bytes_in =
+            partition_value(&before_consume, "sluice_partition_bytes_in_total", topic, p);
+        let size = partition_value(&before_consume, "sluice_partition_size_bytes", topic, p);
+        assert_eq!(
+            size, bytes_in,
+            "one replica: the log holds exactly what came in"
+        );
+        assert_eq!(
+            partition_value(
+                &before_consume,
+                "sluice_partition_bytes_out_total",
+                topic,
+                p
+            ),
+            0.0
+        );
+    }
+
+    // Consume everything once: bytes out equal bytes in.
+    let mut consumer = Consumer::new(ConsumerConfig::new(config(&broker))).unwrap();
+    let tps: Vec<TopicPartition> = (0..partitions)
+        .map(|p| TopicPartition::new(topic, p))
+        .collect();
+    consumer.assign(tps.clone());
+    for tp in &tps {
+        consumer.seek(tp, Seek::Earliest).await.unwrap();
+    }
+    let total: u64 = per_partition.iter().sum();
+    let mut read = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read < total {
+        assert!(Instant::now() < deadline, "read {read} of {total}");
+        read += consumer
+            .poll(Duration::from_millis(200))
+            .await
+            .unwrap()
+            .len() as u64;
+    }
+    assert_eq!(read, total);
+    let (_, body) = get(&broker.metrics, "/metrics");
+    let after_consume = parse(&body);
+    for p in 0..partitions {
+        assert_eq!(
+            partition_value(&after_consume, "sluice_partition_bytes_out_total", topic, p),
+            partition_value(&after_consume, "sluice_partition_bytes_in_total", topic, p),
+            "bytes out of {p}"
+        );
+    }
+    let produce_requests: f64 = after_consume
+        .iter()
+        .filter(|((name, labels), _)| {
+            name == "sluice_requests_total"
+                && labels.get("api").map(String::as_str) == Some("Produce")
+        })
+        .map(|(_, v)| v)
+        .sum();
+    assert!(produce_requests >= 1.0, "produce requests are counted");
+
+    // Under load, counters only grow between two scrapes.
+    let load = {
+        let producer = producer.clone();
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            loop {
+                let record = ProducerRecord::new(topic).value(format!("load-{sent}"));
+                match producer.send(record).await {
+                    Ok(d) => drop(d),
+                    Err(_) => return sent,
+                }
+                sent += 1;
+                if sent % 100 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+    let address = broker.metrics.clone();
+    let first = tokio::task::spawn_blocking({
+        let address = address.clone();
+        move || parse(&get(&address, "/metrics").1)
+    })
+    .await
+    .unwrap();
+    // Wait until the load has moved a counter, then scrape again.
+    let appends = |values: &HashMap<Series, f64>| -> f64 {
+        values
+            .iter()
+            .filter(|((name, _), _)| name == "sluice_log_appends_total")
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let second = loop {
+        let scrape = tokio::task::spawn_blocking({
+            let address = address.clone();
+            move || parse(&get(&address, "/metrics").1)
+        })
+        .await
+        .unwrap();
+        if appends(&scrape) > appends(&first) {
+            break scrape;
+        }
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(30),
+            "the load appends"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    producer.close().await.unwrap();
+    let sent = load.await.unwrap();
+    assert!(sent > 0);
+    let monotonic = |name: &str| {
+        name.ends_with("_total")
+            || name.ends_with("_count")
+            || name.ends_with("_bucket")
+            || name.ends_with("_sum")
+    };
+    let mut checked = 0;
+    for ((name, labels), v1) in &first {
+        if !monotonic(name) {
+            continue;
+        }
+        let v2 = second
+            .get(&(name.clone(), labels.clone()))
+            .unwrap_or_else(|| panic!("{name} {labels:?} disappeared"));
+        assert!(v2 >= v1, "{name} {labels:?} went back: {v1} -> {v2}");
+        checked += 1;
+    }
+    assert!(checked > 50, "only {checked} counters checked");
+
+    // Anything but GET /metrics is refused, and the broker goes on serving.
+    assert!(get(&broker.metrics, "/").0.contains("404"));
+    let (status, body) = get(&broker.metrics, "/metrics");
+    assert!(status.contains("200") && body.ends_with("# EOF\n"));
+}
+
+/// `--log-format json`: every line a JSON object; start, leadership and stop are one line each
+/// with their ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_significant_events_with_their_ids() {
+    let mut broker = Broker::start("json-logs", 1, &["--log", "info", "--log-format", "json"]);
+    create_topic(&broker, "logged", 2).await;
+    let events = |path: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    };
+    let message = |e: &serde_json::Value| e["fields"]["message"].as_str().unwrap_or("").to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leading = events(&broker.log_path())
+            .iter()
+            .filter(|e| message(e) == "leading" && e["fields"]["topic"] == "logged")
+            .count();
+        if leading == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "two leadership lines, saw {leading}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(broker.terminate().success());
+    let events = events(&broker.log_path());
+    let started = events
+        .iter()
+        .find(|e| message(e) == "broker started")
+        .expect("a start line");
+    assert_eq!(started["fields"]["node"], 1);
+    assert_eq!(started["fields"]["listen"], broker.listen.as_str());
+    assert!(events
+        .iter()
+        .any(|e| message(e) == "metadata controller changed" && e["fields"]["controller"] == 1));
+    assert!(events
+        .iter()
+        .any(|e| message(e) == "broker stopped" && e["fields"]["node"] == 1));
+    assert!(events
+        .iter()
+        .all(|e| e["level"].is_string() && e["timestamp"].is_string()));
+}
