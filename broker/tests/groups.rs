@@ -294,6 +294,7 @@ async fn stale_epochs_unknown_members_and_bad_input_are_refused() {
         member_epoch: 0,
         instance_id: instance.map(String::from),
         session_timeout_ms: 30_000,
+        assignor: None,
         subscription: Some(WireSubscription::Topics(vec!["fence".into()])),
         owned: Some(Vec::new()),
     };
@@ -398,6 +399,31 @@ async fn stale_epochs_unknown_members_and_bad_input_are_refused() {
         },
     );
     assert_eq!(bad_pattern.error, ErrorCode::InvalidSubscription);
+    let bad_assignor = heartbeat(
+        &address,
+        &GroupHeartbeatRequest {
+            assignor: Some("nope".into()),
+            ..join(None)
+        },
+    );
+    assert_eq!(bad_assignor.error, ErrorCode::UnsupportedAssignor);
+    // The first member of an empty group chooses its assignor.
+    let ranged = coordinator(&broker.listen, "ranged");
+    let first = heartbeat(
+        &ranged,
+        &GroupHeartbeatRequest {
+            group: "ranged".into(),
+            assignor: Some("range".into()),
+            ..join(None)
+        },
+    );
+    assert_eq!(first.error, ErrorCode::None);
+    let described = Admin::new(broker.config())
+        .unwrap()
+        .describe_group("ranged")
+        .await
+        .unwrap();
+    assert_eq!(described.assignor, "range");
     // A request for a group this shard does not coordinate names the error to retry on.
     let other = broker
         .shard_addresses()

@@ -396,6 +396,10 @@ pub struct ConsumerConfig {
     /// Static membership: a member restarting with the same id within its session timeout
     /// gets its partitions back with no rebalance. Default none.
     pub group_instance_id: Option<String>,
+    /// The coordinator's assignor this member asks for: `uniform` (sticky: balanced, moving as
+    /// few partitions as it can), `range` or `roundrobin`. The first member of an empty group
+    /// decides. Default none: the coordinator's default, `uniform`.
+    pub group_assignor: Option<String>,
     /// When a group member commits offsets. Default [`DeliveryGuarantee::AtLeastOnce`].
     pub delivery: DeliveryGuarantee,
     /// With at-least-once, commit automatically (at `poll`, before releasing partitions and
@@ -417,6 +421,7 @@ impl ConsumerConfig {
             poll_records_max: 10_000,
             group_session_timeout: Duration::from_secs(45),
             group_instance_id: None,
+            group_assignor: None,
             delivery: DeliveryGuarantee::AtLeastOnce,
             auto_commit: true,
             auto_commit_interval: Duration::from_secs(1),
@@ -429,6 +434,10 @@ impl ConsumerConfig {
     }
     pub fn group_instance_id(mut self, id: impl Into<String>) -> Self {
         self.group_instance_id = Some(id.into());
+        self
+    }
+    pub fn group_assignor(mut self, assignor: impl Into<String>) -> Self {
+        self.group_assignor = Some(assignor.into());
         self
     }
     pub fn delivery(mut self, delivery: DeliveryGuarantee) -> Self {

@@ -301,6 +301,7 @@ impl Consumer {
                 subscription,
                 instance_id: self.config.group_instance_id.clone(),
                 session_timeout: self.config.group_session_timeout,
+                assignor: self.config.group_assignor.clone(),
             },
         );
         self.group = Some(GroupState {

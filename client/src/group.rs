@@ -146,6 +146,7 @@ pub(crate) struct MemberSettings {
     pub subscription: Subscription,
     pub instance_id: Option<String>,
     pub session_timeout: Duration,
+    pub assignor: Option<String>,
 }
 
 impl Membership {
@@ -472,6 +473,7 @@ async fn heartbeat_loop(
                 instance_id: settings.instance_id.clone(),
                 session_timeout_ms: settings.session_timeout.as_millis().min(u32::MAX as u128)
                     as u32,
+                assignor: settings.assignor.clone(),
                 subscription: Some(settings.subscription.to_wire()),
                 owned: Some(
                     s.owned
@@ -532,6 +534,7 @@ async fn heartbeat_loop(
                     retry_soon = true;
                 }
                 ErrorCode::InvalidGroupId
+                | ErrorCode::UnsupportedAssignor
                 | ErrorCode::InvalidSubscription
                 | ErrorCode::GroupMaxSizeReached => {
                     lock().fatal = Some(Error::broker(

@@ -72,6 +72,9 @@ pub struct GroupHeartbeatRequest {
     pub instance_id: Option<String>,
     /// The session this member asks for (0: the broker's default), bounded by the broker.
     pub session_timeout_ms: u32,
+    /// The server-side assignor the member asks for: `uniform` (sticky, the default), `range`
+    /// or `roundrobin`. The first member of an empty group decides (like its session timeout).
+    pub assignor: Option<String>,
     /// The subscription: always on join, else only when it changed.
     pub subscription: Option<Subscription>,
     /// What the member owns now: always on join, else when it changed.

@@ -223,6 +223,8 @@ pub enum ErrorCode {
     InvalidSubscription,
     /// An offset commit's metadata string is longer than the broker keeps.
     OffsetMetadataTooLarge,
+    /// A group member asked for an assignor the coordinator does not have.
+    UnsupportedAssignor,
 }
 
 impl ErrorCode {
@@ -265,6 +267,7 @@ impl ErrorCode {
             ErrorCode::GroupIdNotFound => "GroupIdNotFound",
             ErrorCode::InvalidSubscription => "InvalidSubscription",
             ErrorCode::OffsetMetadataTooLarge => "OffsetMetadataTooLarge",
+            ErrorCode::UnsupportedAssignor => "UnsupportedAssignor",
         }
     }
 }

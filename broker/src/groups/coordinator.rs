@@ -515,6 +515,15 @@ impl Coordinator {
             (None, None) => None,
             (Some(Subscription::Pattern(_)), None) => unreachable!("a pattern resolves above"),
         };
+        let assignor = match request.assignor.as_deref() {
+            None => None,
+            Some(name) => Some(super::assign::AssignorKind::from_name(name).ok_or_else(|| {
+                refuse(
+                    ErrorCode::UnsupportedAssignor,
+                    format!("no assignor {name:?}: uniform (sticky), range or roundrobin"),
+                )
+            })?),
+        };
         if request.member_epoch == 0
             && topics.as_ref().is_none_or(|t| t.is_empty())
             && pattern.is_none()
@@ -540,10 +549,13 @@ impl Coordinator {
             }
             let entry = groups.get_mut(&request.group).expect("inserted above");
             if request.member_epoch == 0 && entry.group.members().is_empty() {
-                // The first member of an empty group sets its session timeout.
+                // The first member of an empty group sets its session timeout and assignor.
                 entry
                     .group
                     .set_session_timeout(self.session_timeout(request.session_timeout_ms));
+                if let Some(assignor) = assignor {
+                    entry.group.set_assignor(assignor);
+                }
             }
             let counts = self.counts(entry, topics.as_ref());
             let answer = entry

@@ -168,6 +168,13 @@ impl Group {
         }
     }
 
+    /// Changes the assignor; only while the group has no members.
+    pub fn set_assignor(&mut self, assignor: AssignorKind) {
+        if self.members.is_empty() {
+            self.config.assignor = assignor;
+        }
+    }
+
     pub fn config(&self) -> GroupConfig {
         self.config
     }
