@@ -608,6 +608,73 @@ fn cluster_health_exits_3_while_a_partition_is_under_replicated() {
         "describe with a broker down",
     ));
     assert_eq!(d["partitions"].as_array().unwrap().len(), 3);
+
+    // The operator's way out: move a partition off the dead broker, then hand its leadership
+    // to the preferred replica.
+    let stranded = d["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| {
+            p["replicas"]
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!(victim))
+        })
+        .unwrap_or_else(|| panic!("a partition on broker {victim}: {d}"))
+        .clone();
+    let partition = stranded["partition"].as_u64().unwrap().to_string();
+    // The live brokers, the one not leading first, so the election has something to do.
+    let mut target: Vec<u64> = (1..=3).filter(|b| *b != victim).collect();
+    if stranded["leader"] == serde_json::json!(target[0]) {
+        target.reverse();
+    }
+    let target_list = format!("{},{}", target[0], target[1]);
+    let moved = json(&ok(
+        sluice(
+            b,
+            &[
+                "partition",
+                "move",
+                "replicated",
+                &partition,
+                "--replicas",
+                &target_list,
+                "--output",
+                "json",
+            ],
+        ),
+        "partition move",
+    ));
+    assert_eq!(moved["started"], true);
+    assert_eq!(moved["target_replicas"], serde_json::json!(target));
+    assert_eq!(moved["previous_replicas"], stranded["replicas"]);
+    let described = |b: &str| {
+        let d = json(&ok(
+            sluice(b, &["topic", "describe", "replicated", "--output", "json"]),
+            "describe during the move",
+        ));
+        d["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["partition"] == stranded["partition"])
+            .unwrap()
+            .clone()
+    };
+    wait_until("the move to finish", Duration::from_secs(30), || {
+        let p = described(b);
+        p["replicas"] == serde_json::json!(target) && p["in_sync"].as_array().unwrap().len() == 2
+    });
+    let table = ok(
+        sluice(b, &["partition", "elect-leader", "replicated", &partition]),
+        "elect leader",
+    );
+    assert!(
+        table.starts_with(&format!("replicated/{partition}: leader {} ", target[0])),
+        "{table}"
+    );
+    assert_eq!(described(b)["leader"], serde_json::json!(target[0]));
 }
 
 /// The sum of a per-partition field of `group describe --output json`'s offsets.
