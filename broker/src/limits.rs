@@ -190,6 +190,15 @@ pub const LISTEN_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from
 /// membership change recomputes the group's assignment over all members and partitions.
 pub const GROUP_MEMBERS_MAX: usize = 200;
 
+/// Most `sluice_group_committed_offset` (and `sluice_group_lag`) series one shard shows per
+/// scrape. A group's committed offsets are one series per partition it ever committed, so a
+/// few groups on topics with thousands of partitions would otherwise grow a scrape without
+/// bound; 10,000 is the partition count the scrape cost was measured with (ARCHITECTURE.md,
+/// *Metrics*). Series beyond it are left out (in group and partition order) and counted in
+/// `sluice_group_offsets_omitted`. Per-group series (members, rebalances) are bounded by the
+/// groups a shard coordinates, each of which costs more memory than its two series.
+pub const GROUP_OFFSET_SERIES_MAX: usize = 10_000;
+
 /// Longest consumer group id: ids are keys of the offsets log and names in every group request.
 pub const GROUP_ID_BYTES_MAX: usize = 255;
 

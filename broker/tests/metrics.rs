@@ -10,8 +10,8 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use sluice_client::{
-    Admin, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, Seek,
-    TopicPartition,
+    Admin, ClientConfig, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig,
+    ProducerRecord, Seek, TopicPartition,
 };
 
 use common::BrokerProcess as Broker;
@@ -117,6 +117,132 @@ async fn create_topic(broker: &Broker, name: &str, partitions: u32) {
         assert!(Instant::now() < deadline, "create topic {name}: {e}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Scrapes (off the runtime's threads) until `done` accepts a scrape; the last one.
+async fn scrape_until(
+    address: &str,
+    what: &str,
+    mut done: impl FnMut(&HashMap<Series, f64>) -> bool,
+) -> HashMap<Series, f64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let scrape = tokio::task::spawn_blocking({
+            let address = address.to_string();
+            move || parse(&get(&address, "/metrics").1)
+        })
+        .await
+        .unwrap();
+        if done(&scrape) {
+            return scrape;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn series(name: &str, labels: &[(&str, &str)]) -> Series {
+    (
+        name.to_string(),
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+/// A group's series after it consumed and committed: members, rebalances (its epoch), and per
+/// partition the committed offset and the lag behind the high watermark, which grows when
+/// more is produced and drops to nothing once consumed; after `close`, no members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_series_follow_a_consumer_group_that_consumes_and_commits() {
+    let broker = Broker::start("metrics-groups", 2, &[]);
+    let topic = "grouped";
+    create_topic(&broker, topic, 2).await;
+    let producer = Producer::new(ProducerConfig::new(config(&broker)))
+        .await
+        .unwrap();
+    let produce = |counts: [u64; 2]| {
+        let producer = producer.clone();
+        async move {
+            let mut deliveries = Vec::new();
+            for (p, count) in counts.iter().enumerate() {
+                for i in 0..*count {
+                    let record = ProducerRecord::new(topic)
+                        .partition(p as u32)
+                        .value(format!("v{p}-{i}"));
+                    deliveries.push(producer.send(record).await.unwrap());
+                }
+            }
+            for d in deliveries {
+                d.await.unwrap();
+            }
+        }
+    };
+    produce([30, 50]).await;
+
+    let mut consumer = Consumer::new(
+        ConsumerConfig::new(config(&broker))
+            .auto_offset_reset(OffsetReset::Earliest)
+            .auto_commit(false),
+    )
+    .unwrap();
+    consumer.subscribe("billing", [topic]).unwrap();
+    let mut read = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read < 80 {
+        assert!(Instant::now() < deadline, "read {read} of 80");
+        read += consumer
+            .poll(Duration::from_millis(200))
+            .await
+            .unwrap()
+            .len() as u64;
+    }
+    consumer.commit().await.unwrap();
+
+    let offset = |p: &str| {
+        series(
+            "sluice_group_committed_offset",
+            &[("group", "billing"), ("topic", topic), ("partition", p)],
+        )
+    };
+    let lag = |p: &str| {
+        series(
+            "sluice_group_lag",
+            &[("group", "billing"), ("topic", topic), ("partition", p)],
+        )
+    };
+    let members = series("sluice_group_members", &[("group", "billing")]);
+    let rebalances = series("sluice_group_rebalances_total", &[("group", "billing")]);
+    let committed = scrape_until(&broker.metrics, "the commit in the metrics", |s| {
+        s.get(&offset("0")) == Some(&30.0) && s.get(&offset("1")) == Some(&50.0)
+    })
+    .await;
+    assert_eq!(committed.get(&members), Some(&1.0));
+    let epoch = *committed.get(&rebalances).expect("rebalances");
+    assert!(epoch >= 1.0, "the member's join bumped the epoch: {epoch}");
+    assert_eq!(committed.get(&lag("0")), Some(&0.0));
+    assert_eq!(committed.get(&lag("1")), Some(&0.0));
+
+    // More records: the lag is the high watermark minus the committed offset.
+    produce([5, 9]).await;
+    let behind = scrape_until(&broker.metrics, "the lag to grow", |s| {
+        s.get(&lag("0")) == Some(&5.0) && s.get(&lag("1")) == Some(&9.0)
+    })
+    .await;
+    assert_eq!(behind.get(&offset("0")), Some(&30.0));
+
+    // Leaving commits nothing new (no auto-commit) and empties the group; the epoch counts
+    // the departure and never goes back.
+    consumer.close().await.unwrap();
+    let left = scrape_until(&broker.metrics, "the member to leave", |s| {
+        s.get(&members) == Some(&0.0)
+    })
+    .await;
+    let after = *left.get(&rebalances).expect("rebalances after leaving");
+    assert!(after > epoch, "leaving is a rebalance: {epoch} -> {after}");
+    assert_eq!(left.get(&lag("1")), Some(&9.0));
+    producer.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

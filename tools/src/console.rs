@@ -1,5 +1,6 @@
 //! Console producer and consumer: `sluice produce` (stdin, one record per line) and `sluice
-//! consume` (records printed with a format, or as JSON lines).
+//! consume` (records printed with a format, or as JSON lines; alone or as a member of a
+//! consumer group).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, Write};
@@ -8,8 +9,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluice_client::{
-    Acks, Admin, Compression, Consumer, ConsumerConfig, ConsumerRecord, Delivery, Producer,
-    ProducerConfig, ProducerRecord, Seek, TopicPartition,
+    Acks, Admin, Compression, Consumer, ConsumerConfig, ConsumerRecord, Delivery, OffsetReset,
+    Producer, ProducerConfig, ProducerRecord, Seek, TopicPartition,
 };
 
 use crate::error::CliError;
@@ -206,13 +207,18 @@ pub struct ConsumeArgs {
     #[arg(long, default_value = "beginning", value_parser = parse_from)]
     from: From,
     /// Read only this partition (default: all).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "group")]
     partition: Option<u32>,
+    /// Join this consumer group: read the partitions the group assigns, from its committed
+    /// offsets (--from beginning|end where it has none), commit after each batch printed,
+    /// and leave the group at exit (after --count records, or on Ctrl-C).
+    #[arg(long)]
+    group: Option<String>,
     /// Stop after this many records.
     #[arg(long)]
     count: Option<u64>,
     /// Stop once every partition is read up to its end as of the start (like `kcat -e`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "group")]
     exit: bool,
     /// How to print each record: %k key, %v value, %p partition, %o offset, %t timestamp
     /// (ms), %T topic, %% a percent sign; \n and \t escapes. A newline follows each record.
@@ -258,7 +264,35 @@ pub fn render(format: &str, record: &ConsumerRecord) -> Vec<u8> {
     out
 }
 
+/// One record as a line of output: the `--format` template, or a JSON object.
+fn line(record: &ConsumerRecord, format: &str, output: Output) -> Vec<u8> {
+    match output {
+        Output::Json => {
+            fn text(b: &Option<bytes::Bytes>) -> Option<String> {
+                b.as_deref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+            }
+            let mut line = json!({
+                "topic": &*record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "timestamp": record.timestamp,
+                "key": text(&record.key),
+                "value": text(&record.value),
+            })
+            .to_string()
+            .into_bytes();
+            line.push(b'\n');
+            line
+        }
+        Output::Table => render(format, record),
+    }
+}
+
 pub async fn consume(brokers: &[String], args: ConsumeArgs, output: Output) -> CliResult {
+    if let Some(group) = args.group.clone() {
+        return consume_group(brokers, &group, args, output).await;
+    }
     let doing = format!("consuming {:?}", args.topic);
     let admin = Admin::new(client_config(brokers)?).map_err(CliError::client(doing.clone()))?;
     let partitions = admin
@@ -328,27 +362,7 @@ pub async fn consume(brokers: &[String], args: ConsumeArgs, output: Output) -> C
             if args.exit && !ends.contains_key(&record.partition) {
                 continue; // Past the end this partition had when we started.
             }
-            let line = match output {
-                Output::Json => {
-                    fn text(b: &Option<bytes::Bytes>) -> Option<String> {
-                        b.as_deref()
-                            .map(|b| String::from_utf8_lossy(b).into_owned())
-                    }
-                    let mut line = json!({
-                        "topic": &*record.topic,
-                        "partition": record.partition,
-                        "offset": record.offset,
-                        "timestamp": record.timestamp,
-                        "key": text(&record.key),
-                        "value": text(&record.value),
-                    })
-                    .to_string()
-                    .into_bytes();
-                    line.push(b'\n');
-                    line
-                }
-                Output::Table => render(&args.format, &record),
-            };
+            let line = line(&record, &args.format, output);
             if out.write_all(&line).is_err() {
                 return Ok(ExitCode::SUCCESS); // stdout closed (`| head`): a normal end.
             }
@@ -365,6 +379,105 @@ pub async fn consume(brokers: &[String], args: ConsumeArgs, output: Output) -> C
     }
     let _ = out.flush();
     Ok(ExitCode::SUCCESS)
+}
+
+/// `consume --group`: a member of `group` until `--count` records are printed or Ctrl-C;
+/// commits what it printed after each batch, and at exit commits and leaves the group
+/// (`close`), so the group rebalances at once and the next member resumes after the last
+/// record printed.
+async fn consume_group(
+    brokers: &[String],
+    group: &str,
+    args: ConsumeArgs,
+    output: Output,
+) -> CliResult {
+    let doing = format!("consuming {:?} in group {group:?}", args.topic);
+    let reset = match args.from {
+        From::Beginning => OffsetReset::Earliest,
+        From::End => OffsetReset::Latest,
+        From::Offset(_) | From::Time(_) => {
+            return Err(CliError::Usage(
+                "with --group, reading starts at the group's committed offsets; --from takes \
+                 only beginning or end (for partitions with none). Move a group's offsets with \
+                 `sluice group reset-offsets`"
+                    .into(),
+            ))
+        }
+    };
+    // Fail at once on an unknown topic, rather than joining a group for nothing.
+    let admin = Admin::new(client_config(brokers)?).map_err(CliError::client(doing.clone()))?;
+    admin
+        .partition_count(&args.topic)
+        .await
+        .map_err(CliError::client(doing.clone()))?;
+    // Commits are explicit: after what was printed, never records fetched but not shown.
+    let config = ConsumerConfig::new(client_config(brokers)?)
+        .auto_offset_reset(reset)
+        .auto_commit(false);
+    let mut consumer = Consumer::new(config).map_err(CliError::client(doing.clone()))?;
+    consumer
+        .subscribe(group, args.topic.as_str())
+        .map_err(CliError::client(doing.clone()))?;
+    let outcome = consume_group_loop(&mut consumer, &args, output, &doing).await;
+    // Leave in order whatever happened: commit what was printed, then tell the coordinator.
+    let committed = consumer.commit().await;
+    let closed = consumer.close().await;
+    outcome?;
+    committed
+        .and(closed)
+        .map_err(CliError::client(format!("{doing}: committing at exit")))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn consume_group_loop(
+    consumer: &mut Consumer,
+    args: &ConsumeArgs,
+    output: Output,
+    doing: &str,
+) -> Result<(), CliError> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut printed = 0u64;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    while args.count.is_none_or(|c| printed < c) {
+        let records = tokio::select! {
+            polled = consumer.poll(Duration::from_millis(500)) => {
+                polled.map_err(CliError::client(doing.to_string()))?
+            }
+            _ = &mut interrupted => break,
+        };
+        // Where each partition's printing stopped, when --count cut a batch short: the
+        // position goes back there so the commit covers only printed records.
+        let mut unprinted: HashMap<u32, u64> = HashMap::new();
+        for record in &records {
+            if args.count.is_some_and(|c| printed >= c) {
+                unprinted.entry(record.partition).or_insert(record.offset);
+                continue;
+            }
+            if out.write_all(&line(record, &args.format, output)).is_err() {
+                return Ok(()); // stdout closed (`| head`): a normal end.
+            }
+            printed += 1;
+        }
+        if out.flush().is_err() {
+            return Ok(());
+        }
+        for (partition, offset) in unprinted {
+            let tp = TopicPartition::new(args.topic.clone(), partition);
+            consumer
+                .seek(&tp, Seek::Offset(offset))
+                .await
+                .map_err(CliError::client(doing.to_string()))?;
+        }
+        if !records.is_empty() {
+            consumer
+                .commit()
+                .await
+                .map_err(CliError::client(doing.to_string()))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

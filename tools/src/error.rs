@@ -94,6 +94,17 @@ fn explain_code(code: ErrorCode) -> String {
         }
         ErrorCode::BatchTooLarge => "a record exceeds the topic's max.message.bytes",
         ErrorCode::StorageFailure => "the broker's storage failed; check its log",
+        ErrorCode::GroupIdNotFound => "no such group; see `sluice group list`",
+        ErrorCode::InvalidGroupId => "the group id is empty or too long",
+        ErrorCode::NonEmptyGroup => {
+            "the group has active members; stop its consumers (see `sluice group describe`) and retry"
+        }
+        ErrorCode::PreferredLeaderNotAvailable => {
+            "the preferred replica (the first listed) is not alive and in sync; see `sluice topic describe`"
+        }
+        ErrorCode::ReassignmentInProgress => {
+            "the partition is being moved already; wait until `sluice topic describe` shows the move done"
+        }
         _ => "see the broker's log",
     };
     format!("{code:?} ({remedy})")

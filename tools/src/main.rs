@@ -1,6 +1,7 @@
 //! `sluice`: Sluice's command-line tool. Online, through the native client against running
-//! brokers: `cluster info|health`, `topic create|list|describe|delete`, console `produce` and
-//! `consume`. Offline, on a stopped broker's files: `log dump|verify`. And `completions` for
+//! brokers: `cluster info|health`, `topic create|list|describe|alter-config|add-partitions|
+//! delete`, `group list|describe|delete|reset-offsets`, `partition elect-leader|move`, console
+//! `produce` and `consume` (alone or in a consumer group). Offline, on a stopped broker's files: `log dump|verify`. And `completions` for
 //! shells.
 //!
 //! Every online command prints a table, or with `--output json` one JSON document whose keys
@@ -10,6 +11,7 @@
 
 mod console;
 mod error;
+mod group;
 mod log;
 mod online;
 mod output;
@@ -48,10 +50,20 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
-    /// Topics: create, list, describe, alter-config, delete.
+    /// Topics: create, list, describe, alter-config, add-partitions, delete.
     Topic {
         #[command(subcommand)]
         command: TopicCommand,
+    },
+    /// Consumer groups: members, assignments, committed offsets and lag; delete; reset offsets.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
+    /// Partitions' placement: elect the preferred leader, move to other brokers.
+    Partition {
+        #[command(subcommand)]
+        command: PartitionCommand,
     },
     /// Write records read from stdin, one per line (like `kcat -P`).
     Produce(console::ProduceArgs),
@@ -89,8 +101,45 @@ enum TopicCommand {
     /// Change settings of a running topic: retention.ms, retention.bytes,
     /// min.insync.replicas, replica.lag.time.max.ms, unclean.leader.election.enable.
     AlterConfig(online::AlterArgs),
+    /// Grow a topic to `--count` partitions in all (keyed records then map to other
+    /// partitions).
+    AddPartitions {
+        name: String,
+        /// The new partition count, more than the topic has.
+        #[arg(long)]
+        count: u32,
+    },
     /// Delete a topic and all its data.
     Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCommand {
+    /// Every group with its state and member count.
+    List,
+    /// A group's state, epoch, assignor, members with their assignments, and committed
+    /// offsets with the high watermark and lag of each partition.
+    Describe { group: String },
+    /// Delete a group with no members, and its committed offsets.
+    Delete { group: String },
+    /// Set a group's committed offsets on a topic (only while it has no members).
+    ResetOffsets(group::ResetArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum PartitionCommand {
+    /// Give leadership back to the partition's preferred replica (the first of its
+    /// replicas), which must be alive and in sync.
+    ElectLeader { topic: String, partition: u32 },
+    /// Start moving a partition to other brokers; the first listed becomes its preferred
+    /// leader. The new replicas catch up, then the old ones are dropped.
+    Move {
+        topic: String,
+        partition: u32,
+        /// Broker ids to hold the partition, comma-separated (`--brokers` is the connection).
+        #[arg(long, value_delimiter = ',', required = true)]
+        replicas: Vec<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,7 +187,36 @@ fn main() -> ExitCode {
                 TopicCommand::Describe { name } => {
                     online::topic_describe(&admin, &name, output).await
                 }
+                TopicCommand::AddPartitions { name, count } => {
+                    group::topic_add_partitions(&admin, &name, count, output).await
+                }
                 TopicCommand::Delete { name } => online::topic_delete(&admin, &name, output).await,
+            }
+        }),
+        Command::Group { command } => online::block_on(async {
+            let admin = online::admin(&brokers)?;
+            match command {
+                GroupCommand::List => group::group_list(&admin, output).await,
+                GroupCommand::Describe { group } => {
+                    group::group_describe(&admin, &group, output).await
+                }
+                GroupCommand::Delete { group } => group::group_delete(&admin, &group, output).await,
+                GroupCommand::ResetOffsets(args) => {
+                    group::group_reset_offsets(&admin, args, output).await
+                }
+            }
+        }),
+        Command::Partition { command } => online::block_on(async {
+            let admin = online::admin(&brokers)?;
+            match command {
+                PartitionCommand::ElectLeader { topic, partition } => {
+                    group::partition_elect_leader(&admin, &topic, partition, output).await
+                }
+                PartitionCommand::Move {
+                    topic,
+                    partition,
+                    replicas,
+                } => group::partition_move(&admin, &topic, partition, &replicas, output).await,
             }
         }),
         Command::Produce(args) => {

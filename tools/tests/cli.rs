@@ -568,7 +568,13 @@ fn cluster_health_exits_3_while_a_partition_is_under_replicated() {
             return false;
         }
         last = json(&stdout(&output));
-        last["brokers_down"] == serde_json::json!([victim])
+        // The dead broker is marked before its partitions' in-sync sets shrink (a leader
+        // drops a follower after `replica.lag.time.max.ms`): wait for both.
+        let troubled = ["under_replicated_partitions", "offline_partitions"]
+            .iter()
+            .map(|k| last[k].as_array().map_or(0, Vec::len))
+            .sum::<usize>();
+        last["brokers_down"] == serde_json::json!([victim]) && troubled == 2
     });
     assert_eq!(last["healthy"], false);
     let troubled: Vec<&Value> = last["under_replicated_partitions"]
@@ -602,13 +608,574 @@ fn cluster_health_exits_3_while_a_partition_is_under_replicated() {
         "describe with a broker down",
     ));
     assert_eq!(d["partitions"].as_array().unwrap().len(), 3);
+
+    // The operator's way out: move a partition off the dead broker, then hand its leadership
+    // to the preferred replica.
+    let stranded = d["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| {
+            p["replicas"]
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!(victim))
+        })
+        .unwrap_or_else(|| panic!("a partition on broker {victim}: {d}"))
+        .clone();
+    let partition = stranded["partition"].as_u64().unwrap().to_string();
+    // The live brokers, the one not leading first, so the election has something to do.
+    let mut target: Vec<u64> = (1..=3).filter(|b| *b != victim).collect();
+    if stranded["leader"] == serde_json::json!(target[0]) {
+        target.reverse();
+    }
+    let target_list = format!("{},{}", target[0], target[1]);
+    let moved = json(&ok(
+        sluice(
+            b,
+            &[
+                "partition",
+                "move",
+                "replicated",
+                &partition,
+                "--replicas",
+                &target_list,
+                "--output",
+                "json",
+            ],
+        ),
+        "partition move",
+    ));
+    assert_eq!(moved["started"], true);
+    assert_eq!(moved["target_replicas"], serde_json::json!(target));
+    assert_eq!(moved["previous_replicas"], stranded["replicas"]);
+    let described = |b: &str| {
+        let d = json(&ok(
+            sluice(b, &["topic", "describe", "replicated", "--output", "json"]),
+            "describe during the move",
+        ));
+        d["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["partition"] == stranded["partition"])
+            .unwrap()
+            .clone()
+    };
+    wait_until("the move to finish", Duration::from_secs(30), || {
+        let p = described(b);
+        p["replicas"] == serde_json::json!(target) && p["in_sync"].as_array().unwrap().len() == 2
+    });
+    let table = ok(
+        sluice(b, &["partition", "elect-leader", "replicated", &partition]),
+        "elect leader",
+    );
+    assert!(
+        table.starts_with(&format!("replicated/{partition}: leader {} ", target[0])),
+        "{table}"
+    );
+    assert_eq!(described(b)["leader"], serde_json::json!(target[0]));
+}
+
+/// The sum of a per-partition field of `group describe --output json`'s offsets.
+fn offsets_sum(describe: &Value, field: &str) -> u64 {
+    describe["offsets"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no offsets: {describe}"))
+        .iter()
+        .map(|o| o[field].as_u64().unwrap_or_else(|| panic!("{field}: {o}")))
+        .sum()
+}
+
+fn describe_group(b: &str, group: &str) -> Value {
+    json(&ok(
+        sluice(b, &["group", "describe", group, "--output", "json"]),
+        "group describe",
+    ))
+}
+
+fn group_and_partition_commands_print_tables_and_json_and_name_their_errors() {
+    let broker = BrokerProcess::start("cli-groups", 2, &[]);
+    let b = broker.listen.clone();
+    let b = b.as_str();
+    create(b, &["topic", "create", "events", "--partitions", "2"]);
+    let lines: String = (0..10).map(|i| format!("e{i}\n")).collect();
+    ok(
+        sluice_in(b, &["produce", "events", "--partition", "0"], &lines[..15]),
+        "produce p0",
+    );
+    ok(
+        sluice_in(b, &["produce", "events", "--partition", "1"], &lines[15..]),
+        "produce p1",
+    );
+
+    // consume --group: reads from the beginning, commits what it printed, leaves at exit.
+    let read = ok(
+        sluice(
+            b,
+            &[
+                "consume", "events", "--group", "g1", "--count", "4", "--output", "json",
+            ],
+        ),
+        "consume --group",
+    );
+    assert_eq!(read.lines().count(), 4, "{read}");
+    for line in read.lines() {
+        assert!(
+            json(line)["value"].as_str().unwrap().starts_with('e'),
+            "{line}"
+        );
+    }
+    let d = describe_group(b, "g1");
+    assert_eq!(d["group"], "g1");
+    assert_eq!(d["members"].as_array().unwrap().len(), 0, "closed: {d}");
+    assert!(d["group_epoch"].as_u64().unwrap() >= 1, "{d}");
+    assert!(d["assignor"].as_str().is_some_and(|a| !a.is_empty()), "{d}");
+    assert_eq!(offsets_sum(&d, "committed"), 4, "{d}");
+    assert_eq!(offsets_sum(&d, "high_watermark"), 10, "{d}");
+    assert_eq!(offsets_sum(&d, "lag"), 6, "{d}");
+    let table = ok(sluice(b, &["group", "describe", "g1"]), "describe table");
+    assert!(table.starts_with("group g1: "), "{table}");
+    assert!(table.contains("0 members"), "{table}");
+    for column in ["TOPIC", "PARTITION", "COMMITTED", "HIGH-WATERMARK", "LAG"] {
+        assert!(table.contains(column), "{column}: {table}");
+    }
+    assert!(table.lines().any(|l| l.starts_with("events")), "{table}");
+
+    // A second member resumes where the first stopped: nothing read twice.
+    let rest = ok(
+        sluice(b, &["consume", "events", "--group", "g1", "--count", "6"]),
+        "consume the rest",
+    );
+    let mut all: Vec<String> = read
+        .lines()
+        .map(|l| json(l)["value"].as_str().unwrap().to_string())
+        .chain(rest.lines().map(String::from))
+        .collect();
+    all.sort();
+    let expected: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
+    assert_eq!(all, expected, "every record once");
+    assert_eq!(offsets_sum(&describe_group(b, "g1"), "lag"), 0);
+
+    // group list
+    let list = json(&ok(
+        sluice(b, &["group", "list", "--output", "json"]),
+        "group list",
+    ));
+    let g1 = list["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == "g1")
+        .unwrap_or_else(|| panic!("g1 not listed: {list}"))
+        .clone();
+    assert_eq!(g1["members"], 0);
+    assert!(g1["state"].is_string(), "{g1}");
+    let table = ok(sluice(b, &["group", "list"]), "group list table");
+    assert!(table.starts_with("GROUP"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("g1 ")), "{table}");
+
+    // Unknown groups.
+    for args in [
+        &["group", "describe", "nope"][..],
+        &["group", "delete", "nope"][..],
+    ] {
+        fails(
+            sluice(b, args),
+            1,
+            &["\"nope\"", "GroupIdNotFound", "sluice group list"],
+            &format!("{args:?}"),
+        );
+    }
+
+    // reset-offsets: a dry run changes nothing, then each kind of target.
+    let plan = json(&ok(
+        sluice(
+            b,
+            &[
+                "group",
+                "reset-offsets",
+                "g1",
+                "--topic",
+                "events",
+                "--to",
+                "earliest",
+                "--dry-run",
+                "--output",
+                "json",
+            ],
+        ),
+        "reset dry run",
+    ));
+    assert_eq!(plan["dry_run"], true);
+    let planned = plan["offsets"].as_array().unwrap();
+    assert_eq!(planned.len(), 2, "{plan}");
+    assert!(planned.iter().all(|o| o["offset"] == 0), "{plan}");
+    assert_eq!(
+        planned
+            .iter()
+            .map(|o| o["previous"].as_u64().unwrap())
+            .sum::<u64>(),
+        10,
+        "{plan}"
+    );
+    assert_eq!(offsets_sum(&describe_group(b, "g1"), "committed"), 10);
+    let table = ok(
+        sluice(
+            b,
+            &[
+                "group",
+                "reset-offsets",
+                "g1",
+                "--topic",
+                "events",
+                "--to",
+                "earliest",
+                "--dry-run",
+            ],
+        ),
+        "reset dry run table",
+    );
+    assert!(table.contains("would reset (dry run)"), "{table}");
+    assert_eq!(offsets_sum(&describe_group(b, "g1"), "committed"), 10);
+
+    let table = ok(
+        sluice(
+            b,
+            &[
+                "group",
+                "reset-offsets",
+                "g1",
+                "--topic",
+                "events",
+                "--to",
+                "earliest",
+            ],
+        ),
+        "reset to earliest",
+    );
+    assert!(
+        table.contains("reset offsets of group g1 on events"),
+        "{table}"
+    );
+    let d = describe_group(b, "g1");
+    assert_eq!(offsets_sum(&d, "committed"), 0, "{d}");
+    assert_eq!(offsets_sum(&d, "lag"), 10, "{d}");
+    ok(
+        sluice(
+            b,
+            &[
+                "group",
+                "reset-offsets",
+                "g1",
+                "--topic",
+                "events",
+                "--partition",
+                "1",
+                "--to",
+                "offset:3",
+            ],
+        ),
+        "reset one partition to an offset",
+    );
+    let d = describe_group(b, "g1");
+    let p1 = d["offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["partition"] == 1)
+        .unwrap()
+        .clone();
+    assert_eq!(p1["committed"], 3, "{d}");
+    assert_eq!(offsets_sum(&d, "committed"), 3, "{d}");
+    ok(
+        sluice(
+            b,
+            &[
+                "group",
+                "reset-offsets",
+                "g1",
+                "--topic",
+                "events",
+                "--to",
+                "latest",
+            ],
+        ),
+        "reset to latest",
+    );
+    assert_eq!(offsets_sum(&describe_group(b, "g1"), "lag"), 0);
+    // Every record is newer than time 0: back to the start of each log.
+    ok(
+        sluice(
+            b,
+            &[
+                "group",
+                "reset-offsets",
+                "g1",
+                "--topic",
+                "events",
+                "--to",
+                "time:0",
+            ],
+        ),
+        "reset to a time",
+    );
+    assert_eq!(offsets_sum(&describe_group(b, "g1"), "committed"), 0);
+
+    fails(
+        sluice(
+            b,
+            &[
+                "group",
+                "reset-offsets",
+                "g1",
+                "--topic",
+                "events",
+                "--to",
+                "middle",
+            ],
+        ),
+        2,
+        &["earliest, latest, offset:N or time:MS"],
+        "bad --to",
+    );
+    fails(
+        sluice(
+            b,
+            &[
+                "group",
+                "reset-offsets",
+                "g1",
+                "--topic",
+                "nope",
+                "--to",
+                "earliest",
+            ],
+        ),
+        1,
+        &["unknown topic \"nope\""],
+        "reset on an unknown topic",
+    );
+    fails(
+        sluice(
+            b,
+            &[
+                "group",
+                "reset-offsets",
+                "g1",
+                "--topic",
+                "events",
+                "--partition",
+                "7",
+                "--to",
+                "earliest",
+            ],
+        ),
+        1,
+        &["partitions 0..2, not 7"],
+        "reset of an unknown partition",
+    );
+    fails(
+        sluice(
+            b,
+            &["consume", "events", "--group", "g1", "--from", "offset:3"],
+        ),
+        2,
+        &["sluice group reset-offsets"],
+        "--group with --from offset",
+    );
+
+    // While a member is active, a reset is refused; Ctrl-C makes the member commit and leave.
+    let member = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["consume", "events", "--group", "g1"])
+        .env("SLUICE_BROKERS", b)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sluice consume");
+    wait_until(
+        "the member joined and read",
+        Duration::from_secs(30),
+        || {
+            let d = describe_group(b, "g1");
+            d["members"].as_array().unwrap().len() == 1 && offsets_sum(&d, "committed") == 10
+        },
+    );
+    let d = describe_group(b, "g1");
+    let assigned = d["members"][0]["assignment"].as_array().unwrap().len();
+    assert_eq!(assigned, 2, "the only member owns both partitions: {d}");
+    let table = ok(
+        sluice(b, &["group", "describe", "g1"]),
+        "describe with member",
+    );
+    assert!(
+        table.contains("1 members") && table.contains("ASSIGNMENT"),
+        "{table}"
+    );
+    assert!(table.contains("events/0,events/1"), "{table}");
+    fails(
+        sluice(
+            b,
+            &[
+                "group",
+                "reset-offsets",
+                "g1",
+                "--topic",
+                "events",
+                "--to",
+                "earliest",
+            ],
+        ),
+        1,
+        &["refused", "1 active member", "sluice group describe g1"],
+        "reset with a member",
+    );
+    fails(
+        sluice(b, &["group", "delete", "g1"]),
+        1,
+        &["NonEmptyGroup"],
+        "delete with a member",
+    );
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(member.id() as i32, libc::SIGINT) };
+    let exited = member.wait_with_output().expect("member output");
+    assert_eq!(exited.status.code(), Some(0), "{}", stderr(&exited));
+    assert_eq!(stdout(&exited).lines().count(), 10, "{}", stdout(&exited));
+    let d = describe_group(b, "g1");
+    assert_eq!(d["members"].as_array().unwrap().len(), 0, "left: {d}");
+    assert_eq!(offsets_sum(&d, "lag"), 0, "{d}");
+
+    // group delete
+    let deleted = json(&ok(
+        sluice(b, &["group", "delete", "g1", "--output", "json"]),
+        "group delete",
+    ));
+    assert_eq!(deleted, serde_json::json!({"group": "g1", "deleted": true}));
+    fails(
+        sluice(b, &["group", "describe", "g1"]),
+        1,
+        &["GroupIdNotFound"],
+        "describe after delete",
+    );
+
+    // topic add-partitions
+    let table = ok(
+        sluice(b, &["topic", "add-partitions", "events", "--count", "3"]),
+        "add partitions",
+    );
+    assert!(table.contains("topic events: 2 -> 3 partitions"), "{table}");
+    let grown = json(&ok(
+        sluice(
+            b,
+            &[
+                "topic",
+                "add-partitions",
+                "events",
+                "--count",
+                "4",
+                "--output",
+                "json",
+            ],
+        ),
+        "add partitions json",
+    ));
+    assert_eq!(
+        grown,
+        serde_json::json!({"topic": "events", "previous_partitions": 3, "partitions": 4})
+    );
+    let d = json(&ok(
+        sluice(b, &["topic", "describe", "events", "--output", "json"]),
+        "describe grown",
+    ));
+    assert_eq!(d["partitions"].as_array().unwrap().len(), 4);
+    fails(
+        sluice(b, &["topic", "add-partitions", "events", "--count", "2"]),
+        1,
+        &["has 4 partitions already", "more than 4"],
+        "shrink",
+    );
+    fails(
+        sluice(b, &["topic", "add-partitions", "nope", "--count", "2"]),
+        1,
+        &["unknown topic \"nope\""],
+        "add partitions to an unknown topic",
+    );
+
+    // partition elect-leader: on one broker the preferred replica leads already.
+    let table = ok(
+        sluice(b, &["partition", "elect-leader", "events", "0"]),
+        "elect leader",
+    );
+    assert!(table.starts_with("events/0: leader 1 "), "{table}");
+    let elected = json(&ok(
+        sluice(
+            b,
+            &[
+                "partition",
+                "elect-leader",
+                "events",
+                "0",
+                "--output",
+                "json",
+            ],
+        ),
+        "elect leader json",
+    ));
+    assert_eq!(elected["leader"], 1);
+    assert_eq!(elected["replicas"], serde_json::json!([1]));
+    fails(
+        sluice(b, &["partition", "elect-leader", "events", "9"]),
+        1,
+        &["partitions 0..4, not 9"],
+        "elect on an unknown partition",
+    );
+    fails(
+        sluice(b, &["partition", "elect-leader", "nope", "0"]),
+        1,
+        &["unknown topic \"nope\""],
+        "elect on an unknown topic",
+    );
+
+    // partition move: errors before anything is sent, and the broker's own refusal.
+    fails(
+        sluice(
+            b,
+            &["partition", "move", "events", "0", "--replicas", "1,1"],
+        ),
+        2,
+        &["names a broker twice"],
+        "move to a broker twice",
+    );
+    fails(
+        sluice(b, &["partition", "move", "events", "9", "--replicas", "1"]),
+        1,
+        &["partitions 0..4, not 9"],
+        "move an unknown partition",
+    );
+    fails(
+        sluice(b, &["partition", "move", "events", "0", "--replicas", "7"]),
+        1,
+        &["moving events/0"],
+        "move to an unknown broker",
+    );
+    fails(
+        sluice(b, &["partition", "move", "events", "0"]),
+        2,
+        &["--replicas"],
+        "move without replicas",
+    );
 }
 
 fn main() -> ExitCode {
     if let Some(code) = common::run_broker_if_child() {
         return code;
     }
-    let tests: [(&str, fn()); 2] = [
+    let tests: [(&str, fn()); 3] = [
+        (
+            "group_and_partition_commands_print_tables_and_json_and_name_their_errors",
+            group_and_partition_commands_print_tables_and_json_and_name_their_errors,
+        ),
         (
             "single_broker_commands_print_tables_and_json_and_name_their_errors",
             single_broker_commands_print_tables_and_json_and_name_their_errors,

@@ -172,6 +172,17 @@ struct Slot {
     write: Semaphore,
 }
 
+/// One group as a metrics scrape shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMetrics {
+    pub group: String,
+    pub members: u32,
+    /// Bumped at every membership or subscription change: the group's rebalances.
+    pub group_epoch: u32,
+    /// (topic, partition, committed offset), in topic and partition order.
+    pub offsets: Vec<(String, u32, u64)>,
+}
+
 /// A shard's coordinator.
 #[derive(Debug)]
 pub struct Coordinator {
@@ -197,6 +208,57 @@ impl Coordinator {
 
     pub fn config(&self) -> &GroupsConfig {
         &self.config
+    }
+
+    /// What a metrics scrape shows of the groups this shard coordinates now: members, group
+    /// epoch and committed offsets, in group order, with at most `offsets_max` offsets in all
+    /// (the rest are counted in the second value). Synchronous and lock-free: it reads the
+    /// loaded slots in place, skipping any slot not loaded, failed, or no longer led at its
+    /// epoch (its groups are then another shard's to show).
+    pub fn metrics_snapshot(&self, offsets_max: usize) -> (Vec<GroupMetrics>, u64) {
+        let mut slots: Vec<Rc<Slot>> = self
+            .slots
+            .borrow()
+            .values()
+            .filter(|slot| slot.ready.get() && !slot.failed.get())
+            .filter(|slot| {
+                self.partitions
+                    .get(OFFSETS_TOPIC, slot.partition)
+                    .is_some_and(|o| o.leader && o.leader_epoch == slot.epoch)
+            })
+            .cloned()
+            .collect();
+        slots.sort_by_key(|slot| slot.partition);
+        let mut groups = Vec::new();
+        let (mut shown, mut omitted) = (0usize, 0u64);
+        for slot in slots {
+            // Never held across an await, so a borrow fails only if a caller up this stack
+            // holds it; the slot is then left out of this scrape rather than panicking.
+            let Ok(entries) = slot.groups.try_borrow() else {
+                continue;
+            };
+            let mut names: Vec<&String> = entries.keys().collect();
+            names.sort();
+            for name in names {
+                let entry = &entries[name];
+                let room = offsets_max.saturating_sub(shown);
+                let offsets: Vec<(String, u32, u64)> = entry
+                    .offsets
+                    .iter()
+                    .take(room)
+                    .map(|((topic, partition), c)| (topic.clone(), *partition, c.value.offset))
+                    .collect();
+                shown += offsets.len();
+                omitted += (entry.offsets.len() - offsets.len()) as u64;
+                groups.push(GroupMetrics {
+                    group: name.clone(),
+                    members: entry.group.members().len() as u32,
+                    group_epoch: entry.group.group_epoch(),
+                    offsets,
+                });
+            }
+        }
+        (groups, omitted)
     }
 
     fn metadata(&self) -> std::sync::Arc<ClusterState> {

@@ -11,6 +11,7 @@ use prometheus_client::registry::Registry;
 
 use super::histogram::HistogramSnapshot;
 use super::snapshot::{MetadataSnapshot, ShardSnapshot};
+use crate::groups::coordinator::GroupMetrics;
 
 /// Everything one scrape shows.
 #[derive(Debug, Clone)]
@@ -420,6 +421,65 @@ impl prometheus_client::collector::Collector for Collector {
                 Value::Gauge(leading().filter(|p| p.in_sync < p.replicas).count() as i64),
             )],
         )?;
+        // Groups, on the shard coordinating each. Lag where this broker leads the partition
+        // (its high watermark is known here); elsewhere the series is left out, not guessed.
+        let high_watermarks: std::collections::HashMap<(&str, u32), u64> = leading()
+            .map(|p| ((p.topic.as_str(), p.partition), p.high_watermark))
+            .collect();
+        let groups = || shards.iter().flat_map(|s| s.groups.iter());
+        let group_label = |g: &GroupMetrics| -> Labels { vec![("group", g.group.clone())] };
+        family(
+            &mut e,
+            "sluice_group_members",
+            "Members of a consumer group this broker coordinates.",
+            Gauge,
+            groups().map(|g| (group_label(g), Value::Gauge(i64::from(g.members)))),
+        )?;
+        family(
+            &mut e,
+            "sluice_group_rebalances",
+            "Rebalances of a consumer group (its group epoch, bumped at every membership or \
+             subscription change).",
+            Counter,
+            groups().map(|g| (group_label(g), Value::Counter(u64::from(g.group_epoch)))),
+        )?;
+        let offsets = || {
+            groups().flat_map(|g| {
+                g.offsets.iter().map(move |(topic, partition, committed)| {
+                    let labels: Labels = vec![
+                        ("group", g.group.clone()),
+                        ("topic", topic.clone()),
+                        ("partition", partition.to_string()),
+                    ];
+                    (labels, topic.as_str(), *partition, *committed)
+                })
+            })
+        };
+        family(
+            &mut e,
+            "sluice_group_committed_offset",
+            "A consumer group's committed offset of a partition.",
+            Gauge,
+            offsets().map(|(l, _, _, committed)| (l, Value::Gauge(committed as i64))),
+        )?;
+        family(
+            &mut e,
+            "sluice_group_lag",
+            "Records of a partition after a group's committed offset (high watermark minus \
+             committed), where this broker leads the partition.",
+            Gauge,
+            offsets().filter_map(|(l, topic, partition, committed)| {
+                let end = high_watermarks.get(&(topic, partition))?;
+                Some((l, Value::Gauge(end.saturating_sub(committed) as i64)))
+            }),
+        )?;
+        family(
+            &mut e,
+            "sluice_group_offsets_omitted",
+            "Committed offsets left out of this scrape by the per-shard series bound.",
+            Gauge,
+            gauge_per_shard(&|s| s.group_offsets_omitted),
+        )?;
         // Metadata.
         let m = &scrape.metadata;
         let single = |v: i64| [(Labels::new(), Value::Gauge(v))];
@@ -545,6 +605,76 @@ mod tests {
         );
         assert!(text.contains("sluice_metadata_version 5\n"));
         assert!(text.contains("sluice_log_flushes_total{shard=\"1\"} 0"));
+    }
+
+    #[test]
+    fn group_series_show_lag_only_where_the_high_watermark_is_known_here() {
+        let mut a = ShardSnapshot::empty(0);
+        a.partitions.push(PartitionSnapshot {
+            topic: "t".into(),
+            partition: 0,
+            leader: true,
+            records_in: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            replica_bytes_out: 0,
+            log_start: 0,
+            log_end: 12,
+            high_watermark: 10,
+            size_bytes: 0,
+            replicas: 1,
+            in_sync: 1,
+            min_insync: 1,
+        });
+        let mut b = ShardSnapshot::empty(1);
+        b.groups.push(GroupMetrics {
+            group: "g".into(),
+            members: 2,
+            group_epoch: 5,
+            offsets: vec![("t".into(), 0, 4), ("t".into(), 1, 3)],
+        });
+        b.group_offsets_omitted = 7;
+        let text = Scrape {
+            shards: vec![a, b],
+            shards_missing: 0,
+            metadata: MetadataSnapshot {
+                node_id: 1,
+                raft: RaftStatus::default(),
+                version: 1,
+                brokers: Vec::new(),
+                offline_partitions: 0,
+            },
+        }
+        .encode();
+        assert!(
+            text.contains("sluice_group_members{group=\"g\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_group_rebalances_total{group=\"g\"} 5\n"),
+            "{text}"
+        );
+        for (partition, offset) in [(0, 4), (1, 3)] {
+            let series = format!(
+                "sluice_group_committed_offset{{group=\"g\",topic=\"t\",partition=\"{partition}\"}} {offset}\n"
+            );
+            assert!(text.contains(&series), "{series} in {text}");
+        }
+        // Partition 0's high watermark (10, not its log end) is known on another shard of
+        // this broker; partition 1 is led elsewhere.
+        assert!(
+            text.contains("sluice_group_lag{group=\"g\",topic=\"t\",partition=\"0\"} 6\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("partition=\"1\"} 3\nsluice_group_lag"),
+            "{text}"
+        );
+        assert_eq!(text.matches("sluice_group_lag{").count(), 1, "{text}");
+        assert!(
+            text.contains("sluice_group_offsets_omitted{shard=\"1\"} 7\n"),
+            "{text}"
+        );
     }
 
     /// Every `sluice_…` metric the operations guide and the Grafana dashboard name exists.

@@ -5,6 +5,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::histogram::{HistogramSnapshot, LATENCY_BOUNDS_SECONDS, SIZE_BOUNDS_BYTES};
+use crate::groups::coordinator::GroupMetrics;
 use crate::metadata::types::BrokerState;
 use crate::metadata::{ClusterState, NodeId};
 use crate::reactor::Pulse;
@@ -57,6 +58,10 @@ pub struct ShardSnapshot {
     pub sync_seconds: HistogramSnapshot,
     pub cache_bytes: u64,
     pub partitions: Vec<PartitionSnapshot>,
+    /// The groups this shard coordinates (bounded by `limits::GROUP_OFFSET_SERIES_MAX`), and
+    /// how many committed offsets that bound left out.
+    pub groups: Vec<GroupMetrics>,
+    pub group_offsets_omitted: u64,
 }
 
 fn add_stats(total: &mut LogStats, s: &LogStats) {
@@ -130,6 +135,9 @@ pub async fn shard_snapshot(ctx: &ShardContext, pulse: &Pulse) -> ShardSnapshot 
         .map(|((api, code), n)| (*api, *code, *n))
         .collect();
     let buffered_max = crate::limits::SHARD_BUFFERED_BYTES_MAX;
+    let (groups, group_offsets_omitted) = ctx
+        .groups
+        .metrics_snapshot(crate::limits::GROUP_OFFSET_SERIES_MAX);
     ShardSnapshot {
         shard: ctx.shard,
         requests,
@@ -148,6 +156,8 @@ pub async fn shard_snapshot(ctx: &ShardContext, pulse: &Pulse) -> ShardSnapshot 
         sync_seconds,
         cache_bytes,
         partitions,
+        groups,
+        group_offsets_omitted,
     }
 }
 
@@ -172,6 +182,8 @@ impl ShardSnapshot {
             sync_seconds: HistogramSnapshot::empty(LATENCY_BOUNDS_SECONDS),
             cache_bytes: 0,
             partitions: Vec::new(),
+            groups: Vec::new(),
+            group_offsets_omitted: 0,
         }
     }
 }
