@@ -731,7 +731,15 @@ fn member_process() {
     consumer.subscribe(&group, [topic.as_str()]).unwrap();
     consumer.set_rebalance_listener(Reporter);
     while !stdin_closed.load(std::sync::atomic::Ordering::SeqCst) {
-        let records = consumer.poll(Duration::from_millis(50)).unwrap();
+        // A poll can fail for a while (a commit the coordinator could not confirm in time on a
+        // loaded machine): nothing is handed out then, and the next poll tries again.
+        let records = match consumer.poll(Duration::from_millis(50)) {
+            Ok(records) => records,
+            Err(error) => {
+                eprintln!("member {}: poll: {error}", std::process::id());
+                continue;
+            }
+        };
         let mut out = std::io::stdout().lock();
         for r in records {
             writeln!(out, "{EVENT}M {} {}", r.partition, value_of(&r)).unwrap();
@@ -919,6 +927,11 @@ fn churn(mode: &str, seed: u64) {
     };
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
+        for &m in &live {
+            if let Ok(Some(status)) = members[m].child.try_wait() {
+                panic!("member {m} exited on its own ({status}); its stderr is in the member log");
+            }
+        }
         let values: HashSet<u64> = seen_values(&members).into_iter().collect();
         let owned = owners(&members);
         let settled = owned.len() == PARTITIONS as usize && owned.values().all(|o| o.len() == 1);

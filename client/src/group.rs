@@ -264,14 +264,10 @@ pub(crate) async fn commit_as_member(
                     )),
                 };
             }
-            // The epoch advanced between reading it and the commit: use the new one.
-            Ok(response) if response.error == ErrorCode::FencedMemberEpoch => {
-                shared
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .member_epoch
-                    != member_epoch
-            }
+            // The coordinator moved the member to a new epoch (a rebalance step) and the
+            // heartbeat answer that says so may still be on its way: retry with the epoch it
+            // brings. A member the coordinator no longer knows gets `UnknownMemberId` instead.
+            Ok(response) if response.error == ErrorCode::FencedMemberEpoch => true,
             Ok(response) => {
                 let error = Error::broker(
                     response.error,
