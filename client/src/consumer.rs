@@ -404,7 +404,7 @@ impl Consumer {
             .map(|(k, o)| (TopicPartition::new(k.0.as_ref(), k.1), *o))
             .collect();
         group.membership.commit(&self.cluster, &list).await?;
-        let group = self.group.as_mut().expect("checked above");
+        let group = self.group.as_mut().ok_or_else(not_subscribed)?;
         group.last_commit = Instant::now();
         for (key, offset) in offsets {
             group.committed.insert(key, offset);
@@ -430,7 +430,7 @@ impl Consumer {
         let owned: BTreeSet<TopicPartition> = self.assignment().into_iter().collect();
         if fenced && !owned.is_empty() {
             self.remove_partitions(&owned);
-            let group = self.group.as_mut().expect("subscribed");
+            let group = self.group.as_mut().ok_or_else(not_subscribed)?;
             group.committed.clear();
             let lost: Vec<TopicPartition> = owned.into_iter().collect();
             if let Some(listener) = group.listener.as_mut() {
@@ -460,7 +460,7 @@ impl Consumer {
                 }
             }
             self.remove_partitions(&revoked);
-            let group = self.group.as_mut().expect("subscribed");
+            let group = self.group.as_mut().ok_or_else(not_subscribed)?;
             let list: Vec<TopicPartition> = revoked.iter().cloned().collect();
             if let Some(listener) = group.listener.as_mut() {
                 listener
@@ -471,7 +471,7 @@ impl Consumer {
         }
         let added: Vec<TopicPartition> = target.difference(&owned).cloned().collect();
         if !added.is_empty() {
-            let group = self.group.as_ref().expect("subscribed");
+            let group = self.group.as_ref().ok_or_else(not_subscribed)?;
             let committed = group.membership.committed(&self.cluster, &added).await?;
             for tp in &added {
                 let position = committed.get(tp).copied().flatten();
@@ -481,7 +481,7 @@ impl Consumer {
                     g.committed.insert(key, p);
                 }
             }
-            let group = self.group.as_mut().expect("subscribed");
+            let group = self.group.as_mut().ok_or_else(not_subscribed)?;
             if let Some(listener) = group.listener.as_mut() {
                 listener
                     .get_mut()
@@ -493,7 +493,7 @@ impl Consumer {
             let owned: BTreeSet<TopicPartition> = self.assignment().into_iter().collect();
             self.group
                 .as_ref()
-                .expect("subscribed")
+                .ok_or_else(not_subscribed)?
                 .membership
                 .set_owned(owned);
         }

@@ -33,7 +33,7 @@ use sluice_protocol::group_api::{
     NO_MEMBER_EPOCH,
 };
 use sluice_protocol::native::ErrorCode;
-use sluice_protocol::{BatchBuilder, BatchIter, BatchOptions, Compression, RecordIter};
+use sluice_protocol::{BatchBuilder, BatchOptions, Compression, RecordIter};
 
 use super::assign::TopicPartition;
 use super::records::{partition_for, GroupValue, OffsetValue, RecordKey};
@@ -42,7 +42,7 @@ use crate::limits::{GROUP_ID_BYTES_MAX, OFFSET_METADATA_BYTES_MAX};
 use crate::metadata::ClusterState;
 use crate::server::partitions::{now_ms, OwnedPartition, SharedPartitions};
 use crate::server::MetadataLink;
-use crate::storage::{Appended, ReadBound, StorageError};
+use crate::storage::{Appended, StorageError};
 
 /// The internal topic holding every group's state and offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -360,39 +360,22 @@ impl Coordinator {
     async fn load(&self, owned: &OwnedPartition, slot: &Slot) -> Result<(), StorageError> {
         let log = &owned.log;
         log.flush().await?;
-        let mut offset = log.log_start();
         let incarnation = incarnation();
         let now = now_ms();
-        while offset < log.durable_end() {
-            let read = log.read_to(offset, 4 << 20, ReadBound::DurableEnd).await?;
-            if read.is_empty() {
-                break;
+        log.for_each_durable_batch(log.log_start(), |header, batch| {
+            if header.is_control() || header.compression() != Some(Compression::None) {
+                return;
             }
-            for chunk in &read.chunks {
-                for item in BatchIter::new(chunk.as_bytes()) {
-                    let (header, batch) = item.map_err(|e| StorageError::Corrupt {
-                        path: log.dir().to_owned(),
-                        position: 0,
-                        reason: format!("offsets log at {offset}: {e}"),
-                    })?;
-                    offset = header.next_offset();
-                    if header.is_control() || header.compression() != Some(Compression::None) {
-                        continue;
-                    }
-                    let records = &batch[sluice_protocol::BATCH_HEADER_BYTES..];
-                    for record in RecordIter::new(&header, records) {
-                        let Ok(record) = record else { break };
-                        let at = header.base_offset + u64::from(record.offset_delta);
-                        if let Err(error) =
-                            apply(slot, record.key, record.value, at, now, incarnation)
-                        {
-                            tracing::warn!(%error, offset = at, "skipping an offsets-log record");
-                        }
-                    }
+            let records = &batch[sluice_protocol::BATCH_HEADER_BYTES..];
+            for record in RecordIter::new(header, records) {
+                let Ok(record) = record else { break };
+                let at = header.base_offset + u64::from(record.offset_delta);
+                if let Err(error) = apply(slot, record.key, record.value, at, now, incarnation) {
+                    tracing::warn!(%error, offset = at, "skipping an offsets-log record");
                 }
             }
-            glommio::yield_if_needed().await;
-        }
+        })
+        .await?;
         Ok(())
     }
 
@@ -598,18 +581,13 @@ impl Coordinator {
         let now = now_ms();
         let (answer, session, write) = {
             let mut groups = slot.groups.borrow_mut();
-            if !groups.contains_key(&request.group) {
-                if request.member_epoch != 0 {
-                    return Err(group_refusal(GroupError::UnknownMember(
-                        request.member_id.clone().unwrap_or_default(),
-                    )));
-                }
-                let mut group =
-                    Group::new(&request.group, GroupConfig::default()).map_err(group_refusal)?;
-                group.set_incarnation(incarnation());
-                groups.insert(request.group.clone(), GroupEntry::new(group));
+            if !groups.contains_key(&request.group) && request.member_epoch != 0 {
+                return Err(group_refusal(GroupError::UnknownMember(
+                    request.member_id.clone().unwrap_or_default(),
+                )));
             }
-            let entry = groups.get_mut(&request.group).expect("inserted above");
+            let entry =
+                group_entry(&mut groups, &request.group, incarnation()).map_err(group_refusal)?;
             if request.member_epoch == 0 && entry.group.members().is_empty() {
                 // The first member of an empty group sets its session timeout and assignor.
                 entry
@@ -714,11 +692,8 @@ impl Coordinator {
         let mut accepted: Vec<(TopicPartition, OffsetValue)> = Vec::new();
         {
             let mut groups = slot.groups.borrow_mut();
-            if request.member_epoch == NO_MEMBER_EPOCH && !groups.contains_key(&request.group) {
-                let mut group =
-                    Group::new(&request.group, GroupConfig::default()).map_err(group_refusal)?;
-                group.set_incarnation(incarnation());
-                groups.insert(request.group.clone(), GroupEntry::new(group));
+            if request.member_epoch == NO_MEMBER_EPOCH {
+                group_entry(&mut groups, &request.group, incarnation()).map_err(group_refusal)?;
             }
             let Some(entry) = groups.get(&request.group) else {
                 return Err(group_refusal(GroupError::UnknownMember(
@@ -1119,16 +1094,10 @@ fn apply(
     let key = RecordKey::decode(key.unwrap_or_default())?;
     let mut groups = slot.groups.borrow_mut();
     let group = key.group().to_string();
-    let entry =
-        |groups: &mut HashMap<String, GroupEntry>| -> Result<(), super::records::RecordError> {
-            if !groups.contains_key(&group) {
-                let mut g = Group::new(&group, GroupConfig::default())
-                    .map_err(|e| super::records::RecordError(e.to_string()))?;
-                g.set_incarnation(incarnation);
-                groups.insert(group.clone(), GroupEntry::new(g));
-            }
-            Ok(())
-        };
+    let entry = |groups| {
+        group_entry(groups, &group, incarnation)
+            .map_err(|e| super::records::RecordError(e.to_string()))
+    };
     match (key, value) {
         (
             RecordKey::Offset {
@@ -1137,8 +1106,7 @@ fn apply(
             Some(value),
         ) => {
             let value = OffsetValue::decode(value)?;
-            entry(&mut groups)?;
-            groups.get_mut(&group).expect("made above").offsets.insert(
+            entry(&mut groups)?.offsets.insert(
                 (topic, partition),
                 Committed {
                     value,
@@ -1161,8 +1129,7 @@ fn apply(
             let mut g = Group::restore(decoded.group, now)
                 .map_err(|e| super::records::RecordError(e.to_string()))?;
             g.set_incarnation(incarnation);
-            entry(&mut groups)?;
-            let e = groups.get_mut(&group).expect("made above");
+            let e = entry(&mut groups)?;
             e.group = g;
             e.patterns = decoded.patterns.into_iter().collect();
             e.persisted = value.to_vec();
@@ -1172,6 +1139,22 @@ fn apply(
         }
     }
     Ok(())
+}
+
+/// The group's entry, made (empty, with the default configuration) if there is none.
+fn group_entry<'a>(
+    groups: &'a mut HashMap<String, GroupEntry>,
+    group: &str,
+    incarnation: u64,
+) -> Result<&'a mut GroupEntry, GroupError> {
+    match groups.entry(group.to_string()) {
+        std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+        std::collections::hash_map::Entry::Vacant(v) => {
+            let mut g = Group::new(group, GroupConfig::default())?;
+            g.set_incarnation(incarnation);
+            Ok(v.insert(GroupEntry::new(g)))
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch (commit timestamps).

@@ -5,7 +5,6 @@
 
 use std::cell::RefCell;
 
-use sluice_protocol::BatchIter;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -18,7 +17,7 @@ use crate::metadata::types::{FlushSetting, PartitionInfo, TopicConfig};
 use crate::metadata::{ClusterState, NodeId};
 use crate::metrics::{PartitionCounters, ShardMetrics};
 use crate::replication::isr::LeaderState;
-use crate::storage::{FlushPolicy, LogConfig, PartitionLog, ReadBound, StorageError};
+use crate::storage::{FlushPolicy, LogConfig, PartitionLog, StorageError};
 
 /// One partition this shard holds a replica of.
 #[derive(Debug, Clone)]
@@ -81,7 +80,7 @@ impl OwnedPartition {
 /// 0 gives a state that knows every producer.
 async fn rebuild_producers(log: &PartitionLog) -> Result<ProducerState, StorageError> {
     let bases = log.segment_bases();
-    let mut offset = bases
+    let offset = bases
         .len()
         .checked_sub(2)
         .map_or(log.log_start(), |i| bases[i])
@@ -90,24 +89,8 @@ async fn rebuild_producers(log: &PartitionLog) -> Result<ProducerState, StorageE
     // The whole log counts, not only what is below the high watermark: a replica that becomes
     // leader keeps its tail past the old high watermark, and its producers' sequences continue
     // from there.
-    while offset < log.durable_end() {
-        let read = log.read_to(offset, 4 << 20, ReadBound::DurableEnd).await?;
-        if read.is_empty() {
-            break;
-        }
-        for chunk in &read.chunks {
-            for item in BatchIter::new(chunk.as_bytes()) {
-                let (header, _) = item.map_err(|e| StorageError::Corrupt {
-                    path: log.dir().to_owned(),
-                    position: 0,
-                    reason: format!("rebuilding producer state at offset {offset}: {e}"),
-                })?;
-                state.record(&header, header.base_offset);
-                offset = header.next_offset();
-            }
-        }
-        glommio::yield_if_needed().await;
-    }
+    log.for_each_durable_batch(offset, |header, _| state.record(header, header.base_offset))
+        .await?;
     Ok(state)
 }
 

@@ -884,6 +884,37 @@ impl PartitionLog {
             .await
     }
 
+    /// Calls `visit` with every batch (header and bytes) from `from` to the durable end, in
+    /// order, reading a few MiB at a time and yielding between reads: what rebuilds state kept
+    /// in a log (idempotent producers, a group coordinator's groups). A batch that does not
+    /// parse is `Corrupt`.
+    pub async fn for_each_durable_batch(
+        &self,
+        from: u64,
+        mut visit: impl FnMut(&BatchHeader, &[u8]),
+    ) -> Result<()> {
+        let mut offset = from;
+        while offset < self.durable_end() {
+            let read = self.read_to(offset, 4 << 20, ReadBound::DurableEnd).await?;
+            if read.is_empty() {
+                break;
+            }
+            for chunk in &read.chunks {
+                for item in BatchIter::new(chunk.as_bytes()) {
+                    let (header, batch) = item.map_err(|e| StorageError::Corrupt {
+                        path: self.dir().to_owned(),
+                        position: 0,
+                        reason: format!("reading the log's batches at offset {offset}: {e}"),
+                    })?;
+                    visit(&header, batch);
+                    offset = header.next_offset();
+                }
+            }
+            glommio::yield_if_needed().await;
+        }
+        Ok(())
+    }
+
     /// [`PartitionLog::read`] up to the given bound.
     pub async fn read_to(
         &self,
