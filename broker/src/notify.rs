@@ -2,6 +2,9 @@
 //!
 //! `notify()` wakes every listener created before it. A listener is created *before* the
 //! condition is checked and awaited after, so no wake-up is lost between the check and the wait.
+//!
+//! A [`Latch`] fires once and stays fired: its listeners created after it fired are ready at
+//! once (a stop that a task begins to listen for only after it was signalled is still seen).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -43,6 +46,41 @@ impl Notify {
     }
 }
 
+/// A one-time signal (a shard's stop, a storage failure): fired once, and every listener, made
+/// before or after, completes.
+#[derive(Debug, Default, Clone)]
+pub struct Latch {
+    inner: Rc<Inner>,
+}
+
+impl Latch {
+    pub fn new() -> Latch {
+        Latch::default()
+    }
+
+    /// Fires the latch: wakes every listener, now and later.
+    pub fn fire(&self) {
+        if self.inner.generation.get() == 0 {
+            Notify {
+                inner: Rc::clone(&self.inner),
+            }
+            .notify();
+        }
+    }
+
+    pub fn is_fired(&self) -> bool {
+        self.inner.generation.get() != 0
+    }
+
+    /// A future that completes once the latch has fired (at once if it already has).
+    pub fn listen(&self) -> Listener {
+        Listener {
+            inner: Rc::clone(&self.inner),
+            seen: 0,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Listener {
     inner: Rc<Inner>,
@@ -61,5 +99,32 @@ impl Future for Listener {
             wakers.push(cx.waker().clone());
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::future;
+
+    #[test]
+    fn a_latch_is_seen_by_listeners_made_after_it_fired() {
+        let latch = Latch::new();
+        let early = latch.listen();
+        assert!(future::block_on(future::poll_once(latch.listen())).is_none());
+        latch.fire();
+        latch.fire();
+        assert!(latch.is_fired());
+        future::block_on(early);
+        assert!(future::block_on(future::poll_once(latch.listen())).is_some());
+    }
+
+    #[test]
+    fn a_notify_wakes_only_listeners_made_before_it() {
+        let notify = Notify::new();
+        let early = notify.listen();
+        notify.notify();
+        future::block_on(early);
+        assert!(future::block_on(future::poll_once(notify.listen())).is_none());
     }
 }

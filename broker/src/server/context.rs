@@ -14,7 +14,7 @@ use super::partitions::SharedPartitions;
 use super::socket::WatchStats;
 use super::MetadataLink;
 use crate::metadata::{MetadataError, NodeId};
-use crate::notify::Notify;
+use crate::notify::Latch;
 use crate::storage::{SendChunk, StorageError};
 
 /// What every connection of a shard shares.
@@ -28,9 +28,9 @@ pub struct ShardContext {
     /// Bytes of request frames being handled on this shard.
     pub buffered: Rc<Semaphore>,
     /// Fired when the shard stops: connections finish in-flight work and close.
-    pub stop: Notify,
+    pub stop: Latch,
     /// Fired when a log fails: the broker must stop.
-    pub storage_failed: Notify,
+    pub storage_failed: Latch,
     /// This shard's unused block of producer ids: [next, end).
     pub producer_ids: std::cell::Cell<(u64, u64)>,
     /// How long a connection waits on its socket before checking it itself (`socket.rs`).
@@ -130,7 +130,7 @@ impl ShardContext {
     pub fn report_storage(&self, error: &StorageError) {
         if error.is_environmental() {
             tracing::error!(%error, shard = self.shard, "storage failed");
-            self.storage_failed.notify();
+            self.storage_failed.fire();
         }
     }
 }

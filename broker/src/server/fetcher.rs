@@ -237,6 +237,11 @@ async fn session(ctx: &ShardContext, leader: LeaderShard, address: &str) -> Resu
             else {
                 continue;
             };
+            let still_following = || {
+                ctx.partitions
+                    .get(&answer.topic, answer.partition)
+                    .is_some_and(|now| !now.leader && now.leader_epoch == owned.leader_epoch)
+            };
             match answer.error {
                 ErrorCode::None => {}
                 ErrorCode::OffsetOutOfRange if answer.log_start > owned.log.next_offset() => {
@@ -245,7 +250,11 @@ async fn session(ctx: &ShardContext, leader: LeaderShard, address: &str) -> Resu
                     tracing::warn!(topic = %answer.topic, partition = answer.partition,
                         from = owned.log.next_offset(), to = answer.log_start,
                         "behind the leader's log start: restarting the replica there");
-                    if let Err(error) = owned.log.restart_at(answer.log_start).await {
+                    if let Err(error) = owned
+                        .producers
+                        .restart(&owned.log, answer.log_start, still_following)
+                        .await
+                    {
                         ctx.report_storage(&error);
                         if error.is_environmental() {
                             return Err(error.to_string());
@@ -267,7 +276,15 @@ async fn session(ctx: &ShardContext, leader: LeaderShard, address: &str) -> Resu
                     continue;
                 }
             }
-            if let Err(error) = apply(owned, answer.diverging, answer.high_watermark, data).await {
+            if let Err(error) = apply(
+                owned,
+                answer.diverging,
+                answer.high_watermark,
+                data,
+                still_following,
+            )
+            .await
+            {
                 if error.is_environmental() {
                     ctx.report_storage(&error);
                     return Err(error.to_string());
@@ -290,12 +307,14 @@ async fn session(ctx: &ShardContext, leader: LeaderShard, address: &str) -> Resu
     }
 }
 
-/// Applies one partition's answer to the follower's log.
+/// Applies one partition's answer to the follower's log, batch by batch while this replica
+/// still follows at the epoch it asked with.
 async fn apply(
     owned: &OwnedPartition,
     diverging: Option<sluice_protocol::native::DivergingEpoch>,
     high_watermark: u64,
     data: &[u8],
+    still_following: impl Fn() -> bool,
 ) -> Result<(), StorageError> {
     let log = &owned.log;
     if let Some(diverging) = diverging {
@@ -306,7 +325,7 @@ async fn apply(
         }
         let cut = cut.max(log.log_start());
         tracing::info!(dir = %log.dir().display(), cut, epoch = diverging.epoch, "truncating a divergent tail");
-        log.truncate_to(cut).await?;
+        owned.producers.truncate(log, cut, &still_following).await?;
         return Ok(());
     }
     let mut last: Option<Appended> = None;
@@ -315,12 +334,21 @@ async fn apply(
         if header.next_offset() <= log.next_offset() {
             continue;
         }
-        last = Some(log.append_replica(batch).await?);
+        match owned
+            .producers
+            .append_replica(log, batch, &still_following)
+            .await?
+        {
+            Some(appended) => last = Some(appended),
+            None => break,
+        }
     }
     if let Some(appended) = last {
         log.wait_durable(appended).await?;
     }
-    log.set_high_watermark(high_watermark.min(log.durable_end()));
+    if still_following() {
+        log.set_high_watermark(high_watermark.min(log.durable_end()));
+    }
     Ok(())
 }
 

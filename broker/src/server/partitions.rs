@@ -75,25 +75,6 @@ impl OwnedPartition {
     }
 }
 
-/// Rebuilds producer state from the newest two segments (a producer silent for longer than that
-/// is treated as new: its next batch is accepted whatever its sequence). A log read from offset
-/// 0 gives a state that knows every producer.
-async fn rebuild_producers(log: &PartitionLog) -> Result<ProducerState, StorageError> {
-    let bases = log.segment_bases();
-    let offset = bases
-        .len()
-        .checked_sub(2)
-        .map_or(log.log_start(), |i| bases[i])
-        .max(log.log_start());
-    let mut state = ProducerState::new(offset == 0);
-    // The whole log counts, not only what is below the high watermark: a replica that becomes
-    // leader keeps its tail past the old high watermark, and its producers' sequences continue
-    // from there.
-    log.for_each_durable_batch(offset, |header, _| state.record(header, header.base_offset))
-        .await?;
-    Ok(state)
-}
-
 #[derive(Debug)]
 pub struct Partitions {
     config: ShardConfig,
@@ -226,7 +207,7 @@ impl Partitions {
                     if report.tail.truncated_bytes > 0 {
                         tracing::warn!(%topic, partition, cut = report.tail.truncated_bytes, "recovered a torn log tail");
                     }
-                    let producers = rebuild_producers(&log).await?;
+                    let producers = ProducerState::rebuild(&log).await?;
                     OwnedPartition {
                         topic_id,
                         log,
@@ -256,14 +237,15 @@ impl Partitions {
                     "in-sync set changed"
                 );
             }
+            // Leading starts between two steps of the partition: a replica append from the old
+            // leader still landing finishes first (its sequence recorded, as every follower
+            // append is), and none lands after (the fetcher finds the partition led).
+            let producers = Rc::clone(&owned.producers);
+            let _step = match became_leader {
+                true => Some(producers.step().await?),
+                false => None,
+            };
             if became_leader {
-                // A follower's appends did not go through the producer state: rebuild it from
-                // the log before serving producers. The new epoch starts at the log's end.
-                if !fresh && owned.followers.is_none() && owned.log.next_offset() > 0 {
-                    owned.log.flush().await?;
-                    let producers = rebuild_producers(&owned.log).await?;
-                    owned.producers = Rc::new(PartitionProducers::new(producers));
-                }
                 tracing::info!(%topic, partition, epoch, "leading");
                 owned.followers = Some(Rc::new(RefCell::new(LeaderState::new(
                     me,

@@ -5,7 +5,11 @@
 //! accepted and its last few batches. A batch is accepted when it continues the sequence; a
 //! retry of a remembered batch is answered with the offset it got the first time and not written
 //! again; a gap is refused (`OutOfOrderSequence`), and so is an older epoch (`ProducerFenced`).
-//! The state is rebuilt from the log when a partition is opened.
+//! The state is rebuilt from the log when a partition is opened, and kept by followers too: a
+//! replica appends the leader's batches through [`PartitionProducers::append_replica`] and
+//! rebuilds after a truncation, so a follower that becomes leader already knows every sequence
+//! it holds (a rebuild at that moment could miss a replica append still landing, and a retry of
+//! that batch would then be written twice).
 //!
 //! Check, append and record are one step per partition ([`PartitionProducers::append`]): the
 //! append can wait (backpressure, a segment roll), and a retry of the same batch arriving on
@@ -87,6 +91,24 @@ impl ProducerState {
     }
 
     /// Decides what to do with a batch before it is appended.
+    /// Rebuilds the state from the newest two segments of a log (a producer silent for longer
+    /// than that is treated as new: its next batch is accepted whatever its sequence). A log
+    /// read from offset 0 gives a state that knows every producer. The whole log counts, not
+    /// only what is below the high watermark: a replica that becomes leader keeps its tail past
+    /// the old high watermark, and its producers' sequences continue from there.
+    pub async fn rebuild(log: &PartitionLog) -> Result<ProducerState, StorageError> {
+        let bases = log.segment_bases();
+        let offset = bases
+            .len()
+            .checked_sub(2)
+            .map_or(log.log_start(), |i| bases[i])
+            .max(log.log_start());
+        let mut state = ProducerState::new(offset == 0);
+        log.for_each_durable_batch(offset, |header, _| state.record(header, header.base_offset))
+            .await?;
+        Ok(state)
+    }
+
     pub fn check(&self, header: &BatchHeader) -> SequenceCheck {
         if header.producer_id < 0 {
             return SequenceCheck::Append;
@@ -225,34 +247,13 @@ impl PartitionProducers {
                     .map(ProduceOutcome::Appended)
             }
         };
-        let _step = self
-            .appending
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let _step = self.step().await?;
         match self.state.borrow().check(&header) {
             SequenceCheck::Append => {}
             SequenceCheck::Duplicate { base_offset } => {
                 return Ok(ProduceOutcome::Duplicate { base_offset })
             }
-            SequenceCheck::OutOfOrder => {
-                let state = self.state.borrow();
-                let newest = state
-                    .producers
-                    .get(&header.producer_id)
-                    .and_then(|e| e.recent.back().copied());
-                tracing::warn!(
-                    producer = header.producer_id,
-                    epoch = header.producer_epoch,
-                    base_sequence = header.base_sequence,
-                    last_delta = header.last_offset_delta,
-                    ?newest,
-                    complete = state.knows_every_producer,
-                    log_end = log.next_offset(),
-                    "DBG out of order"
-                );
-                return Ok(ProduceOutcome::OutOfOrder);
-            }
+            SequenceCheck::OutOfOrder => return Ok(ProduceOutcome::OutOfOrder),
             SequenceCheck::Fenced => return Ok(ProduceOutcome::Fenced),
         }
         let appended = log.append(batch, leader_epoch).await?;
@@ -260,6 +261,71 @@ impl PartitionProducers {
             .borrow_mut()
             .record(&header, appended.base_offset);
         Ok(ProduceOutcome::Appended(appended))
+    }
+
+    /// Appends a batch the leader stored (offsets and epochs as they are) and records its
+    /// producer's sequence, if `still_following` holds once this partition's step is ours: a
+    /// replica that became leader meanwhile appends nothing more from its old leader.
+    pub async fn append_replica(
+        &self,
+        log: &PartitionLog,
+        batch: &[u8],
+        still_following: impl Fn() -> bool,
+    ) -> Result<Option<Appended>, StorageError> {
+        let _step = self.step().await?;
+        if !still_following() {
+            return Ok(None);
+        }
+        let appended = log.append_replica(batch).await?;
+        if let Ok(header) = BatchHeader::parse(batch) {
+            if header.producer_id >= 0 {
+                self.state.borrow_mut().record(&header, header.base_offset);
+            }
+        }
+        Ok(Some(appended))
+    }
+
+    /// Truncates the log to `offset` (a divergent tail) and rebuilds the producers from it, if
+    /// `still_following` holds once this partition's step is ours.
+    pub async fn truncate(
+        &self,
+        log: &PartitionLog,
+        offset: u64,
+        still_following: impl Fn() -> bool,
+    ) -> Result<(), StorageError> {
+        let _step = self.step().await?;
+        if !still_following() {
+            return Ok(());
+        }
+        log.truncate_to(offset).await?;
+        *self.state.borrow_mut() = ProducerState::rebuild(log).await?;
+        Ok(())
+    }
+
+    /// Empties the log and starts it again at `offset` (its producers are forgotten), if
+    /// `still_following` holds once this partition's step is ours.
+    pub async fn restart(
+        &self,
+        log: &PartitionLog,
+        offset: u64,
+        still_following: impl Fn() -> bool,
+    ) -> Result<(), StorageError> {
+        let _step = self.step().await?;
+        if !still_following() {
+            return Ok(());
+        }
+        log.restart_at(offset).await?;
+        *self.state.borrow_mut() = ProducerState::rebuild(log).await?;
+        Ok(())
+    }
+
+    /// Waits until no append of this partition is between its check and its record; the
+    /// partition's next step waits while the permit is held.
+    pub async fn step(&self) -> Result<glommio::sync::Permit<'_>, StorageError> {
+        self.appending
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)
     }
 
     /// Producers known to this partition.

@@ -23,7 +23,7 @@ use crate::limits::{
 };
 use crate::metrics::snapshot::SnapshotRequest;
 use crate::metrics::ShardMetrics;
-use crate::notify::Notify;
+use crate::notify::Latch;
 use crate::reactor::{Pulse, ReactorWatch};
 
 /// How long a stopping shard waits for its connections to finish in-flight requests.
@@ -219,8 +219,8 @@ async fn run(config: ShardConfig, links: ShardLinks) -> Result<(), String> {
         partitions: Rc::clone(&partitions),
         link: link.clone(),
         buffered: Rc::new(Semaphore::new(SHARD_BUFFERED_BYTES_MAX)),
-        stop: Notify::new(),
-        storage_failed: Notify::new(),
+        stop: Latch::new(),
+        storage_failed: Latch::new(),
         producer_ids: std::cell::Cell::new((0, 0)),
         socket_watch: match config.mode {
             Mode::Latency => SOCKET_WATCH_LATENCY,
@@ -263,7 +263,7 @@ async fn run(config: ShardConfig, links: ShardLinks) -> Result<(), String> {
                     let current = state.borrow_and_update().clone();
                     if let Err(error) = ctx.partitions.reconcile(&current).await {
                         failure.set(Some(format!("shard {shard}: {error}")));
-                        ctx.storage_failed.notify();
+                        ctx.storage_failed.fire();
                         return;
                     }
                     if state.changed().await.is_err() {
@@ -283,7 +283,7 @@ async fn run(config: ShardConfig, links: ShardLinks) -> Result<(), String> {
                     if let Err(error) = ctx.partitions.enforce_retention().await {
                         if error.is_environmental() {
                             failure.set(Some(format!("shard {shard}: retention: {error}")));
-                            ctx.storage_failed.notify();
+                            ctx.storage_failed.fire();
                             return;
                         }
                     }
@@ -304,7 +304,7 @@ async fn run(config: ShardConfig, links: ShardLinks) -> Result<(), String> {
                             failure.set(Some(format!(
                                 "shard {shard}: high watermark checkpoint: {error}"
                             )));
-                            ctx.storage_failed.notify();
+                            ctx.storage_failed.fire();
                             return;
                         }
                     }
@@ -400,7 +400,7 @@ async fn run(config: ShardConfig, links: ShardLinks) -> Result<(), String> {
     }
     .or(storage_failed)
     .await;
-    ctx.stop.notify();
+    ctx.stop.fire();
     let _ = accept_main.await;
     let _ = accept_own.await;
     // Wait for connections to finish what they have in flight.
