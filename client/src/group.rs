@@ -531,6 +531,7 @@ async fn heartbeat_loop(
                 }
                 ErrorCode::InvalidGroupId
                 | ErrorCode::UnsupportedAssignor
+                | ErrorCode::InconsistentGroupProtocol
                 | ErrorCode::InvalidSubscription
                 | ErrorCode::GroupMaxSizeReached => {
                     lock().fatal = Some(Error::broker(

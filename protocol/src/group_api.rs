@@ -169,6 +169,10 @@ pub struct GroupListing {
     /// `Empty`, `Assigning` (members moving toward their target) or `Stable`.
     pub state: String,
     pub members: u32,
+    /// `consumer` (KIP-848, the native protocol) or `classic` (Kafka's JoinGroup/SyncGroup).
+    pub group_type: String,
+    /// The members' protocol type (`consumer` for consumers).
+    pub protocol_type: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

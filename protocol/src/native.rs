@@ -225,6 +225,19 @@ pub enum ErrorCode {
     OffsetMetadataTooLarge,
     /// A group member asked for an assignor the coordinator does not have.
     UnsupportedAssignor,
+    /// A new classic group member: join again with the member id this answer carries.
+    MemberIdRequired,
+    /// The classic group is rebalancing: join again.
+    RebalanceInProgress,
+    /// A classic group request at another generation than the group's: join again.
+    IllegalGeneration,
+    /// The member's protocol type or protocols do not match the group's (or the group is of
+    /// the other kind: KIP-848 or classic).
+    InconsistentGroupProtocol,
+    /// Another member joined with this static member's instance id.
+    FencedInstanceId,
+    /// The session timeout is outside the coordinator's bounds.
+    InvalidSessionTimeout,
 }
 
 impl ErrorCode {
@@ -268,6 +281,12 @@ impl ErrorCode {
             ErrorCode::InvalidSubscription => "InvalidSubscription",
             ErrorCode::OffsetMetadataTooLarge => "OffsetMetadataTooLarge",
             ErrorCode::UnsupportedAssignor => "UnsupportedAssignor",
+            ErrorCode::MemberIdRequired => "MemberIdRequired",
+            ErrorCode::RebalanceInProgress => "RebalanceInProgress",
+            ErrorCode::IllegalGeneration => "IllegalGeneration",
+            ErrorCode::InconsistentGroupProtocol => "InconsistentGroupProtocol",
+            ErrorCode::FencedInstanceId => "FencedInstanceId",
+            ErrorCode::InvalidSessionTimeout => "InvalidSessionTimeout",
         }
     }
 }

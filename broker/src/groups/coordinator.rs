@@ -36,13 +36,17 @@ use sluice_protocol::native::ErrorCode;
 use sluice_protocol::{BatchBuilder, BatchOptions, Compression, RecordIter};
 
 use super::assign::TopicPartition;
-use super::records::{partition_for, GroupValue, OffsetValue, RecordKey};
+use super::classic::ClassicGroup;
+use super::records::{encode_classic, partition_for, GroupValue, OffsetValue, RecordKey};
 use super::state::{Group, GroupConfig, GroupError, Heartbeat};
 use crate::limits::{GROUP_ID_BYTES_MAX, OFFSET_METADATA_BYTES_MAX};
 use crate::metadata::ClusterState;
+use crate::notify::Notify;
 use crate::server::partitions::{now_ms, OwnedPartition, SharedPartitions};
 use crate::server::MetadataLink;
 use crate::storage::{Appended, StorageError};
+
+mod classic;
 
 /// The internal topic holding every group's state and offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -116,6 +120,11 @@ struct GroupEntry {
     /// writes nothing.
     persisted: Vec<u8>,
     offsets: BTreeMap<TopicPartition, Committed>,
+    /// The group's classic (JoinGroup/SyncGroup) state, once a classic member joined: a group
+    /// has members of one kind at a time.
+    classic: Option<ClassicGroup>,
+    /// The last classic value written (or loaded).
+    classic_persisted: Vec<u8>,
 }
 
 impl GroupEntry {
@@ -125,7 +134,38 @@ impl GroupEntry {
             patterns: BTreeMap::new(),
             persisted: Vec::new(),
             offsets: BTreeMap::new(),
+            classic: None,
+            classic_persisted: Vec::new(),
         }
+    }
+
+    /// Whether the group has classic members (or new ones on their way).
+    fn is_classic(&self) -> bool {
+        self.classic.as_ref().is_some_and(|c| !c.is_empty())
+    }
+
+    fn has_members(&self) -> bool {
+        !self.group.members().is_empty() || self.is_classic()
+    }
+
+    fn member_count(&self) -> usize {
+        self.group.members().len() + self.classic.as_ref().map_or(0, |c| c.members().len())
+    }
+
+    /// The classic group's record, if its persisted form changed (it has one only at rest).
+    fn classic_write(&mut self, group: &str) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+        let value = encode_classic(&self.classic.as_ref()?.snapshot()?);
+        if value == self.classic_persisted {
+            return None;
+        }
+        self.classic_persisted = value.clone();
+        Some((
+            RecordKey::ClassicGroup {
+                group: group.to_string(),
+            }
+            .encode(),
+            Some(value),
+        ))
     }
 
     fn value(&self) -> Vec<u8> {
@@ -141,7 +181,9 @@ impl GroupEntry {
     }
 
     fn state_name(&self) -> &'static str {
-        if self.group.members().is_empty() {
+        if let Some(classic) = self.classic.as_ref().filter(|_| self.is_classic()) {
+            classic.phase().name()
+        } else if self.group.members().is_empty() {
             "Empty"
         } else if self.group.is_stable() {
             "Stable"
@@ -170,6 +212,9 @@ struct Slot {
     groups: RefCell<HashMap<String, GroupEntry>>,
     /// Held from a change in memory until its record is appended.
     write: Semaphore,
+    /// Fired at every change classic members wait on (a join phase ending, an assignment
+    /// becoming durable) and when the slot is dropped.
+    changed: Notify,
 }
 
 /// One group as a metrics scrape shows it.
@@ -319,6 +364,7 @@ impl Coordinator {
                     failed: Cell::new(false),
                     groups: RefCell::new(HashMap::new()),
                     write: Semaphore::new(1),
+                    changed: Notify::new(),
                 });
                 self.slots.borrow_mut().insert(partition, Rc::clone(&slot));
                 match self.load(&owned, &slot).await {
@@ -347,6 +393,7 @@ impl Coordinator {
 
     fn unload(&self, slot: &Rc<Slot>) {
         slot.failed.set(true);
+        slot.changed.notify();
         let mut slots = self.slots.borrow_mut();
         if slots
             .get(&slot.partition)
@@ -588,6 +635,12 @@ impl Coordinator {
             }
             let entry =
                 group_entry(&mut groups, &request.group, incarnation()).map_err(group_refusal)?;
+            if entry.is_classic() {
+                return Err(refuse(
+                    ErrorCode::InconsistentGroupProtocol,
+                    "the group has classic (JoinGroup) members",
+                ));
+            }
             if request.member_epoch == 0 && entry.group.members().is_empty() {
                 // The first member of an empty group sets its session timeout and assignor.
                 entry
@@ -700,7 +753,7 @@ impl Coordinator {
                     request.member_id.clone().unwrap_or_default(),
                 )));
             };
-            if request.member_epoch == NO_MEMBER_EPOCH && !entry.group.members().is_empty() {
+            if request.member_epoch == NO_MEMBER_EPOCH && entry.has_members() {
                 return Err(refuse(
                     ErrorCode::NonEmptyGroup,
                     "the group has members: commit as a member, or when it is empty",
@@ -717,6 +770,15 @@ impl Coordinator {
                     error = ErrorCode::UnknownTopicOrPartition;
                 } else if p.metadata.len() > OFFSET_METADATA_BYTES_MAX {
                     error = ErrorCode::OffsetMetadataTooLarge;
+                } else if let Some(classic) = entry
+                    .classic
+                    .as_ref()
+                    .filter(|_| entry.is_classic() && request.member_epoch != NO_MEMBER_EPOCH)
+                {
+                    let member = request.member_id.as_deref().unwrap_or_default();
+                    if let Err(code) = classic.check_commit(member, request.member_epoch) {
+                        return Err((code, format!("group {:?}: {code:?}", request.group)));
+                    }
                 } else if request.member_epoch != NO_MEMBER_EPOCH {
                     let member = request.member_id.as_deref().unwrap_or_default();
                     match entry.group.check_commit(member, request.member_epoch, &tp) {
@@ -843,10 +905,19 @@ impl Coordinator {
                 }
             };
             for (name, entry) in slot.groups.borrow().iter() {
+                let classic = entry.is_classic();
                 groups.push(GroupListing {
                     group: name.clone(),
                     state: entry.state_name().to_string(),
-                    members: entry.group.members().len() as u32,
+                    members: entry.member_count() as u32,
+                    group_type: if classic { "classic" } else { "consumer" }.to_string(),
+                    protocol_type: entry
+                        .classic
+                        .as_ref()
+                        .filter(|_| classic)
+                        .and_then(|c| c.protocol_type())
+                        .unwrap_or("consumer")
+                        .to_string(),
                 });
             }
         }
@@ -959,7 +1030,7 @@ impl Coordinator {
                     format!("no group {group:?}"),
                 ));
             };
-            if !entry.group.members().is_empty() {
+            if entry.has_members() {
                 return Err(refuse(
                     ErrorCode::NonEmptyGroup,
                     "the group has members: stop them first",
@@ -990,6 +1061,15 @@ impl Coordinator {
                 .encode(),
                 None,
             ));
+            if !entry.classic_persisted.is_empty() {
+                records.push((
+                    RecordKey::ClassicGroup {
+                        group: group.to_string(),
+                    }
+                    .encode(),
+                    None,
+                ));
+            }
             records
         };
         let mut appended = None;
@@ -1006,7 +1086,7 @@ impl Coordinator {
     }
 
     fn retention_over(&self, entry: &GroupEntry) -> bool {
-        entry.group.members().is_empty()
+        !entry.has_members()
             && entry.newest_commit() + (self.config.offsets_retention.as_millis() as i64)
                 < wall_ms()
     }
@@ -1049,21 +1129,28 @@ impl Coordinator {
                         let members = entry.group.members();
                         entry.patterns.retain(|m, _| members.contains_key(m));
                     }
+                    if entry.classic.as_mut().is_some_and(|c| c.tick(now)) {
+                        slot.changed.notify();
+                    }
                     let value = entry.value();
-                    let write = (value != entry.persisted).then(|| {
-                        entry.persisted = value.clone();
-                        (
-                            RecordKey::Group {
-                                group: name.clone(),
-                            }
-                            .encode(),
-                            Some(value),
-                        )
-                    });
+                    let mut write: Vec<_> = (value != entry.persisted)
+                        .then(|| {
+                            entry.persisted = value.clone();
+                            (
+                                RecordKey::Group {
+                                    group: name.clone(),
+                                }
+                                .encode(),
+                                Some(value),
+                            )
+                        })
+                        .into_iter()
+                        .collect();
+                    write.extend(entry.classic_write(&name));
                     (write, self.retention_over(entry))
                 };
-                if let Some(record) = write {
-                    match self.append(&owned, &slot, &[record]).await {
+                if !write.is_empty() {
+                    match self.append(&owned, &slot, &write).await {
                         Ok(appended) => {
                             drop(permit);
                             let _ = self.committed(&owned, &slot, appended).await;
@@ -1136,6 +1223,21 @@ fn apply(
         }
         (RecordKey::Group { .. }, None) => {
             groups.remove(&group);
+        }
+        (RecordKey::ClassicGroup { .. }, Some(value)) => {
+            let snapshot = super::records::decode_classic(value)?;
+            let mut classic = ClassicGroup::restore(snapshot, now)
+                .map_err(|e| super::records::RecordError(format!("{e:?}")))?;
+            classic.set_incarnation(incarnation);
+            let e = entry(&mut groups)?;
+            e.classic = Some(classic);
+            e.classic_persisted = value.to_vec();
+        }
+        (RecordKey::ClassicGroup { .. }, None) => {
+            if let Some(e) = groups.get_mut(&group) {
+                e.classic = None;
+                e.classic_persisted.clear();
+            }
         }
     }
     Ok(())

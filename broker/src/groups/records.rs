@@ -5,20 +5,24 @@
 //! partition of the log, so one coordinator shard holds everything about a group.
 //!
 //! ```text
-//! key    u16 type (1 = committed offset, 2 = group state), then
+//! key    u16 type (1 = committed offset, 2 = group state, 3 = classic group state), then
 //!          type 1: str group, str topic, u32 partition
-//!          type 2: str group
+//!          type 2, 3: str group
 //! value  u16 version (0), then
 //!          offset: u64 offset, i64 commit timestamp (ms), str metadata
 //!          group:  rkyv archive of GroupValue (the group's state machine and its members'
 //!                  subscription patterns)
+//!          classic group: rkyv archive of ClassicSnapshot (generation, protocol, leader,
+//!                  members with their protocols and assignments)
 //! str    u16 length, UTF-8 bytes; all integers big-endian
 //! ```
 
+use super::classic::ClassicSnapshot;
 use super::state::GroupSnapshot;
 
 const KEY_OFFSET: u16 = 1;
 const KEY_GROUP: u16 = 2;
+const KEY_CLASSIC_GROUP: u16 = 3;
 const VALUE_VERSION: u16 = 0;
 
 /// Why a record of the offsets log does not decode: the log is damaged or was written by a
@@ -38,12 +42,17 @@ pub enum RecordKey {
     Group {
         group: String,
     },
+    ClassicGroup {
+        group: String,
+    },
 }
 
 impl RecordKey {
     pub fn group(&self) -> &str {
         match self {
-            RecordKey::Offset { group, .. } | RecordKey::Group { group } => group,
+            RecordKey::Offset { group, .. }
+            | RecordKey::Group { group }
+            | RecordKey::ClassicGroup { group } => group,
         }
     }
 
@@ -64,6 +73,10 @@ impl RecordKey {
                 out.extend_from_slice(&KEY_GROUP.to_be_bytes());
                 put_str(&mut out, group);
             }
+            RecordKey::ClassicGroup { group } => {
+                out.extend_from_slice(&KEY_CLASSIC_GROUP.to_be_bytes());
+                put_str(&mut out, group);
+            }
         }
         out
     }
@@ -77,6 +90,7 @@ impl RecordKey {
                 partition: r.u32()?,
             },
             KEY_GROUP => RecordKey::Group { group: r.str()? },
+            KEY_CLASSIC_GROUP => RecordKey::ClassicGroup { group: r.str()? },
             other => return Err(RecordError(format!("unknown key type {other}"))),
         };
         r.end()?;
@@ -141,6 +155,25 @@ impl GroupValue {
         rkyv::from_bytes::<GroupValue, rkyv::rancor::Error>(&aligned)
             .map_err(|e| RecordError(format!("group value: {e}")))
     }
+}
+
+/// A classic group's state as persisted.
+pub fn encode_classic(snapshot: &ClassicSnapshot) -> Vec<u8> {
+    let archive = rkyv::to_bytes::<rkyv::rancor::Error>(snapshot)
+        .expect("a classic group value always serializes");
+    let mut out = Vec::with_capacity(2 + archive.len());
+    out.extend_from_slice(&VALUE_VERSION.to_be_bytes());
+    out.extend_from_slice(&archive);
+    out
+}
+
+pub fn decode_classic(bytes: &[u8]) -> Result<ClassicSnapshot, RecordError> {
+    let mut r = Reader(bytes);
+    r.version()?;
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(r.0.len());
+    aligned.extend_from_slice(r.0);
+    rkyv::from_bytes::<ClassicSnapshot, rkyv::rancor::Error>(&aligned)
+        .map_err(|e| RecordError(format!("classic group value: {e}")))
 }
 
 /// The partition of the offsets log that holds `group`'s records: Kafka's choice (Java's
@@ -241,13 +274,38 @@ mod tests {
         assert_eq!(GroupValue::decode(&value.encode()).unwrap(), value);
     }
 
+    #[test]
+    fn classic_values_round_trip() {
+        let value = ClassicSnapshot {
+            group_id: "g".into(),
+            generation_id: 4,
+            protocol_type: Some("consumer".into()),
+            protocol_name: Some("range".into()),
+            leader: Some("m-1".into()),
+            next_member: 1,
+            members: vec![super::super::classic::ClassicMemberSnapshot {
+                member_id: "m-1".into(),
+                instance_id: None,
+                client_id: "c".into(),
+                client_host: "/127.0.0.1".into(),
+                session_timeout_ms: 10_000,
+                rebalance_timeout_ms: 30_000,
+                protocols: vec![("range".into(), vec![0, 1, 2])],
+                assignment: vec![3, 4],
+            }],
+        };
+        assert_eq!(decode_classic(&encode_classic(&value)).unwrap(), value);
+    }
+
     proptest! {
         #[test]
         fn keys_and_offsets_round_trip(group in ".{0,40}", topic in ".{0,40}", partition: u32,
                                        offset: u64, ts: i64, metadata in ".{0,40}") {
             let key = RecordKey::Offset { group: group.clone(), topic, partition };
             prop_assert_eq!(RecordKey::decode(&key.encode()).unwrap(), key);
-            let key = RecordKey::Group { group };
+            let key = RecordKey::Group { group: group.clone() };
+            prop_assert_eq!(RecordKey::decode(&key.encode()).unwrap(), key);
+            let key = RecordKey::ClassicGroup { group };
             prop_assert_eq!(RecordKey::decode(&key.encode()).unwrap(), key);
             let value = OffsetValue { offset, commit_timestamp: ts, metadata };
             prop_assert_eq!(OffsetValue::decode(&value.encode()).unwrap(), value);
@@ -258,6 +316,7 @@ mod tests {
             let _ = RecordKey::decode(&bytes);
             let _ = OffsetValue::decode(&bytes);
             let _ = GroupValue::decode(&bytes);
+            let _ = decode_classic(&bytes);
         }
     }
 }
