@@ -704,3 +704,125 @@ async fn sealed_segments_are_sent_from_their_files_intact() {
         "the data spans sealed segments ({segments} files)"
     );
 }
+
+/// A topic created with `cleanup.policy=compact` shows its policy, refuses records without a
+/// key (Kafka's INVALID_RECORD), and once the broker's cleaner has run keeps the latest record
+/// of every key: a consumer reading from the start sees fewer records than were written, and
+/// every key's last value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_topic_keeps_the_latest_record_of_every_key() {
+    const KEYS: u32 = 50;
+    const ROUNDS: u32 = 40;
+    let broker = start_broker_with(&["--log-retention-check-interval-ms", "100"]);
+    let admin = sluice_client::Admin::new(broker.config()).unwrap();
+    let config = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    admin
+        .create_topic_with_config(
+            "compacted",
+            1,
+            1,
+            &config(&[
+                ("cleanup.policy", "compact"),
+                ("segment.bytes", "65536"),
+                ("max.message.bytes", "16384"),
+            ]),
+        )
+        .await
+        .unwrap();
+    let shown = admin.describe_configs("compacted").await.unwrap();
+    assert!(
+        shown.contains(&("cleanup.policy".to_string(), "compact".to_string())),
+        "{shown:?}"
+    );
+    let bad = admin
+        .create_topic_with_config("bad-policy", 1, 1, &config(&[("cleanup.policy", "shred")]))
+        .await;
+    assert!(bad.is_err(), "an unknown policy is refused");
+
+    let producer = Producer::new(
+        ProducerConfig::new(broker.config())
+            .acks(Acks::Leader)
+            .linger(Duration::ZERO),
+    )
+    .await
+    .unwrap();
+    let keyless = producer
+        .send(
+            ProducerRecord::new("compacted")
+                .partition(0)
+                .value("no key"),
+        )
+        .await
+        .unwrap()
+        .await;
+    assert!(
+        matches!(&keyless, Err(Error::Broker { code, .. }) if *code == sluice_protocol::native::ErrorCode::InvalidBatch),
+        "{keyless:?}"
+    );
+    for round in 0..ROUNDS {
+        let mut sends = Vec::new();
+        for k in 0..KEYS {
+            let value = format!("{round:04}-{}", "v".repeat(100));
+            sends.push(
+                producer
+                    .send(
+                        ProducerRecord::new("compacted")
+                            .partition(0)
+                            .key(format!("key-{k}"))
+                            .value(value),
+                    )
+                    .await
+                    .unwrap(),
+            );
+        }
+        for send in sends {
+            send.await.unwrap();
+        }
+    }
+    producer.close().await.unwrap();
+    let written = u64::from(KEYS * ROUNDS);
+
+    // Wait for the cleaner: reading from the start finds fewer records than were written.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let latest = loop {
+        let mut consumer = Consumer::new(
+            ConsumerConfig::new(broker.config())
+                .auto_offset_reset(OffsetReset::Earliest)
+                .fetch_wait_max(Duration::from_millis(50)),
+        )
+        .unwrap();
+        let tp = TopicPartition::new("compacted", 0);
+        consumer.assign([tp.clone()]);
+        let mut latest: BTreeMap<String, String> = BTreeMap::new();
+        let mut seen = 0u64;
+        let mut last_offset = 0;
+        while last_offset + 1 < written {
+            for r in consumer.poll(Duration::from_millis(200)).await.unwrap() {
+                seen += 1;
+                last_offset = r.offset;
+                latest.insert(text(&r.key), text(&r.value));
+            }
+            assert!(Instant::now() < deadline, "read up to {last_offset}");
+        }
+        if seen < written {
+            break latest;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cleaner did not compact the topic in time"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(latest.len(), KEYS as usize);
+    for (key, value) in &latest {
+        assert!(
+            value.starts_with(&format!("{:04}-", ROUNDS - 1)),
+            "{key} ends at {value}"
+        );
+    }
+}

@@ -225,7 +225,7 @@ pub struct CreateArgs {
     replicas: u32,
     /// A setting overriding the broker's default, `key=value` (Kafka's names:
     /// retention.ms, retention.bytes, segment.bytes, segment.ms, max.message.bytes,
-    /// min.insync.replicas, flush.policy, …); repeat for several.
+    /// min.insync.replicas, flush.policy, cleanup.policy, …); repeat for several.
     #[arg(long = "config", value_parser = parse_setting)]
     configs: Vec<(String, String)>,
 }

@@ -105,9 +105,10 @@ pub mod v1 {
 pub mod v2 {
     use std::collections::BTreeMap;
 
+    use super::v3::TopicConfig;
     use crate::metadata::types::{
         Broker, ClusterState as Current, NodeId, PartitionInfo as CurrentPartition,
-        ReplicaPlacement, Topic as CurrentTopic, TopicConfig,
+        ReplicaPlacement, Topic as CurrentTopic,
     };
 
     #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -153,7 +154,7 @@ pub mod v2 {
                             name: t.name,
                             id: t.id,
                             replication_factor: t.replication_factor,
-                            config: t.config,
+                            config: t.config.into(),
                             partitions: t
                                 .partitions
                                 .into_iter()
@@ -166,6 +167,93 @@ pub mod v2 {
                                     target_replicas: None,
                                 })
                                 .collect(),
+                        };
+                        (name, topic)
+                    })
+                    .collect(),
+                coordinators: old.coordinators,
+                next_topic_id: old.next_topic_id,
+                next_producer_id: old.next_producer_id,
+            }
+        }
+    }
+}
+
+/// Schema 3: before the topic's `cleanup_policy`.
+pub mod v3 {
+    use std::collections::BTreeMap;
+
+    use crate::metadata::types::{
+        Broker, ClusterState as Current, FlushSetting, NodeId, PartitionInfo, ReplicaPlacement,
+        Topic as CurrentTopic, TopicConfig as CurrentConfig,
+    };
+
+    #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct TopicConfig {
+        pub segment_bytes: u64,
+        pub segment_age_ms: Option<u64>,
+        pub retention_ms: Option<u64>,
+        pub retention_bytes: Option<u64>,
+        pub flush: FlushSetting,
+        pub message_bytes_max: u64,
+        pub min_insync_replicas: u32,
+        pub replica_lag_time_max_ms: u64,
+        pub unclean_leader_election: bool,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct Topic {
+        pub name: String,
+        pub id: u64,
+        pub replication_factor: u32,
+        pub config: TopicConfig,
+        pub partitions: Vec<PartitionInfo>,
+    }
+
+    #[derive(
+        Debug, Clone, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+    )]
+    pub struct ClusterState {
+        pub version: u64,
+        pub brokers: BTreeMap<NodeId, Broker>,
+        pub topics: BTreeMap<String, Topic>,
+        pub coordinators: BTreeMap<String, ReplicaPlacement>,
+        pub next_topic_id: u64,
+        pub next_producer_id: u64,
+    }
+
+    impl From<TopicConfig> for CurrentConfig {
+        fn from(c: TopicConfig) -> CurrentConfig {
+            CurrentConfig {
+                segment_bytes: c.segment_bytes,
+                segment_age_ms: c.segment_age_ms,
+                retention_ms: c.retention_ms,
+                retention_bytes: c.retention_bytes,
+                flush: c.flush,
+                message_bytes_max: c.message_bytes_max,
+                min_insync_replicas: c.min_insync_replicas,
+                replica_lag_time_max_ms: c.replica_lag_time_max_ms,
+                unclean_leader_election: c.unclean_leader_election,
+                cleanup_policy: crate::storage::CleanupPolicy::Delete,
+            }
+        }
+    }
+
+    impl From<ClusterState> for Current {
+        fn from(old: ClusterState) -> Current {
+            Current {
+                version: old.version,
+                brokers: old.brokers,
+                topics: old
+                    .topics
+                    .into_iter()
+                    .map(|(name, t)| {
+                        let topic = CurrentTopic {
+                            name: t.name,
+                            id: t.id,
+                            replication_factor: t.replication_factor,
+                            config: t.config.into(),
+                            partitions: t.partitions,
                         };
                         (name, topic)
                     })

@@ -41,7 +41,7 @@ const SNAPSHOT_MAGIC_UNVERSIONED: &[u8; 8] = b"SLMETA01";
 /// `ClusterState` (or of a type inside it) is added, removed or changed, keep the previous
 /// layout's types in a module of their own, and decode older schemas by converting from them in
 /// `decode_state`: a rolling upgrade meets snapshots written by the previous version.
-pub const CLUSTER_STATE_SCHEMA: u32 = 3;
+pub const CLUSTER_STATE_SCHEMA: u32 = 4;
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -384,7 +384,10 @@ fn decode_state(schema: u32, archive: &[u8]) -> std::io::Result<ClusterState> {
         2 => rkyv::from_bytes::<super::legacy::v2::ClusterState, rkyv::rancor::Error>(archive)
             .map(ClusterState::from)
             .map_err(|e| invalid(&e.to_string())),
-        3 => rkyv::from_bytes::<ClusterState, rkyv::rancor::Error>(archive)
+        3 => rkyv::from_bytes::<super::legacy::v3::ClusterState, rkyv::rancor::Error>(archive)
+            .map(ClusterState::from)
+            .map_err(|e| invalid(&e.to_string())),
+        4 => rkyv::from_bytes::<ClusterState, rkyv::rancor::Error>(archive)
             .map_err(|e| invalid(&e.to_string())),
         other => Err(invalid(&format!("state schema {other} is unknown"))),
     }
@@ -657,11 +660,42 @@ mod tests {
         assert_eq!(topic.partitions[0].partition_epoch, 0);
     }
 
+    /// A snapshot file of an older `schema` holding `archive`.
+    fn legacy_snapshot(schema: u32, archive: &[u8]) -> Vec<u8> {
+        let (meta, _) = sample();
+        let meta_json = serde_json::to_vec(&StoredSnapshotMeta { meta }).unwrap();
+        let mut bytes = SNAPSHOT_MAGIC.to_vec();
+        bytes.extend_from_slice(&schema.to_le_bytes());
+        bytes.extend_from_slice(&(meta_json.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&meta_json);
+        bytes.extend_from_slice(&(archive.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(archive);
+        let crc = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    fn v3_config() -> super::super::legacy::v3::TopicConfig {
+        use crate::metadata::types::TopicConfig;
+        let c = TopicConfig::default();
+        super::super::legacy::v3::TopicConfig {
+            segment_bytes: c.segment_bytes,
+            segment_age_ms: c.segment_age_ms,
+            retention_ms: Some(1234),
+            retention_bytes: c.retention_bytes,
+            flush: c.flush,
+            message_bytes_max: c.message_bytes_max,
+            min_insync_replicas: 2,
+            replica_lag_time_max_ms: c.replica_lag_time_max_ms,
+            unclean_leader_election: true,
+        }
+    }
+
     /// A schema-2 snapshot (before reassignments) opens with no reassignment in progress.
     #[test]
     fn schema_two_snapshots_are_converted() {
         use super::super::legacy::v2;
-        use crate::metadata::types::{ReplicaPlacement, TopicConfig};
+        use crate::metadata::types::ReplicaPlacement;
         let old = v2::ClusterState {
             version: 12,
             topics: [(
@@ -670,7 +704,7 @@ mod tests {
                     name: "t".into(),
                     id: 5,
                     replication_factor: 1,
-                    config: TopicConfig::default(),
+                    config: v3_config(),
                     partitions: vec![v2::PartitionInfo {
                         replicas: vec![ReplicaPlacement {
                             broker: 2,
@@ -686,18 +720,8 @@ mod tests {
             .into(),
             ..v2::ClusterState::default()
         };
-        let (meta, _) = sample();
-        let meta_json = serde_json::to_vec(&StoredSnapshotMeta { meta }).unwrap();
         let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&old).unwrap();
-        let mut bytes = SNAPSHOT_MAGIC.to_vec();
-        bytes.extend_from_slice(&2u32.to_le_bytes());
-        bytes.extend_from_slice(&(meta_json.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&meta_json);
-        bytes.extend_from_slice(&(archive.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&archive);
-        let crc = crc32c::crc32c(&bytes);
-        bytes.extend_from_slice(&crc.to_le_bytes());
-        let state = decode_snapshot(&bytes).unwrap().1;
+        let state = decode_snapshot(&legacy_snapshot(2, &archive)).unwrap().1;
         let p = &state.topics["t"].partitions[0];
         assert_eq!(state.version, 12);
         assert_eq!(
@@ -705,6 +729,41 @@ mod tests {
             (Some(2), 3, 7)
         );
         assert_eq!(p.target_replicas, None);
+        assert_eq!(state.topics["t"].config.retention_ms, Some(1234));
+    }
+
+    /// A schema-3 snapshot (before `cleanup.policy`) opens with every topic deleting old data.
+    #[test]
+    fn schema_three_snapshots_are_converted() {
+        use super::super::legacy::v3;
+        let old = v3::ClusterState {
+            version: 13,
+            topics: [(
+                "t".to_string(),
+                v3::Topic {
+                    name: "t".into(),
+                    id: 6,
+                    replication_factor: 1,
+                    config: v3_config(),
+                    partitions: Vec::new(),
+                },
+            )]
+            .into(),
+            ..v3::ClusterState::default()
+        };
+        let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&old).unwrap();
+        let state = decode_snapshot(&legacy_snapshot(3, &archive)).unwrap().1;
+        let config = &state.topics["t"].config;
+        assert_eq!(state.version, 13);
+        assert_eq!(config.cleanup_policy, crate::storage::CleanupPolicy::Delete);
+        assert_eq!(
+            (
+                config.retention_ms,
+                config.min_insync_replicas,
+                config.unclean_leader_election
+            ),
+            (Some(1234), 2, true)
+        );
     }
 
     #[test]

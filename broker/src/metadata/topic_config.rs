@@ -13,11 +13,13 @@
 //! | `min.insync.replicas` | count, 0 for the default | `min_insync_replicas` |
 //! | `replica.lag.time.max.ms` | ms | `replica_lag_time_max_ms` |
 //! | `unclean.leader.election.enable` | `true`, `false` | `unclean_leader_election` |
+//! | `cleanup.policy` | `delete`, `compact`, `compact,delete` | `cleanup_policy` |
 
 use super::types::{FlushSetting, TopicConfig};
 
 /// Every key, in the order [`describe`] lists them.
-pub const KEYS: [&str; 11] = [
+pub const KEYS: [&str; 12] = [
+    "cleanup.policy",
     "flush.bytes",
     "flush.ms",
     "flush.policy",
@@ -85,6 +87,12 @@ pub fn with_overrides(
                     u32::try_from(number()?).map_err(|_| format!("{key}={value}: too large"))?
             }
             "replica.lag.time.max.ms" => config.replica_lag_time_max_ms = number()?,
+            "cleanup.policy" => {
+                config.cleanup_policy =
+                    crate::storage::CleanupPolicy::from_name(value).ok_or_else(|| {
+                        format!("{key}={value}: not delete, compact or compact,delete")
+                    })?
+            }
             "unclean.leader.election.enable" => {
                 config.unclean_leader_election = match value {
                     "true" => true,
@@ -139,6 +147,7 @@ pub fn describe(config: &TopicConfig) -> Vec<(String, String)> {
         FlushSetting::Never => ("never", None, None),
     };
     let mut out = vec![
+        ("cleanup.policy", config.cleanup_policy.name().to_string()),
         ("flush.policy", policy.to_string()),
         ("max.message.bytes", config.message_bytes_max.to_string()),
         (
@@ -188,12 +197,17 @@ mod tests {
                 ("flush.policy", "always"),
                 ("min.insync.replicas", "2"),
                 ("unclean.leader.election.enable", "true"),
+                ("cleanup.policy", "delete,compact"),
             ]),
         )
         .unwrap();
         assert_eq!(changed.retention_ms, None);
         assert_eq!(changed.segment_bytes, 1 << 20);
         assert_eq!(changed.flush, FlushSetting::Always);
+        assert_eq!(
+            changed.cleanup_policy,
+            crate::storage::CleanupPolicy::CompactDelete
+        );
         assert_eq!(changed.message_bytes_max, base.message_bytes_max);
         // describe → with_overrides on anything gives the same config back.
         let again = with_overrides(&TopicConfig::default(), &describe(&changed)).unwrap();

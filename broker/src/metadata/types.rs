@@ -119,6 +119,10 @@ pub struct TopicConfig {
     /// (availability over durability: acknowledged records can be lost). Off by default.
     #[serde(default)]
     pub unclean_leader_election: bool,
+    /// Kafka's `cleanup.policy`: delete old segments, compact to the latest record per key, or
+    /// both.
+    #[serde(default)]
+    pub cleanup_policy: crate::storage::CleanupPolicy,
 }
 
 fn default_replica_lag_time_max_ms() -> u64 {
@@ -152,6 +156,7 @@ impl Default for TopicConfig {
             min_insync_replicas: 0,
             replica_lag_time_max_ms: default_replica_lag_time_max_ms(),
             unclean_leader_election: false,
+            cleanup_policy: crate::storage::CleanupPolicy::Delete,
         }
     }
 }

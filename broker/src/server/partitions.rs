@@ -102,6 +102,7 @@ pub fn log_config(topic: &TopicConfig, mode: Mode) -> LogConfig {
         segment_age_max: topic.segment_age_ms.map(Duration::from_millis),
         retention_ms: topic.retention_ms.map(Duration::from_millis),
         retention_bytes: topic.retention_bytes,
+        cleanup_policy: topic.cleanup_policy,
         flush,
         batch_bytes_max,
         write_buffer_bytes: match mode {

@@ -31,8 +31,21 @@ impl FlushPolicy {
     }
 }
 
-/// What happens to old data: Kafka's `cleanup.policy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What happens to old data: Kafka's `cleanup.policy` (a topic setting, so it is also part of
+/// the replicated metadata).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub enum CleanupPolicy {
     /// `delete`: retention deletes whole sealed segments by age or size. Records may lack keys.
     #[default]
@@ -48,6 +61,28 @@ impl CleanupPolicy {
     /// Whether compaction runs (and appends of keyless records are refused).
     pub fn compacts(self) -> bool {
         matches!(self, CleanupPolicy::Compact | CleanupPolicy::CompactDelete)
+    }
+
+    /// Kafka's name of the policy.
+    pub fn name(self) -> &'static str {
+        match self {
+            CleanupPolicy::Delete => "delete",
+            CleanupPolicy::Compact => "compact",
+            CleanupPolicy::CompactDelete => "compact,delete",
+        }
+    }
+
+    /// Parses Kafka's names (`delete`, `compact`, `compact,delete` in either order).
+    pub fn from_name(name: &str) -> Option<CleanupPolicy> {
+        let mut parts: Vec<&str> = name.split(',').map(str::trim).collect();
+        parts.sort_unstable();
+        parts.dedup();
+        match parts.as_slice() {
+            ["delete"] => Some(CleanupPolicy::Delete),
+            ["compact"] => Some(CleanupPolicy::Compact),
+            ["compact", "delete"] => Some(CleanupPolicy::CompactDelete),
+            _ => None,
+        }
     }
 
     /// Whether retention deletes segments by age or size.

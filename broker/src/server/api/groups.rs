@@ -21,6 +21,7 @@ fn offsets_topic_config(defaults: &TopicConfig, segment_bytes: u64) -> TopicConf
         segment_age_ms: None,
         retention_ms: None,
         retention_bytes: None,
+        cleanup_policy: crate::storage::CleanupPolicy::Compact,
         ..defaults.clone()
     }
 }
