@@ -584,3 +584,97 @@ fn high_watermark_checkpoints_and_a_restart_at_the_leaders_log_start() {
         leader.close().await.unwrap();
     });
 }
+
+/// An idempotent producer's batch: `records` records from `base_sequence`.
+fn idempotent(base_sequence: i32, records: u32) -> Vec<u8> {
+    let mut builder = sluice_protocol::BatchBuilder::new(sluice_protocol::BatchOptions {
+        producer_id: 7,
+        producer_epoch: 0,
+        base_sequence,
+    });
+    for i in 0..records {
+        builder.push(
+            1_000,
+            None,
+            Some(format!("{base_sequence}-{i}").as_bytes()),
+            &[],
+        );
+    }
+    builder.finish()
+}
+
+/// A follower records its producers' sequences as it appends the leader's batches, so when it
+/// becomes leader a retry of a replicated batch is a duplicate (not written twice); it appends
+/// nothing once it no longer follows; a truncation rebuilds the sequences from what is left.
+#[test]
+fn a_followers_producer_state_carries_over_to_its_leadership() {
+    use sluice_broker::server::producers::{PartitionProducers, ProduceOutcome, ProducerState};
+    let dir = test_dir("replica-producers");
+    let root = dir.path().to_path_buf();
+    run(move || async move {
+        let (leader, _) = PartitionLog::open(root.join("leader"), config())
+            .await
+            .unwrap();
+        let (follower, _) = PartitionLog::open(root.join("follower"), config())
+            .await
+            .unwrap();
+        let at_leader = PartitionProducers::new(ProducerState::new(true));
+        for (sequence, records) in [(0, 3), (3, 2)] {
+            let outcome = at_leader
+                .append(&leader, &idempotent(sequence, records), 1)
+                .await
+                .unwrap();
+            let ProduceOutcome::Appended(appended) = outcome else {
+                panic!("{outcome:?}")
+            };
+            leader.wait_durable(appended).await.unwrap();
+        }
+        let stored = read_all(&leader, ReadBound::DurableEnd).await;
+
+        let at_follower = PartitionProducers::new(ProducerState::rebuild(&follower).await.unwrap());
+        for item in BatchIter::new(&stored) {
+            let (_, bytes) = item.unwrap();
+            let appended = at_follower
+                .append_replica(&follower, bytes, || true)
+                .await
+                .unwrap()
+                .expect("still following");
+            follower.wait_durable(appended).await.unwrap();
+        }
+        // No longer following: nothing is appended.
+        let refused = at_follower
+            .append_replica(&follower, &idempotent(5, 1), || false)
+            .await
+            .unwrap();
+        assert!(refused.is_none());
+        assert_eq!(follower.next_offset(), 5);
+
+        // Leading now: a retry of the replicated batch is answered with its offset.
+        let retry = at_follower
+            .append(&follower, &idempotent(3, 2), 2)
+            .await
+            .unwrap();
+        assert_eq!(retry, ProduceOutcome::Duplicate { base_offset: 3 });
+        let gap = at_follower
+            .append(&follower, &idempotent(9, 1), 2)
+            .await
+            .unwrap();
+        assert_eq!(gap, ProduceOutcome::OutOfOrder);
+
+        // A truncation to offset 3 forgets the batch from sequence 3: it is new again.
+        at_follower.truncate(&follower, 3, || true).await.unwrap();
+        let again = at_follower
+            .append(&follower, &idempotent(3, 2), 2)
+            .await
+            .unwrap();
+        assert!(
+            matches!(again, ProduceOutcome::Appended(a) if a.base_offset == 3),
+            "{again:?}"
+        );
+        // A truncation asked of a replica that leads now does nothing.
+        at_follower.truncate(&follower, 0, || false).await.unwrap();
+        assert_eq!(follower.next_offset(), 5);
+        leader.close().await.unwrap();
+        follower.close().await.unwrap();
+    });
+}
