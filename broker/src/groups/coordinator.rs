@@ -217,6 +217,22 @@ struct Slot {
     changed: Notify,
 }
 
+impl Slot {
+    /// The slot's write lock, for a change in memory and the append of its record; refused
+    /// once the slot was dropped (leadership moved, an append failed).
+    async fn write_step(&self) -> Result<glommio::sync::Permit<'_>, Refusal> {
+        let permit = self
+            .write
+            .acquire_permit(1)
+            .await
+            .map_err(|_| refuse(ErrorCode::NotCoordinator, "the coordinator is stopping"))?;
+        if self.failed.get() {
+            return Err(refuse(ErrorCode::NotCoordinator, "the coordinator moved"));
+        }
+        Ok(permit)
+    }
+}
+
 /// One group as a metrics scrape shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupMetrics {
@@ -579,14 +595,7 @@ impl Coordinator {
         request: GroupHeartbeatRequest,
     ) -> Result<(super::state::HeartbeatAnswer, u64), Refusal> {
         let (owned, slot) = self.slot_for(&request.group).await?;
-        let permit = slot
-            .write
-            .acquire_permit(1)
-            .await
-            .map_err(|_| refuse(ErrorCode::NotCoordinator, "the coordinator is stopping"))?;
-        if slot.failed.get() {
-            return Err(refuse(ErrorCode::NotCoordinator, "the coordinator moved"));
-        }
+        let permit = slot.write_step().await?;
         // What the subscription resolves to now (patterns are re-resolved on every heartbeat,
         // so matching topics created later are picked up).
         let pattern = match &request.subscription {
@@ -730,14 +739,7 @@ impl Coordinator {
         request: &OffsetCommitRequest,
     ) -> Result<Vec<PartitionError>, Refusal> {
         let (owned, slot) = self.slot_for(&request.group).await?;
-        let permit = slot
-            .write
-            .acquire_permit(1)
-            .await
-            .map_err(|_| refuse(ErrorCode::NotCoordinator, "the coordinator is stopping"))?;
-        if slot.failed.get() {
-            return Err(refuse(ErrorCode::NotCoordinator, "the coordinator moved"));
-        }
+        let permit = slot.write_step().await?;
         let state = self.metadata();
         let timestamp = wall_ms();
         let mut results = Vec::with_capacity(request.partitions.len());
@@ -1017,11 +1019,7 @@ impl Coordinator {
     /// is still empty and past the offsets retention (the timer's deletion).
     async fn delete_inner(&self, group: &str, expired: bool) -> Result<(), Refusal> {
         let (owned, slot) = self.slot_for(group).await?;
-        let permit = slot
-            .write
-            .acquire_permit(1)
-            .await
-            .map_err(|_| refuse(ErrorCode::NotCoordinator, "the coordinator is stopping"))?;
+        let permit = slot.write_step().await?;
         let records = {
             let groups = slot.groups.borrow();
             let Some(entry) = groups.get(group) else {

@@ -139,41 +139,54 @@ pub struct GroupValue {
 
 impl GroupValue {
     pub fn encode(&self) -> Vec<u8> {
-        let archive =
-            rkyv::to_bytes::<rkyv::rancor::Error>(self).expect("a group value always serializes");
-        let mut out = Vec::with_capacity(2 + archive.len());
-        out.extend_from_slice(&VALUE_VERSION.to_be_bytes());
-        out.extend_from_slice(&archive);
-        out
+        encode_archived(self)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<GroupValue, RecordError> {
-        let mut r = Reader(bytes);
-        r.version()?;
-        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(r.0.len());
-        aligned.extend_from_slice(r.0);
-        rkyv::from_bytes::<GroupValue, rkyv::rancor::Error>(&aligned)
-            .map_err(|e| RecordError(format!("group value: {e}")))
+        decode_archived(bytes, "group value")
     }
 }
 
-/// A classic group's state as persisted.
-pub fn encode_classic(snapshot: &ClassicSnapshot) -> Vec<u8> {
-    let archive = rkyv::to_bytes::<rkyv::rancor::Error>(snapshot)
-        .expect("a classic group value always serializes");
+/// A value as persisted: the version, then the rkyv archive.
+fn encode_archived<T>(value: &T) -> Vec<u8>
+where
+    T: for<'a> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<
+            rkyv::util::AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rkyv::rancor::Error,
+        >,
+    >,
+{
+    let archive =
+        rkyv::to_bytes::<rkyv::rancor::Error>(value).expect("a group value always serializes");
     let mut out = Vec::with_capacity(2 + archive.len());
     out.extend_from_slice(&VALUE_VERSION.to_be_bytes());
     out.extend_from_slice(&archive);
     out
 }
 
-pub fn decode_classic(bytes: &[u8]) -> Result<ClassicSnapshot, RecordError> {
+fn decode_archived<T>(bytes: &[u8], what: &str) -> Result<T, RecordError>
+where
+    T: rkyv::Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>
+        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+{
     let mut r = Reader(bytes);
     r.version()?;
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(r.0.len());
     aligned.extend_from_slice(r.0);
-    rkyv::from_bytes::<ClassicSnapshot, rkyv::rancor::Error>(&aligned)
-        .map_err(|e| RecordError(format!("classic group value: {e}")))
+    rkyv::from_bytes::<T, rkyv::rancor::Error>(&aligned)
+        .map_err(|e| RecordError(format!("{what}: {e}")))
+}
+
+/// A classic group's state as persisted.
+pub fn encode_classic(snapshot: &ClassicSnapshot) -> Vec<u8> {
+    encode_archived(snapshot)
+}
+
+pub fn decode_classic(bytes: &[u8]) -> Result<ClassicSnapshot, RecordError> {
+    decode_archived(bytes, "classic group value")
 }
 
 /// The partition of the offsets log that holds `group`'s records: Kafka's choice (Java's

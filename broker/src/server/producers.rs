@@ -298,8 +298,7 @@ impl PartitionProducers {
             return Ok(());
         }
         log.truncate_to(offset).await?;
-        *self.state.borrow_mut() = ProducerState::rebuild(log).await?;
-        Ok(())
+        self.rebuild(log).await
     }
 
     /// Empties the log and starts it again at `offset` (its producers are forgotten), if
@@ -315,6 +314,10 @@ impl PartitionProducers {
             return Ok(());
         }
         log.restart_at(offset).await?;
+        self.rebuild(log).await
+    }
+
+    async fn rebuild(&self, log: &PartitionLog) -> Result<(), StorageError> {
         *self.state.borrow_mut() = ProducerState::rebuild(log).await?;
         Ok(())
     }

@@ -36,14 +36,7 @@ impl Coordinator {
 
     async fn classic_join_inner(&self, request: &JoinRequest) -> Result<JoinResponse, Refusal> {
         let (owned, slot) = self.slot_for(&request.group).await?;
-        let permit = slot
-            .write
-            .acquire_permit(1)
-            .await
-            .map_err(|_| refuse(ErrorCode::NotCoordinator, "the coordinator is stopping"))?;
-        if slot.failed.get() {
-            return Err(refuse(ErrorCode::NotCoordinator, "the coordinator moved"));
-        }
+        let permit = slot.write_step().await?;
         let bounds = (
             self.config.session_timeout_min.as_millis() as u64,
             self.config.session_timeout_max.as_millis() as u64,
@@ -149,14 +142,7 @@ impl Coordinator {
 
     async fn classic_sync_inner(&self, request: &SyncRequest) -> Result<SyncResponse, Refusal> {
         let (owned, slot) = self.slot_for(&request.group).await?;
-        let permit = slot
-            .write
-            .acquire_permit(1)
-            .await
-            .map_err(|_| refuse(ErrorCode::NotCoordinator, "the coordinator is stopping"))?;
-        if slot.failed.get() {
-            return Err(refuse(ErrorCode::NotCoordinator, "the coordinator moved"));
-        }
+        let permit = slot.write_step().await?;
         let (step, write, timeout) = {
             let mut groups = slot.groups.borrow_mut();
             let Some(entry) = groups.get_mut(&request.group) else {
@@ -249,14 +235,7 @@ impl Coordinator {
 
     async fn classic_leave_inner(&self, request: &LeaveRequest) -> Result<LeaveResponse, Refusal> {
         let (owned, slot) = self.slot_for(&request.group).await?;
-        let permit = slot
-            .write
-            .acquire_permit(1)
-            .await
-            .map_err(|_| refuse(ErrorCode::NotCoordinator, "the coordinator is stopping"))?;
-        if slot.failed.get() {
-            return Err(refuse(ErrorCode::NotCoordinator, "the coordinator moved"));
-        }
+        let permit = slot.write_step().await?;
         let (response, write) = {
             let mut groups = slot.groups.borrow_mut();
             let Some(entry) = groups.get_mut(&request.group) else {
