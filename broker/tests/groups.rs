@@ -488,6 +488,68 @@ async fn a_static_member_that_restarts_within_its_session_causes_no_rebalance() 
     a.close().await.unwrap();
 }
 
+/// A member whose application stops calling `poll` (its heartbeats go on) leaves the group
+/// after `max_poll_interval`, so the other member takes its partitions; its next `poll` reports
+/// them lost and joins again, and the two share the topic once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_stops_polling_gives_its_partitions_up_and_rejoins_at_its_next_poll() {
+    let broker = start_broker();
+    create_topic(&broker, "stuck", 4).await;
+    let config = || {
+        consumer_config(broker.config())
+            .group_session_timeout(Duration::from_secs(30))
+            .max_poll_interval(Duration::from_secs(1))
+    };
+    let mut a = Consumer::new(config()).unwrap();
+    a.subscribe("stuck-group", ["stuck"]).unwrap();
+    let lost = Arc::new(Mutex::new(Vec::new()));
+    struct Lost(Arc<Mutex<Vec<TopicPartition>>>);
+    impl RebalanceListener for Lost {
+        fn lost(&mut self, partitions: &[TopicPartition]) {
+            self.0.lock().unwrap().extend_from_slice(partitions);
+        }
+    }
+    a.set_rebalance_listener(Lost(Arc::clone(&lost)));
+    let mut b = Consumer::new(config()).unwrap();
+    b.subscribe("stuck-group", ["stuck"]).unwrap();
+    let balanced =
+        |a: &Consumer, b: &Consumer| a.assignment().len() == 2 && b.assignment().len() == 2;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !balanced(&a, &b) {
+        assert!(Instant::now() < deadline, "no balance");
+        a.poll(Duration::from_millis(20)).await.unwrap();
+        b.poll(Duration::from_millis(20)).await.unwrap();
+    }
+    let owned_by_a = a.assignment();
+    // a's application is stuck: only b polls. Within the session timeout, only a's missed
+    // polls can move its partitions.
+    let stuck_at = Instant::now();
+    while b.assignment().len() < 4 {
+        assert!(
+            stuck_at.elapsed() < Duration::from_secs(20),
+            "b never got a's partitions"
+        );
+        b.poll(Duration::from_millis(50)).await.unwrap();
+    }
+    assert!(lost.lock().unwrap().is_empty());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !balanced(&a, &b) {
+        assert!(Instant::now() < deadline, "a did not join again");
+        a.poll(Duration::from_millis(20)).await.unwrap();
+        b.poll(Duration::from_millis(20)).await.unwrap();
+    }
+    let mut reported = lost.lock().unwrap().clone();
+    reported.sort();
+    let mut expected = owned_by_a.clone();
+    expected.sort();
+    assert_eq!(
+        reported, expected,
+        "a's next poll reports its partitions lost"
+    );
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pattern_subscriptions_pick_up_new_topics_and_resets_need_an_empty_group() {
     let broker = start_broker();

@@ -400,6 +400,10 @@ pub struct ConsumerConfig {
     /// few partitions as it can), `range` or `roundrobin`. The first member of an empty group
     /// decides. Default none: the coordinator's default, `uniform`.
     pub group_assignor: Option<String>,
+    /// Longest time between two `poll` calls of a group member (Kafka's
+    /// `max.poll.interval.ms`): past it the member leaves the group and its partitions go to
+    /// others; the next `poll` joins again (its partitions are reported lost). Default 5 min.
+    pub max_poll_interval: Duration,
     /// When a group member commits offsets. Default [`DeliveryGuarantee::AtLeastOnce`].
     pub delivery: DeliveryGuarantee,
     /// With at-least-once, commit automatically (at `poll`, before releasing partitions and
@@ -422,6 +426,7 @@ impl ConsumerConfig {
             group_session_timeout: Duration::from_secs(45),
             group_instance_id: None,
             group_assignor: None,
+            max_poll_interval: Duration::from_secs(300),
             delivery: DeliveryGuarantee::AtLeastOnce,
             auto_commit: true,
             auto_commit_interval: Duration::from_secs(1),
@@ -438,6 +443,10 @@ impl ConsumerConfig {
     }
     pub fn group_assignor(mut self, assignor: impl Into<String>) -> Self {
         self.group_assignor = Some(assignor.into());
+        self
+    }
+    pub fn max_poll_interval(mut self, interval: Duration) -> Self {
+        self.max_poll_interval = interval;
         self
     }
     pub fn delivery(mut self, delivery: DeliveryGuarantee) -> Self {

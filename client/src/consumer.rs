@@ -302,6 +302,7 @@ impl Consumer {
                 instance_id: self.config.group_instance_id.clone(),
                 session_timeout: self.config.group_session_timeout,
                 assignor: self.config.group_assignor.clone(),
+                max_poll_interval: self.config.max_poll_interval,
             },
         );
         self.group = Some(GroupState {
@@ -547,6 +548,9 @@ impl Consumer {
     /// means none arrived in time. Records of one partition come in offset order.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
         let deadline = Instant::now() + timeout;
+        if let Some(group) = &self.group {
+            group.membership.polled();
+        }
         // At least once: what the previous poll returned is committed now.
         if self.auto_commits()
             && self

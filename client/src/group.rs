@@ -118,6 +118,11 @@ pub(crate) struct Shared {
     pub closing: bool,
     /// The coordinator shard's address, once found.
     pub coordinator: Option<String>,
+    /// When the application last called `poll`.
+    pub last_poll: Option<std::time::Instant>,
+    /// The member left because the application did not poll within `max_poll_interval`; it
+    /// joins again at the next poll.
+    pub poll_expired: bool,
 }
 
 /// A consumer's membership of one group.
@@ -147,6 +152,9 @@ pub(crate) struct MemberSettings {
     pub instance_id: Option<String>,
     pub session_timeout: Duration,
     pub assignor: Option<String>,
+    /// Longest time between two polls before the member leaves the group (Kafka's
+    /// `max.poll.interval.ms`): a stuck application gives its partitions up.
+    pub max_poll_interval: Duration,
 }
 
 impl Membership {
@@ -172,6 +180,16 @@ impl Membership {
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The application polls: a member that left for want of polls joins again.
+    pub fn polled(&self) {
+        let mut s = self.lock();
+        s.last_poll = Some(std::time::Instant::now());
+        if std::mem::take(&mut s.poll_expired) {
+            drop(s);
+            self.wake.notify_one();
+        }
     }
 
     /// Sets what the consumer owns and tells the coordinator at once.
@@ -446,9 +464,31 @@ async fn heartbeat_loop(
     let mut interval = Duration::from_millis(500);
     let mut attempt = 0u32;
     loop {
+        // Not polled within max_poll_interval: leave, and wait for the next poll to join again.
+        let mut expiring = false;
+        let wait_for_poll = {
+            let mut s = lock();
+            if !s.closing && !s.poll_expired && s.member_id.is_some() {
+                if let Some(last) = s.last_poll {
+                    if last.elapsed() > settings.max_poll_interval {
+                        tracing::warn!(group = %settings.group,
+                            max_poll_interval = ?settings.max_poll_interval,
+                            "the application did not poll in time; leaving the group");
+                        s.poll_expired = true;
+                        expiring = true;
+                    }
+                }
+            }
+            s.poll_expired && !expiring && !s.closing
+        };
+        if wait_for_poll {
+            wake.notified().await;
+            continue;
+        }
         let (request, closing) = {
             let s = lock();
-            let epoch = if s.closing {
+            let closing = s.closing || expiring;
+            let epoch = if closing {
                 if s.member_id.is_none() {
                     return;
                 }
@@ -481,7 +521,7 @@ async fn heartbeat_loop(
                         .collect(),
                 ),
             };
-            (request, s.closing)
+            (request, closing)
         };
         let result: Result<GroupHeartbeatResponse> = coordinator_call(
             &cluster,
@@ -496,6 +536,16 @@ async fn heartbeat_loop(
             Ok(response) if response.error == ErrorCode::None => {
                 attempt = 0;
                 interval = Duration::from_millis(u64::from(response.heartbeat_interval_ms.max(10)));
+                if expiring {
+                    let mut s = lock();
+                    s.member_id = None;
+                    s.member_epoch = JOIN_EPOCH;
+                    s.fenced = true;
+                    s.target = None;
+                    drop(s);
+                    changed.notify_one();
+                    continue;
+                }
                 if closing {
                     return;
                 }
@@ -515,7 +565,7 @@ async fn heartbeat_loop(
             }
             Ok(response) => match response.error {
                 ErrorCode::UnknownMemberId | ErrorCode::FencedMemberEpoch => {
-                    if closing {
+                    if closing && !expiring {
                         return;
                     }
                     tracing::info!(group = %settings.group, error = ?response.error,
@@ -554,8 +604,12 @@ async fn heartbeat_loop(
                 retry_soon = true;
             }
         }
-        if closing && attempt > 3 {
+        if closing && !expiring && attempt > 3 {
             return;
+        }
+        if expiring && lock().member_id.is_some() {
+            // The leave did not go through: try it again.
+            lock().poll_expired = false;
         }
         let wait = if retry_soon {
             cluster.config.backoff(attempt.max(1)).min(interval)
