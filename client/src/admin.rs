@@ -305,6 +305,7 @@ impl Admin {
                 group: g.group,
                 state: g.state,
                 members: g.members,
+                group_type: g.group_type,
             }));
         }
         groups.sort_by(|a, b| a.group.cmp(&b.group));
@@ -450,9 +451,12 @@ impl Admin {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupListing {
     pub group: String,
-    /// `Empty`, `Assigning` (members moving toward their target assignment) or `Stable`.
+    /// `Empty`, `Assigning` (members moving toward their target assignment) or `Stable`; a
+    /// classic group's `PreparingRebalance`, `CompletingRebalance`, `Stable` or `Empty`.
     pub state: String,
     pub members: u32,
+    /// `consumer` (this client's protocol, KIP-848) or `classic` (Kafka clients' JoinGroup).
+    pub group_type: String,
 }
 
 /// What [`Admin::describe_group`] reports.

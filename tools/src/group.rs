@@ -33,15 +33,22 @@ pub async fn group_list(admin: &Admin, output: Output) -> CliResult {
     match output {
         Output::Json => print_json(&json!({
             "groups": groups.iter().map(|g| json!({
-                "group": g.group, "state": g.state, "members": g.members,
+                "group": g.group, "type": g.group_type, "state": g.state, "members": g.members,
             })).collect::<Vec<_>>(),
         })),
         Output::Table => {
             let rows: Vec<Vec<String>> = groups
                 .iter()
-                .map(|g| vec![g.group.clone(), g.state.clone(), g.members.to_string()])
+                .map(|g| {
+                    vec![
+                        g.group.clone(),
+                        g.group_type.clone(),
+                        g.state.clone(),
+                        g.members.to_string(),
+                    ]
+                })
                 .collect();
-            print!("{}", table(&["GROUP", "STATE", "MEMBERS"], &rows));
+            print!("{}", table(&["GROUP", "TYPE", "STATE", "MEMBERS"], &rows));
         }
     }
     Ok(ExitCode::SUCCESS)
