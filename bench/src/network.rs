@@ -202,6 +202,9 @@ impl Broker {
                 &shard_ports,
                 "--metrics-listen",
                 &metrics,
+                // No Kafka listener: its default port would collide with anything else here.
+                "--kafka-listen",
+                "none",
                 // The broker's info lines would mix into the progress line.
                 "--log",
                 "warn",

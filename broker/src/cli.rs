@@ -71,6 +71,16 @@ struct Args {
     /// from --shard-ports (a port mapping in front of the broker). Default: --shard-ports.
     #[arg(long, value_delimiter = ',')]
     advertise_shard_ports: Vec<u16>,
+    /// Kafka-protocol address (Kafka clients bootstrap here; every shard accepts), or `none`
+    /// for no Kafka listener. Each shard also listens on its own Kafka port and is a Kafka node
+    /// of its own in the metadata Kafka clients get.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    kafka_listen: String,
+    /// Each shard's own Kafka port, comma-separated, in shard order. Default: the
+    /// --kafka-listen port plus 10 plus the shard index (9102, 9103, … for 9092). The host
+    /// advertised is --advertise's (else --kafka-listen's).
+    #[arg(long, value_delimiter = ',')]
+    kafka_shard_ports: Vec<u16>,
     /// `throughput`: group commit over each topic's flush window, large buffers.
     /// `latency`: flush as soon as data arrives, small buffers.
     #[arg(long, value_enum, default_value = "throughput")]
@@ -275,6 +285,52 @@ struct Listeners {
     advertised: String,
     /// Each shard's address in the metadata.
     advertised_shards: Vec<String>,
+    /// The Kafka listener, unless `--kafka-listen none`.
+    kafka: Option<crate::kafka::KafkaListeners>,
+}
+
+/// Each shard's own port: `explicit` (one per shard) or `base` + `SHARD_PORT_OFFSET` + index;
+/// never 0, never `base`, never twice. `flags` names the flags in errors.
+fn shard_ports(
+    base: u16,
+    explicit: &[u16],
+    shards: u32,
+    flags: (&str, &str),
+) -> Result<Vec<u16>, String> {
+    let (base_flag, ports_flag) = flags;
+    let ports: Vec<u16> = if explicit.is_empty() {
+        (0..shards)
+            .map(|i| {
+                u16::try_from(u32::from(base) + u32::from(SHARD_PORT_OFFSET) + i).map_err(|_| {
+                    format!(
+                        "{base_flag} port {base} leaves no room for {shards} shard ports \
+                         above it; give {ports_flag}"
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?
+    } else if explicit.len() == shards as usize {
+        explicit.to_vec()
+    } else {
+        return Err(format!(
+            "{ports_flag} lists {} ports for {shards} shards",
+            explicit.len()
+        ));
+    };
+    for (i, &port) in ports.iter().enumerate() {
+        if port == 0 {
+            return Err(format!(
+                "shard {i} has port 0: shard ports must be fixed so clients find a \
+                 restarted broker"
+            ));
+        }
+        if port == base || ports[..i].contains(&port) {
+            return Err(format!(
+                "shard port {port} is used twice ({base_flag} and {ports_flag} must all differ)"
+            ));
+        }
+    }
+    Ok(ports)
 }
 
 impl Listeners {
@@ -284,40 +340,12 @@ impl Listeners {
             .parse()
             .map_err(|e| format!("--listen {:?} is not ip:port: {e}", args.listen))?;
         let count = shards as usize;
-        let ports: Vec<u16> = if args.shard_ports.is_empty() {
-            (0..shards)
-                .map(|i| {
-                    u16::try_from(u32::from(listen.port()) + u32::from(SHARD_PORT_OFFSET) + i)
-                        .map_err(|_| {
-                            format!(
-                                "--listen port {} leaves no room for {shards} shard ports \
-                                 above it; give --shard-ports",
-                                listen.port()
-                            )
-                        })
-                })
-                .collect::<Result<_, _>>()?
-        } else if args.shard_ports.len() == count {
-            args.shard_ports.clone()
-        } else {
-            return Err(format!(
-                "--shard-ports lists {} ports for {shards} shards",
-                args.shard_ports.len()
-            ));
-        };
-        for (i, &port) in ports.iter().enumerate() {
-            if port == 0 {
-                return Err(format!(
-                    "shard {i} has port 0: shard ports must be fixed so clients find a \
-                     restarted broker"
-                ));
-            }
-            if port == listen.port() || ports[..i].contains(&port) {
-                return Err(format!(
-                    "shard port {port} is used twice (--listen and --shard-ports must all differ)"
-                ));
-            }
-        }
+        let ports = shard_ports(
+            listen.port(),
+            &args.shard_ports,
+            shards,
+            ("--listen", "--shard-ports"),
+        )?;
         let (host, port) = match &args.advertise {
             None => (listen.ip().to_string(), listen.port()),
             Some(text) => parse_advertise(text, listen.port())?,
@@ -345,6 +373,45 @@ impl Listeners {
                 format!("{host}:{port}")
             }
         };
+        let kafka = match args.kafka_listen.as_str() {
+            "none" | "off" | "" => None,
+            text => {
+                let kafka: SocketAddr = text
+                    .parse()
+                    .map_err(|e| format!("--kafka-listen {text:?} is not ip:port or none: {e}"))?;
+                let kafka_ports = shard_ports(
+                    kafka.port(),
+                    &args.kafka_shard_ports,
+                    shards,
+                    ("--kafka-listen", "--kafka-shard-ports"),
+                )?;
+                if kafka.ip().is_unspecified() && args.advertise.is_none() {
+                    return Err(format!(
+                        "--kafka-listen {kafka} is not an address clients can connect to; give \
+                         --advertise with the host clients should use"
+                    ));
+                }
+                let kafka_host = match &args.advertise {
+                    Some(_) => host.clone(),
+                    None => kafka.ip().to_string(),
+                };
+                let join_kafka = |port: u16| {
+                    if kafka_host.contains(':') {
+                        format!("[{kafka_host}]:{port}")
+                    } else {
+                        format!("{kafka_host}:{port}")
+                    }
+                };
+                Some(crate::kafka::KafkaListeners {
+                    listen: kafka,
+                    shard_listen: kafka_ports
+                        .iter()
+                        .map(|&port| SocketAddr::new(kafka.ip(), port))
+                        .collect(),
+                    advertised_shards: kafka_ports.into_iter().map(join_kafka).collect(),
+                })
+            }
+        };
         Ok(Listeners {
             shards: ports
                 .iter()
@@ -352,6 +419,7 @@ impl Listeners {
                 .collect(),
             advertised: join(port),
             advertised_shards: advertised_ports.into_iter().map(join).collect(),
+            kafka,
         })
     }
 }
@@ -504,6 +572,7 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         broker_address: listeners.advertised.clone(),
         shards,
         shard_addresses: Vec::new(),
+        kafka_addresses: Vec::new(),
         join: args.join.clone(),
         election_timeout_ms: args.election_timeout_ms,
         lease_ms: args.lease_ms,
@@ -530,6 +599,7 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
             offsets_retention: Duration::from_millis(args.offsets_retention_ms),
             ..GroupsConfig::default()
         },
+        kafka: listeners.kafka.clone(),
     };
     let shards = match Shards::start(
         shard_config,
@@ -545,6 +615,10 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
     };
     let mut config = config;
     config.shard_addresses = listeners.advertised_shards.clone();
+    config.kafka_addresses = listeners
+        .kafka
+        .as_ref()
+        .map_or(Vec::new(), |k| k.advertised_shards.clone());
     let scraper = crate::metrics::http::Scraper {
         node_id: args.node_id,
         shards: shards.snapshots.clone(),

@@ -6,6 +6,7 @@
 //! - [`reactor`]: the watchdog that wakes an executor sleeping through its own timers;
 //! - [`cli`]: the `sluice-broker` command line and start-up;
 //! - [`groups`]: consumer groups (the assignors and the group state machine, pure);
+//! - [`kafka`]: the Kafka-protocol listener, a translation onto the same handlers;
 //! - [`replication`]: partition replication (the leader's in-sync rules, pure);
 //! - [`metrics`]: per-shard counters and histograms, and the Prometheus endpoint;
 //! - [`limits`]: every fixed maximum, with its reason;
@@ -13,6 +14,7 @@
 
 pub mod cli;
 pub mod groups;
+pub mod kafka;
 pub mod limits;
 pub mod metadata;
 pub mod metrics;

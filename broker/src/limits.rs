@@ -262,3 +262,17 @@ pub const REFUSED_DEAD_AFTER: std::time::Duration = std::time::Duration::from_mi
 /// a stuck shard must not keep the process alive for ever, and everything acknowledged is
 /// already durable.
 pub const SHARD_STOP_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Largest Kafka-protocol request frame: like the native [`FRAME_BYTES_MAX`], one produce
+/// request of maximal batches plus its headers (Kafka's own `socket.request.max.bytes` is 100
+/// MiB; a frame above this is a broken or hostile client and its connection is closed).
+pub const KAFKA_FRAME_BYTES_MAX: usize = FRAME_BYTES_MAX;
+
+/// A Kafka request frame holds at least its header's api key, version and correlation id.
+pub const KAFKA_FRAME_BYTES_MIN: usize = 8;
+
+/// Kafka clients know one node per address, so every shard of a broker is a Kafka node of its
+/// own: node id = broker id × this + shard. 1,000 leaves room for far more shards than cores
+/// (the native shard ports leave room for 90) and for broker ids up to 2,147,482 in Kafka's
+/// 32-bit node ids.
+pub const KAFKA_NODE_IDS_PER_BROKER: i32 = 1_000;

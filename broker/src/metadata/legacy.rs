@@ -6,8 +6,9 @@
 pub mod v1 {
     use std::collections::BTreeMap;
 
+    use super::v4::Broker;
     use crate::metadata::types::{
-        Broker, ClusterState as Current, FlushSetting, NodeId, PartitionInfo as CurrentPartition,
+        ClusterState as Current, FlushSetting, NodeId, PartitionInfo as CurrentPartition,
         ReplicaPlacement, Topic as CurrentTopic, TopicConfig as CurrentConfig,
     };
 
@@ -54,7 +55,7 @@ pub mod v1 {
         fn from(old: ClusterState) -> Current {
             Current {
                 version: old.version,
-                brokers: old.brokers,
+                brokers: super::v4::brokers(old.brokers),
                 topics: old
                     .topics
                     .into_iter()
@@ -106,9 +107,10 @@ pub mod v2 {
     use std::collections::BTreeMap;
 
     use super::v3::TopicConfig;
+    use super::v4::Broker;
     use crate::metadata::types::{
-        Broker, ClusterState as Current, NodeId, PartitionInfo as CurrentPartition,
-        ReplicaPlacement, Topic as CurrentTopic,
+        ClusterState as Current, NodeId, PartitionInfo as CurrentPartition, ReplicaPlacement,
+        Topic as CurrentTopic,
     };
 
     #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -145,7 +147,7 @@ pub mod v2 {
         fn from(old: ClusterState) -> Current {
             Current {
                 version: old.version,
-                brokers: old.brokers,
+                brokers: super::v4::brokers(old.brokers),
                 topics: old
                     .topics
                     .into_iter()
@@ -183,8 +185,9 @@ pub mod v2 {
 pub mod v3 {
     use std::collections::BTreeMap;
 
+    use super::v4::Broker;
     use crate::metadata::types::{
-        Broker, ClusterState as Current, FlushSetting, NodeId, PartitionInfo, ReplicaPlacement,
+        ClusterState as Current, FlushSetting, NodeId, PartitionInfo, ReplicaPlacement,
         Topic as CurrentTopic, TopicConfig as CurrentConfig,
     };
 
@@ -243,7 +246,7 @@ pub mod v3 {
         fn from(old: ClusterState) -> Current {
             Current {
                 version: old.version,
-                brokers: old.brokers,
+                brokers: super::v4::brokers(old.brokers),
                 topics: old
                     .topics
                     .into_iter()
@@ -258,6 +261,71 @@ pub mod v3 {
                         (name, topic)
                     })
                     .collect(),
+                coordinators: old.coordinators,
+                next_topic_id: old.next_topic_id,
+                next_producer_id: old.next_producer_id,
+            }
+        }
+    }
+}
+
+/// Schema 4: before each broker's Kafka addresses (`Broker::kafka_addresses`).
+pub mod v4 {
+    use std::collections::BTreeMap;
+
+    use crate::metadata::types::{
+        Broker as CurrentBroker, BrokerState, ClusterState as Current, NodeId, ReplicaPlacement,
+        Topic,
+    };
+
+    #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct Broker {
+        pub id: NodeId,
+        pub address: String,
+        pub metadata_address: String,
+        pub shards: u32,
+        pub shard_addresses: Vec<String>,
+        pub state: BrokerState,
+    }
+
+    impl From<Broker> for CurrentBroker {
+        fn from(old: Broker) -> CurrentBroker {
+            CurrentBroker {
+                id: old.id,
+                address: old.address,
+                metadata_address: old.metadata_address,
+                shards: old.shards,
+                shard_addresses: old.shard_addresses,
+                state: old.state,
+                kafka_addresses: Vec::new(),
+            }
+        }
+    }
+
+    /// The brokers of an older schema as current ones (no Kafka addresses until they
+    /// register again).
+    pub fn brokers(old: BTreeMap<NodeId, Broker>) -> BTreeMap<NodeId, CurrentBroker> {
+        old.into_iter().map(|(id, b)| (id, b.into())).collect()
+    }
+
+    #[derive(
+        Debug, Clone, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+    )]
+    pub struct ClusterState {
+        pub version: u64,
+        pub brokers: BTreeMap<NodeId, Broker>,
+        pub topics: BTreeMap<String, Topic>,
+        pub coordinators: BTreeMap<String, ReplicaPlacement>,
+        pub next_topic_id: u64,
+        pub next_producer_id: u64,
+    }
+
+    impl From<ClusterState> for Current {
+        fn from(old: ClusterState) -> Current {
+            Current {
+                version: old.version,
+                brokers: brokers(old.brokers),
+                topics: old.topics,
                 coordinators: old.coordinators,
                 next_topic_id: old.next_topic_id,
                 next_producer_id: old.next_producer_id,

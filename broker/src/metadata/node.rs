@@ -47,6 +47,8 @@ pub struct MetadataConfig {
     pub shards: u32,
     /// Native-protocol address of each shard.
     pub shard_addresses: Vec<String>,
+    /// Kafka-protocol address of each shard (empty: no Kafka listener).
+    pub kafka_addresses: Vec<String>,
     /// Time after the controller's last heartbeat by which a follower starts an election.
     pub election_timeout_ms: u64,
     /// How long a broker stays alive without a heartbeat.
@@ -66,6 +68,7 @@ impl MetadataConfig {
             join: Vec::new(),
             shards: 1,
             shard_addresses: Vec::new(),
+            kafka_addresses: Vec::new(),
             election_timeout_ms: 600,
             lease_ms: 6_000,
             snapshot_logs: 1_000,
@@ -444,6 +447,7 @@ impl MetadataNode {
                 metadata_address,
                 shards,
                 shard_addresses,
+                kafka_addresses,
             } => {
                 self.require_controller()?;
                 self.touch_lease(id);
@@ -453,6 +457,7 @@ impl MetadataNode {
                         && b.metadata_address == metadata_address
                         && b.shards == shards
                         && b.shard_addresses == shard_addresses
+                        && b.kafka_addresses == kafka_addresses
                         && b.state == BrokerState::Alive
                 });
                 if unchanged {
@@ -466,6 +471,7 @@ impl MetadataNode {
                     metadata_address,
                     shards,
                     shard_addresses,
+                    kafka_addresses,
                 })
                 .await
             }
@@ -759,6 +765,7 @@ async fn register_and_heartbeat(node: MetadataNode) {
         metadata_address: config.listen.clone(),
         shards: config.shards,
         shard_addresses: config.shard_addresses.clone(),
+        kafka_addresses: config.kafka_addresses.clone(),
     };
     let interval = Duration::from_millis((config.lease_ms / 4).max(50));
     let mut registered = false;

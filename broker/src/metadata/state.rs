@@ -555,6 +555,7 @@ impl ClusterState {
                 metadata_address,
                 shards,
                 shard_addresses,
+                kafka_addresses,
             } => {
                 let was_alive = self
                     .brokers
@@ -569,6 +570,7 @@ impl ClusterState {
                         shards: *shards,
                         shard_addresses: shard_addresses.clone(),
                         state: BrokerState::Alive,
+                        kafka_addresses: kafka_addresses.clone(),
                     },
                 );
                 if !was_alive {
@@ -929,6 +931,7 @@ mod tests {
                 metadata_address: format!("127.0.0.1:{}", 9100 + id),
                 shards,
                 shard_addresses: Vec::new(),
+                kafka_addresses: Vec::new(),
             });
         }
         state
@@ -1399,6 +1402,7 @@ mod tests {
             metadata_address: "m".into(),
             shards: 1,
             shard_addresses: Vec::new(),
+            kafka_addresses: Vec::new(),
         });
         let p = state.topics["t"].partitions[0].clone();
         assert_ne!(p.leader, Some(preferred), "moved away by the shutdown");

@@ -41,7 +41,7 @@ const SNAPSHOT_MAGIC_UNVERSIONED: &[u8; 8] = b"SLMETA01";
 /// `ClusterState` (or of a type inside it) is added, removed or changed, keep the previous
 /// layout's types in a module of their own, and decode older schemas by converting from them in
 /// `decode_state`: a rolling upgrade meets snapshots written by the previous version.
-pub const CLUSTER_STATE_SCHEMA: u32 = 4;
+pub const CLUSTER_STATE_SCHEMA: u32 = 5;
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -387,7 +387,10 @@ fn decode_state(schema: u32, archive: &[u8]) -> std::io::Result<ClusterState> {
         3 => rkyv::from_bytes::<super::legacy::v3::ClusterState, rkyv::rancor::Error>(archive)
             .map(ClusterState::from)
             .map_err(|e| invalid(&e.to_string())),
-        4 => rkyv::from_bytes::<ClusterState, rkyv::rancor::Error>(archive)
+        4 => rkyv::from_bytes::<super::legacy::v4::ClusterState, rkyv::rancor::Error>(archive)
+            .map(ClusterState::from)
+            .map_err(|e| invalid(&e.to_string())),
+        5 => rkyv::from_bytes::<ClusterState, rkyv::rancor::Error>(archive)
             .map_err(|e| invalid(&e.to_string())),
         other => Err(invalid(&format!("state schema {other} is unknown"))),
     }
@@ -764,6 +767,45 @@ mod tests {
             ),
             (Some(1234), 2, true)
         );
+    }
+
+    /// A schema-4 snapshot (before Kafka addresses) opens with brokers that have none.
+    #[test]
+    fn schema_four_snapshots_are_converted() {
+        use super::super::legacy::v4;
+        use crate::metadata::types::BrokerState;
+        let old = v4::ClusterState {
+            version: 9,
+            brokers: [(
+                4,
+                v4::Broker {
+                    id: 4,
+                    address: "127.0.0.1:9490".into(),
+                    metadata_address: "127.0.0.1:9492".into(),
+                    shards: 2,
+                    shard_addresses: vec!["127.0.0.1:9500".into(), "127.0.0.1:9501".into()],
+                    state: BrokerState::Alive,
+                },
+            )]
+            .into(),
+            ..v4::ClusterState::default()
+        };
+        let (meta, _) = sample();
+        let meta_json = serde_json::to_vec(&StoredSnapshotMeta { meta }).unwrap();
+        let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&old).unwrap();
+        let mut bytes = SNAPSHOT_MAGIC.to_vec();
+        bytes.extend_from_slice(&4u32.to_le_bytes());
+        bytes.extend_from_slice(&(meta_json.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&meta_json);
+        bytes.extend_from_slice(&(archive.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&archive);
+        let crc = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        let state = decode_snapshot(&bytes).unwrap().1;
+        let broker = &state.brokers[&4];
+        assert_eq!(state.version, 9);
+        assert_eq!(broker.shard_addresses.len(), 2);
+        assert!(broker.kafka_addresses.is_empty());
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub struct Broker {
     /// One native-protocol address per shard, for clients that connect to the owning shard.
     pub shard_addresses: Vec<String>,
     pub state: BrokerState,
+    /// One Kafka-protocol address per shard (each shard is a Kafka node); empty when the
+    /// broker's Kafka listener is off.
+    #[serde(default)]
+    pub kafka_addresses: Vec<String>,
 }
 
 /// Durability setting of a topic's partitions, as stored in metadata.
@@ -267,6 +271,8 @@ pub enum Command {
         metadata_address: String,
         shards: u32,
         shard_addresses: Vec<String>,
+        #[serde(default)]
+        kafka_addresses: Vec<String>,
     },
     SetBrokerState {
         id: NodeId,

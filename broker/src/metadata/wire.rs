@@ -39,6 +39,8 @@ pub enum AdminRequest {
         metadata_address: String,
         shards: u32,
         shard_addresses: Vec<String>,
+        #[serde(default)]
+        kafka_addresses: Vec<String>,
     },
     Heartbeat {
         id: NodeId,

@@ -12,16 +12,16 @@
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
-use futures_lite::io::AsyncWriteExt;
+use futures_lite::io::{AsyncWriteExt, WriteHalf};
 use futures_lite::FutureExt;
-use glommio::channels::local_channel;
+use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::net::TcpStream;
 use glommio::task::JoinHandle;
 use sluice_protocol::native::{split_request, ApiKey, FrameError};
 use std::time::Instant;
 
 use super::api::{dispatch, DispatchError};
-use super::context::{frame_error, Response, ShardContext};
+use super::context::{frame_error, Response, ResponsePart, ShardContext};
 use super::socket::Watch;
 use crate::limits::{FRAME_BYTES_MAX, IN_FLIGHT_REQUESTS_MAX};
 use crate::notify::Listener;
@@ -29,10 +29,11 @@ use crate::storage::SendChunk;
 
 /// A request being handled: the task that yields its response, the API it asked for (when
 /// its frame could be read) and when its frame arrived.
-struct Pending {
-    task: JoinHandle<Option<Response>>,
-    api_key: Option<u16>,
-    started: Instant,
+pub(crate) struct Pending {
+    pub task: JoinHandle<Option<Response>>,
+    /// The native API, for the request metrics.
+    pub api_key: Option<u16>,
+    pub started: Instant,
 }
 
 fn frame_error_name(code: FrameError) -> &'static str {
@@ -60,53 +61,9 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
         tracing::debug!(%error, "cannot make the socket non-blocking");
         return;
     }
-    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let (mut reader, writer) = futures_lite::io::split(stream);
     let (pending_tx, pending_rx) = local_channel::new_bounded::<Pending>(IN_FLIGHT_REQUESTS_MAX);
-    let writer_watch = watch.clone();
-    let writer_ctx = Rc::clone(&ctx);
-    let writer_task = glommio::spawn_local(async move {
-        let watch = writer_watch;
-        let metrics = &writer_ctx.metrics;
-        while let Some(pending) = pending_rx.recv().await {
-            let Some(Some(response)) = pending.task.await else {
-                // No response (a produce with acks = None): done when handled.
-                if let Some(api) = pending.api_key {
-                    metrics.request_done(api, pending.started);
-                }
-                continue;
-            };
-            let (mut memory, mut file) = (response.head.len() as u64, 0u64);
-            if watch.write_all(&mut writer, &response.head).await.is_err() {
-                return;
-            }
-            for chunk in &response.data {
-                let sent = match chunk {
-                    SendChunk::Memory(bytes) => {
-                        memory += bytes.as_bytes().len() as u64;
-                        watch.write_all(&mut writer, bytes.as_bytes()).await
-                    }
-                    SendChunk::File(range) => {
-                        file += range.len as u64;
-                        watch
-                            .send_file(range.file.as_raw_fd(), range.position, range.len)
-                            .await
-                    }
-                };
-                if sent.is_err() {
-                    return;
-                }
-            }
-            if writer.flush().await.is_err() {
-                return;
-            }
-            metrics.sent(memory, file);
-            if let Some(api) = pending.api_key {
-                metrics.request_done(api, pending.started);
-            }
-        }
-        let _ = writer.close().await;
-    })
-    .detach();
+    let writer_task = spawn_writer(Rc::clone(&ctx), watch.clone(), writer, pending_rx);
 
     loop {
         let stop: Listener = ctx.stop.listen();
@@ -189,4 +146,61 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
     }
     drop(pending_tx);
     let _ = writer_task.await;
+}
+
+/// Starts the task that sends a connection's responses in request order: it awaits each
+/// pending request's task in turn and writes its head, then its data chunks (memory chunks as
+/// they are, file spans with `sendfile`). Shared by the native and the Kafka listeners.
+pub(crate) fn spawn_writer(
+    ctx: Rc<ShardContext>,
+    watch: Watch,
+    mut writer: WriteHalf<TcpStream>,
+    pending_rx: LocalReceiver<Pending>,
+) -> JoinHandle<()> {
+    glommio::spawn_local(async move {
+        let metrics = &ctx.metrics;
+        while let Some(pending) = pending_rx.recv().await {
+            let Some(Some(response)) = pending.task.await else {
+                // No response (a produce with acks = None): done when handled.
+                if let Some(api) = pending.api_key {
+                    metrics.request_done(api, pending.started);
+                }
+                continue;
+            };
+            let (mut memory, mut file) = (response.head.len() as u64, 0u64);
+            if watch.write_all(&mut writer, &response.head).await.is_err() {
+                return;
+            }
+            for chunk in &response.data {
+                let sent = match chunk {
+                    ResponsePart::Bytes(bytes) => {
+                        memory += bytes.len() as u64;
+                        watch.write_all(&mut writer, bytes).await
+                    }
+                    ResponsePart::Send(SendChunk::Memory(bytes)) => {
+                        memory += bytes.as_bytes().len() as u64;
+                        watch.write_all(&mut writer, bytes.as_bytes()).await
+                    }
+                    ResponsePart::Send(SendChunk::File(range)) => {
+                        file += range.len as u64;
+                        watch
+                            .send_file(range.file.as_raw_fd(), range.position, range.len)
+                            .await
+                    }
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+            if writer.flush().await.is_err() {
+                return;
+            }
+            metrics.sent(memory, file);
+            if let Some(api) = pending.api_key {
+                metrics.request_done(api, pending.started);
+            }
+        }
+        let _ = writer.close().await;
+    })
+    .detach()
 }

@@ -33,6 +33,9 @@ pub struct ShardContext {
     pub storage_failed: Latch,
     /// This shard's unused block of producer ids: [next, end).
     pub producer_ids: std::cell::Cell<(u64, u64)>,
+    /// This broker's advertised Kafka address of each shard (empty with the Kafka listener
+    /// off).
+    pub kafka_addresses: Vec<String>,
     /// How long a connection waits on its socket before checking it itself (`socket.rs`).
     pub socket_watch: Duration,
     /// Lost socket readiness events recovered on this shard.
@@ -47,11 +50,33 @@ pub struct ShardContext {
     pub metrics: Rc<crate::metrics::ShardMetrics>,
 }
 
-/// A response: header and control, then the data chunks written as they are.
+/// A response: header and control, then the data parts written as they are.
 #[derive(Debug, Default)]
 pub struct Response {
     pub head: Vec<u8>,
-    pub data: Vec<SendChunk>,
+    pub data: Vec<ResponsePart>,
+}
+
+/// A piece of a response after its head: batches as the log hands them out (memory or a file
+/// span sent with `sendfile`), or bytes of the response itself between them (a Kafka fetch
+/// interleaves each partition's header with its batches).
+#[derive(Debug)]
+pub enum ResponsePart {
+    Send(SendChunk),
+    Bytes(Vec<u8>),
+}
+
+impl ResponsePart {
+    pub fn len(&self) -> usize {
+        match self {
+            ResponsePart::Send(chunk) => chunk.len(),
+            ResponsePart::Bytes(bytes) => bytes.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 pub fn response<T: EncodeControl>(correlation_id: u32, control: &T) -> Response {

@@ -57,6 +57,8 @@ pub struct ShardConfig {
     pub retention_check_interval: std::time::Duration,
     /// The group coordinators' settings.
     pub groups: crate::groups::coordinator::GroupsConfig,
+    /// The Kafka listener, when it is on.
+    pub kafka: Option<crate::kafka::KafkaListeners>,
 }
 
 /// A request from a shard to the metadata thread, with where to send the answer.

@@ -68,6 +68,21 @@ impl Shards {
         // where connections wait in a backlog nobody will accept from.
         let main_listener =
             bind_freed(main).map_err(|e| format!("cannot listen on {main} (--listen): {e}"))?;
+        // The Kafka listener's main address, shared the same way.
+        let kafka_main = match &config.kafka {
+            None => None,
+            Some(kafka) => {
+                if kafka.shard_listen.len() != count as usize {
+                    return Err(format!(
+                        "{count} shards need {count} Kafka shard ports, {} given",
+                        kafka.shard_listen.len()
+                    ));
+                }
+                Some(bind_freed(kafka.listen).map_err(|e| {
+                    format!("cannot listen on {} (--kafka-listen): {e}", kafka.listen)
+                })?)
+            }
+        };
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         // Watched from before the first shard starts: a shard can hang in its first sleep.
         let pulses: Vec<Arc<Pulse>> = (0..count).map(|_| Arc::default()).collect();
@@ -84,6 +99,11 @@ impl Shards {
             let main = main_listener
                 .try_clone()
                 .map_err(|e| format!("cannot share the listener on {main}: {e}"))?;
+            let kafka_main = kafka_main
+                .as_ref()
+                .map(|l| l.try_clone())
+                .transpose()
+                .map_err(|e| format!("cannot share the Kafka listener: {e}"))?;
             let (address_tx, address_rx) = std::sync::mpsc::channel::<Result<String, String>>();
             let (stop_tx, stop_rx) = flume::bounded::<()>(1);
             let (snapshot_tx, snapshot_rx) =
@@ -100,6 +120,7 @@ impl Shards {
                         ShardLinks {
                             shard,
                             main,
+                            kafka_main,
                             link,
                             address_tx,
                             stop_rx,
@@ -165,6 +186,8 @@ impl ShardStopper {
 struct ShardLinks {
     shard: u32,
     main: std::net::TcpListener,
+    /// The Kafka listener's main socket (a duplicate of it), when it is on.
+    kafka_main: Option<std::net::TcpListener>,
     link: MetadataLink,
     address_tx: std::sync::mpsc::Sender<Result<String, String>>,
     stop_rx: flume::Receiver<()>,
@@ -176,6 +199,7 @@ async fn run(config: ShardConfig, links: ShardLinks) -> Result<(), String> {
     let ShardLinks {
         shard,
         main,
+        kafka_main,
         link,
         address_tx,
         stop_rx,
@@ -197,10 +221,22 @@ async fn run(config: ShardConfig, links: ShardLinks) -> Result<(), String> {
             )
         })?;
         let own = own_listener.local_addr().map_err(|e| e.to_string())?;
-        Ok::<_, String>((main_listener, own_listener, own))
+        let kafka = match (kafka_main, &config.kafka) {
+            (Some(main), Some(kafka)) => {
+                let address = kafka.shard_listen[shard as usize];
+                // SAFETY: as for `main` above: a duplicate of the bound, listening Kafka socket.
+                let main = unsafe { TcpListener::from_raw_fd(main.into_raw_fd()) };
+                let own = bind_exclusive(address).map_err(|e| {
+                    format!("shard {shard} cannot listen on {address} (--kafka-shard-ports): {e}")
+                })?;
+                Some((main, own))
+            }
+            _ => None,
+        };
+        Ok::<_, String>((main_listener, own_listener, own, kafka))
     }
     .await;
-    let (main_listener, own_listener, own) = match started {
+    let (main_listener, own_listener, own, kafka_listeners) = match started {
         Ok(started) => started,
         Err(error) => {
             let _ = address_tx.send(Err(error.clone()));
@@ -222,6 +258,10 @@ async fn run(config: ShardConfig, links: ShardLinks) -> Result<(), String> {
         stop: Latch::new(),
         storage_failed: Latch::new(),
         producer_ids: std::cell::Cell::new((0, 0)),
+        kafka_addresses: config
+            .kafka
+            .as_ref()
+            .map_or(Vec::new(), |k| k.advertised_shards.clone()),
         socket_watch: match config.mode {
             Mode::Latency => SOCKET_WATCH_LATENCY,
             Mode::Throughput => SOCKET_WATCH_THROUGHPUT,
@@ -333,7 +373,7 @@ async fn run(config: ShardConfig, links: ShardLinks) -> Result<(), String> {
         .detach();
 
     let connections = Rc::new(Semaphore::new(CONNECTIONS_PER_SHARD_MAX as u64));
-    let accept = |listener: TcpListener| {
+    let accept = |listener: TcpListener, protocol: Protocol| {
         let ctx = Rc::clone(&ctx);
         let connections = Rc::clone(&connections);
         let mut state = link.state.clone();
@@ -375,7 +415,13 @@ async fn run(config: ShardConfig, links: ShardLinks) -> Result<(), String> {
                             let ctx = Rc::clone(&ctx);
                             glommio::spawn_local(async move {
                                 ctx.metrics.connection_opened();
-                                serve(Rc::clone(&ctx), stream).await;
+                                match protocol {
+                                    Protocol::Native => serve(Rc::clone(&ctx), stream).await,
+                                    Protocol::Kafka => {
+                                        crate::kafka::connection::serve(Rc::clone(&ctx), stream)
+                                            .await
+                                    }
+                                }
                                 ctx.metrics.connection_closed();
                                 drop(permit);
                             })
@@ -390,8 +436,14 @@ async fn run(config: ShardConfig, links: ShardLinks) -> Result<(), String> {
             })
             .detach()
     };
-    let accept_main = accept(main_listener);
-    let accept_own = accept(own_listener);
+    let mut accepting = vec![
+        accept(main_listener, Protocol::Native),
+        accept(own_listener, Protocol::Native),
+    ];
+    if let Some((main, own)) = kafka_listeners {
+        accepting.push(accept(main, Protocol::Kafka));
+        accepting.push(accept(own, Protocol::Kafka));
+    }
 
     // Run until asked to stop or until storage fails.
     let storage_failed = ctx.storage_failed.listen();
@@ -401,8 +453,9 @@ async fn run(config: ShardConfig, links: ShardLinks) -> Result<(), String> {
     .or(storage_failed)
     .await;
     ctx.stop.fire();
-    let _ = accept_main.await;
-    let _ = accept_own.await;
+    for task in accepting {
+        let _ = task.await;
+    }
     // Wait for connections to finish what they have in flight.
     let drained = async {
         let _ = connections.acquire(CONNECTIONS_PER_SHARD_MAX as u64).await;
@@ -448,6 +501,13 @@ async fn run(config: ShardConfig, links: ShardLinks) -> Result<(), String> {
         .close_all()
         .await
         .map_err(|e| format!("shard {shard}: closing logs: {e}"))
+}
+
+/// Which protocol a listener speaks.
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    Native,
+    Kafka,
 }
 
 /// A listener on `address` without SO_REUSEPORT (glommio's `bind` sets it), so a port another

@@ -11,7 +11,7 @@ use sluice_protocol::native::{
 };
 
 use crate::notify::Listener;
-use crate::server::context::{storage_code, Response, ShardContext};
+use crate::server::context::{storage_code, Response, ResponsePart, ShardContext};
 use crate::storage::SendChunk;
 
 /// Completes when any of the listeners fires.
@@ -34,12 +34,38 @@ impl std::future::Future for AnyListener {
 }
 
 pub async fn fetch(ctx: &ShardContext, id: u32, request: FetchRequest) -> Response {
+    let reads = read_partitions(ctx, &request).await;
+    let total: usize = reads.iter().map(|r| r.answer.bytes_len as usize).sum();
+    let mut partitions = Vec::with_capacity(reads.len());
+    let mut data = Vec::new();
+    for read in reads {
+        partitions.push(read.answer);
+        data.extend(read.chunks.into_iter().map(ResponsePart::Send));
+    }
+    let control = encode_control(&FetchResponse { partitions });
+    Response {
+        head: encode_response_head(id, FrameError::None, &control, total),
+        data,
+    }
+}
+
+/// What a fetch found in one partition: its answer (`bytes_len` is the length of `chunks`)
+/// and the batches to send, as memory chunks and file spans.
+#[derive(Debug)]
+pub struct PartitionRead {
+    pub answer: FetchPartitionResponse,
+    pub chunks: Vec<SendChunk>,
+}
+
+/// Reads every partition of a fetch, long polling: answers at once on an error or with
+/// `min_bytes`, else waits on the logs' durable-end listeners until enough arrived or
+/// `max_wait_ms` passed. The native and the Kafka fetch share it.
+pub async fn read_partitions(ctx: &ShardContext, request: &FetchRequest) -> Vec<PartitionRead> {
     let deadline = Instant::now() + Duration::from_millis(u64::from(request.max_wait_ms));
     loop {
         let mut listeners = Vec::new();
         let mut sent = Vec::new();
-        let mut answers = Vec::with_capacity(request.partitions.len());
-        let mut data: Vec<SendChunk> = Vec::new();
+        let mut reads = Vec::with_capacity(request.partitions.len());
         let mut total = 0usize;
         let mut failed = false;
         for p in &request.partitions {
@@ -51,6 +77,7 @@ pub async fn fetch(ctx: &ShardContext, id: u32, request: FetchRequest) -> Respon
                 log_start: 0,
                 bytes_len: 0,
             };
+            let mut chunks = Vec::new();
             match ctx.partitions.get(&p.topic, p.partition) {
                 Some(owned) if owned.leader => {
                     listeners.push(owned.log.durable_end_changed());
@@ -69,7 +96,7 @@ pub async fn fetch(ctx: &ShardContext, id: u32, request: FetchRequest) -> Respon
                                 answer.bytes_len = len as u32;
                                 total += len;
                                 sent.push((std::rc::Rc::clone(&owned.counters), len));
-                                data.extend(read.chunks);
+                                chunks = read.chunks;
                             }
                             Err(error) => {
                                 ctx.report_storage(&error);
@@ -90,29 +117,24 @@ pub async fn fetch(ctx: &ShardContext, id: u32, request: FetchRequest) -> Respon
                     failed = true;
                 }
             }
-            answers.push(answer);
+            reads.push(PartitionRead { answer, chunks });
         }
         let answer_now = failed || total >= request.min_bytes as usize;
-        let control = FetchResponse {
-            partitions: answers,
-        };
         let round = LongPoll {
-            id,
+            id: 0,
             total,
             deadline,
         };
-        if let Some(response) = round
-            .answer_or_wait(answer_now, &control, data, listeners)
-            .await
-        {
+        if round.answer_now(answer_now, &listeners) {
             for (counters, len) in sent {
                 counters.fetched(len as u64);
             }
-            for p in &control.partitions {
-                ctx.metrics.error_code(ApiKey::Fetch, p.error);
+            for r in &reads {
+                ctx.metrics.error_code(ApiKey::Fetch, r.answer.error);
             }
-            return response;
+            return reads;
         }
+        round.wait(listeners).await;
     }
 }
 
@@ -126,9 +148,25 @@ pub struct LongPoll {
 }
 
 impl LongPoll {
-    /// Answers now when asked to (an error, enough bytes), at the deadline or with nothing to
-    /// wait on; otherwise waits until a listener fires (a flush moved a durable end or high
-    /// watermark) or the deadline passes, and returns `None`: read again.
+    /// Whether to answer now: when asked to (an error, enough bytes), at the deadline, or with
+    /// nothing to wait on.
+    pub fn answer_now(&self, asked: bool, listeners: &[Listener]) -> bool {
+        asked || Instant::now() >= self.deadline || listeners.is_empty()
+    }
+
+    /// Waits until a listener fires (a flush moved a durable end or high watermark) or the
+    /// deadline passes.
+    pub async fn wait(&self, listeners: Vec<Listener>) {
+        let wait = self.deadline.saturating_duration_since(Instant::now());
+        AnyListener(listeners)
+            .or(async {
+                glommio::timer::sleep(wait).await;
+            })
+            .await;
+    }
+
+    /// Answers now when [`Self::answer_now`] says so; otherwise waits ([`Self::wait`]) and
+    /// returns `None`: read again.
     pub async fn answer_or_wait<T: EncodeControl>(
         &self,
         answer_now: bool,
@@ -136,20 +174,14 @@ impl LongPoll {
         data: Vec<SendChunk>,
         listeners: Vec<Listener>,
     ) -> Option<Response> {
-        let now = Instant::now();
-        if answer_now || now >= self.deadline || listeners.is_empty() {
+        if self.answer_now(answer_now, &listeners) {
             let control = encode_control(control);
             return Some(Response {
                 head: encode_response_head(self.id, FrameError::None, &control, self.total),
-                data,
+                data: data.into_iter().map(ResponsePart::Send).collect(),
             });
         }
-        let wait = self.deadline - now;
-        AnyListener(listeners)
-            .or(async {
-                glommio::timer::sleep(wait).await;
-            })
-            .await;
+        self.wait(listeners).await;
         None
     }
 }

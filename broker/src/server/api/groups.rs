@@ -8,7 +8,7 @@ use crate::groups::coordinator::OFFSETS_TOPIC;
 use crate::groups::records::partition_for;
 use crate::limits::GROUP_ID_BYTES_MAX;
 use crate::metadata::types::TopicConfig;
-use crate::metadata::{AdminRequest, MetadataError};
+use crate::metadata::{AdminRequest, MetadataError, NodeId};
 use crate::server::api::admin::topic_outcome;
 use crate::server::context::ShardContext;
 
@@ -33,17 +33,50 @@ pub async fn find_coordinator(
     ctx: &ShardContext,
     request: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
-    let refused = |error, message: String| FindCoordinatorResponse {
-        error,
-        message,
-        broker_id: 0,
-        address: String::new(),
-    };
-    if request.group.is_empty() || request.group.len() > GROUP_ID_BYTES_MAX {
-        return refused(
+    let located = locate_coordinator(ctx, &request.group)
+        .await
+        .and_then(|(broker_id, shard)| {
+            let state = ctx.link.state.borrow().clone();
+            let address = state
+                .brokers
+                .get(&broker_id)
+                .and_then(|b| b.shard_addresses.get(shard as usize).cloned())
+                .ok_or_else(|| {
+                    (
+                        ErrorCode::CoordinatorNotAvailable,
+                        format!("broker {broker_id} has no address for shard {shard}"),
+                    )
+                })?;
+            Ok((broker_id, address))
+        });
+    match located {
+        Ok((broker_id, address)) => FindCoordinatorResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            broker_id,
+            address,
+        },
+        Err((error, message)) => FindCoordinatorResponse {
+            error,
+            message,
+            broker_id: 0,
+            address: String::new(),
+        },
+    }
+}
+
+/// The coordinator of `group`: the broker and shard that lead the group's partition of the
+/// offsets log, created on first use; or why there is none now. The native and the Kafka
+/// FindCoordinator share it.
+pub async fn locate_coordinator(
+    ctx: &ShardContext,
+    group: &str,
+) -> Result<(NodeId, u32), (ErrorCode, String)> {
+    if group.is_empty() || group.len() > GROUP_ID_BYTES_MAX {
+        return Err((
             ErrorCode::InvalidGroupId,
             format!("a group id has 1 to {GROUP_ID_BYTES_MAX} bytes"),
-        );
+        ));
     }
     let mut state = ctx.link.state.borrow().clone();
     if !state.topics.contains_key(OFFSETS_TOPIC) {
@@ -65,10 +98,10 @@ pub async fn find_coordinator(
             other => {
                 let created = topic_outcome(ctx, other).await;
                 if created.error != ErrorCode::None {
-                    return refused(
+                    return Err((
                         ErrorCode::CoordinatorNotAvailable,
                         format!("creating the offsets log: {}", created.message),
-                    );
+                    ));
                 }
                 tracing::info!(
                     partitions = ctx.groups.config().offsets_partitions,
@@ -80,29 +113,22 @@ pub async fn find_coordinator(
         state = ctx.link.state.borrow().clone();
     }
     let Some(topic) = state.topics.get(OFFSETS_TOPIC) else {
-        return refused(
+        return Err((
             ErrorCode::CoordinatorNotAvailable,
             "the offsets log is being created".into(),
-        );
+        ));
     };
-    let partition = partition_for(&request.group, topic.partitions.len() as u32);
+    let partition = partition_for(group, topic.partitions.len() as u32);
     let info = &topic.partitions[partition as usize];
-    let leader = info.leader.and_then(|leader| {
-        let shard = info.replicas.iter().find(|r| r.broker == leader)?.shard;
-        let broker = state.brokers.get(&leader)?;
-        let address = broker.shard_addresses.get(shard as usize)?.clone();
-        Some((leader, address))
-    });
-    match leader {
-        Some((broker_id, address)) => FindCoordinatorResponse {
-            error: ErrorCode::None,
-            message: String::new(),
-            broker_id,
-            address,
-        },
-        None => refused(
-            ErrorCode::CoordinatorNotAvailable,
-            format!("partition {partition} of the offsets log has no leader now"),
-        ),
-    }
+    info.leader
+        .and_then(|leader| {
+            let shard = info.replicas.iter().find(|r| r.broker == leader)?.shard;
+            Some((leader, shard))
+        })
+        .ok_or_else(|| {
+            (
+                ErrorCode::CoordinatorNotAvailable,
+                format!("partition {partition} of the offsets log has no leader now"),
+            )
+        })
 }

@@ -35,23 +35,67 @@ pub async fn produce(
             len: data.len(),
         }));
     }
-    let mut results = Vec::with_capacity(request.partitions.len());
-    let mut waits: Vec<(usize, crate::storage::PartitionLog, Appended, u32)> = Vec::new();
+    let mut batches = ProduceBatches::new(request.acks, request.partitions.len());
     let mut at = 0usize;
     for p in &request.partitions {
         let batch = &data[at..at + p.batch_len as usize];
         at += p.batch_len as usize;
+        batches.append(&ctx, &p.topic, p.partition, batch).await;
+    }
+    let deadline = batches.deadline(request.timeout_ms);
+    let acks = request.acks;
+    Ok(glommio::spawn_local(async move {
+        let partitions = batches.settle(&ctx, deadline).await;
+        if acks == Acks::None {
+            return None;
+        }
+        Some(response(id, &ProduceResponse { partitions }))
+    })
+    .detach())
+}
+
+/// A batch appended and waiting to be durable: its result's index, its log, its offsets and
+/// the leader epoch it was appended at.
+type Wait = (usize, crate::storage::PartitionLog, Appended, u32);
+
+/// One produce request's batches: appended one by one in the connection's reader (so they keep
+/// the connection's order and a full write buffer stops the reader), then settled in a task
+/// that waits until each is durable as `acks` asks. The native and the Kafka produce share it.
+#[derive(Debug)]
+pub struct ProduceBatches {
+    acks: Acks,
+    results: Vec<ProducePartitionResponse>,
+    waits: Vec<Wait>,
+}
+
+impl ProduceBatches {
+    pub fn new(acks: Acks, partitions: usize) -> ProduceBatches {
+        ProduceBatches {
+            acks,
+            results: Vec::with_capacity(partitions),
+            waits: Vec::new(),
+        }
+    }
+
+    /// One deadline for the whole request, however many batches it carries: the client's own
+    /// timeout covers the request, not each batch.
+    pub fn deadline(&self, timeout_ms: u32) -> Instant {
+        Instant::now() + Duration::from_millis(u64::from(timeout_ms.max(1)))
+    }
+
+    /// Checks and appends one partition's batch (or records why not).
+    pub async fn append(&mut self, ctx: &ShardContext, topic: &str, partition: u32, batch: &[u8]) {
         let mut result = ProducePartitionResponse {
-            topic: p.topic.clone(),
-            partition: p.partition,
+            topic: topic.to_string(),
+            partition,
             error: ErrorCode::None,
             base_offset: 0,
             log_start: 0,
         };
-        match ctx.partitions.get(&p.topic, p.partition) {
+        match ctx.partitions.get(topic, partition) {
             Some(owned)
                 if owned.leader
-                    && request.acks == Acks::All
+                    && self.acks == Acks::All
                     && (owned.in_sync().len() as u32) < owned.min_insync =>
             {
                 // Below the topic's in-sync minimum: refused before anything is appended.
@@ -70,8 +114,8 @@ pub async fn produce(
                         );
                         result.base_offset = appended.base_offset;
                         result.log_start = owned.log.log_start();
-                        waits.push((
-                            results.len(),
+                        self.waits.push((
+                            self.results.len(),
                             owned.log.clone(),
                             appended,
                             owned.leader_epoch,
@@ -86,8 +130,8 @@ pub async fn produce(
                             base_offset,
                             last_offset: base_offset,
                         };
-                        waits.push((
-                            results.len(),
+                        self.waits.push((
+                            self.results.len(),
                             owned.log.clone(),
                             appended,
                             owned.leader_epoch,
@@ -102,15 +146,23 @@ pub async fn produce(
                 }
             }
             Some(_) => result.error = ErrorCode::NotLeaderOrWrongShard,
-            None => result.error = ctx.missing_partition(&p.topic, p.partition),
+            None => result.error = ctx.missing_partition(topic, partition),
         }
-        results.push(result);
+        self.results.push(result);
     }
-    // One deadline for the whole request, however many batches it carries: the client's own
-    // timeout covers the request, not each batch.
-    let deadline = Instant::now() + Duration::from_millis(u64::from(request.timeout_ms.max(1)));
-    let acks = request.acks;
-    Ok(glommio::spawn_local(async move {
+
+    /// Waits until every appended batch is durable as `acks` asks (or the deadline passes)
+    /// and returns each partition's result, in request order.
+    pub async fn settle(
+        self,
+        ctx: &ShardContext,
+        deadline: Instant,
+    ) -> Vec<ProducePartitionResponse> {
+        let ProduceBatches {
+            acks,
+            mut results,
+            waits,
+        } = self;
         for (index, log, appended, epoch) in waits {
             let (topic, partition) = (&results[index].topic, results[index].partition);
             let still_leading = || {
@@ -142,17 +194,8 @@ pub async fn produce(
         for r in &results {
             ctx.metrics.error_code(ApiKey::Produce, r.error);
         }
-        if acks == Acks::None {
-            return None;
-        }
-        Some(response(
-            id,
-            &ProduceResponse {
-                partitions: results,
-            },
-        ))
-    })
-    .detach())
+        results
+    }
 }
 
 /// Waits until the log's high watermark passes `last_offset` (every in-sync replica has it
