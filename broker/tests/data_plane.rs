@@ -576,7 +576,7 @@ fn bad_flags_and_unusable_data_dirs_exit_2_and_config_files_yield_to_flags() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\nlisten = {from_file:?}\nmetadata_listen = \"127.0.0.1:{}\"\nshards = 1\nmode = \"latency\"\nshard_ports = [{shard_port}]\nmetrics_listen = \"none\"\n",
+            "data_dir = {:?}\nlisten = {from_file:?}\nmetadata_listen = \"127.0.0.1:{}\"\nshards = 1\nmode = \"latency\"\nshard_ports = [{shard_port}]\nmetrics_listen = \"none\"\nkafka_listen = \"none\"\n",
             dir.path().join("data"),
             common::free_port()
         ),

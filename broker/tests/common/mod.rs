@@ -164,6 +164,9 @@ pub struct BrokerProcess {
     pub shard_ports: Vec<u16>,
     /// The metrics endpoint (`--metrics-listen`).
     pub metrics: String,
+    /// The Kafka listener's main address (`--kafka-listen`) and each shard's Kafka port.
+    pub kafka: String,
+    pub kafka_shard_ports: Vec<u16>,
     child: Option<Child>,
     /// Flags added to every start.
     args: Vec<String>,
@@ -182,6 +185,8 @@ impl BrokerProcess {
             metadata: String::new(),
             shard_ports: vec![0; shards as usize],
             metrics: String::new(),
+            kafka: String::new(),
+            kafka_shard_ports: vec![0; shards as usize],
             child: None,
             args: args.iter().map(|a| a.to_string()).collect(),
             netns: None,
@@ -207,6 +212,8 @@ impl BrokerProcess {
             metadata: metadata.to_owned(),
             shard_ports: shard_ports.to_vec(),
             metrics: format!("127.0.0.1:{}", free_port()),
+            kafka: format!("127.0.0.1:{}", free_port()),
+            kafka_shard_ports: shard_ports.iter().map(|_| free_port()).collect(),
             child: None,
             args: args.iter().map(|a| a.to_string()).collect(),
             netns: None,
@@ -218,6 +225,10 @@ impl BrokerProcess {
         self.metadata = format!("127.0.0.1:{}", free_port());
         self.metrics = format!("127.0.0.1:{}", free_port());
         for port in self.shard_ports.iter_mut() {
+            *port = free_port();
+        }
+        self.kafka = format!("127.0.0.1:{}", free_port());
+        for port in self.kafka_shard_ports.iter_mut() {
             *port = free_port();
         }
     }
@@ -277,6 +288,7 @@ impl BrokerProcess {
     /// The process, started with the harness's flags and then the broker's own (which win).
     fn command(&self) -> Child {
         let ports: Vec<String> = self.shard_ports.iter().map(u16::to_string).collect();
+        let kafka_ports: Vec<String> = self.kafka_shard_ports.iter().map(u16::to_string).collect();
         // `SLUICE_TEST_BROKER_LOG=sluice_broker=debug` makes the log say more.
         let log = std::env::var("SLUICE_TEST_BROKER_LOG").unwrap_or("warn".into());
         // A test may have emptied the data directory (a broker that lost its disk).
@@ -307,6 +319,8 @@ impl BrokerProcess {
             .args(["--shards", &self.shard_ports.len().to_string()])
             .args(["--shard-ports", &ports.join(",")])
             .args(["--metrics-listen", &self.metrics])
+            .args(["--kafka-listen", &self.kafka])
+            .args(["--kafka-shard-ports", &kafka_ports.join(",")])
             .args(["--election-timeout-ms", "150", "--log", &log])
             .args(&self.args)
             .stdout(Stdio::null())
