@@ -42,8 +42,6 @@ use crate::server::context::{Response, ShardContext};
 
 /// FindCoordinator's key type of a consumer group (1 is a transactional id).
 const KEY_TYPE_GROUP: i8 = 0;
-/// The protocol type of consumer groups in ListGroups and DescribeGroups.
-const PROTOCOL_CONSUMER: &str = "consumer";
 
 fn text(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
@@ -347,7 +345,8 @@ pub async fn offset_fetch(
     frame::response(ApiKey::OffsetFetch, version, id, &body)
 }
 
-/// ListGroups: the groups this shard coordinates (a Kafka node each; clients ask every node).
+/// ListGroups: the groups this shard coordinates (a Kafka node each; clients ask every node),
+/// filtered by state (from v4) and type, `classic` or `consumer` (from v5).
 pub async fn list_groups(
     ctx: &ShardContext,
     version: i16,
@@ -355,25 +354,25 @@ pub async fn list_groups(
     request: ListGroupsRequest,
 ) -> Response {
     let answer = ctx.groups.list().await;
+    let wanted = |filter: &[StrBytes], value: &str| {
+        filter.is_empty() || filter.iter().any(|f| f.eq_ignore_ascii_case(value))
+    };
     let groups = answer
         .groups
         .into_iter()
-        .filter(|g| {
-            request.states_filter.is_empty()
-                || request
-                    .states_filter
-                    .iter()
-                    .any(|s| s.eq_ignore_ascii_case(&g.state))
-        })
+        .filter(|g| wanted(&request.states_filter, &g.state))
+        .filter(|g| wanted(&request.types_filter, &g.group_type))
         .map(|g| {
-            let listed = ListedGroup::default()
+            let mut listed = ListedGroup::default()
                 .with_group_id(GroupId(text(g.group)))
-                .with_protocol_type(text(PROTOCOL_CONSUMER));
+                .with_protocol_type(text(g.protocol_type));
             if version >= 4 {
-                listed.with_group_state(text(g.state))
-            } else {
-                listed
+                listed = listed.with_group_state(text(g.state));
             }
+            if version >= 5 {
+                listed = listed.with_group_type(text(g.group_type));
+            }
+            listed
         })
         .collect();
     let body = ListGroupsResponse::default()
@@ -410,8 +409,10 @@ fn embedded_assignment(partitions: &[GroupPartition]) -> bytes::Bytes {
     }
 }
 
-/// DescribeGroups: state, assignor and members with what each holds. A group this
-/// coordinator does not know is `Dead` with no error, as Kafka answers up to v5.
+/// DescribeGroups: state, protocol and members with their metadata and assignments (the
+/// clients' own bytes for classic groups; for KIP-848 groups, what each member holds as the
+/// classic protocol's embedded assignment). A group this coordinator does not know is `Dead`
+/// with no error, as Kafka answers up to v5.
 pub async fn describe_groups(
     ctx: &ShardContext,
     version: i16,
@@ -420,37 +421,60 @@ pub async fn describe_groups(
 ) -> Response {
     let mut groups = Vec::with_capacity(request.groups.len());
     for group in request.groups {
-        let answer = ctx
-            .groups
-            .describe(group_api::DescribeGroupRequest {
-                group: group.0.to_string(),
-            })
-            .await;
+        let name = group.0.to_string();
         let described = DescribedGroup::default().with_group_id(group);
-        groups.push(match answer.error {
-            ErrorCode::None => described
-                .with_group_state(text(answer.state))
-                .with_protocol_type(text(PROTOCOL_CONSUMER))
-                .with_protocol_data(text(answer.assignor))
-                .with_members(
-                    answer
-                        .members
-                        .into_iter()
-                        .map(|m| {
-                            let member = DescribedGroupMember::default()
-                                .with_member_id(text(m.member_id))
-                                .with_member_assignment(embedded_assignment(&m.assignment));
-                            if version >= 4 {
-                                member.with_group_instance_id(m.instance_id.map(text))
-                            } else {
-                                member
-                            }
-                        })
-                        .collect(),
-                ),
-            ErrorCode::GroupIdNotFound => described.with_group_state(text("Dead")),
-            other => described.with_error_code(errors::code(other)),
-        });
+        let description = match ctx.groups.classic_describe(&name).await {
+            Err(error) => {
+                groups.push(described.with_error_code(errors::code(error)));
+                continue;
+            }
+            Ok(None) => {
+                groups.push(described.with_group_state(text("Dead")));
+                continue;
+            }
+            Ok(Some(description)) => description,
+        };
+        // KIP-848 members come without bytes: their holdings, from the coordinator.
+        let held: BTreeMap<String, Vec<GroupPartition>> =
+            if description.members.iter().all(|m| m.assignment.is_empty()) {
+                ctx.groups
+                    .describe(group_api::DescribeGroupRequest { group: name })
+                    .await
+                    .members
+                    .into_iter()
+                    .map(|m| (m.member_id, m.assignment))
+                    .collect()
+            } else {
+                BTreeMap::new()
+            };
+        let members = description
+            .members
+            .into_iter()
+            .map(|m| {
+                let assignment = match held.get(&m.member_id) {
+                    Some(partitions) => embedded_assignment(partitions),
+                    None => m.assignment.into(),
+                };
+                let member = DescribedGroupMember::default()
+                    .with_member_id(text(m.member_id))
+                    .with_client_id(text(m.client_id))
+                    .with_client_host(text(m.client_host))
+                    .with_member_metadata(m.metadata.into())
+                    .with_member_assignment(assignment);
+                if version >= 4 {
+                    member.with_group_instance_id(m.instance_id.map(text))
+                } else {
+                    member
+                }
+            })
+            .collect();
+        groups.push(
+            described
+                .with_group_state(text(description.state))
+                .with_protocol_type(text(description.protocol_type))
+                .with_protocol_data(text(description.protocol_name))
+                .with_members(members),
+        );
     }
     let body = DescribeGroupsResponse::default().with_groups(groups);
     frame::response(ApiKey::DescribeGroups, version, id, &body)

@@ -20,13 +20,16 @@
 //! - [`produce`], [`fetch`], [`offsets`] (ListOffsets);
 //! - [`admin`]: CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs, InitProducerId;
 //! - [`groups`]: FindCoordinator, OffsetCommit, OffsetFetch, ListGroups, DescribeGroups and
-//!   the KIP-848 ConsumerGroupHeartbeat, on the shard's group coordinator.
+//!   the KIP-848 ConsumerGroupHeartbeat, on the shard's group coordinator;
+//! - [`classic`]: the classic group protocol (JoinGroup, SyncGroup, Heartbeat, LeaveGroup) on
+//!   the same coordinator.
 //!
 //! **Architecture invariant:** the Kafka layer translates; it holds no state of its own. Every
 //! handler calls the native handler's logic (`server::api`) or the coordinator, so a topic, an
 //! offset or a group is the same thing whichever protocol touches it.
 
 pub mod admin;
+pub mod classic;
 pub mod connection;
 pub mod errors;
 pub mod fetch;
@@ -213,6 +216,38 @@ pub async fn dispatch(ctx: &Rc<ShardContext>, frame: Bytes) -> Result<Handled, C
             })
             .detach()
         }
+        ApiKey::JoinGroup => {
+            let request = decode(&mut frame)?;
+            let client_id = frame
+                .client_id
+                .as_ref()
+                .map_or(String::new(), |c| c.to_string());
+            glommio::spawn_local(async move {
+                Some(classic::join_group(&ctx, version, id, client_id, request).await)
+            })
+            .detach()
+        }
+        ApiKey::SyncGroup => {
+            let request = decode(&mut frame)?;
+            glommio::spawn_local(async move {
+                Some(classic::sync_group(&ctx, version, id, request).await)
+            })
+            .detach()
+        }
+        ApiKey::Heartbeat => {
+            let request = decode(&mut frame)?;
+            glommio::spawn_local(async move {
+                Some(classic::heartbeat(&ctx, version, id, request).await)
+            })
+            .detach()
+        }
+        ApiKey::LeaveGroup => {
+            let request = decode(&mut frame)?;
+            glommio::spawn_local(async move {
+                Some(classic::leave_group(&ctx, version, id, request).await)
+            })
+            .detach()
+        }
         // `frame::parse` lets through only what `versions::SERVED` lists.
         other => {
             return Err(CloseReason::UnsupportedVersion {
@@ -252,6 +287,10 @@ mod tests {
             ApiKey::ConsumerGroupHeartbeat => {
                 decode::<ConsumerGroupHeartbeatRequest>(frame).map(drop)
             }
+            ApiKey::JoinGroup => decode::<JoinGroupRequest>(frame).map(drop),
+            ApiKey::SyncGroup => decode::<SyncGroupRequest>(frame).map(drop),
+            ApiKey::Heartbeat => decode::<HeartbeatRequest>(frame).map(drop),
+            ApiKey::LeaveGroup => decode::<LeaveGroupRequest>(frame).map(drop),
             other => panic!("{other:?} is served but not decoded here"),
         }
     }
@@ -364,6 +403,10 @@ mod tests {
                     ApiKey::ConsumerGroupHeartbeat => {
                         ConsumerGroupHeartbeatRequest::default().encode(&mut buf, version)
                     }
+                    ApiKey::JoinGroup => JoinGroupRequest::default().encode(&mut buf, version),
+                    ApiKey::SyncGroup => SyncGroupRequest::default().encode(&mut buf, version),
+                    ApiKey::Heartbeat => HeartbeatRequest::default().encode(&mut buf, version),
+                    ApiKey::LeaveGroup => LeaveGroupRequest::default().encode(&mut buf, version),
                     other => panic!("{other:?}"),
                 };
                 body.unwrap();

@@ -1,6 +1,6 @@
 //! The Kafka APIs and versions this listener serves, and ApiVersions. Only what is
-//! implemented is advertised: a client that finds an API missing does not use it (the classic
-//! JoinGroup/SyncGroup/Heartbeat/LeaveGroup are absent until the coordinator serves them).
+//! implemented is advertised: a client that finds an API missing does not use it (there are no
+//! transactions, SASL, quotas, ACLs or share groups).
 
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
@@ -23,7 +23,11 @@ pub const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetCommit, 2, 9),
     (ApiKey::OffsetFetch, 1, 9),
     (ApiKey::FindCoordinator, 0, 4),
-    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::ListGroups, 0, 5),
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
