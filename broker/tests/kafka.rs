@@ -409,6 +409,12 @@ fn round_trip(client: &str) {
     if let Some(result) = run_client(client, "round-trip", &kafka_address(&broker), &topic, &[]) {
         assert_eq!(result["consumed"], 200);
         assert_eq!(result["resumed"], 50);
+        // The same group, seen through the native protocol (as `sluice group describe` does):
+        // the offsets the Kafka client committed.
+        let admin = sluice_client::blocking::Admin::new(broker.config()).unwrap();
+        let group = admin.describe_group(&format!("{topic}-group")).unwrap();
+        let committed: u64 = group.offsets.iter().map(|o| o.committed).sum();
+        assert_eq!(committed, 200, "{client}: {:?}", group.offsets);
     }
 }
 
@@ -438,25 +444,23 @@ fn confluent_kafka_group_members_split_a_topic() {
     }
 }
 
-/// The classic group protocol (JoinGroup/SyncGroup): runs once the broker advertises it.
+/// Two members of one group share a topic with the classic protocol (JoinGroup/SyncGroup,
+/// the assignment made by the clients' leader): librdkafka, kafka-python, aiokafka.
 #[test]
 fn classic_group_members_split_a_topic() {
     let broker = start_broker("kafka-classic");
-    let mut connection = KafkaConnection::connect(&kafka_address(&broker));
-    let versions: ApiVersionsResponse =
-        connection.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
-    if !versions
-        .api_keys
-        .iter()
-        .any(|k| k.api_key == ApiKey::JoinGroup as i16)
-    {
-        eprintln!("SKIPPED classic groups: the broker does not serve JoinGroup yet");
-        return;
-    }
-    for client in ["kafka-python", "aiokafka"] {
+    for client in ["confluent-classic", "kafka-python", "aiokafka"] {
         let topic = format!("classic-{}", client.replace('-', ""));
-        run_client(client, "split", &kafka_address(&broker), &topic, &[]);
+        if let Some(result) = run_client(client, "split", &kafka_address(&broker), &topic, &[]) {
+            assert_eq!(result["a"].as_array().unwrap().len(), 1, "{client}");
+            assert_eq!(result["b"].as_array().unwrap().len(), 1, "{client}");
+        }
     }
+}
+
+#[test]
+fn confluent_kafka_classic_group_round_trip() {
+    round_trip("confluent-classic");
 }
 
 /// A Kafka producer's batches read by the native consumer, and the native producer's read by

@@ -1,7 +1,7 @@
 """Real Kafka clients against a Sluice broker's Kafka listener (run by broker/tests/kafka.rs).
 
 usage: clients.py CLIENT SCENARIO BOOTSTRAP TOPIC GROUP
-  CLIENT:   confluent | kafka-python | aiokafka
+  CLIENT:   confluent | confluent-classic | kafka-python | aiokafka
   SCENARIO: round-trip   create the topic, produce keyed records with idempotence, consume
                          them in a group (each exactly once, in order per key), commit, stop,
                          resume from the committed offset, list offsets and seek
@@ -19,6 +19,9 @@ import time
 
 CLIENT, SCENARIO, BOOTSTRAP, TOPIC, GROUP = sys.argv[1:6]
 EXTRA = sys.argv[6:]
+# confluent-classic: librdkafka with the classic group protocol (JoinGroup/SyncGroup) instead
+# of KIP-848's ConsumerGroupHeartbeat.
+GROUP_PROTOCOL = "classic" if CLIENT.endswith("-classic") else "consumer"
 KEYS = 8
 PARTITIONS = 2
 DEADLINE_S = 60
@@ -95,7 +98,7 @@ def confluent():
         config = {
             **common,
             "group.id": GROUP,
-            "group.protocol": "consumer",
+            "group.protocol": GROUP_PROTOCOL,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
         }
@@ -142,6 +145,7 @@ def confluent():
         a.subscribe([TOPIC])
         b.subscribe([TOPIC])
         deadline = time.time() + DEADLINE_S
+        ta = tb = set()
         while time.time() < deadline:
             for c in (a, b):
                 msg = c.poll(0.2)
@@ -244,14 +248,29 @@ def kafka_python():
         print(json.dumps({"produced": int(EXTRA[0])}))
         return
     if SCENARIO == "split":
-        fail("a group split needs the classic group protocol (JoinGroup/SyncGroup)")
+        create_topic()
+        produce(0, 40)
+        a, b = consumer(), consumer()
+        a.subscribe([TOPIC])
+        b.subscribe([TOPIC])
+        deadline = time.time() + DEADLINE_S
+        ta = tb = set()
+        while time.time() < deadline:
+            a.poll(timeout_ms=100)
+            b.poll(timeout_ms=100)
+            ta = {tp.partition for tp in a.assignment()}
+            tb = {tp.partition for tp in b.assignment()}
+            if ta and tb and ta | tb == set(range(PARTITIONS)) and not ta & tb:
+                a.close()
+                b.close()
+                print(json.dumps({"a": sorted(ta), "b": sorted(tb)}))
+                return
+        fail(f"no split: a {ta}, b {tb}")
 
     create_topic()
     produce(0, 200)
-    # Until the classic group protocol is served: a manual assignment, offsets committed to
-    # and read back from the group's coordinator (OffsetCommit/OffsetFetch).
     c = consumer()
-    c.assign(parts)
+    c.subscribe([TOPIC])
     got = consume(c, 200)
     check_exactly_once_in_order([(k, s) for (_, _, k, s) in got], 200)
     c.commit()
@@ -259,13 +278,18 @@ def kafka_python():
     if sum(committed) != 200:
         fail(f"committed {committed}")
     c.close()
+    # Resume from the committed offsets: only what was produced since.
     produce(200, 50)
     c = consumer()
-    c.assign(parts)
+    c.subscribe([TOPIC])
     resumed = consume(c, 50)
     check_exactly_once_in_order([(k, s) for (_, _, k, s) in resumed], 50)
     if min(s for (_, _, _, s) in resumed) < 200:
         fail("resumed before the committed offset")
+    c.close()
+    # List offsets and seek, on a consumer of no group.
+    c = KafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False)
+    c.assign(parts)
     begin = c.beginning_offsets(parts)
     end = c.end_offsets(parts)
     if sum(end.values()) != 250 or any(begin.values()):
@@ -312,15 +336,18 @@ async def aiokafka_main():
 
     parts = [TopicPartition(TOPIC, p) for p in range(PARTITIONS)]
 
-    async def consumer():
+    async def consumer(group=GROUP):
         c = AIOKafkaConsumer(
             bootstrap_servers=BOOTSTRAP,
-            group_id=GROUP,
+            group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
         await c.start()
-        c.assign(parts)
+        if group is None:
+            c.assign(parts)
+        else:
+            c.subscribe([TOPIC])
         return c
 
     async def consume(c, count):
@@ -338,7 +365,22 @@ async def aiokafka_main():
         print(json.dumps({"produced": int(EXTRA[0])}))
         return
     if SCENARIO == "split":
-        fail("a group split needs the classic group protocol (JoinGroup/SyncGroup)")
+        await create_topic()
+        await produce(0, 40)
+        a, b = await consumer(), await consumer()
+        deadline = time.time() + DEADLINE_S
+        ta = tb = set()
+        while time.time() < deadline:
+            await a.getmany(timeout_ms=100)
+            await b.getmany(timeout_ms=100)
+            ta = {tp.partition for tp in a.assignment()}
+            tb = {tp.partition for tp in b.assignment()}
+            if ta and tb and ta | tb == set(range(PARTITIONS)) and not ta & tb:
+                await a.stop()
+                await b.stop()
+                print(json.dumps({"a": sorted(ta), "b": sorted(tb)}))
+                return
+        fail(f"no split: a {ta}, b {tb}")
 
     await create_topic()
     await produce(0, 200)
@@ -356,6 +398,9 @@ async def aiokafka_main():
     check_exactly_once_in_order([(k, s) for (_, _, k, s) in resumed], 50)
     if min(s for (_, _, _, s) in resumed) < 200:
         fail("resumed before the committed offset")
+    await c.stop()
+    # List offsets and seek, on a consumer of no group.
+    c = await consumer(None)
     begin = await c.beginning_offsets(parts)
     end = await c.end_offsets(parts)
     if sum(end.values()) != 250 or any(begin.values()):
@@ -381,7 +426,7 @@ async def aiokafka_main():
 
 if __name__ == "__main__":
     try:
-        if CLIENT == "confluent":
+        if CLIENT in ("confluent", "confluent-classic"):
             confluent()
         elif CLIENT == "kafka-python":
             kafka_python()
