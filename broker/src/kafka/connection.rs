@@ -8,38 +8,29 @@
 //! connection, as a Kafka broker does (only ApiVersions answers a version it does not serve);
 //! the responses to the requests before it are still sent.
 
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;
 
 use futures_lite::FutureExt;
-use glommio::channels::local_channel;
 use glommio::net::TcpStream;
 
-use crate::limits::{IN_FLIGHT_REQUESTS_MAX, KAFKA_FRAME_BYTES_MAX, KAFKA_FRAME_BYTES_MIN};
+use crate::limits::{KAFKA_FRAME_BYTES_MAX, KAFKA_FRAME_BYTES_MIN};
 use crate::notify::Listener;
-use crate::server::connection::{spawn_writer, Pending};
+use crate::server::connection::{open, Opened, Pending};
 use crate::server::context::ShardContext;
-use crate::server::socket::Watch;
 
 /// Serves one Kafka connection until the client closes it, a frame is refused, or the shard
 /// stops.
 pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
-    if let Err(error) = stream.set_nodelay(true) {
-        tracing::debug!(%error, "set_nodelay");
-    }
-    let watch = Watch::new(
-        stream.as_raw_fd(),
-        ctx.socket_watch,
-        Rc::clone(&ctx.watch_stats),
-    );
-    if let Err(error) = watch.set_nonblocking() {
-        tracing::debug!(%error, "cannot make the socket non-blocking");
+    let Some(Opened {
+        mut reader,
+        watch,
+        pending: pending_tx,
+        writer: writer_task,
+    }) = open(&ctx, stream)
+    else {
         return;
-    }
-    let (mut reader, writer) = futures_lite::io::split(stream);
-    let (pending_tx, pending_rx) = local_channel::new_bounded::<Pending>(IN_FLIGHT_REQUESTS_MAX);
-    let writer_task = spawn_writer(Rc::clone(&ctx), watch.clone(), writer, pending_rx);
+    };
     loop {
         let stop: Listener = ctx.stop.listen();
         let mut len_bytes = [0u8; 4];

@@ -12,9 +12,9 @@
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
-use futures_lite::io::{AsyncWriteExt, WriteHalf};
+use futures_lite::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use futures_lite::FutureExt;
-use glommio::channels::local_channel::{self, LocalReceiver};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 use glommio::task::JoinHandle;
 use sluice_protocol::native::{split_request, ApiKey, FrameError};
@@ -47,8 +47,18 @@ fn frame_error_name(code: FrameError) -> &'static str {
     }
 }
 
-/// Serves one connection until the client closes it, the framing breaks, or the shard stops.
-pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
+/// A connection set up for serving: its read half and watchdog, where its requests go, and
+/// the task that writes their responses in order.
+pub(crate) struct Opened {
+    pub reader: ReadHalf<TcpStream>,
+    pub watch: Watch,
+    pub pending: LocalSender<Pending>,
+    pub writer: JoinHandle<()>,
+}
+
+/// Sets up an accepted connection (no Nagle, a non-blocking socket under the watchdog, the
+/// response writer); `None` if the socket cannot be used. Shared by both listeners.
+pub(crate) fn open(ctx: &Rc<ShardContext>, stream: TcpStream) -> Option<Opened> {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "set_nodelay");
     }
@@ -59,12 +69,30 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
     );
     if let Err(error) = watch.set_nonblocking() {
         tracing::debug!(%error, "cannot make the socket non-blocking");
-        return;
+        return None;
     }
-    let (mut reader, writer) = futures_lite::io::split(stream);
-    let (pending_tx, pending_rx) = local_channel::new_bounded::<Pending>(IN_FLIGHT_REQUESTS_MAX);
-    let writer_task = spawn_writer(Rc::clone(&ctx), watch.clone(), writer, pending_rx);
+    let (reader, writer) = futures_lite::io::split(stream);
+    let (pending, pending_rx) = local_channel::new_bounded::<Pending>(IN_FLIGHT_REQUESTS_MAX);
+    let writer = spawn_writer(Rc::clone(ctx), watch.clone(), writer, pending_rx);
+    Some(Opened {
+        reader,
+        watch,
+        pending,
+        writer,
+    })
+}
 
+/// Serves one connection until the client closes it, the framing breaks, or the shard stops.
+pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
+    let Some(Opened {
+        mut reader,
+        watch,
+        pending: pending_tx,
+        writer: writer_task,
+    }) = open(&ctx, stream)
+    else {
+        return;
+    };
     loop {
         let stop: Listener = ctx.stop.listen();
         let mut len_bytes = [0u8; 4];
@@ -151,7 +179,7 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
 /// Starts the task that sends a connection's responses in request order: it awaits each
 /// pending request's task in turn and writes its head, then its data chunks (memory chunks as
 /// they are, file spans with `sendfile`). Shared by the native and the Kafka listeners.
-pub(crate) fn spawn_writer(
+fn spawn_writer(
     ctx: Rc<ShardContext>,
     watch: Watch,
     mut writer: WriteHalf<TcpStream>,
