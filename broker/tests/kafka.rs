@@ -531,3 +531,134 @@ fn kafka_and_native_clients_read_each_others_records() {
         assert_eq!(values, expected);
     }
 }
+
+/// Fetches of batches that are only on disk: a topic of 1 MiB segments (created through the
+/// Kafka CreateTopics with a Kafka-named setting) filled with 3 MiB by a Kafka producer, the
+/// broker restarted so nothing is cached, then read back by a Kafka consumer: the sealed
+/// segments go out with `sendfile` between the response bytes, and every record arrives.
+#[test]
+fn kafka_fetches_send_sealed_segments_from_disk() {
+    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+    use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, TopicName};
+    let mut broker = start_broker("kafka-cold");
+    let mut connection = KafkaConnection::connect(&kafka_address(&broker));
+    let created: CreateTopicsResponse = connection.call(
+        ApiKey::CreateTopics,
+        5,
+        &CreateTopicsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("cold")))
+                .with_num_partitions(1)
+                .with_replication_factor(1)
+                .with_configs(vec![CreatableTopicConfig::default()
+                    .with_name(StrBytes::from_static_str("segment.bytes"))
+                    .with_value(Some(StrBytes::from_static_str("1048576")))])]),
+    );
+    assert_eq!(created.topics[0].error_code, 0, "{:?}", created.topics[0]);
+    assert_eq!(created.topics[0].num_partitions, 1);
+    drop(connection);
+    const RECORDS: usize = 300;
+    if run_client(
+        "confluent",
+        "produce",
+        &kafka_address(&broker),
+        "cold",
+        &["300", "10000"],
+    )
+    .is_none()
+    {
+        return;
+    }
+    let status = broker.terminate();
+    assert!(status.success(), "clean stop: {status}");
+    broker.spawn(false);
+    let sendfile_before = sendfile_bytes(&broker);
+    let result = run_client(
+        "confluent",
+        "consume",
+        &kafka_address(&broker),
+        "cold",
+        &["300", "1"],
+    )
+    .expect("installed a moment ago");
+    let records = result["records"].as_array().unwrap();
+    assert_eq!(records.len(), RECORDS);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r[1].as_u64(), Some(i as u64), "offsets in order");
+        assert_eq!(r[4].as_u64(), Some(10_000), "whole values");
+    }
+    let sent = sendfile_bytes(&broker) - sendfile_before;
+    assert!(
+        sent >= 1 << 20,
+        "at least a sealed segment went out with sendfile: {sent} bytes"
+    );
+}
+
+/// The broker's `sluice_sendfile_bytes`, summed over its shards.
+fn sendfile_bytes(broker: &BrokerProcess) -> u64 {
+    let mut stream = TcpStream::connect(&broker.metrics).expect("metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .lines()
+        .filter(|l| l.starts_with("sluice_sendfile_bytes"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// acks=0: no response at all, yet the records are stored; the next request on the same
+/// connection is answered (responses stay in request order with the gap).
+#[test]
+fn produce_with_acks_zero_gets_no_response() {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ProduceRequest, TopicName};
+    use sluice_protocol::{BatchBuilder, BatchOptions};
+    let broker = start_broker("kafka-acks0");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(create_topic(&broker, "fire", 1));
+    drop(runtime);
+    // The partition's leading shard, from the Kafka metadata.
+    let mut bootstrap = KafkaConnection::connect(&kafka_address(&broker));
+    let metadata = metadata_all(&mut bootstrap, 12);
+    let topic = metadata
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().map(|n| n.0.as_str()) == Some("fire"))
+        .unwrap();
+    let leader = metadata
+        .brokers
+        .iter()
+        .find(|b| b.node_id == topic.partitions[0].leader_id)
+        .unwrap();
+    let mut connection =
+        KafkaConnection::connect(&format!("{}:{}", leader.host.as_str(), leader.port));
+    for i in 0..10 {
+        let mut builder = BatchBuilder::new(BatchOptions::default());
+        builder.push(0, Some(b"k"), Some(format!("v{i}").as_bytes()), &[]);
+        let request = ProduceRequest::default()
+            .with_acks(0)
+            .with_timeout_ms(5_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("fire")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(Bytes::from(builder.finish())))])]);
+        let (_, frame) = connection.request_bytes(ApiKey::Produce, 9, &request);
+        connection.send_frame(&frame).unwrap();
+    }
+    // The first answer on the connection is the metadata's: no produce answered.
+    let answer = metadata_all(&mut connection, 12);
+    assert_eq!(answer.brokers.len(), 2);
+    let admin = sluice_client::blocking::Admin::new(broker.config()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let tp = sluice_client::TopicPartition::new("fire", 0);
+    while admin.offset(&tp, sluice_client::Seek::Latest).unwrap() != Some(10) {
+        assert!(Instant::now() < deadline, "ten records stored");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

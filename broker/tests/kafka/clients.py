@@ -6,8 +6,10 @@ usage: clients.py CLIENT SCENARIO BOOTSTRAP TOPIC GROUP
                          them in a group (each exactly once, in order per key), commit, stop,
                          resume from the committed offset, list offsets and seek
             split        two members of one group share the topic's partitions
-            produce N    produce N keyed records to an existing topic (for the native consumer)
-            consume N    consume N records from the start of an existing topic, print them
+            produce N [SIZE]   produce N keyed records (values padded to SIZE bytes) to an
+                               existing topic
+            consume N P        consume N records from the start of an existing topic's P
+                               partitions, print them (values without their padding)
 
 Prints one JSON line with what it saw; exits non-zero with a message on any failure.
 """
@@ -49,17 +51,18 @@ def check_exactly_once_in_order(records, expected_count):
 
 def decode(key, value):
     key = key.decode()
-    k, seq = value.decode().split(":")
+    k, seq = value.decode().rstrip(".").split(":")
     if k != key:
         fail(f"value {value!r} under key {key!r}")
     return key, int(seq)
 
 
-def records(start, count):
-    """count keyed records, numbered from start: key k{i % KEYS}, value 'k..:i'."""
+def records(start, count, value_bytes=0):
+    """count keyed records, numbered from start: key k{i % KEYS}, value 'k..:i', padded with
+    '.' to value_bytes."""
     for i in range(start, start + count):
         key = f"k{i % KEYS}"
-        yield key.encode(), f"{key}:{i}".encode()
+        yield key.encode(), f"{key}:{i}".ljust(value_bytes, ".").encode()
 
 
 # ----------------------------------------------------------------------------- confluent-kafka
@@ -79,7 +82,7 @@ def confluent():
             fail(f"metadata shows {len(md.topics[TOPIC].partitions)} partitions")
         return admin
 
-    def produce(start, count):
+    def produce(start, count, value_bytes=0):
         producer = Producer({**common, "enable.idempotence": True, "linger.ms": 5})
         errors = []
 
@@ -87,7 +90,7 @@ def confluent():
             if err is not None:
                 errors.append(str(err))
 
-        for key, value in records(start, count):
+        for key, value in records(start, count, value_bytes):
             producer.produce(TOPIC, key=key, value=value, on_delivery=delivered)
             producer.poll(0)
         left = producer.flush(30)
@@ -120,7 +123,7 @@ def confluent():
         return got
 
     if SCENARIO == "produce":
-        produce(0, int(EXTRA[0]))
+        produce(0, int(EXTRA[0]), int(EXTRA[1]) if len(EXTRA) > 1 else 0)
         print(json.dumps({"produced": int(EXTRA[0])}))
         return
     if SCENARIO == "consume":
@@ -134,7 +137,8 @@ def confluent():
                 continue
             if msg.error():
                 fail(f"consume: {msg.error()}")
-            got.append([msg.partition(), msg.offset(), msg.key().decode(), msg.value().decode()])
+            value = msg.value().decode()
+            got.append([msg.partition(), msg.offset(), msg.key().decode(), value.rstrip("."), len(value)])
         c.close()
         print(json.dumps({"records": got}))
         return
@@ -250,22 +254,39 @@ def kafka_python():
     if SCENARIO == "split":
         create_topic()
         produce(0, 40)
-        a, b = consumer(), consumer()
-        a.subscribe([TOPIC])
-        b.subscribe([TOPIC])
+        import threading
+
+        # Two members, each polled by a thread of its own as two processes would be (a
+        # member's poll may wait in JoinGroup until the other member joins too).
+        members = [consumer(), consumer()]
+        held = [set(), set()]
+        done = threading.Event()
+
+        def member(i):
+            c = members[i]
+            c.subscribe([TOPIC])
+            while not done.is_set():
+                c.poll(timeout_ms=100)
+                held[i] = {tp.partition for tp in c.assignment()}
+
+        threads = [threading.Thread(target=member, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
         deadline = time.time() + DEADLINE_S
-        ta = tb = set()
-        while time.time() < deadline:
-            a.poll(timeout_ms=100)
-            b.poll(timeout_ms=100)
-            ta = {tp.partition for tp in a.assignment()}
-            tb = {tp.partition for tp in b.assignment()}
-            if ta and tb and ta | tb == set(range(PARTITIONS)) and not ta & tb:
-                a.close()
-                b.close()
-                print(json.dumps({"a": sorted(ta), "b": sorted(tb)}))
-                return
-        fail(f"no split: a {ta}, b {tb}")
+        split = False
+        while time.time() < deadline and not split:
+            ta, tb = held
+            split = ta and tb and ta | tb == set(range(PARTITIONS)) and not ta & tb
+            time.sleep(0.05)
+        done.set()
+        for t in threads:
+            t.join()
+        for c in members:
+            c.close()
+        if not split:
+            fail(f"no split: a {held[0]}, b {held[1]}")
+        print(json.dumps({"a": sorted(held[0]), "b": sorted(held[1])}))
+        return
 
     create_topic()
     produce(0, 200)
