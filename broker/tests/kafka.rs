@@ -662,3 +662,52 @@ fn produce_with_acks_zero_gets_no_response() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// In a cluster every broker registers its shards' Kafka addresses: the Kafka metadata any
+/// broker gives lists every shard of every broker as a node, and names the leading shard (on
+/// whichever broker) of every partition.
+#[test]
+fn every_broker_of_a_cluster_advertises_its_shards_as_kafka_nodes() {
+    let _serial = common::cluster::serial();
+    let mut cluster = common::cluster::Cluster::new(3, 1_000);
+    cluster.wait_for_controller(&[1, 2, 3]);
+    let mut expected: Vec<i32> = (1..=3)
+        .flat_map(|id| cluster.broker(id).process.kafka_shard_ports.clone())
+        .map(i32::from)
+        .collect();
+    expected.sort();
+    let config = sluice_client::ClientConfig::new(
+        (1..=3)
+            .map(|id| cluster.broker(id).process.listen.clone())
+            .collect::<Vec<_>>(),
+    )
+    .request_timeout(Duration::from_secs(10));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(common::clients::create_topic_on(config, "spread", 6, 3));
+    drop(runtime);
+    for id in 1..=3 {
+        let address = cluster.broker(id).process.kafka.clone();
+        let mut connection = KafkaConnection::connect(&address);
+        common::cluster::wait_until(
+            &format!("broker {id}'s Kafka metadata lists every shard and leader"),
+            Duration::from_secs(30),
+            || {
+                let answer = metadata_all(&mut connection, 12);
+                let mut ports: Vec<i32> = answer.brokers.iter().map(|b| b.port).collect();
+                ports.sort();
+                let topic = answer
+                    .topics
+                    .iter()
+                    .find(|t| t.name.as_ref().map(|n| n.0.as_str()) == Some("spread"));
+                ports == expected
+                    && topic.is_some_and(|t| {
+                        t.partitions.len() == 6
+                            && t.partitions.iter().all(|p| {
+                                p.replica_nodes.len() == 3
+                                    && answer.brokers.iter().any(|b| b.node_id == p.leader_id)
+                            })
+                    })
+            },
+        );
+    }
+}
