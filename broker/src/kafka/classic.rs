@@ -24,13 +24,20 @@ fn optional(s: Option<String>) -> Option<StrBytes> {
     s.map(text)
 }
 
+/// Who is joining: the request header's client id and the connection's peer host.
+#[derive(Debug, Clone, Default)]
+pub struct Member {
+    pub client_id: String,
+    pub client_host: String,
+}
+
 /// JoinGroup: waits (in the coordinator) until the join phase ends; the leader's answer
 /// lists every member with its metadata.
 pub async fn join_group(
     ctx: &ShardContext,
     version: i16,
     id: i32,
-    client_id: String,
+    member: Member,
     request: JoinGroupRequest,
 ) -> Response {
     let session_timeout_ms = u32::try_from(request.session_timeout_ms).unwrap_or(0);
@@ -53,8 +60,8 @@ pub async fn join_group(
             } else {
                 session_timeout_ms
             },
-            client_id,
-            client_host: String::new(),
+            client_id: member.client_id,
+            client_host: member.client_host,
             require_known_member_id: version >= 4,
         })
         .await;

@@ -22,6 +22,11 @@ use crate::server::context::ShardContext;
 /// Serves one Kafka connection until the client closes it, a frame is refused, or the shard
 /// stops.
 pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
+    let client = super::Client {
+        host: stream
+            .peer_addr()
+            .map_or(String::new(), |peer| format!("/{}", peer.ip())),
+    };
     let Some(Opened {
         mut reader,
         watch,
@@ -59,7 +64,7 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
         if watch.read_exact(&mut reader, &mut frame).await.is_err() {
             break;
         }
-        let task = match super::dispatch(&ctx, bytes::Bytes::from(frame)).await {
+        let task = match super::dispatch(&ctx, &client, bytes::Bytes::from(frame)).await {
             Ok(task) => task,
             Err(reason) => {
                 tracing::debug!(%reason, "kafka: refused request; closing");

@@ -99,9 +99,20 @@ pub(crate) fn decode<T: Decodable>(frame: &mut RequestFrame) -> Result<T, CloseR
     })
 }
 
+/// The connection a request came on: its peer host, as Kafka shows it in group descriptions
+/// (`/127.0.0.1`).
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    pub host: String,
+}
+
 /// Parses a frame and starts its handler. Produce appends here, in the connection's reader,
 /// so a connection's batches reach each log in order.
-pub async fn dispatch(ctx: &Rc<ShardContext>, frame: Bytes) -> Result<Handled, CloseReason> {
+pub async fn dispatch(
+    ctx: &Rc<ShardContext>,
+    client: &Client,
+    frame: Bytes,
+) -> Result<Handled, CloseReason> {
     let mut frame = match frame::parse(frame)? {
         frame::Parsed::Request(frame) => frame,
         frame::Parsed::ApiVersionsFallback { correlation_id } => {
@@ -218,12 +229,15 @@ pub async fn dispatch(ctx: &Rc<ShardContext>, frame: Bytes) -> Result<Handled, C
         }
         ApiKey::JoinGroup => {
             let request = decode(&mut frame)?;
-            let client_id = frame
-                .client_id
-                .as_ref()
-                .map_or(String::new(), |c| c.to_string());
+            let client = classic::Member {
+                client_id: frame
+                    .client_id
+                    .as_ref()
+                    .map_or(String::new(), |c| c.to_string()),
+                client_host: client.host.clone(),
+            };
             glommio::spawn_local(async move {
-                Some(classic::join_group(&ctx, version, id, client_id, request).await)
+                Some(classic::join_group(&ctx, version, id, client, request).await)
             })
             .detach()
         }
