@@ -278,6 +278,12 @@ def kafka_python():
             ta, tb = held
             split = ta and tb and ta | tb == set(range(PARTITIONS)) and not ta & tb
             time.sleep(0.05)
+        described = None
+        if split:
+            # The group as DescribeGroups shows it: both members, their hosts and assignments.
+            admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+            described = admin.describe_groups([GROUP])[GROUP]
+            admin.close()
         done.set()
         for t in threads:
             t.join()
@@ -285,6 +291,11 @@ def kafka_python():
             c.close()
         if not split:
             fail(f"no split: a {held[0]}, b {held[1]}")
+        if described["protocol_type"] != "consumer" or len(described["members"]) != 2:
+            fail(f"described {described}")
+        for m in described["members"]:
+            if m["client_host"] != "/127.0.0.1" or not m["member_assignment"]["assigned_partitions"]:
+                fail(f"described member {m}")
         print(json.dumps({"a": sorted(held[0]), "b": sorted(held[1])}))
         return
 
