@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::producers::{PartitionProducers, ProducerState};
 use super::{Mode, ShardConfig};
-use crate::limits::LOG_OPENS_CONCURRENT;
+use crate::limits::{LOG_CLOSES_CONCURRENT, LOG_OPENS_CONCURRENT};
 use crate::metadata::types::{FlushSetting, PartitionInfo, TopicConfig};
 use crate::metadata::{ClusterState, NodeId};
 use crate::metrics::{PartitionCounters, ShardMetrics};
@@ -340,7 +340,7 @@ impl Partitions {
         }
     }
 
-    /// Flushes and closes every log (graceful shutdown), `LOG_OPENS_CONCURRENT` at a time:
+    /// Flushes and closes every log (graceful shutdown), `LOG_CLOSES_CONCURRENT` at a time:
     /// each close ends with a sync and the clean-shutdown marker's write.
     pub async fn close_all(&self) -> Result<(), StorageError> {
         let logs: Vec<PartitionLog> = self
@@ -349,7 +349,7 @@ impl Partitions {
             .drain()
             .map(|(_, o)| o.log)
             .collect();
-        let permits = Rc::new(glommio::sync::Semaphore::new(LOG_OPENS_CONCURRENT as u64));
+        let permits = Rc::new(glommio::sync::Semaphore::new(LOG_CLOSES_CONCURRENT as u64));
         let tasks: Vec<_> = logs
             .into_iter()
             .map(|log| {

@@ -7,6 +7,12 @@
 //! never finds a descriptor of a file that was replaced. A reader holding an `Rc<DmaFile>`
 //! keeps its descriptor open after eviction until it is done: what is open is bounded by the
 //! cache plus the reads in flight, not by partitions × segments.
+//!
+//! Descriptors opened for a moment are bounded per shard too: small files (checkpoints, index
+//! files, directories to sync) through [`small_file_permit`], and the previous segment of a
+//! roll, open until its background seal ends, through [`seal_permit`]. So 10,000 partitions
+//! that flush or roll at once need 10,000 descriptors for their active segments plus a fixed
+//! number per shard.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -14,8 +20,10 @@ use std::path::Path;
 use std::rc::Rc;
 
 use glommio::io::DmaFile;
+use glommio::sync::{Semaphore, StaticPermit};
 
-use super::error::{io_error, Result};
+use super::error::{io_error, Result, StorageError};
+use crate::limits::{SEALS_CONCURRENT, SMALL_FILE_OPS_CONCURRENT};
 
 type Key = (u64, u64);
 
@@ -126,6 +134,32 @@ pub fn set_files_max(files_max: usize) {
             cache.files.remove(&oldest);
         }
     });
+}
+
+thread_local! {
+    static SMALL_FILE_OPS: Rc<Semaphore> = Rc::new(Semaphore::new(SMALL_FILE_OPS_CONCURRENT as u64));
+    static SEALS: Rc<Semaphore> = Rc::new(Semaphore::new(SEALS_CONCURRENT as u64));
+}
+
+/// A permit to open a small file (a checkpoint, an index file, a directory to sync) on this
+/// shard: at most `limits::SMALL_FILE_OPS_CONCURRENT` such descriptors are open at once, however
+/// many logs flush a new epoch's checkpoint together.
+pub async fn small_file_permit() -> Result<StaticPermit> {
+    let permits = SMALL_FILE_OPS.with(Rc::clone);
+    permits
+        .acquire_static_permit(1)
+        .await
+        .map_err(|_| StorageError::Closed)
+}
+
+/// A permit to roll a segment on this shard, held until its background seal ends (the sealed
+/// file's descriptor stays open meanwhile): at most `limits::SEALS_CONCURRENT` at once.
+pub async fn seal_permit() -> Result<StaticPermit> {
+    let permits = SEALS.with(Rc::clone);
+    permits
+        .acquire_static_permit(1)
+        .await
+        .map_err(|_| StorageError::Closed)
 }
 
 /// A new id for an opened log.

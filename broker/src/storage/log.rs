@@ -50,8 +50,8 @@ use super::marker::MARKER_FILE;
 use super::scan::parse_segment_file_name;
 use super::segment::{
     find_batch_position, locate_batches, read_batches, read_small_file, remove_if_exists,
-    replace_file, seal_failpoint, sync_dir, write_small_file, ActiveSegment, FlushJob, LocateQuery,
-    Padding, ReadStart, SealStep, SealedSegment, SegmentPaths, Stamp, TailRecovery,
+    replace_file, seal_failpoint, sync_dir, ActiveSegment, FlushJob, LocateQuery, Padding,
+    ReadStart, SealStep, SealedSegment, SegmentPaths, Stamp, TailRecovery,
 };
 use crate::limits::SEGMENTS_PER_PARTITION_MAX;
 use crate::notify::Notify;
@@ -334,6 +334,9 @@ struct LogState {
     closed: bool,
     /// A roll's background seal of the newest sealed segment is under way.
     sealing: bool,
+    /// The clean-shutdown marker was deleted on open and the directory not synced since: the
+    /// next flush syncs it before writing.
+    marker_removed_unsynced: bool,
     /// Compaction: offsets below this were cleaned by a pass (in memory only: a reopened log
     /// counts everything as dirty, so its first pass cleans the whole log).
     clean_end: u64,
@@ -438,13 +441,13 @@ impl PartitionLog {
         cleaner::recover(&dir, config.index_interval_bytes).await?;
         let bases = list_segments(&dir).await?;
         let interval = config.index_interval_bytes;
-        // The clean-shutdown marker, if any, is read and then deleted durably before anything
-        // can change the segment it describes.
+        // The clean-shutdown marker, if any, is read and deleted; the deletion is made durable
+        // (a directory sync) before the log's first write, so a stale marker can never describe
+        // a changed segment, and a start-up does not pay a sync per partition.
         let marker_path = dir.join(MARKER_FILE);
         let marker = read_small_file(&marker_path).await?;
         if marker.is_some() {
             remove_if_exists(&marker_path).await?;
-            sync_dir(&dir).await?;
         }
         let mut sealed: VecDeque<SealedSegment> =
             VecDeque::with_capacity(bases.len().saturating_sub(1));
@@ -563,6 +566,7 @@ impl PartitionLog {
             failed: None,
             closed: false,
             sealing: false,
+            marker_removed_unsynced: marker.is_some(),
             clean_end: log_start,
             tombstone_horizon_min: None,
         };
@@ -1498,9 +1502,13 @@ impl PartitionLog {
                 file.fdatasync()
                     .await
                     .map_err(io_error("fdatasync", &path))?;
-                // The next open may trust the active segment's index without scanning it.
+                // The next open may trust the active segment's index without scanning it. The
+                // marker is not synced: the segment it describes is durable already, and a
+                // marker lost or torn by a power cut only costs the next open its scan (its
+                // CRC refuses a torn one). A sync per log would double a stop's cost.
                 let marker = super::marker::encode(inner.state.borrow().active.index());
-                write_small_file(&inner.dir.join(MARKER_FILE), &marker).await?;
+                let marker_path = inner.dir.join(MARKER_FILE);
+                std::fs::write(&marker_path, &marker).map_err(io_error("write", &marker_path))?;
                 Ok::<(), StorageError>(())
             }
             .await;
@@ -1559,6 +1567,7 @@ impl PartitionLog {
         while inner.flush_once(true).await? {}
         // One seal at a time: at most two segments are ever unsealed.
         self.wait_sealed().await?;
+        let permit = super::files::seal_permit().await?;
         let (plan, next_base) = {
             let state = inner.state.borrow();
             if state.sealed.len() + 1 >= SEGMENTS_PER_PARTITION_MAX {
@@ -1590,6 +1599,7 @@ impl PartitionLog {
         let sealing = Rc::clone(inner);
         glommio::spawn_local(async move {
             let sealed = plan.execute().await;
+            drop(permit);
             let mut state = sealing.state.borrow_mut();
             state.sealing = false;
             if let Err(error) = sealed {
@@ -1842,6 +1852,11 @@ impl LogInner {
         // The new buffer has room again: appenders blocked on space may proceed.
         self.space.notify();
         let outcome = async {
+            if self.state.borrow().marker_removed_unsynced {
+                // The clean-shutdown marker's deletion is durable before the segment changes.
+                sync_dir(&self.dir).await?;
+                self.state.borrow_mut().marker_removed_unsynced = false;
+            }
             if let Some(fill) = &fill {
                 fill.write().await?;
             }

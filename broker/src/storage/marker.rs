@@ -2,7 +2,8 @@
 //! its active segment.
 //!
 //! `PartitionLog::close` flushes, truncates the active segment to its logical end, syncs it and
-//! then writes `clean-shutdown` in the partition directory: the active segment's base offset and
+//! then writes `clean-shutdown` in the partition directory (not synced: losing it costs only a
+//! scan): the active segment's base offset and
 //! size and its index in the `.index`/`.timeindex` encodings, with a CRC-32C over it all:
 //!
 //! ```text

@@ -78,6 +78,7 @@ fn dsync_flag(write_through: bool) -> i32 {
 
 /// Reads a whole (small) file, or `None` if it does not exist.
 pub(crate) async fn read_small_file(path: &Path) -> Result<Option<Vec<u8>>> {
+    let _permit = super::files::small_file_permit().await?;
     let file = match DmaFile::open(path).await {
         Ok(file) => file,
         Err(error) => {
@@ -104,6 +105,7 @@ pub(crate) async fn read_small_file(path: &Path) -> Result<Option<Vec<u8>>> {
 
 /// Writes a small file durably with direct I/O.
 pub(crate) async fn write_small_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let _permit = super::files::small_file_permit().await?;
     let file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -174,6 +176,7 @@ pub async fn remove_if_exists(path: &Path) -> Result<()> {
 
 /// Makes a directory's entries (new, renamed or removed files) durable.
 pub async fn sync_dir(dir: &Path) -> Result<()> {
+    let _permit = super::files::small_file_permit().await?;
     let handle = glommio::io::Directory::open(dir)
         .await
         .map_err(io_error("open directory", dir))?;
