@@ -102,8 +102,12 @@ struct PartitionsArgs {
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     keys: u64,
     /// Partition counts of the idle brokers whose RSS is read; the last one is restarted.
-    #[arg(long, value_delimiter = ',', default_value = "10,1000,10000", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, value_delimiter = ',', default_value = "10,1000,10000", value_parser = clap::value_parser!(u32).range(0..=10_000))]
     idle_partitions: Vec<u32>,
+    /// The brokers' default flush policy (`--flush`): `interval` (group commit, the default),
+    /// `always` or `never` (no fdatasync: what durability costs at each partition count).
+    #[arg(long, default_value = "interval", value_parser = ["interval", "always", "never"])]
+    flush: String,
     /// The embedded broker's mode: throughput or latency.
     #[arg(long, default_value = "throughput", value_parser = ["throughput", "latency"])]
     mode: String,
@@ -1190,7 +1194,12 @@ fn partitions_scenario(args: PartitionsArgs) -> Result<(), String> {
         mib: args.mib,
         record_bytes: args.record_bytes as usize,
         keys: args.keys,
-        idle_partitions: args.idle_partitions,
+        idle_partitions: args
+            .idle_partitions
+            .into_iter()
+            .filter(|&n| n > 0)
+            .collect(),
+        flush: args.flush,
     };
     let result = partitions::run(&params, &args.dir)?;
     for run in &result.produce {

@@ -38,6 +38,8 @@ pub struct PartitionsParams {
     pub record_bytes: usize,
     pub keys: u64,
     pub idle_partitions: Vec<u32>,
+    /// The brokers' default flush policy.
+    pub flush: String,
 }
 
 impl Default for PartitionsParams {
@@ -49,6 +51,7 @@ impl Default for PartitionsParams {
             record_bytes: 1024,
             keys: 100_000,
             idle_partitions: vec![10, 1_000, 10_000],
+            flush: "interval".into(),
         }
     }
 }
@@ -88,6 +91,10 @@ pub struct PartitionsResult {
     /// The same after SIGKILL.
     pub startup_after_kill_s: f64,
     pub startup_after_kill_load_avg_1m: f64,
+}
+
+fn flush_args(params: &PartitionsParams) -> Vec<String> {
+    vec!["--flush".into(), params.flush.clone()]
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -223,7 +230,7 @@ pub fn run(params: &PartitionsParams, dir: &std::path::Path) -> Result<Partition
 
     // 1. Produce over growing partition counts, one broker.
     {
-        let broker = Broker::start(dir, &params.mode, &[])?;
+        let broker = Broker::start(dir, &params.mode, &flush_args(params))?;
         for &partitions in &params.produce_partitions {
             let topic = format!("produce-{partitions}");
             let mb_s = runtime.block_on(async {
@@ -250,7 +257,7 @@ pub fn run(params: &PartitionsParams, dir: &std::path::Path) -> Result<Partition
     let mut last: Option<(Broker, u32)> = None;
     for &partitions in &params.idle_partitions {
         drop(last.take());
-        let broker = Broker::start(dir, &params.mode, &[])?;
+        let broker = Broker::start(dir, &params.mode, &flush_args(params))?;
         runtime.block_on(async {
             create_served(&broker, "idle", partitions).await?;
             touch_every_partition(&broker, "idle", partitions).await

@@ -264,53 +264,6 @@ struct Family {
 
 const FAMILIES: &[Family] = &[
     Family {
-        scenario: "partitions",
-        title: "Partitions: what the partition count costs",
-        note: "Produce: the same bytes through the client, keyed, over one topic of each \
-               partition count; the ratio is to the first count's MB/s (targets ≥ 0.7 at \
-               1,000 and ≥ 0.5 at 10,000 against 4). Idle RSS: a fresh broker per count, one \
-               record in each partition (target: 10,000 ≤ 2 × 10). Start-up: until every \
-               partition answers. The 1-minute load average is beside each figure.",
-        columns: &[
-            col("produce MB/s by partitions (ratio, load)", |v| {
-                array_cells(v, "/result/produce", |r| {
-                    format!(
-                        "{}: {} ({}, load {})",
-                        count(num(r, "/partitions")),
-                        mb_s(num(r, "/mb_s")),
-                        plain_ratio(num(r, "/ratio_to_first")),
-                        text(r, "/load_avg_1m")
-                    )
-                })
-            }),
-            col("idle RSS by partitions (ratio, load)", |v| {
-                array_cells(v, "/result/idle", |r| {
-                    format!(
-                        "{}: {} ({}, load {})",
-                        count(num(r, "/partitions")),
-                        megabytes(num(r, "/rss_mb").unwrap_or(0.0)),
-                        plain_ratio(num(r, "/ratio_to_first")),
-                        text(r, "/load_avg_1m")
-                    )
-                })
-            }),
-            col("start-up after clean stop (load)", |v| {
-                format!(
-                    "{} ({})",
-                    seconds(num(v, "/result/startup_after_clean_stop_s")),
-                    text(v, "/result/startup_after_clean_stop_load_avg_1m")
-                )
-            }),
-            col("start-up after SIGKILL (load)", |v| {
-                format!(
-                    "{} ({})",
-                    seconds(num(v, "/result/startup_after_kill_s")),
-                    text(v, "/result/startup_after_kill_load_avg_1m")
-                )
-            }),
-        ],
-    },
-    Family {
         scenario: "probe",
         title: "Probe: the machine's raw limits",
         note: "O_DIRECT writes with an fdatasync per block, O_DIRECT reads of that file, one \
@@ -537,6 +490,53 @@ const FAMILIES: &[Family] = &[
         note: "From the start: a prefilled topic read from offset 0 (mostly from disk); from the \
                tail: consumers keeping up with running producers.",
         columns: CLIENT_COLUMNS,
+    },
+    Family {
+        scenario: "partitions",
+        title: "Partitions: what the partition count costs",
+        note: "Produce: the same bytes through the client, keyed, over one topic of each \
+               partition count; the ratio is to the first count's MB/s (targets ≥ 0.7 at \
+               1,000 and ≥ 0.5 at 10,000 against 4). Idle RSS: a fresh broker per count, one \
+               record in each partition (target: 10,000 ≤ 2 × 10). Start-up: until every \
+               partition answers. The 1-minute load average is beside each figure.",
+        columns: &[
+            col("produce MB/s by partitions (ratio, load)", |v| {
+                array_cells(v, "/result/produce", |r| {
+                    format!(
+                        "{}: {} ({}, load {})",
+                        count(num(r, "/partitions")),
+                        mb_s(num(r, "/mb_s")),
+                        plain_ratio(num(r, "/ratio_to_first")),
+                        text(r, "/load_avg_1m")
+                    )
+                })
+            }),
+            col("idle RSS MB by partitions (ratio, load)", |v| {
+                array_cells(v, "/result/idle", |r| {
+                    format!(
+                        "{}: {} ({}, load {})",
+                        count(num(r, "/partitions")),
+                        megabytes(num(r, "/rss_mb").unwrap_or(0.0)),
+                        plain_ratio(num(r, "/ratio_to_first")),
+                        text(r, "/load_avg_1m")
+                    )
+                })
+            }),
+            col("start-up after clean stop (load)", |v| {
+                format!(
+                    "{} ({})",
+                    seconds(num(v, "/result/startup_after_clean_stop_s")),
+                    text(v, "/result/startup_after_clean_stop_load_avg_1m")
+                )
+            }),
+            col("start-up after SIGKILL (load)", |v| {
+                format!(
+                    "{} ({})",
+                    seconds(num(v, "/result/startup_after_kill_s")),
+                    text(v, "/result/startup_after_kill_load_avg_1m")
+                )
+            }),
+        ],
     },
 ];
 

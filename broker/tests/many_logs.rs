@@ -107,16 +107,12 @@ fn five_hundred_logs_share_the_shards_budgets_and_reopen_without_scans() {
         }
         drop(logs);
         let mut logs = Vec::new();
-        for i in 0..LOGS {
+        for (i, want) in expected.iter().enumerate() {
             let (log, report) = PartitionLog::open(root.join(format!("p-{i}")), config())
                 .await
                 .expect("reopen");
             assert!(!report.scanned, "log {i}: the marker spares the scan");
-            assert_eq!(
-                read_all(&log).await,
-                expected[i],
-                "log {i} after a clean reopen"
-            );
+            assert_eq!(&read_all(&log).await, want, "log {i} after a clean reopen");
             logs.push(log);
         }
         // One more batch each, durable, and the process "dies": no close, no marker.
@@ -126,12 +122,12 @@ fn five_hundred_logs_share_the_shards_budgets_and_reopen_without_scans() {
             expected[i].extend(stamped(bytes, appended.base_offset, 3));
         }
         drop(logs);
-        for i in 0..LOGS {
+        for (i, want) in expected.iter().enumerate() {
             let (log, report) = PartitionLog::open(root.join(format!("p-{i}")), config())
                 .await
                 .expect("reopen after a crash");
             assert!(report.scanned, "log {i}: no marker after a crash");
-            assert_eq!(read_all(&log).await, expected[i], "log {i} after a crash");
+            assert_eq!(&read_all(&log).await, want, "log {i} after a crash");
             log.close().await.expect("close");
         }
     });

@@ -444,11 +444,17 @@ impl PartitionLog {
         // The clean-shutdown marker, if any, is read and deleted; the deletion is made durable
         // (a directory sync) before the log's first write, so a stale marker can never describe
         // a changed segment, and a start-up does not pay a sync per partition.
+        // It was written through the page cache, and is read and deleted the same way: a
+        // few µs, against four io_uring operations of a direct read.
         let marker_path = dir.join(MARKER_FILE);
-        let marker = read_small_file(&marker_path).await?;
-        if marker.is_some() {
-            remove_if_exists(&marker_path).await?;
-        }
+        let marker = match std::fs::read(&marker_path) {
+            Ok(bytes) => {
+                std::fs::remove_file(&marker_path).map_err(io_error("remove", &marker_path))?;
+                Some(bytes)
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => return Err(io_error("read", &marker_path)(error)),
+        };
         let mut sealed: VecDeque<SealedSegment> =
             VecDeque::with_capacity(bases.len().saturating_sub(1));
         for (i, &base) in bases.iter().enumerate().take(bases.len().saturating_sub(1)) {
