@@ -478,6 +478,12 @@ impl PartitionLog {
                     .map_err(io_error("stat", &path))?
                     .len();
                 match super::marker::decode(bytes, base, size) {
+                    // The active segment's epochs are in the checkpoint a clean close left;
+                    // without it (lost), only a scan can restore them.
+                    Ok(index) if !index.is_empty() && !dir.join(EPOCH_CHECKPOINT_FILE).exists() => {
+                        tracing::warn!(dir = %dir.display(), "no leader-epoch checkpoint: scanning the active segment despite its clean-shutdown marker");
+                        None
+                    }
                     Ok(index) => Some(index),
                     Err(why) => {
                         tracing::warn!(dir = %dir.display(), %why, "ignoring the clean-shutdown marker");
