@@ -93,16 +93,25 @@ pub struct PartitionsResult {
     pub startup_after_kill_load_avg_1m: f64,
 }
 
-fn flush_args(params: &PartitionsParams) -> Vec<String> {
-    vec!["--flush".into(), params.flush.clone()]
+/// Starts the stopped broker again; the seconds until every partition of `idle` answers.
+fn time_restart(
+    runtime: &tokio::runtime::Runtime,
+    broker: &mut Broker,
+    partitions: u32,
+) -> Result<f64, String> {
+    let starting = Instant::now();
+    broker.restart()?;
+    runtime.block_on(wait_served(
+        broker,
+        "idle",
+        partitions,
+        Duration::from_secs(600),
+    ))?;
+    Ok(starting.elapsed().as_secs_f64())
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
+fn flush_args(params: &PartitionsParams) -> Vec<String> {
+    vec!["--flush".into(), params.flush.clone()]
 }
 
 fn client(broker: &Broker) -> ClientConfig {
@@ -224,7 +233,7 @@ async fn touch_every_partition(
 }
 
 pub fn run(params: &PartitionsParams, dir: &std::path::Path) -> Result<PartitionsResult, String> {
-    let runtime = runtime()?;
+    let runtime = crate::replication::runtime()?;
     let mut result = PartitionsResult::default();
     let bytes = params.mib << 20;
 
@@ -284,15 +293,7 @@ pub fn run(params: &PartitionsParams, dir: &std::path::Path) -> Result<Partition
         let stopping = Instant::now();
         broker.stop()?;
         result.clean_stop_s = stopping.elapsed().as_secs_f64();
-        let starting = Instant::now();
-        broker.restart()?;
-        runtime.block_on(wait_served(
-            &broker,
-            "idle",
-            partitions,
-            Duration::from_secs(600),
-        ))?;
-        result.startup_after_clean_stop_s = starting.elapsed().as_secs_f64();
+        result.startup_after_clean_stop_s = time_restart(&runtime, &mut broker, partitions)?;
         result.startup_after_clean_stop_load_avg_1m = load_avg_1m();
         eprintln!(
             "start-up of {partitions} partitions after a clean stop ({:.1} s): {:.1} s, load {:.1}",
@@ -301,15 +302,7 @@ pub fn run(params: &PartitionsParams, dir: &std::path::Path) -> Result<Partition
             result.startup_after_clean_stop_load_avg_1m
         );
         broker.kill();
-        let starting = Instant::now();
-        broker.restart()?;
-        runtime.block_on(wait_served(
-            &broker,
-            "idle",
-            partitions,
-            Duration::from_secs(600),
-        ))?;
-        result.startup_after_kill_s = starting.elapsed().as_secs_f64();
+        result.startup_after_kill_s = time_restart(&runtime, &mut broker, partitions)?;
         result.startup_after_kill_load_avg_1m = load_avg_1m();
         eprintln!(
             "start-up of {partitions} partitions after SIGKILL: {:.1} s, load {:.1}",

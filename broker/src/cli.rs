@@ -453,7 +453,6 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         LogFormat::Json => logs.json().init(),
     }
 
-    raise_open_files_limit();
     let peers: BTreeMap<NodeId, String> = args.peers.iter().cloned().collect();
     if peers.len() != args.peers.len() {
         return fail("--peers lists an id twice");
@@ -483,6 +482,9 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
             args.data_dir.display()
         ));
     }
+    // Once the command line and the data directory are known good: a start-up error is one
+    // line on stderr.
+    raise_open_files_limit();
     let shards = args
         .shards
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
