@@ -14,6 +14,7 @@ mod hop;
 mod metadata;
 mod network;
 mod pace;
+mod partitions;
 mod plot;
 mod probe;
 mod progress;
@@ -77,8 +78,45 @@ enum Scenario {
     /// producer load, producer throughput with and without scrapes, and the broker's own
     /// produce latency histogram beside the client's.
     Scrape(ScrapeArgs),
+    /// What a broker's partition count costs it: produce over 4, 1,000 and 10,000 partitions
+    /// (the same bytes), idle RSS with 10, 1,000 and 10,000 partitions, start-up time over
+    /// 10,000 after a clean stop and after SIGKILL.
+    Partitions(PartitionsArgs),
     /// Regenerate the markdown results page from the JSON result files in a directory.
     Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+struct PartitionsArgs {
+    /// Partition counts of the produce runs (one topic each, the same bytes); ratios are to
+    /// the first.
+    #[arg(long, value_delimiter = ',', default_value = "4,1000,10000", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    produce_partitions: Vec<u32>,
+    /// MiB produced in each produce run.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    mib: u64,
+    /// Bytes of each record's value.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    record_bytes: u64,
+    /// Distinct keys the records carry (the partitioner spreads them over the partitions).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    keys: u64,
+    /// Partition counts of the idle brokers whose RSS is read; the last one is restarted.
+    #[arg(long, value_delimiter = ',', default_value = "10,1000,10000", value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    idle_partitions: Vec<u32>,
+    /// The brokers' default flush policy (`--flush`): `interval` (group commit, the default),
+    /// `always` or `never` (no fdatasync: what durability costs at each partition count).
+    #[arg(long, default_value = "interval", value_parser = ["interval", "always", "never"])]
+    flush: String,
+    /// The embedded broker's mode: throughput or latency.
+    #[arg(long, default_value = "throughput", value_parser = ["throughput", "latency"])]
+    mode: String,
+    /// Where the brokers keep their data (removed first); must support O_DIRECT.
+    #[arg(long, default_value = "target/sluice-bench-partitions")]
+    dir: PathBuf,
+    /// Write the result as JSON here (schema: docs/bench.md).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -1149,6 +1187,44 @@ fn parse_args() -> Result<Cli, ExitCode> {
     })
 }
 
+fn partitions_scenario(args: PartitionsArgs) -> Result<(), String> {
+    let params = partitions::PartitionsParams {
+        mode: args.mode,
+        produce_partitions: args.produce_partitions,
+        mib: args.mib,
+        record_bytes: args.record_bytes as usize,
+        keys: args.keys,
+        idle_partitions: args
+            .idle_partitions
+            .into_iter()
+            .filter(|&n| n > 0)
+            .collect(),
+        flush: args.flush,
+    };
+    let result = partitions::run(&params, &args.dir)?;
+    for run in &result.produce {
+        println!(
+            "produce over {:>5} partitions: {:>7.1} MB/s, {:.2} of the first (load {:.1})",
+            run.partitions, run.mb_s, run.ratio_to_first, run.load_avg_1m
+        );
+    }
+    for idle in &result.idle {
+        println!(
+            "idle RSS with {:>5} partitions: {:>7.1} MB, {:.2} of the first (load {:.1})",
+            idle.partitions, idle.rss_mb, idle.ratio_to_first, idle.load_avg_1m
+        );
+    }
+    println!(
+        "start-up of {} partitions: {:.1} s after a clean stop (load {:.1}), {:.1} s after SIGKILL (load {:.1})",
+        result.startup_partitions,
+        result.startup_after_clean_stop_s,
+        result.startup_after_clean_stop_load_avg_1m,
+        result.startup_after_kill_s,
+        result.startup_after_kill_load_avg_1m
+    );
+    record::partitions(params, result).write(args.json.as_deref())
+}
+
 fn scrape(args: ScrapeArgs) -> Result<(), String> {
     if !(args.duration > 0.0 && args.interval > 0.0) {
         return Err("--duration and --interval must be positive".into());
@@ -1233,6 +1309,7 @@ fn main() -> ExitCode {
         Some(Scenario::Failover(args)) => failover(args),
         Some(Scenario::Catchup(args)) => catchup(args),
         Some(Scenario::Scrape(args)) => scrape(args),
+        Some(Scenario::Partitions(args)) => partitions_scenario(args),
         Some(Scenario::Report(args)) => report(args),
         None => match Cli::parse_from(["sluice-bench", "e2e"]).scenario {
             Some(Scenario::E2e(args)) => e2e_scenario(args),

@@ -120,6 +120,23 @@ pub struct Broker {
     dir: PathBuf,
     /// Killed and reaped already: its pid may belong to another process now.
     reaped: bool,
+    /// The arguments it was started with, to start it again on the same data and ports.
+    args: Vec<std::ffi::OsString>,
+}
+
+fn spawn_broker(args: &[std::ffi::OsString]) -> Result<Child, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    Command::new(&exe)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "start the broker ({} {BROKER_SUBCOMMAND}): {e}",
+                exe.display()
+            )
+        })
 }
 
 /// A loopback address with a port nobody listens on right now.
@@ -161,7 +178,6 @@ impl Broker {
         metadata: &str,
         extra: &[String],
     ) -> Result<Broker, String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let _ = std::fs::remove_dir_all(dir);
         // Every port picked free and held together while picked, so no two are the same: the
         // main address, the metrics endpoint (never the default, which benchmarks and tests
@@ -185,11 +201,13 @@ impl Broker {
             .map_err(|e| e.to_string())?
             .join(",");
         drop((held, held_listen, held_metrics));
-        let child = Command::new(&exe)
-            .arg(BROKER_SUBCOMMAND)
-            .arg("--data-dir")
-            .arg(dir)
-            .args([
+        let mut args: Vec<std::ffi::OsString> = vec![
+            BROKER_SUBCOMMAND.into(),
+            "--data-dir".into(),
+            dir.as_os_str().to_owned(),
+        ];
+        args.extend(
+            [
                 "--listen",
                 &listen,
                 "--metadata-listen",
@@ -208,24 +226,42 @@ impl Broker {
                 // The broker's info lines would mix into the progress line.
                 "--log",
                 "warn",
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| {
-                format!(
-                    "start the broker ({} {BROKER_SUBCOMMAND}): {e}",
-                    exe.display()
-                )
-            })?;
+            ]
+            .iter()
+            .map(|a| a.into()),
+        );
+        args.extend(extra.iter().map(|a| a.into()));
+        let child = spawn_broker(&args)?;
         Ok(Broker {
             child,
             listen,
             metrics,
             dir: dir.to_owned(),
             reaped: false,
+            args,
         })
+    }
+
+    /// Stops the process with SIGTERM (a clean stop: its logs flushed and closed) and waits.
+    pub fn stop(&mut self) -> Result<(), String> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().map_err(|e| e.to_string())?;
+        self.reaped = true;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("the broker stopped with {status}"))
+        }
+    }
+
+    /// Starts the stopped (or killed) process again on the same data directory and ports.
+    pub fn restart(&mut self) -> Result<(), String> {
+        assert!(self.reaped, "restart a stopped broker");
+        self.child = spawn_broker(&self.args)?;
+        self.reaped = false;
+        Ok(())
     }
 
     /// Kills the process with SIGKILL (a crash) and reaps it.

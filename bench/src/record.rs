@@ -14,6 +14,7 @@ use crate::group::{GroupParams, GroupResult};
 use crate::hop::{HopParams, HopResult};
 use crate::metadata::{MetadataParams, MetadataResult};
 use crate::network::{NetworkParams, NetworkResult};
+use crate::partitions::{PartitionsParams, PartitionsResult};
 use crate::probe::ProbeResult;
 use crate::replication::{CatchupParams, CatchupResult, FailoverParams, FailoverResult};
 use crate::scrape::{ScrapeParams, ScrapeResult};
@@ -252,6 +253,13 @@ pub fn scrape(
     Report::new("scrape", params, None, result, None)
 }
 
+pub fn partitions(
+    params: PartitionsParams,
+    result: PartitionsResult,
+) -> Report<PartitionsParams, PartitionsResult, ()> {
+    Report::new("partitions", params, None, result, None)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
@@ -359,6 +367,17 @@ mod tests {
             (
                 "scrape",
                 json(&scrape(ScrapeParams::default(), ScrapeResult::default())),
+            ),
+            (
+                "partitions",
+                json(&partitions(
+                    PartitionsParams::default(),
+                    PartitionsResult {
+                        produce: vec![Default::default()],
+                        idle: vec![Default::default()],
+                        ..Default::default()
+                    },
+                )),
             ),
             (
                 "produce",

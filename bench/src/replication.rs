@@ -159,7 +159,7 @@ async fn tracing_free_pause(_error: &sluice_client::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -491,6 +491,53 @@ const FAMILIES: &[Family] = &[
                tail: consumers keeping up with running producers.",
         columns: CLIENT_COLUMNS,
     },
+    Family {
+        scenario: "partitions",
+        title: "Partitions: what the partition count costs",
+        note: "Produce: the same bytes through the client, keyed, over one topic of each \
+               partition count; the ratio is to the first count's MB/s (targets ≥ 0.7 at \
+               1,000 and ≥ 0.5 at 10,000 against 4). Idle RSS: a fresh broker per count, one \
+               record in each partition (target: 10,000 ≤ 2 × 10). Start-up: until every \
+               partition answers. The 1-minute load average is beside each figure.",
+        columns: &[
+            col("produce MB/s by partitions (ratio, load)", |v| {
+                array_cells(v, "/result/produce", |r| {
+                    format!(
+                        "{}: {} ({}, load {})",
+                        count(num(r, "/partitions")),
+                        mb_s(num(r, "/mb_s")),
+                        plain_ratio(num(r, "/ratio_to_first")),
+                        text(r, "/load_avg_1m")
+                    )
+                })
+            }),
+            col("idle RSS MB by partitions (ratio, load)", |v| {
+                array_cells(v, "/result/idle", |r| {
+                    format!(
+                        "{}: {} ({}, load {})",
+                        count(num(r, "/partitions")),
+                        megabytes(num(r, "/rss_mb").unwrap_or(0.0)),
+                        plain_ratio(num(r, "/ratio_to_first")),
+                        text(r, "/load_avg_1m")
+                    )
+                })
+            }),
+            col("start-up after clean stop (load)", |v| {
+                format!(
+                    "{} ({})",
+                    seconds(num(v, "/result/startup_after_clean_stop_s")),
+                    text(v, "/result/startup_after_clean_stop_load_avg_1m")
+                )
+            }),
+            col("start-up after SIGKILL (load)", |v| {
+                format!(
+                    "{} ({})",
+                    seconds(num(v, "/result/startup_after_kill_s")),
+                    text(v, "/result/startup_after_kill_load_avg_1m")
+                )
+            }),
+        ],
+    },
 ];
 
 /// Columns of the client scenarios (`e2e`, `consume`), which share one result shape.
@@ -863,6 +910,14 @@ fn relative_path(from: &Path, target: &Path) -> PathBuf {
         relative.push(".");
     }
     relative
+}
+
+/// One line per element of the array at `pointer`, formatted by `cell`.
+fn array_cells(v: &Value, pointer: &str, cell: impl Fn(&Value) -> String) -> String {
+    match v.pointer(pointer).and_then(Value::as_array) {
+        Some(items) if !items.is_empty() => items.iter().map(cell).collect::<Vec<_>>().join("<br>"),
+        _ => "–".into(),
+    }
 }
 
 fn num(v: &Value, pointer: &str) -> Option<f64> {

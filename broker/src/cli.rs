@@ -471,6 +471,36 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Raises the soft limit on open files to the hard limit and says so: a broker holds one
+/// descriptor per partition (its active segment), its sealed segments' descriptor caches
+/// (`SEALED_FILES_OPEN_MAX` per shard) and its connections, beyond the usual soft 1,024.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read the open-files limit");
+        return;
+    }
+    let soft = limit.rlim_cur;
+    if soft < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            tracing::warn!(soft, hard = limit.rlim_max, error = %std::io::Error::last_os_error(), "cannot raise the open-files limit");
+            return;
+        }
+    }
+    tracing::info!(
+        from = soft,
+        to = limit.rlim_cur,
+        hard = limit.rlim_max,
+        "open-files limit (RLIMIT_NOFILE) raised to the hard limit"
+    );
+}
+
 /// Runs a broker with the command line `args` (program name first) until it stops; what
 /// `sluice-broker` does, callable from other binaries (the benchmark starts its embedded broker
 /// as a child process of its own executable this way).
@@ -520,6 +550,9 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
             args.data_dir.display()
         ));
     }
+    // Once the command line and the data directory are known good: a start-up error is one
+    // line on stderr.
+    raise_open_files_limit();
     let shards = args
         .shards
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));

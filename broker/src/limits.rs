@@ -106,6 +106,53 @@ pub const PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
 /// GB/s without it. 128 MiB covers eight partitions writing at full speed per shard.
 pub const SHARD_IO_MEMORY_BYTES: usize = 128 << 20;
 
+/// Bytes of write buffers waiting for their flush that one shard's active segments hold at once
+/// at their preferred size (`storage/buffers.rs`). A log's buffer grows to its configured
+/// `write_buffer_bytes` (8 MiB in throughput mode) only while the shard's held buffers stay
+/// under this; beyond it a log gets a buffer just big enough for the batch in hand, so 10,000
+/// partitions written at once cost the bytes written, not 10,000 × 8 MiB. 64 MiB is eight
+/// partitions at full speed, half of the shard's registered memory
+/// (`SHARD_IO_MEMORY_BYTES`); the other half is for flushes under way and the tail cache.
+pub const SHARD_WRITE_BUFFER_BYTES_MAX: usize = 64 << 20;
+
+/// The smallest write buffer a log takes: a few small batches. A quiet log holds none.
+pub const WRITE_BUFFER_BYTES_MIN: usize = 64 << 10;
+
+/// Bytes of recently written batches one shard keeps for tail reads, across all its logs
+/// (`storage/cache.rs`): the chunks written longest ago are evicted first, whichever log holds
+/// them. 64 MiB is what one log could keep before the budget was per shard: a consumer up to
+/// 64 MiB behind the writers is served from memory; idle partitions' chunks age out.
+pub const SHARD_CACHE_BYTES_MAX: usize = 64 << 20;
+
+/// Sealed segments whose descriptor a shard keeps open (`storage/files.rs`); the least recently
+/// read beyond it are closed and reopened on demand. Active segments stay open (one descriptor
+/// per partition), so a broker needs about partitions + shards × this + connections
+/// descriptors (plus `SMALL_FILE_OPS_CONCURRENT` and `SEALS_CONCURRENT` per shard for a
+/// moment): 10,000 partitions on 2 shards fit in 16,384 with room for 3,000 connections.
+/// Opening a file costs ~10 µs here, against a cold read of at least a few hundred µs.
+pub const SEALED_FILES_OPEN_MAX: usize = 1024;
+
+/// Logs a stopping shard closes at once. Each close ends with a truncate and a sync of its
+/// active segment (a journal commit on ext4); the file system merges concurrent commits, so
+/// 10,000 partitions stop in seconds rather than in 10,000 device round trips one after another
+/// (`SHARD_STOP_WAIT_MAX` bounds the whole stop).
+pub const LOG_CLOSES_CONCURRENT: usize = 256;
+
+/// Small files (checkpoints, index files, directories to sync) a shard has open at once: 10,000
+/// partitions whose first flush each writes an epoch checkpoint would otherwise need 10,000
+/// descriptors more than their segments for a moment. 64 keeps io_uring busy (these are
+/// mostly syncs, which the device serves a few at a time).
+pub const SMALL_FILE_OPS_CONCURRENT: usize = 64;
+
+/// Rolls a shard runs at once; each holds the previous segment's descriptor until its
+/// background seal ends.
+pub const SEALS_CONCURRENT: usize = 64;
+
+/// Logs a shard opens at once when the metadata places many partitions on it (start-up, a
+/// topic of 10,000 partitions): their recoveries' small reads and syncs overlap in io_uring
+/// instead of running one after another.
+pub const LOG_OPENS_CONCURRENT: usize = 64;
+
 /// How often a shard's executor checks whether a task has run too long and another queue (or
 /// the I/O reactor) should run.
 pub const SHARD_PREEMPT_MS: u64 = 1;

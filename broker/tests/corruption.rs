@@ -60,8 +60,10 @@ struct Stored {
     timestamps: Vec<i64>,
 }
 
-/// Writes `count` batches of 1-4 records with increasing timestamps, and closes the log.
+/// Writes `count` batches of 1-4 records with increasing timestamps, and closes the log; then
+/// deletes its clean-shutdown marker, as a crash would.
 fn write_log(path: &Path, config: LogConfig, count: u64) -> Vec<Stored> {
+    let dir = path.to_owned();
     let path = path.to_owned();
     run(move || async move {
         let (log, _) = PartitionLog::open(&path, config).await.expect("open");
@@ -81,6 +83,22 @@ fn write_log(path: &Path, config: LogConfig, count: u64) -> Vec<Stored> {
         log.close().await.expect("close");
         out
     })
+    .tap_crash(&dir)
+}
+
+trait TapCrash {
+    /// Deletes the clean-shutdown marker the close left: damage to the active segment comes
+    /// with a crash, which leaves none (a cleanly closed segment is trusted, as a sealed one is,
+    /// and its damage found by reads' CRC checks).
+    fn tap_crash(self, dir: &Path) -> Self;
+}
+
+impl TapCrash for Vec<Stored> {
+    fn tap_crash(self, dir: &Path) -> Self {
+        std::fs::remove_file(dir.join(sluice_broker::storage::marker::MARKER_FILE))
+            .expect("a closed log has its clean-shutdown marker");
+        self
+    }
 }
 
 /// A batch found in a segment file.

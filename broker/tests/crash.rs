@@ -10,6 +10,12 @@
 //! - `SLUICE_CRASH_ROUNDS`: rounds to run (default 50);
 //! - `SLUICE_CRASH_SEED`: seed of every random choice (default: from the clock; printed).
 //!
+//! Every third round the child is not killed by the parent: it kills itself (SIGKILL) right
+//! after a chosen step of a roll (`SealStep`, through the storage's seal failpoint), and these
+//! rounds walk through every step in turn — the next segment created while the previous one
+//! is unsealed, truncated, synced, each index file written — so recovery meets a log with two
+//! unsealed segments, the earlier one padded, at every point of a background seal.
+//!
 //! Every batch's content derives from `(seed, round, task, seq)`, and the first record's key
 //! carries `round:task:seq`, so the parent rebuilds the exact bytes of every batch it finds in
 //! the log, acknowledged or not.
@@ -24,6 +30,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use sluice_broker::storage::segment::{set_seal_failpoint, SealStep};
 use sluice_broker::storage::{FlushPolicy, LogConfig, PartitionLog, RecoveryReport};
 use sluice_protocol::batch::stamp;
 use sluice_protocol::{BatchBuilder, BatchIter, BatchOptions, RecordIter, BATCH_HEADER_BYTES};
@@ -32,6 +39,14 @@ const CHILD_ENV: &str = "SLUICE_CRASH_CHILD";
 const SEED_ENV: &str = "SLUICE_CRASH_SEED";
 const ROUND_ENV: &str = "SLUICE_CRASH_ROUND";
 const ROUNDS_ENV: &str = "SLUICE_CRASH_ROUNDS";
+/// Set for a round that dies inside a roll: the index in `SealStep::ALL` of the step after
+/// which the child kills itself (the parent does not kill it).
+const SEAL_STEP_ENV: &str = "SLUICE_CRASH_SEAL_STEP";
+/// Every this many rounds, a round dies inside a roll; successive such rounds walk through
+/// every step of a seal.
+const SEAL_ROUND_EVERY: u32 = 3;
+/// The step a seal-kill child dies at (`SealStep::ALL` index; `u8::MAX`: none).
+static SEAL_KILL_STEP: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
 const DEFAULT_ROUNDS: u32 = 50;
 /// Concurrent appending tasks in the child.
 const TASKS: u32 = 3;
@@ -174,6 +189,9 @@ fn child(dir: PathBuf) {
     }
     let seed = env_u64(SEED_ENV).expect("child needs a seed");
     let round = env_u64(ROUND_ENV).expect("child needs a round") as u32;
+    if let Some(step) = env_u64(SEAL_STEP_ENV) {
+        SEAL_KILL_STEP.store(step as u8, std::sync::atomic::Ordering::Relaxed);
+    }
     let started = Instant::now();
     common::run(move || async move {
         let (log, report) = PartitionLog::open(&dir, config())
@@ -183,6 +201,8 @@ fn child(dir: PathBuf) {
             "ready {} {} {}",
             report.log_start, report.log_end, report.segments
         ));
+        // Installed once the log is open: recovery's own work is not a roll of this round.
+        set_seal_failpoint(Some(kill_at_seal_step));
         let mut tasks = Vec::new();
         for task in 0..TASKS {
             let log = log.clone();
@@ -212,6 +232,17 @@ fn child(dir: PathBuf) {
             task.await;
         }
     });
+}
+
+/// The seal failpoint of a seal-kill round: SIGKILL to this process after the chosen step.
+fn kill_at_seal_step(step: SealStep) {
+    let chosen = SEAL_KILL_STEP.load(std::sync::atomic::Ordering::Relaxed);
+    if SealStep::ALL.get(usize::from(chosen)) == Some(&step) {
+        // SAFETY: kill(2) on this process's own id.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
 }
 
 /// Writes one line to stdout at once; exits quietly when the parent stopped listening.
@@ -636,6 +667,23 @@ impl Verifier {
 struct ChildGuard(Option<Child>);
 
 impl ChildGuard {
+    /// Waits for a seal-kill child to kill itself at its failpoint.
+    fn wait_for_self_kill(&mut self, round: u32, step: SealStep) -> std::process::ExitStatus {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let child = self.0.as_mut().expect("a child");
+            if let Some(status) = child.try_wait().expect("wait for the child") {
+                self.0 = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the child never reached {step:?} of a roll in {READY_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn kill(&mut self) -> std::process::ExitStatus {
         let mut child = self.0.take().expect("child");
         // SAFETY: kill(2) on the pid of our own child, which we have not waited for yet.
@@ -664,9 +712,19 @@ struct ChildOutput {
     killed_at: Duration,
 }
 
-fn run_child(dir: &Path, seed: u64, round: u32, rng: &mut Rng) -> ChildOutput {
+fn run_child(
+    dir: &Path,
+    seed: u64,
+    round: u32,
+    seal_step: Option<usize>,
+    rng: &mut Rng,
+) -> ChildOutput {
     let exe = std::env::current_exe().expect("current exe");
-    let child = Command::new(exe)
+    let mut command = Command::new(exe);
+    if let Some(step) = seal_step {
+        command.env(SEAL_STEP_ENV, step.to_string());
+    }
+    let child = command
         .env(CHILD_ENV, dir)
         .env(SEED_ENV, seed.to_string())
         .env(ROUND_ENV, round.to_string())
@@ -704,7 +762,7 @@ fn run_child(dir: &Path, seed: u64, round: u32, rng: &mut Rng) -> ChildOutput {
     });
     // Most rounds kill while appending; some kill early, while the child may still be
     // recovering the log.
-    let early = rng.below(6) == 0;
+    let early = seal_step.is_none() && rng.below(6) == 0;
     let delay = if early {
         Duration::from_millis(rng.below(60))
     } else {
@@ -731,10 +789,15 @@ fn run_child(dir: &Path, seed: u64, round: u32, rng: &mut Rng) -> ChildOutput {
                 }
             }
         }
-        std::thread::sleep(delay);
+        if seal_step.is_none() {
+            std::thread::sleep(delay);
+        }
     }
     let killed_at = spawned.elapsed();
-    let status = guard.kill();
+    let status = match seal_step {
+        None => guard.kill(),
+        Some(step) => guard.wait_for_self_kill(round, SealStep::ALL[step]),
+    };
     assert_eq!(
         status.signal(),
         Some(libc::SIGKILL),
@@ -764,8 +827,13 @@ fn parent(seed: u64, rounds: u32, dir: &Path) {
         ..Verifier::default()
     };
     let started = Instant::now();
+    let mut seal_rounds = 0usize;
     for round in 1..=rounds {
-        let output = run_child(dir, seed, round, &mut rng);
+        let seal_step = (round % SEAL_ROUND_EVERY == 0).then(|| {
+            seal_rounds += 1;
+            (seal_rounds - 1) % SealStep::ALL.len()
+        });
+        let output = run_child(dir, seed, round, seal_step, &mut rng);
         // Half the rounds also tear the unacknowledged tail (if any), as an interrupted write would.
         let acked_end = output
             .acks
@@ -792,7 +860,8 @@ fn parent(seed: u64, rounds: u32, dir: &Path) {
         );
         if std::env::var_os("SLUICE_CRASH_VERBOSE").is_some() {
             println!(
-                "crash: round {round}: killed after {:?} (ready: {}), {} acks, log end {}, {} segments, tail {:?}, tear {:?}",
+                "crash: round {round}: killed {} after {:?} (ready: {}), {} acks, log end {}, {} segments, tail {:?}, tear {:?}",
+                seal_step.map_or("by the parent".to_string(), |s| format!("at {:?}", SealStep::ALL[s])),
                 output.killed_at,
                 output.ready,
                 output.acks.len(),
@@ -803,8 +872,13 @@ fn parent(seed: u64, rounds: u32, dir: &Path) {
             );
         }
     }
+    assert!(
+        rounds < SEAL_ROUND_EVERY * SealStep::ALL.len() as u32
+            || seal_rounds >= SealStep::ALL.len(),
+        "every step of a seal was killed at"
+    );
     println!(
-        "crash: {rounds} rounds, {} acknowledged batches verified ({} batches, {} bytes in {} segments), \
+        "crash: {rounds} rounds ({seal_rounds} killed inside a roll), {} acknowledged batches verified ({} batches, {} bytes in {} segments), \
          {} bytes cut from torn tails in {} rounds ({} tails torn by the test), {} bytes of padding, {:.1?}",
         verifier.acks_verified,
         verifier.batches.len(),

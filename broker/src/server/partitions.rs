@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use super::producers::{PartitionProducers, ProducerState};
 use super::{Mode, ShardConfig};
+use crate::limits::{LOG_CLOSES_CONCURRENT, LOG_OPENS_CONCURRENT};
 use crate::metadata::types::{FlushSetting, PartitionInfo, TopicConfig};
 use crate::metadata::{ClusterState, NodeId};
 use crate::metrics::{PartitionCounters, ShardMetrics};
@@ -186,6 +187,9 @@ impl Partitions {
                 tracing::warn!(%error, topic = %key.0, partition = key.1, "could not remove a deleted partition");
             }
         }
+        // New partitions' logs are opened (recovered) concurrently, a bounded number at once:
+        // a start-up or a topic of thousands of partitions overlaps their small reads and syncs.
+        let mut opened = self.open_logs(&wanted).await?;
         for ((topic, partition), (topic_id, info, config)) in wanted {
             let key = (topic.clone(), partition);
             let leader = info.leader == Some(me);
@@ -195,20 +199,11 @@ impl Partitions {
             let mut owned = match existing {
                 Some(owned) => owned,
                 None => {
-                    let (log, report) =
-                        PartitionLog::open(self.dir(&topic, partition, topic_id), {
-                            let mut log = log_config(config, self.config.mode);
-                            if topic == crate::groups::coordinator::OFFSETS_TOPIC {
-                                // The latest record per group and offset is the state.
-                                log.cleanup_policy = crate::storage::CleanupPolicy::Compact;
-                            }
-                            log
-                        })
-                        .await?;
-                    if report.tail.truncated_bytes > 0 {
-                        tracing::warn!(%topic, partition, cut = report.tail.truncated_bytes, "recovered a torn log tail");
-                    }
-                    let producers = ProducerState::rebuild(&log).await?;
+                    let Some((log, producers)) = opened.remove(&key) else {
+                        return Err(StorageError::Failed(format!(
+                            "partition {topic}-{partition} was not opened"
+                        )));
+                    };
                     OwnedPartition {
                         topic_id,
                         log,
@@ -288,7 +283,65 @@ impl Partitions {
         Ok(())
     }
 
-    /// Flushes and closes every log (graceful shutdown).
+    /// Opens the logs of the partitions in `wanted` that this shard does not hold yet,
+    /// `LOG_OPENS_CONCURRENT` at a time, and rebuilds their producers' state.
+    async fn open_logs(
+        &self,
+        wanted: &HashMap<(String, u32), (u64, &PartitionInfo, &TopicConfig)>,
+    ) -> Result<HashMap<(String, u32), (PartitionLog, ProducerState)>, StorageError> {
+        let permits = Rc::new(glommio::sync::Semaphore::new(LOG_OPENS_CONCURRENT as u64));
+        let mut tasks = Vec::new();
+        for (key, (topic_id, _, config)) in wanted {
+            if self.owned.borrow().contains_key(key) {
+                continue;
+            }
+            let (topic, partition) = key.clone();
+            let dir = self.dir(&topic, partition, *topic_id);
+            let mut log_config = log_config(config, self.config.mode);
+            if topic == crate::groups::coordinator::OFFSETS_TOPIC {
+                // The latest record per group and offset is the state.
+                log_config.cleanup_policy = crate::storage::CleanupPolicy::Compact;
+            }
+            let permits = Rc::clone(&permits);
+            let task = glommio::spawn_local(async move {
+                let _permit = permits
+                    .acquire_permit(1)
+                    .await
+                    .map_err(|_| StorageError::Closed)?;
+                let (log, report) = PartitionLog::open(dir, log_config).await?;
+                if report.tail.truncated_bytes > 0 {
+                    tracing::warn!(%topic, partition, cut = report.tail.truncated_bytes, "recovered a torn log tail");
+                }
+                let producers = ProducerState::rebuild(&log).await?;
+                Ok::<_, StorageError>((log, producers))
+            })
+            .detach();
+            tasks.push((key.clone(), task));
+        }
+        let mut opened = HashMap::with_capacity(tasks.len());
+        let mut failure = None;
+        for (key, task) in tasks {
+            match task.await {
+                Some(Ok(log)) => {
+                    opened.insert(key, log);
+                }
+                Some(Err(error)) => failure = failure.or(Some(error)),
+                None => failure = failure.or(Some(StorageError::Closed)),
+            }
+        }
+        match failure {
+            None => Ok(opened),
+            Some(error) => {
+                for (log, _) in opened.into_values() {
+                    let _ = log.close().await;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Flushes and closes every log (graceful shutdown), `LOG_CLOSES_CONCURRENT` at a time:
+    /// each close ends with a sync and the clean-shutdown marker's write.
     pub async fn close_all(&self) -> Result<(), StorageError> {
         let logs: Vec<PartitionLog> = self
             .owned
@@ -296,10 +349,29 @@ impl Partitions {
             .drain()
             .map(|(_, o)| o.log)
             .collect();
-        for log in logs {
-            log.close().await?;
+        let permits = Rc::new(glommio::sync::Semaphore::new(LOG_CLOSES_CONCURRENT as u64));
+        let tasks: Vec<_> = logs
+            .into_iter()
+            .map(|log| {
+                let permits = Rc::clone(&permits);
+                glommio::spawn_local(async move {
+                    let _permit = permits
+                        .acquire_permit(1)
+                        .await
+                        .map_err(|_| StorageError::Closed)?;
+                    log.close().await
+                })
+                .detach()
+            })
+            .collect();
+        let mut outcome = Ok(());
+        for task in tasks {
+            let closed = task.await.unwrap_or(Err(StorageError::Closed));
+            if outcome.is_ok() {
+                outcome = closed;
+            }
         }
-        Ok(())
+        outcome
     }
 
     /// Checkpoints the high watermark of every owned replicated log whose high watermark moved.

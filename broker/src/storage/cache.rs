@@ -3,9 +3,13 @@
 //! Each flush hands its buffer over as one [`Chunk`]; large buffers are shared with the write
 //! (the very bytes that went to disk), small ones are copied to a right-sized allocation so a
 //! burst of tiny flushes does not pin many large buffers. Reads borrow ranges of chunks: no
-//! record bytes are copied. The cache is bounded by `cache_bytes_max` and evicts oldest first.
+//! record bytes are copied. Each log's part is bounded by its `cache_bytes_max`, and all logs of
+//! a shard share one budget (`limits::SHARD_CACHE_BYTES_MAX`): what was written longest ago, in
+//! any log, is evicted first. An idle partition's data thus leaves the cache as busy ones
+//! write, and a shard's cache memory does not grow with its partition count.
 
-use std::collections::VecDeque;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::rc::Rc;
 
@@ -83,104 +87,252 @@ impl ChunkSlice {
     }
 }
 
-#[derive(Debug)]
-pub struct BatchCache {
-    chunks: VecDeque<Rc<Chunk>>,
+/// One log's chunks in the shard-wide cache, oldest first.
+#[derive(Debug, Default)]
+struct LogChunks {
+    chunks: VecDeque<(u64, Rc<Chunk>)>,
     bytes: usize,
     bytes_max: usize,
 }
 
+/// Every log's cached chunks on one shard (thread), under one byte budget: a push beyond
+/// `bytes_max` evicts the chunks written longest ago, whichever logs hold them. Logs that go
+/// quiet thus give their memory to the busy ones without doing anything.
+#[derive(Debug)]
+struct ShardCache {
+    logs: HashMap<u64, LogChunks>,
+    /// `(log, chunk)` in the order chunks were pushed; entries of chunks already gone (a log
+    /// cleared, closed, or over its own bound) are skipped when reached.
+    order: VecDeque<(u64, u64)>,
+    bytes: usize,
+    bytes_max: usize,
+    next_log: u64,
+    next_chunk: u64,
+}
+
+impl ShardCache {
+    fn evict_oldest(&mut self) -> bool {
+        while let Some((log, chunk)) = self.order.pop_front() {
+            let Some(chunks) = self.logs.get_mut(&log) else {
+                continue;
+            };
+            if chunks.chunks.front().is_some_and(|(id, _)| *id == chunk) {
+                if let Some((_, old)) = chunks.chunks.pop_front() {
+                    chunks.bytes -= old.charge;
+                    self.bytes -= old.charge;
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Drops entries of chunks that are gone once they outnumber the live ones, so the order
+    /// queue stays proportional to what is cached.
+    fn compact_order(&mut self) {
+        let live: usize = self.logs.values().map(|l| l.chunks.len()).sum();
+        if self.order.len() <= 2 * live + 64 {
+            return;
+        }
+        let logs = &self.logs;
+        self.order.retain(|(log, chunk)| {
+            logs.get(log)
+                .is_some_and(|l| l.chunks.iter().any(|(id, _)| id == chunk))
+        });
+    }
+
+    fn clear_log(&mut self, log: u64) {
+        if let Some(chunks) = self.logs.get_mut(&log) {
+            self.bytes -= chunks.bytes;
+            chunks.bytes = 0;
+            chunks.chunks.clear();
+        }
+    }
+}
+
+thread_local! {
+    static SHARD_CACHE: RefCell<ShardCache> = RefCell::new(ShardCache {
+        logs: HashMap::new(),
+        order: VecDeque::new(),
+        bytes: 0,
+        bytes_max: crate::limits::SHARD_CACHE_BYTES_MAX,
+        next_log: 0,
+        next_chunk: 0,
+    });
+}
+
+/// Bytes held by the tail caches of every log on this shard (thread).
+pub fn shard_cache_bytes() -> usize {
+    SHARD_CACHE.with(|c| c.borrow().bytes)
+}
+
+/// Changes this shard's cache budget (tests and benchmarks; the broker uses
+/// `limits::SHARD_CACHE_BYTES_MAX`), evicting down to it.
+pub fn set_shard_cache_bytes_max(bytes_max: usize) {
+    SHARD_CACHE.with(|c| {
+        let mut cache = c.borrow_mut();
+        cache.bytes_max = bytes_max;
+        while cache.bytes > cache.bytes_max && cache.evict_oldest() {}
+    });
+}
+
+/// One log's view of the shard-wide tail cache: its own chunks, bounded by `bytes_max` and by
+/// the shard's budget. Dropping it releases the log's chunks.
+#[derive(Debug)]
+pub struct BatchCache {
+    id: u64,
+}
+
+impl Drop for BatchCache {
+    fn drop(&mut self) {
+        let id = self.id;
+        // During thread teardown the cache may already be gone: nothing left to release.
+        let _ = SHARD_CACHE.try_with(|c| {
+            let mut cache = c.borrow_mut();
+            cache.clear_log(id);
+            cache.logs.remove(&id);
+        });
+    }
+}
+
 impl BatchCache {
     pub fn new(bytes_max: usize) -> BatchCache {
-        BatchCache {
-            chunks: VecDeque::new(),
-            bytes: 0,
-            bytes_max,
-        }
+        SHARD_CACHE.with(|c| {
+            let mut cache = c.borrow_mut();
+            let id = cache.next_log;
+            cache.next_log += 1;
+            cache.logs.insert(
+                id,
+                LogChunks {
+                    bytes_max,
+                    ..LogChunks::default()
+                },
+            );
+            BatchCache { id }
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&LogChunks) -> T) -> T {
+        SHARD_CACHE.with(|c| {
+            let cache = c.borrow();
+            match cache.logs.get(&self.id) {
+                Some(chunks) => f(chunks),
+                None => f(&LogChunks::default()),
+            }
+        })
     }
 
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.with(|l| l.bytes)
     }
 
-    /// Adds the chunk written after every chunk already held.
+    /// Adds the chunk written after every chunk already held, then evicts: this log's oldest
+    /// beyond its own bound, the shard's oldest beyond the shard's budget.
     pub fn push(&mut self, chunk: Chunk) {
         if chunk.batches.is_empty() {
             return;
         }
-        if let Some(last) = self.chunks.back() {
-            if last.next_offset() != chunk.first_offset() {
-                self.clear(); // Not contiguous (after a truncation): start over.
+        SHARD_CACHE.with(|c| {
+            let mut cache = c.borrow_mut();
+            let contiguous = cache.logs.get(&self.id).is_none_or(|l| {
+                l.chunks
+                    .back()
+                    .is_none_or(|(_, last)| last.next_offset() == chunk.first_offset())
+            });
+            if !contiguous {
+                cache.clear_log(self.id); // Not contiguous (after a truncation): start over.
             }
-        }
-        self.bytes += chunk.charge;
-        self.chunks.push_back(Rc::new(chunk));
-        while self.bytes > self.bytes_max {
-            match self.chunks.pop_front() {
-                Some(old) => self.bytes -= old.charge,
-                None => break,
+            let chunk_id = cache.next_chunk;
+            cache.next_chunk += 1;
+            let charge = chunk.charge;
+            cache.bytes += charge;
+            cache.order.push_back((self.id, chunk_id));
+            let mut freed = 0;
+            if let Some(log) = cache.logs.get_mut(&self.id) {
+                log.bytes += charge;
+                log.chunks.push_back((chunk_id, Rc::new(chunk)));
+                while log.bytes > log.bytes_max {
+                    match log.chunks.pop_front() {
+                        Some((_, old)) => {
+                            log.bytes -= old.charge;
+                            freed += old.charge;
+                        }
+                        None => break,
+                    }
+                }
             }
-        }
+            cache.bytes -= freed;
+            while cache.bytes > cache.bytes_max && cache.evict_oldest() {}
+            cache.compact_order();
+        });
     }
 
     /// The first offset held, if any.
     pub fn first_offset(&self) -> Option<u64> {
-        self.chunks.front().map(|c| c.first_offset())
+        self.with(|l| l.chunks.front().map(|(_, c)| c.first_offset()))
     }
 
     pub fn clear(&mut self) {
-        self.chunks.clear();
-        self.bytes = 0;
+        SHARD_CACHE.with(|c| c.borrow_mut().clear_log(self.id));
     }
 
     /// Whole batches from the one containing `offset`, up to `max_bytes` (at least one batch)
     /// and ending at or before `end_offset`, or `None` when `offset` is not cached.
     pub fn read(&self, offset: u64, max_bytes: usize, end_offset: u64) -> Option<Vec<ChunkSlice>> {
-        let first = self.chunks.front()?;
-        if offset < first.first_offset() {
-            return None;
-        }
-        let at = self.chunks.partition_point(|c| c.next_offset() <= offset);
-        let mut slices: Vec<ChunkSlice> = Vec::new();
-        let mut total = 0usize;
-        let mut expected = offset;
-        let mut full = false;
-        for chunk in self.chunks.iter().skip(at) {
-            let from = chunk.batches.partition_point(|b| b.next_offset <= expected);
-            let mut range: Option<Range<usize>> = None;
-            for batch in &chunk.batches[from..] {
-                let len = batch.len as usize;
-                if batch.next_offset > end_offset {
-                    full = true;
-                    break;
-                }
-                if total > 0 && total + len > max_bytes {
-                    full = true;
-                    break;
-                }
-                let start = batch.start as usize;
-                range = Some(match range {
-                    None => start..start + len,
-                    Some(r) => r.start..start + len,
-                });
-                total += len;
-                expected = batch.next_offset;
-            }
-            match range {
-                Some(range) => slices.push(ChunkSlice {
-                    chunk: Rc::clone(chunk),
-                    range,
-                }),
-                None => break,
-            }
-            if full || total >= max_bytes {
+        self.with(|log| read_chunks(&log.chunks, offset, max_bytes, end_offset))
+    }
+}
+
+fn read_chunks(
+    chunks: &VecDeque<(u64, Rc<Chunk>)>,
+    offset: u64,
+    max_bytes: usize,
+    end_offset: u64,
+) -> Option<Vec<ChunkSlice>> {
+    let (_, first) = chunks.front()?;
+    if offset < first.first_offset() {
+        return None;
+    }
+    let at = chunks.partition_point(|(_, c)| c.next_offset() <= offset);
+    let mut slices: Vec<ChunkSlice> = Vec::new();
+    let mut total = 0usize;
+    let mut expected = offset;
+    let mut full = false;
+    for (_, chunk) in chunks.iter().skip(at) {
+        let from = chunk.batches.partition_point(|b| b.next_offset <= expected);
+        let mut range: Option<Range<usize>> = None;
+        for batch in &chunk.batches[from..] {
+            let len = batch.len as usize;
+            if batch.next_offset > end_offset {
+                full = true;
                 break;
             }
+            if total > 0 && total + len > max_bytes {
+                full = true;
+                break;
+            }
+            let start = batch.start as usize;
+            range = Some(match range {
+                None => start..start + len,
+                Some(r) => r.start..start + len,
+            });
+            total += len;
+            expected = batch.next_offset;
         }
-        if slices.is_empty() {
-            None
-        } else {
-            Some(slices)
+        match range {
+            Some(range) => slices.push(ChunkSlice {
+                chunk: Rc::clone(chunk),
+                range,
+            }),
+            None => break,
         }
+        if full || total >= max_bytes {
+            break;
+        }
+    }
+    if slices.is_empty() {
+        None
+    } else {
+        Some(slices)
     }
 }

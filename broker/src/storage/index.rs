@@ -282,12 +282,15 @@ impl SegmentIndex {
         if times.last().is_some_and(|&(ts, _)| ts > max_timestamp) {
             return fail("time index holds a timestamp above the segment's largest");
         }
+        let bytes_since_entry = size_bytes - offsets.last().map_or(0, |&(_, pos)| u64::from(pos));
         Ok(SegmentIndex {
             base_offset,
             interval_bytes,
             offsets,
             times,
-            bytes_since_entry: 0,
+            // What `observe` would have counted: the bytes from the last indexed batch to the
+            // end, so an active segment reopened from its index goes on as one scanned would.
+            bytes_since_entry,
             size_bytes,
             next_offset,
             max_timestamp,

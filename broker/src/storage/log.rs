@@ -46,11 +46,12 @@ use super::config::{FlushPolicy, LogConfig};
 use super::epochs::{EpochEnd, EpochHistory, EpochStart};
 use super::error::{io_error, Result, StorageError};
 use super::index::SegmentIndex;
+use super::marker::MARKER_FILE;
 use super::scan::parse_segment_file_name;
 use super::segment::{
     find_batch_position, locate_batches, read_batches, read_small_file, remove_if_exists,
-    replace_file, sync_dir, ActiveSegment, FlushJob, LocateQuery, ReadStart, SealedSegment,
-    SegmentPaths, Stamp, TailRecovery,
+    replace_file, seal_failpoint, sync_dir, ActiveSegment, FlushJob, LocateQuery, Padding,
+    ReadStart, SealStep, SealedSegment, SegmentPaths, Stamp, TailRecovery,
 };
 use crate::limits::SEGMENTS_PER_PARTITION_MAX;
 use crate::notify::Notify;
@@ -90,6 +91,8 @@ pub struct RecoveryReport {
     pub log_end: u64,
     /// What was cut from the active segment's tail.
     pub tail: TailRecovery,
+    /// Whether the active segment was scanned; not when a clean-shutdown marker gave its index.
+    pub scanned: bool,
 }
 
 /// Where to start a read.
@@ -202,7 +205,11 @@ impl SendRead {
 
 /// What a read must fetch from a segment file.
 struct DiskRead {
-    file: Rc<DmaFile>,
+    /// The segment's file: the active segment's, or a sealed one's once opened
+    /// ([`PartitionLog::plan_read_open`]).
+    file: Option<Rc<DmaFile>>,
+    /// The base offset of the sealed segment to open.
+    sealed_base: Option<u64>,
     path: PathBuf,
     start: ReadStart,
     readable: u64,
@@ -219,13 +226,20 @@ struct DiskRead {
 }
 
 impl DiskRead {
+    fn file(&self) -> &Rc<DmaFile> {
+        match &self.file {
+            Some(file) => file,
+            None => panic!("a disk read's file is opened before the read"),
+        }
+    }
+
     /// Narrows `readable` to end where the read's bound falls, when it falls in this segment
     /// (a replicated log's high watermark below the segment's end): one header walk of at most
     /// an index interval.
     async fn apply_bound(&mut self) -> Result<()> {
         if let Some((end_offset, from)) = self.bound_in_segment.take() {
             self.readable =
-                find_batch_position(&self.file, &self.path, from, self.readable, end_offset)
+                find_batch_position(self.file(), &self.path, from, self.readable, end_offset)
                     .await?;
             self.boundaries.retain(|&b| b <= self.readable);
         }
@@ -318,6 +332,11 @@ struct LogState {
     first_unflushed_at: Option<Instant>,
     failed: Option<String>,
     closed: bool,
+    /// A roll's background seal of the newest sealed segment is under way.
+    sealing: bool,
+    /// The clean-shutdown marker was deleted on open and the directory not synced since: the
+    /// next flush syncs it before writing.
+    marker_removed_unsynced: bool,
     /// Compaction: offsets below this were cleaned by a pass (in memory only: a reopened log
     /// counts everything as dirty, so its first pass cleans the whole log).
     clean_end: u64,
@@ -360,6 +379,8 @@ impl LogState {
 
 #[derive(Debug)]
 struct LogInner {
+    /// This opened log's id on its shard (keys its sealed files in the descriptor cache).
+    id: u64,
     dir: PathBuf,
     config: LogConfig,
     state: RefCell<LogState>,
@@ -377,6 +398,8 @@ struct LogInner {
     flushed: Notify,
     /// Write-buffer space was freed or a roll finished (wakes blocked appenders).
     space: Notify,
+    /// A background seal finished (wakes [`PartitionLog::wait_sealed`]).
+    sealed_now: Notify,
     flusher: RefCell<Option<JoinHandle<()>>>,
     stats: std::cell::Cell<LogStats>,
     flushes: FlushObserver,
@@ -404,27 +427,92 @@ impl PartitionLog {
         let dir = std::path::absolute(&dir).map_err(io_error("resolve", &dir))?;
         crate::shard::prime_dma_io(dir.parent().unwrap_or(&dir)).await?;
         let created = dir.clone();
-        glommio::executor()
-            .spawn_blocking(move || std::fs::create_dir_all(&created))
+        let existed = glommio::executor()
+            .spawn_blocking(move || {
+                let existed = created.is_dir();
+                std::fs::create_dir_all(&created).map(|()| existed)
+            })
             .await
             .map_err(io_error("create directory", &dir))?;
-        if let Some(parent) = dir.parent() {
+        if let (false, Some(parent)) = (existed, dir.parent()) {
             sync_dir(parent).await?;
         }
+        let id = super::files::next_log_id();
         cleaner::recover(&dir, config.index_interval_bytes).await?;
         let bases = list_segments(&dir).await?;
         let interval = config.index_interval_bytes;
+        // The clean-shutdown marker, if any, is read and deleted; the deletion is made durable
+        // (a directory sync) before the log's first write, so a stale marker can never describe
+        // a changed segment, and a start-up does not pay a sync per partition.
+        // It was written through the page cache, and is read and deleted the same way: a
+        // few µs, against four io_uring operations of a direct read.
+        let marker_path = dir.join(MARKER_FILE);
+        let marker = match std::fs::read(&marker_path) {
+            Ok(bytes) => {
+                std::fs::remove_file(&marker_path).map_err(io_error("remove", &marker_path))?;
+                Some(bytes)
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => return Err(io_error("read", &marker_path)(error)),
+        };
         let mut sealed: VecDeque<SealedSegment> =
             VecDeque::with_capacity(bases.len().saturating_sub(1));
-        for &base in bases.iter().take(bases.len().saturating_sub(1)) {
-            let segment = SealedSegment::open(&dir, base, interval).await?;
+        for (i, &base) in bases.iter().enumerate().take(bases.len().saturating_sub(1)) {
+            // The segment before the active one may be mid-seal (a roll seals in the
+            // background): its zero padding is cut and its index files written now.
+            let padding = if i + 2 == bases.len() {
+                Padding::Cut
+            } else {
+                Padding::Refused
+            };
+            let segment = SealedSegment::open(id, &dir, base, interval, padding).await?;
             if let Some(previous) = sealed.back() {
                 check_continuity(previous.index(), segment.index(), &segment.paths().log)?;
             }
             sealed.push_back(segment);
         }
-        let (active, tail, scanned_epochs) = match bases.last() {
-            Some(&base) => {
+        let clean_index = match (bases.last(), &marker) {
+            (Some(&base), Some(bytes)) => {
+                let path = SegmentPaths::new(&dir, base).log;
+                let size = std::fs::metadata(&path)
+                    .map_err(io_error("stat", &path))?
+                    .len();
+                match super::marker::decode(bytes, base, size) {
+                    // The active segment's epochs are in the checkpoint a clean close left;
+                    // without it (lost), only a scan can restore them.
+                    Ok(index) if !index.is_empty() && !dir.join(EPOCH_CHECKPOINT_FILE).exists() => {
+                        tracing::warn!(dir = %dir.display(), "no leader-epoch checkpoint: scanning the active segment despite its clean-shutdown marker");
+                        None
+                    }
+                    Ok(index) => Some(index),
+                    Err(why) => {
+                        tracing::warn!(dir = %dir.display(), %why, "ignoring the clean-shutdown marker");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let scanned = clean_index.is_none();
+        let (active, tail, scanned_epochs) = match (bases.last(), clean_index) {
+            (Some(_), Some(index)) => {
+                let position = index.size_bytes();
+                let active = ActiveSegment::reopen(
+                    &dir,
+                    index,
+                    config.write_buffer_bytes,
+                    config.flush.writes_through(),
+                )
+                .await?;
+                let tail = TailRecovery {
+                    truncated_bytes: 0,
+                    padding_bytes: 0,
+                    reason: None,
+                    position,
+                };
+                (active, tail, Vec::new())
+            }
+            (Some(&base), None) => {
                 ActiveSegment::recover(
                     &dir,
                     base,
@@ -434,7 +522,7 @@ impl PartitionLog {
                 )
                 .await?
             }
-            None => {
+            (None, _) => {
                 let active = ActiveSegment::create(
                     &dir,
                     0,
@@ -472,6 +560,7 @@ impl PartitionLog {
             log_start,
             log_end,
             tail,
+            scanned,
         };
         let state = LogState {
             sealed,
@@ -488,11 +577,14 @@ impl PartitionLog {
             first_unflushed_at: None,
             failed: None,
             closed: false,
+            sealing: false,
+            marker_removed_unsynced: marker.is_some(),
             clean_end: log_start,
             tombstone_horizon_min: None,
         };
         let retention = std::cell::Cell::new((config.retention_ms, config.retention_bytes));
         let inner = Rc::new(LogInner {
+            id,
             dir,
             config,
             state: RefCell::new(state),
@@ -502,6 +594,7 @@ impl PartitionLog {
             appended: Notify::new(),
             flushed: Notify::new(),
             space: Notify::new(),
+            sealed_now: Notify::new(),
             flusher: RefCell::new(None),
             stats: Default::default(),
             flushes: FlushObserver::default(),
@@ -619,6 +712,7 @@ impl PartitionLog {
             .await
             .map_err(|_| StorageError::Closed)?;
         while inner.flush_once(true).await? {}
+        self.wait_sealed().await?;
         let bases: Vec<u64> = {
             let mut state = inner.state.borrow_mut();
             state.usable()?;
@@ -640,6 +734,7 @@ impl PartitionLog {
         };
         let result = async {
             for &base in bases.iter().rev() {
+                super::files::forget(inner.id, base);
                 SealedSegment::delete_files(&SegmentPaths::new(&inner.dir, base)).await?;
             }
             sync_dir(&inner.dir).await?;
@@ -812,7 +907,7 @@ impl PartitionLog {
                     false
                 } else if needs_roll(&inner.config, &state.active, batch.len()) {
                     true
-                } else if state.active.has_room(batch.len()) {
+                } else if state.active.make_room(batch.len()) {
                     let header = state.active.append(batch, how);
                     if state.epochs.observe(epoch, header.base_offset)? {
                         state.epochs_dirty = true;
@@ -922,7 +1017,7 @@ impl PartitionLog {
         max_bytes: usize,
         bound: ReadBound,
     ) -> Result<ReadBatches> {
-        match self.plan_read(offset, max_bytes, bound)? {
+        match self.plan_read_open(offset, max_bytes, bound).await? {
             ReadPlan::Done(answer) => Ok(answer),
             ReadPlan::Disk(disk) => Self::read_disk(disk, offset, max_bytes).await,
         }
@@ -932,7 +1027,7 @@ impl PartitionLog {
     async fn read_disk(mut disk: DiskRead, offset: u64, max_bytes: usize) -> Result<ReadBatches> {
         disk.apply_bound().await?;
         let data = read_batches(
-            &disk.file,
+            disk.file(),
             &disk.path,
             disk.start,
             disk.readable,
@@ -969,7 +1064,7 @@ impl PartitionLog {
         max_bytes: usize,
         bound: ReadBound,
     ) -> Result<SendRead> {
-        match self.plan_read(offset, max_bytes, bound)? {
+        match self.plan_read_open(offset, max_bytes, bound).await? {
             ReadPlan::Done(answer) => Ok(answer.into()),
             ReadPlan::Disk(disk) if !disk.sealed => {
                 Ok(Self::read_disk(disk, offset, max_bytes).await?.into())
@@ -984,7 +1079,7 @@ impl PartitionLog {
                     boundaries: &disk.boundaries,
                     index_interval: disk.interval,
                 };
-                let span = locate_batches(&disk.file, &disk.path, query).await?;
+                let span = locate_batches(disk.file(), &disk.path, query).await?;
                 let chunks = span
                     .map(|span| {
                         assert!(
@@ -992,7 +1087,7 @@ impl PartitionLog {
                             "a located span holds whole, readable batches"
                         );
                         SendChunk::File(FileRange {
-                            file: Rc::clone(&disk.file),
+                            file: Rc::clone(disk.file()),
                             position: span.position,
                             len: (span.end - span.position) as usize,
                         })
@@ -1006,6 +1101,36 @@ impl PartitionLog {
                 })
             }
         }
+    }
+
+    /// [`PartitionLog::plan_read`], with a sealed segment's file opened (through the shard's
+    /// descriptor cache). A segment deleted by retention meanwhile is out of range.
+    async fn plan_read_open(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        bound: ReadBound,
+    ) -> Result<ReadPlan> {
+        let mut plan = self.plan_read(offset, max_bytes, bound)?;
+        if let ReadPlan::Disk(disk) = &mut plan {
+            if let Some(base) = disk.sealed_base {
+                match super::files::open_sealed(self.inner.id, base, &disk.path).await {
+                    Ok(file) => disk.file = Some(file),
+                    Err(StorageError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        let state = self.inner.state.borrow();
+                        return Err(StorageError::OffsetOutOfRange {
+                            offset,
+                            log_start: state.log_start,
+                            log_end: state.bound(bound),
+                        });
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        Ok(plan)
     }
 
     /// Checks `offset`, answers from the cache when it can, or says which segment to read.
@@ -1043,7 +1168,7 @@ impl PartitionLog {
         let (file, path, index, readable) = if !sealed {
             let active = &state.active;
             (
-                active.file(),
+                Some(Rc::clone(active.file())),
                 &active.paths().log,
                 active.index(),
                 active.written_size(),
@@ -1054,7 +1179,7 @@ impl PartitionLog {
                 .partition_point(|s| s.index().base_offset() <= offset);
             let segment = &state.sealed[at.saturating_sub(1)];
             (
-                segment.file(),
+                None,
                 &segment.paths().log,
                 segment.index(),
                 segment.index().size_bytes(),
@@ -1074,7 +1199,8 @@ impl PartitionLog {
         let bound_in_segment = (readable_end < segment_end)
             .then(|| (readable_end, index.position_for_offset(readable_end)));
         Ok(ReadPlan::Disk(DiskRead {
-            file: Rc::clone(file),
+            file,
+            sealed_base: sealed.then(|| index.base_offset()),
             path: path.clone(),
             start,
             readable,
@@ -1160,6 +1286,7 @@ impl PartitionLog {
             .acquire_permit(1)
             .await
             .map_err(|_| StorageError::Closed)?;
+        self.wait_sealed().await?;
         let mut report = RetentionReport::default();
         loop {
             let victim = {
@@ -1191,7 +1318,7 @@ impl PartitionLog {
             report.segments_deleted += 1;
             report.bytes_deleted += victim.index().size_bytes();
             tracing::debug!(segment = %victim.paths().log.display(), "retention deletes segment");
-            SealedSegment::delete_files(victim.paths()).await?;
+            victim.delete().await?;
         }
         if report.segments_deleted > 0 {
             sync_dir(&inner.dir).await?;
@@ -1228,6 +1355,7 @@ impl PartitionLog {
             .await
             .map_err(|_| StorageError::Closed)?;
         while inner.flush_once(true).await? {}
+        self.wait_sealed().await?;
         {
             let mut state = inner.state.borrow_mut();
             state.usable()?;
@@ -1266,7 +1394,7 @@ impl PartitionLog {
             let (file, path, position, readable) = if at == state.sealed.len() {
                 let a = &state.active;
                 (
-                    Rc::clone(a.file()),
+                    Some(Rc::clone(a.file())),
                     a.paths().log.clone(),
                     a.index().position_for_offset(offset),
                     a.written_size(),
@@ -1274,7 +1402,7 @@ impl PartitionLog {
             } else {
                 let s = &state.sealed[at];
                 (
-                    Rc::clone(s.file()),
+                    None,
                     s.paths().log.clone(),
                     s.index().position_for_offset(offset),
                     s.index().size_bytes(),
@@ -1282,12 +1410,18 @@ impl PartitionLog {
             };
             (target_base, doomed, file, path, position, readable)
         };
+        let file = match file {
+            Some(file) => file,
+            None => super::files::open_sealed(inner.id, target_base, &path).await?,
+        };
         let cut = find_batch_position(&file, &path, position, readable, offset).await?;
         drop(file);
         // Delete later segments newest first, so a crash leaves a valid prefix of the log.
         for &base in doomed.iter().rev() {
+            super::files::forget(inner.id, base);
             SealedSegment::delete_files(&SegmentPaths::new(&inner.dir, base)).await?;
         }
+        super::files::forget(inner.id, target_base);
         let paths = SegmentPaths::new(&inner.dir, target_base);
         remove_if_exists(&paths.offset_index).await?;
         remove_if_exists(&paths.time_index).await?;
@@ -1364,6 +1498,7 @@ impl PartitionLog {
                 return Ok(());
             }
             let flushed = async {
+                self.wait_sealed().await?;
                 while inner.flush_once(true).await? {}
                 let file = Rc::clone(inner.state.borrow().active.file());
                 let (size, path) = {
@@ -1379,6 +1514,13 @@ impl PartitionLog {
                 file.fdatasync()
                     .await
                     .map_err(io_error("fdatasync", &path))?;
+                // The next open may trust the active segment's index without scanning it. The
+                // marker is not synced: the segment it describes is durable already, and a
+                // marker lost or torn by a power cut only costs the next open its scan (its
+                // CRC refuses a torn one). A sync per log would double a stop's cost.
+                let marker = super::marker::encode(inner.state.borrow().active.index());
+                let marker_path = inner.dir.join(MARKER_FILE);
+                std::fs::write(&marker_path, &marker).map_err(io_error("write", &marker_path))?;
                 Ok::<(), StorageError>(())
             }
             .await;
@@ -1394,6 +1536,7 @@ impl PartitionLog {
         if let Some(flusher) = flusher {
             flusher.await;
         }
+        super::files::forget_log(inner.id);
         Ok(())
     }
 
@@ -1431,7 +1574,12 @@ impl PartitionLog {
 
     async fn roll_locked(&self) -> Result<()> {
         let inner = &self.inner;
+        // Everything in the segment is durable before the next one takes appends, so the
+        // previous segment never holds less than the next one's acknowledged data needs.
         while inner.flush_once(true).await? {}
+        // One seal at a time: at most two segments are ever unsealed.
+        self.wait_sealed().await?;
+        let permit = super::files::seal_permit().await?;
         let (plan, next_base) = {
             let state = inner.state.borrow();
             if state.sealed.len() + 1 >= SEGMENTS_PER_PARTITION_MAX {
@@ -1441,10 +1589,10 @@ impl PartitionLog {
             }
             (state.active.seal_plan(), state.active.index().next_offset())
         };
-        // Seal first, then create the next segment: a crash in between leaves the sealed
-        // segment last, and it is recovered as the active one.
-        plan.execute().await?;
-        let fresh = ActiveSegment::create(
+        // The next segment first (created durably), then the previous one is sealed in the
+        // background while appends go to the next: a crash before the seal completes leaves
+        // two unsealed segments, and recovery seals the earlier one (`Padding::Cut`).
+        let mut fresh = ActiveSegment::create(
             &inner.dir,
             next_base,
             inner.config.index_interval_bytes,
@@ -1452,10 +1600,48 @@ impl PartitionLog {
             inner.config.flush.writes_through(),
         )
         .await?;
-        let mut state = inner.state.borrow_mut();
-        let old = std::mem::replace(&mut state.active, fresh);
-        state.sealed.push_back(old.into_sealed());
+        seal_failpoint(SealStep::NextCreated);
+        {
+            let mut state = inner.state.borrow_mut();
+            fresh.continue_sizing(&state.active);
+            let old = std::mem::replace(&mut state.active, fresh);
+            state.sealed.push_back(old.into_sealed(inner.id));
+            state.sealing = true;
+        }
+        let sealing = Rc::clone(inner);
+        glommio::spawn_local(async move {
+            let sealed = plan.execute().await;
+            drop(permit);
+            let mut state = sealing.state.borrow_mut();
+            state.sealing = false;
+            if let Err(error) = sealed {
+                tracing::error!(%error, "sealing a segment failed; the log stops accepting writes");
+                state.failed = Some(error.to_string());
+                sealing.flushed.notify();
+                sealing.space.notify();
+            }
+            drop(state);
+            sealing.sealed_now.notify();
+        })
+        .detach();
         Ok(())
+    }
+
+    /// Waits for a roll's background seal, if one is under way; a failed seal is an error.
+    pub(crate) async fn wait_sealed(&self) -> Result<()> {
+        loop {
+            let sealed = self.inner.sealed_now.listen();
+            {
+                let state = self.inner.state.borrow();
+                if !state.sealing {
+                    return match &state.failed {
+                        Some(why) => Err(StorageError::Failed(why.clone())),
+                        None => Ok(()),
+                    };
+                }
+            }
+            sealed.await;
+        }
     }
 }
 
@@ -1678,6 +1864,11 @@ impl LogInner {
         // The new buffer has room again: appenders blocked on space may proceed.
         self.space.notify();
         let outcome = async {
+            if self.state.borrow().marker_removed_unsynced {
+                // The clean-shutdown marker's deletion is durable before the segment changes.
+                sync_dir(&self.dir).await?;
+                self.state.borrow_mut().marker_removed_unsynced = false;
+            }
             if let Some(fill) = &fill {
                 fill.write().await?;
             }
@@ -1718,7 +1909,7 @@ impl LogInner {
         }
         state.durable_end = job.next_offset;
         let charge = job.buf.len();
-        let chunk = if job.new_bytes as usize * 4 >= self.config.write_buffer_bytes {
+        let chunk = if job.new_bytes as usize * 4 >= job.capacity {
             Chunk::new(ChunkBytes::Shared(Rc::clone(&job.buf)), charge, job.batches)
         } else {
             // Small flush: keep a right-sized copy rather than pinning a whole write buffer.
@@ -1822,5 +2013,11 @@ async fn flusher_loop(log: Weak<LogInner>) {
         if inner.flush_once(sync).await.is_err() {
             return;
         }
+    }
+}
+
+impl Drop for LogInner {
+    fn drop(&mut self) {
+        super::files::forget_log(self.id);
     }
 }

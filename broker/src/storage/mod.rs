@@ -6,17 +6,23 @@
 //! - [`epochs`]: the leader-epoch history (pure) and its checkpoint file format;
 //! - [`compaction`]: the pure core of log compaction (which records a cleaned batch keeps, how
 //!   emptied batches merge) and the batch codecs it needs;
-//! - [`cache`]: the tail cache of recently written batches;
+//! - [`buffers`]: write buffers drawn on demand from the shard's budget;
+//! - [`cache`]: the shard-wide tail cache of recently written batches;
+//! - [`files`]: the shard's bounded descriptor cache for sealed segments;
+//! - [`marker`]: the clean-shutdown marker that spares a reopened log its scan;
 //! - [`segment`]: segment files on glommio DMA (`ActiveSegment` → `SealedSegment`);
 //! - [`log`]: `PartitionLog`, the API the broker uses.
 
+pub mod buffers;
 pub mod cache;
 pub mod compaction;
 pub mod config;
 pub mod epochs;
 pub mod error;
+pub mod files;
 pub mod index;
 pub mod log;
+pub mod marker;
 pub mod scan;
 pub mod segment;
 

@@ -21,6 +21,7 @@ use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
 use sluice_protocol::batch::{stamp, validate_frame, BatchHeader};
 use sluice_protocol::BATCH_HEADER_BYTES;
 
+use super::buffers::{BufferSizer, WriteBuffer};
 use super::cache::CachedBatch;
 use super::epochs::EpochStart;
 use super::error::{io_error, Result, StorageError};
@@ -77,6 +78,7 @@ fn dsync_flag(write_through: bool) -> i32 {
 
 /// Reads a whole (small) file, or `None` if it does not exist.
 pub(crate) async fn read_small_file(path: &Path) -> Result<Option<Vec<u8>>> {
+    let _permit = super::files::small_file_permit().await?;
     let file = match DmaFile::open(path).await {
         Ok(file) => file,
         Err(error) => {
@@ -103,6 +105,7 @@ pub(crate) async fn read_small_file(path: &Path) -> Result<Option<Vec<u8>>> {
 
 /// Writes a small file durably with direct I/O.
 pub(crate) async fn write_small_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let _permit = super::files::small_file_permit().await?;
     let file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -173,6 +176,7 @@ pub async fn remove_if_exists(path: &Path) -> Result<()> {
 
 /// Makes a directory's entries (new, renamed or removed files) durable.
 pub async fn sync_dir(dir: &Path) -> Result<()> {
+    let _permit = super::files::small_file_permit().await?;
     let handle = glommio::io::Directory::open(dir)
         .await
         .map_err(io_error("open directory", dir))?;
@@ -437,26 +441,40 @@ pub(crate) async fn read_batches(
     }
 }
 
-/// A read-only segment.
+/// A read-only segment. Its log file is opened on demand through the shard's descriptor cache
+/// ([`super::files`]), keyed by the owning log's id.
 #[derive(Debug)]
 pub struct SealedSegment {
-    file: Rc<DmaFile>,
+    log: u64,
     paths: SegmentPaths,
     index: SegmentIndex,
 }
 
+/// How [`SealedSegment::open`] treats zeros after the last batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    /// A segment sealed long ago: its file ends at its last batch; anything else is damage.
+    Refused,
+    /// The segment before the active one, whose background seal a crash may have cut short
+    /// (`SealPlan`): zero padding after its last batch is cut, and its index files written.
+    Cut,
+}
+
 impl SealedSegment {
-    /// Opens a sealed segment from its index files, or rebuilds them by scanning the log when
-    /// they are missing or damaged. Damage in the log itself is a [`StorageError::Corrupt`].
-    pub async fn open(dir: &Path, base_offset: u64, index_interval: u32) -> Result<SealedSegment> {
+    /// Opens a sealed segment of log `log` from its index files, or rebuilds them by scanning
+    /// the log when they are missing or damaged. Damage in the log itself is a
+    /// [`StorageError::Corrupt`]; zero padding is too unless `padding` says to cut it.
+    pub async fn open(
+        log: u64,
+        dir: &Path,
+        base_offset: u64,
+        index_interval: u32,
+        padding: Padding,
+    ) -> Result<SealedSegment> {
         let paths = SegmentPaths::new(dir, base_offset);
-        let file = DmaFile::open(&paths.log)
-            .await
-            .map_err(io_error("open", &paths.log))?;
-        let size = file
-            .file_size()
-            .await
-            .map_err(io_error("stat", &paths.log))?;
+        let size = std::fs::metadata(&paths.log)
+            .map_err(io_error("stat", &paths.log))?
+            .len();
         let offset_bytes = read_small_file(&paths.offset_index).await?;
         let time_bytes = read_small_file(&paths.time_index).await?;
         let decoded = match (offset_bytes, time_bytes) {
@@ -477,10 +495,25 @@ impl SealedSegment {
             Ok(index) => index,
             Err(why) => {
                 tracing::warn!(segment = %paths.log.display(), %why, "rebuilding segment index");
+                let file = open_rw(&paths.log, false, false).await?;
                 let outcome = scan_file(&file, &paths.log, base_offset, index_interval).await?;
-                if let Some((position, reason)) = outcome.stop {
-                    return Err(corrupt(&paths.log, position, reason));
+                match outcome.stop {
+                    None => {}
+                    Some((position, reason))
+                        if padding == Padding::Cut && reason == "zero padding" =>
+                    {
+                        file.truncate(position)
+                            .await
+                            .map_err(io_error("truncate", &paths.log))?;
+                        file.fdatasync()
+                            .await
+                            .map_err(io_error("fdatasync", &paths.log))?;
+                    }
+                    Some((position, reason)) => {
+                        return Err(corrupt(&paths.log, position, reason));
+                    }
                 }
+                file.close().await.map_err(io_error("close", &paths.log))?;
                 write_small_file(&paths.offset_index, &outcome.index.encode_offset_index()).await?;
                 write_small_file(&paths.time_index, &outcome.index.encode_time_index()).await?;
                 outcome.index
@@ -489,26 +522,20 @@ impl SealedSegment {
         if index.is_empty() {
             return Err(corrupt(&paths.log, 0, "sealed segment holds no batches"));
         }
-        Ok(SealedSegment {
-            file: Rc::new(file),
-            paths,
-            index,
-        })
+        Ok(SealedSegment { log, paths, index })
     }
 
     /// A segment just written whole by compaction: its file (renamed into place, durable) and
     /// the index built while writing it.
     pub(crate) fn from_cleaned(
+        log: u64,
         file: DmaFile,
         paths: SegmentPaths,
         index: SegmentIndex,
     ) -> SealedSegment {
         assert!(!index.is_empty(), "a cleaned segment holds batches");
-        SealedSegment {
-            file: Rc::new(file),
-            paths,
-            index,
-        }
+        super::files::insert(log, index.base_offset(), Rc::new(file));
+        SealedSegment { log, paths, index }
     }
 
     pub fn index(&self) -> &SegmentIndex {
@@ -519,11 +546,19 @@ impl SealedSegment {
         &self.paths
     }
 
-    pub fn file(&self) -> &Rc<DmaFile> {
-        &self.file
+    /// The segment's log file, open for reading (from the shard's descriptor cache).
+    pub async fn file(&self) -> Result<Rc<DmaFile>> {
+        super::files::open_sealed(self.log, self.index.base_offset(), &self.paths.log).await
     }
 
-    /// Deletes the segment's files (the open handle keeps serving reads already under way).
+    /// Deletes the segment's files and forgets its descriptor (reads already under way keep
+    /// theirs).
+    pub async fn delete(&self) -> Result<()> {
+        super::files::forget(self.log, self.index.base_offset());
+        Self::delete_files(&self.paths).await
+    }
+
+    /// Deletes a segment's files (the open handle keeps serving reads already under way).
     pub async fn delete_files(paths: &SegmentPaths) -> Result<()> {
         remove_if_exists(&paths.log).await?;
         remove_if_exists(&paths.offset_index).await?;
@@ -559,6 +594,8 @@ pub struct FlushJob {
     pub batches: Vec<CachedBatch>,
     /// Bytes of new data (excluding the block carried from the previous buffer).
     pub new_bytes: u64,
+    /// Bytes the buffer was allocated with (`buf` is trimmed to what is written).
+    pub capacity: usize,
 }
 
 /// Zeros written past an active segment's end ahead of its data (see
@@ -604,18 +641,68 @@ pub struct SealPlan {
 }
 
 impl SealPlan {
+    /// Truncates, syncs and writes the index files, in that order: a crash at any step leaves
+    /// a segment that recovery seals again (zero padding cut, index files rebuilt).
     pub async fn execute(self) -> Result<()> {
         let log = &self.paths.log;
         self.file
             .truncate(self.size)
             .await
             .map_err(io_error("truncate", log))?;
+        seal_failpoint(SealStep::Truncated);
         self.file
             .fdatasync()
             .await
             .map_err(io_error("fdatasync", log))?;
+        seal_failpoint(SealStep::Synced);
         write_small_file(&self.paths.offset_index, &self.offset_index).await?;
-        write_small_file(&self.paths.time_index, &self.time_index).await
+        seal_failpoint(SealStep::OffsetIndexWritten);
+        write_small_file(&self.paths.time_index, &self.time_index).await?;
+        seal_failpoint(SealStep::TimeIndexWritten);
+        Ok(())
+    }
+}
+
+/// The steps of a roll, in order: the failpoints the crash test kills the process at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealStep {
+    /// The next segment exists (durably) and takes appends; the previous one is not sealed.
+    NextCreated,
+    /// The previous segment is truncated to its logical end (not yet synced).
+    Truncated,
+    /// ... and synced.
+    Synced,
+    /// Its `.index` file is written and synced.
+    OffsetIndexWritten,
+    /// Its `.timeindex` file too: the seal is complete.
+    TimeIndexWritten,
+}
+
+impl SealStep {
+    pub const ALL: [SealStep; 5] = [
+        SealStep::NextCreated,
+        SealStep::Truncated,
+        SealStep::Synced,
+        SealStep::OffsetIndexWritten,
+        SealStep::TimeIndexWritten,
+    ];
+}
+
+thread_local! {
+    static SEAL_FAILPOINT: std::cell::Cell<Option<fn(SealStep)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Installs a function called after each step of every roll on this thread (the crash test
+/// kills its process from it); `None` removes it. A fault-injection point: the broker never
+/// sets one.
+pub fn set_seal_failpoint(hook: Option<fn(SealStep)>) {
+    SEAL_FAILPOINT.with(|f| f.set(hook));
+}
+
+pub(crate) fn seal_failpoint(step: SealStep) {
+    if let Some(hook) = SEAL_FAILPOINT.with(|f| f.get()) {
+        hook(step);
     }
 }
 
@@ -788,8 +875,14 @@ pub struct ActiveSegment {
     paths: SegmentPaths,
     index: SegmentIndex,
     created_at: Instant,
-    buffer_bytes: usize,
-    pending: DmaBuffer,
+    /// Sizes the write buffer taken when an append arrives.
+    sizer: BufferSizer,
+    /// The write buffer, while appends wait in it for a flush (none while the segment is quiet).
+    pending: Option<WriteBuffer>,
+    /// The carried partial block while there is no write buffer (at most one block).
+    carry: Vec<u8>,
+    /// An append found the buffer full since the last flush.
+    overflowed: bool,
     /// Aligned file position of `pending[0]`.
     pending_position: u64,
     /// Bytes of `pending` in use, the carried partial block included.
@@ -824,14 +917,15 @@ impl ActiveSegment {
             .await
             .map_err(io_error("create", &paths.log))?;
         sync_dir(dir).await?;
-        let pending = file.alloc_dma_buffer(buffer_bytes);
         Ok(ActiveSegment {
             file: Rc::new(file),
             paths,
             index: SegmentIndex::new(base_offset, index_interval),
             created_at: Instant::now(),
-            buffer_bytes,
-            pending,
+            sizer: BufferSizer::new(buffer_bytes),
+            pending: None,
+            carry: Vec::new(),
+            overflowed: false,
             pending_position: 0,
             pending_len: 0,
             pending_carried: 0,
@@ -882,7 +976,35 @@ impl ActiveSegment {
                 .await
                 .map_err(io_error("fdatasync", &paths.log))?;
         }
-        let mut pending = file.alloc_dma_buffer(buffer_bytes);
+        let segment = Self::resume(file, paths, outcome.index, buffer_bytes).await?;
+        Ok((segment, recovery, outcome.epoch_starts))
+    }
+
+    /// Opens the last segment of a cleanly closed partition with the index its clean-shutdown
+    /// marker gave ([`super::marker`]): the file ends at the index's size, nothing is scanned.
+    pub async fn reopen(
+        dir: &Path,
+        index: SegmentIndex,
+        buffer_bytes: usize,
+        write_through: bool,
+    ) -> Result<ActiveSegment> {
+        let paths = SegmentPaths::new(dir, index.base_offset());
+        remove_if_exists(&paths.offset_index).await?;
+        remove_if_exists(&paths.time_index).await?;
+        let file = open_rw(&paths.log, false, write_through).await?;
+        Self::resume(file, paths, index, buffer_bytes).await
+    }
+
+    /// An active segment whose file ends at `index`'s size: reads back the partial last block
+    /// that the next write carries.
+    async fn resume(
+        file: DmaFile,
+        paths: SegmentPaths,
+        index: SegmentIndex,
+        buffer_bytes: usize,
+    ) -> Result<ActiveSegment> {
+        let end = index.size_bytes();
+        let mut carry = Vec::new();
         let pending_position = align_down(end);
         let carried = (end - pending_position) as usize;
         if carried > 0 {
@@ -897,26 +1019,24 @@ impl ActiveSegment {
                     "short read of the last block",
                 ));
             }
-            pending.as_bytes_mut()[..carried].copy_from_slice(&block);
+            carry.extend_from_slice(&block);
         }
-        Ok((
-            ActiveSegment {
-                file: Rc::new(file),
-                paths,
-                index: outcome.index,
-                created_at: Instant::now(),
-                buffer_bytes,
-                pending,
-                pending_position,
-                pending_len: carried,
-                pending_carried: carried,
-                pending_batches: Vec::new(),
-                written_size: end,
-                file_size: end,
-            },
-            recovery,
-            outcome.epoch_starts,
-        ))
+        Ok(ActiveSegment {
+            file: Rc::new(file),
+            paths,
+            index,
+            created_at: Instant::now(),
+            sizer: BufferSizer::new(buffer_bytes),
+            pending: None,
+            carry,
+            overflowed: false,
+            pending_position,
+            pending_len: carried,
+            pending_carried: carried,
+            pending_batches: Vec::new(),
+            written_size: end,
+            file_size: end,
+        })
     }
 
     pub fn index(&self) -> &SegmentIndex {
@@ -945,22 +1065,57 @@ impl ActiveSegment {
         (self.pending_len - self.pending_carried) as u64
     }
 
-    /// Whether a batch of `len` bytes fits in the write buffer now.
-    pub fn has_room(&self, len: usize) -> bool {
-        self.pending_len + len <= self.buffer_bytes
+    /// Whether a batch of `len` bytes fits in the write buffer now, taking a buffer (or a
+    /// bigger one) from the shard's budget when none holds unflushed batches. `false` means
+    /// a flush must make room first.
+    pub fn make_room(&mut self, len: usize) -> bool {
+        let needed = self.pending_len + len;
+        match &self.pending {
+            Some(buf) if needed <= buf.capacity() => return true,
+            Some(_) if !self.pending_batches.is_empty() => {
+                self.overflowed = true;
+                return false;
+            }
+            _ => {}
+        }
+        let mut buf = self.sizer.take(&self.file, needed);
+        let carried = self.pending_len;
+        match self.pending.take() {
+            Some(old) => buf.as_bytes_mut()[..carried].copy_from_slice(&old.as_bytes()[..carried]),
+            None => {
+                assert_eq!(self.carry.len(), carried, "carried block out of step");
+                buf.as_bytes_mut()[..carried].copy_from_slice(&self.carry);
+                self.carry = Vec::new();
+            }
+        }
+        self.pending = Some(buf);
+        true
+    }
+
+    /// Capacity of the write buffer held now (0 while quiet).
+    pub fn buffer_bytes(&self) -> usize {
+        self.pending.as_ref().map_or(0, WriteBuffer::capacity)
+    }
+
+    /// Hands the buffer-size hint on to the segment that follows this one.
+    pub fn continue_sizing(&mut self, previous: &ActiveSegment) {
+        self.sizer = previous.sizer;
     }
 
     /// Copies a validated batch into the write buffer, stamping its offset and epoch as
-    /// `how` says, and indexes it. The caller checked [`ActiveSegment::has_room`] and, for a
+    /// `how` says, and indexes it. The caller made room ([`ActiveSegment::make_room`]) and, for a
     /// replica's batch, that it starts at the next offset.
     pub fn append(&mut self, batch: &[u8], how: Stamp) -> BatchHeader {
-        assert!(
-            self.has_room(batch.len()),
-            "append without room in the write buffer"
-        );
-        let base_offset = self.index.next_offset();
         let start = self.pending_len;
-        let dest = &mut self.pending.as_bytes_mut()[start..start + batch.len()];
+        let Some(pending) = self
+            .pending
+            .as_mut()
+            .filter(|p| start + batch.len() <= p.capacity())
+        else {
+            panic!("append without room in the write buffer");
+        };
+        let base_offset = self.index.next_offset();
+        let dest = &mut pending.as_bytes_mut()[start..start + batch.len()];
         dest.copy_from_slice(batch);
         if let Stamp::Leader { leader_epoch } = how {
             stamp(dest, base_offset, leader_epoch);
@@ -998,18 +1153,26 @@ impl ActiveSegment {
             "write buffer out of step with the index"
         );
         let aligned_len = align_up(self.pending_len as u64) as usize;
-        let mut next = self.file.alloc_dma_buffer(self.buffer_bytes);
         let next_position = align_down(end);
         let carried = (end - next_position) as usize;
         let carried_from = (next_position - self.pending_position) as usize;
-        next.as_bytes_mut()[..carried]
-            .copy_from_slice(&self.pending.as_bytes()[carried_from..self.pending_len]);
-        let mut buf = std::mem::replace(&mut self.pending, next);
+        let Some(pending) = self.pending.take() else {
+            panic!("batches to flush without a write buffer");
+        };
+        let capacity = pending.capacity();
+        self.carry = pending.as_bytes()[carried_from..self.pending_len].to_vec();
+        let mut buf = pending.into_dma();
         buf.as_bytes_mut()[self.pending_len..aligned_len].fill(0);
         buf.trim_to_size(aligned_len);
         let batches = std::mem::take(&mut self.pending_batches);
         let new_bytes = batches.iter().map(|b| u64::from(b.len)).sum();
+        self.sizer.observe(
+            self.pending_len,
+            capacity,
+            std::mem::take(&mut self.overflowed),
+        );
         let job = FlushJob {
+            capacity,
             file: Rc::clone(&self.file),
             path: self.paths.log.clone(),
             buf: Rc::new(buf),
@@ -1076,10 +1239,12 @@ impl ActiveSegment {
         }
     }
 
-    /// Turns the segment into a sealed one, after [`ActiveSegment::seal_files`].
-    pub fn into_sealed(self) -> SealedSegment {
+    /// Turns the segment into a sealed one of log `log` (its files are sealed by a
+    /// [`SealPlan`], perhaps still under way); its descriptor goes to the shard's cache.
+    pub fn into_sealed(self, log: u64) -> SealedSegment {
+        super::files::insert(log, self.index.base_offset(), self.file);
         SealedSegment {
-            file: self.file,
+            log,
             paths: self.paths,
             index: self.index,
         }

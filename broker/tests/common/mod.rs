@@ -172,6 +172,8 @@ pub struct BrokerProcess {
     args: Vec<String>,
     /// The network namespace the process runs in (`ip netns exec`), if not the test's own.
     pub netns: Option<String>,
+    /// `RLIMIT_NOFILE` (soft, hard) the process starts with, if not the test's own.
+    pub open_files: Option<(u64, u64)>,
 }
 
 impl BrokerProcess {
@@ -190,7 +192,24 @@ impl BrokerProcess {
             child: None,
             args: args.iter().map(|a| a.to_string()).collect(),
             netns: None,
+            open_files: None,
         };
+        broker.pick_ports();
+        broker.spawn(true);
+        broker
+    }
+
+    /// [`Self::start`] with the process's open-files limit (`RLIMIT_NOFILE`) set to `soft` and
+    /// `hard` before it runs.
+    pub fn start_with_open_files(
+        prefix: &str,
+        shards: u32,
+        args: &[&str],
+        soft: u64,
+        hard: u64,
+    ) -> BrokerProcess {
+        let mut broker = BrokerProcess::prepare(prefix, "", "", &vec![0; shards as usize], args);
+        broker.open_files = Some((soft, hard));
         broker.pick_ports();
         broker.spawn(true);
         broker
@@ -217,6 +236,7 @@ impl BrokerProcess {
             child: None,
             args: args.iter().map(|a| a.to_string()).collect(),
             netns: None,
+            open_files: None,
         }
     }
 
@@ -308,6 +328,23 @@ impl BrokerProcess {
             }
             None => broker_command(),
         };
+        if let Some((soft, hard)) = self.open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec the closure only calls setrlimit, which is
+            // async-signal-safe, on a struct on its own stack.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         command
             .args(["--data-dir", self.dir.path().to_str().unwrap()])
             .args([
@@ -334,6 +371,11 @@ impl BrokerProcess {
     pub fn spawn_detached(&mut self) {
         assert!(self.child.is_none(), "the broker is running");
         self.child = Some(self.command());
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The process's exit status if it has ended; `None` while it runs or when not started.

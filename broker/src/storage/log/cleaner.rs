@@ -148,7 +148,8 @@ struct SegmentRef {
     next: u64,
     /// Bytes of whole batches to read.
     size: u64,
-    file: Rc<DmaFile>,
+    /// The active segment's file; a sealed one's is opened when read (descriptor cache).
+    file: Option<Rc<DmaFile>>,
     path: PathBuf,
 }
 
@@ -166,16 +167,20 @@ struct BatchReader {
 }
 
 impl BatchReader {
-    fn new(segment: &SegmentRef) -> BatchReader {
-        BatchReader {
-            file: Rc::clone(&segment.file),
+    async fn open(log: u64, segment: &SegmentRef) -> Result<BatchReader> {
+        let file = match &segment.file {
+            Some(file) => Rc::clone(file),
+            None => crate::storage::files::open_sealed(log, segment.base, &segment.path).await?,
+        };
+        Ok(BatchReader {
+            file,
             path: segment.path.clone(),
             end: segment.size,
             expected: segment.base,
             buf: None,
             buf_position: 0,
             at: 0,
-        }
+        })
     }
 
     async fn next(&mut self) -> Result<Option<(BatchHeader, ReadResult)>> {
@@ -361,6 +366,8 @@ impl PartitionLog {
             .await
             .map_err(|_| StorageError::Closed)?;
         self.still_going()?;
+        // The pass reads sealed segments' files: the one a roll is sealing must be done.
+        self.wait_sealed().await?;
         self.compact_locked(now_ms).await
     }
 
@@ -413,7 +420,7 @@ impl PartitionLog {
                     base: s.index().base_offset(),
                     next: s.index().next_offset(),
                     size: s.index().size_bytes(),
-                    file: Rc::clone(s.file()),
+                    file: None,
                     path: s.paths().log.clone(),
                 })
                 .collect();
@@ -422,7 +429,7 @@ impl PartitionLog {
                 // Only written bytes are read; `next` is not used for the active segment.
                 next: state.active.index().next_offset(),
                 size: state.active.written_size(),
-                file: Rc::clone(state.active.file()),
+                file: Some(Rc::clone(state.active.file())),
                 path: state.active.paths().log.clone(),
             };
             (
@@ -445,7 +452,7 @@ impl PartitionLog {
         let mut producers = ProducerLasts::default();
         let mut map_end: Option<u64> = None;
         for segment in sealed.iter().chain(std::iter::once(&active)) {
-            let mut reader = BatchReader::new(segment);
+            let mut reader = BatchReader::open(self.inner.id, segment).await?;
             while let Some((header, batch)) = reader.next().await? {
                 producers.observe(&header);
                 // Records above the high watermark may still be truncated away: they must not
@@ -569,7 +576,7 @@ impl PartitionLog {
                     break;
                 }
             }
-            let mut reader = BatchReader::new(segment);
+            let mut reader = BatchReader::open(self.inner.id, segment).await?;
             while let Some((header, batch)) = reader.next().await? {
                 builder.push(&header, &batch, map, producers, clock);
                 if builder.output_len() >= COMPACTION_WRITE_BUFFER_BYTES {
@@ -616,6 +623,9 @@ impl PartitionLog {
         rename(&paths.log, &paths.swap).await?;
         sync_dir(dir).await?;
         failpoint(SwapStep::SwapRenamed)?;
+        for &base in &group.bases {
+            crate::storage::files::forget(inner.id, base);
+        }
         for &old in group.bases[1..].iter().rev() {
             SealedSegment::delete_files(&SegmentPaths::new(dir, old)).await?;
         }
@@ -630,7 +640,7 @@ impl PartitionLog {
         failpoint(SwapStep::Swapped)?;
 
         let end = group.index.next_offset();
-        let segment = SealedSegment::from_cleaned(group.file, target, group.index);
+        let segment = SealedSegment::from_cleaned(inner.id, group.file, target, group.index);
         let mut state = inner.state.borrow_mut();
         let at = state
             .sealed

@@ -1,0 +1,313 @@
+//! The `partitions` scenario: what a broker's partition count costs it.
+//!
+//! 1. **Produce over many partitions.** One embedded broker; for each count in
+//!    `--produce-partitions` (default 4, 1,000, 10,000) a topic of that many partitions is
+//!    created and the same bytes (`--mib`) are produced to it through `sluice-client`, keyed
+//!    (`--keys` distinct keys, so the partitioner spreads them over every partition), acks =
+//!    leader. The figure is MB/s from the first send to the last acknowledgement, and the
+//!    ratio of each count's MB/s to the first count's (targets: ≥ 0.7 for 1,000 and ≥ 0.5 for
+//!    10,000 against 4).
+//! 2. **Idle RSS.** For each count in `--idle-partitions` (default 10, 1,000, 10,000) a fresh
+//!    broker creates a topic of that many partitions, writes one small record to each (so every
+//!    log has its segment, index and producer state), waits until it is quiet and reads its
+//!    RSS (target: RSS at 10,000 ≤ 2 × RSS at 10).
+//! 3. **Start-up.** The last idle broker (10,000 partitions) is stopped with SIGTERM and started
+//!    again: the time until every partition answers (its shard has opened its log; a clean
+//!    stop's marker spares the active segments' scan); then it is killed with SIGKILL and
+//!    started again (every active segment scanned).
+//!
+//! The 1-minute load average is recorded with each figure: the machine is shared.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sluice_client::{
+    Acks, Admin, ClientConfig, Delivery, Producer, ProducerConfig, ProducerRecord, Seek,
+    TopicPartition,
+};
+
+use crate::network::Broker;
+use crate::replication::load_avg_1m;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionsParams {
+    pub mode: String,
+    pub produce_partitions: Vec<u32>,
+    pub mib: u64,
+    pub record_bytes: usize,
+    pub keys: u64,
+    pub idle_partitions: Vec<u32>,
+    /// The brokers' default flush policy.
+    pub flush: String,
+}
+
+impl Default for PartitionsParams {
+    fn default() -> Self {
+        PartitionsParams {
+            mode: "throughput".into(),
+            produce_partitions: vec![4, 1_000, 10_000],
+            mib: 256,
+            record_bytes: 1024,
+            keys: 100_000,
+            idle_partitions: vec![10, 1_000, 10_000],
+            flush: "interval".into(),
+        }
+    }
+}
+
+/// One produce run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProduceRun {
+    pub partitions: u32,
+    pub bytes: u64,
+    pub mb_s: f64,
+    /// MB/s over the first run's MB/s.
+    pub ratio_to_first: f64,
+    pub load_avg_1m: f64,
+}
+
+/// One idle broker's memory.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IdleRss {
+    pub partitions: u32,
+    pub rss_mb: f64,
+    /// RSS over the first idle broker's RSS.
+    pub ratio_to_first: f64,
+    pub load_avg_1m: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PartitionsResult {
+    pub produce: Vec<ProduceRun>,
+    pub idle: Vec<IdleRss>,
+    /// Partitions of the broker restarted.
+    pub startup_partitions: u32,
+    /// SIGTERM to exit.
+    pub clean_stop_s: f64,
+    /// Start to every partition answering, after a clean stop.
+    pub startup_after_clean_stop_s: f64,
+    pub startup_after_clean_stop_load_avg_1m: f64,
+    /// The same after SIGKILL.
+    pub startup_after_kill_s: f64,
+    pub startup_after_kill_load_avg_1m: f64,
+}
+
+/// Starts the stopped broker again; the seconds until every partition of `idle` answers.
+fn time_restart(
+    runtime: &tokio::runtime::Runtime,
+    broker: &mut Broker,
+    partitions: u32,
+) -> Result<f64, String> {
+    let starting = Instant::now();
+    broker.restart()?;
+    runtime.block_on(wait_served(
+        broker,
+        "idle",
+        partitions,
+        Duration::from_secs(600),
+    ))?;
+    Ok(starting.elapsed().as_secs_f64())
+}
+
+fn flush_args(params: &PartitionsParams) -> Vec<String> {
+    vec!["--flush".into(), params.flush.clone()]
+}
+
+fn client(broker: &Broker) -> ClientConfig {
+    ClientConfig::new([broker.listen.clone()]).request_timeout(Duration::from_secs(120))
+}
+
+/// Creates `topic` (retrying while the broker starts) and waits until every partition answers.
+async fn create_served(broker: &Broker, topic: &str, partitions: u32) -> Result<(), String> {
+    let admin = Admin::new(client(broker)).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match admin.create_topic(topic, partitions, 1).await {
+            Ok(()) => break,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("create topic {topic}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(format!("create topic {topic}: {e}")),
+        }
+    }
+    wait_served(broker, topic, partitions, Duration::from_secs(600)).await
+}
+
+/// Waits until every partition of `topic` answers an offset request (its log is open), asking
+/// from 32 tasks at once.
+async fn wait_served(
+    broker: &Broker,
+    topic: &str,
+    partitions: u32,
+    timeout: Duration,
+) -> Result<(), String> {
+    let admin = Arc::new(Admin::new(client(broker)).map_err(|e| e.to_string())?);
+    let deadline = Instant::now() + timeout;
+    let tasks: Vec<_> = (0..32u32)
+        .map(|task| {
+            let admin = Arc::clone(&admin);
+            let topic = topic.to_string();
+            tokio::spawn(async move {
+                let mut p = task;
+                while p < partitions {
+                    let tp = TopicPartition::new(topic.as_str(), p);
+                    if let Err(e) = admin.offset(&tp, Seek::Latest).await {
+                        if Instant::now() > deadline {
+                            return Err(format!("{topic}/{p} not served: {e}"));
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    p += 32;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
+/// Produces `bytes` of keyed records to `topic`; returns MB/s from first send to last ack.
+async fn produce(
+    broker: &Broker,
+    topic: &str,
+    params: &PartitionsParams,
+    bytes: u64,
+) -> Result<f64, String> {
+    let producer = Producer::new(ProducerConfig::new(client(broker)).acks(Acks::Leader))
+        .await
+        .map_err(|e| e.to_string())?;
+    let value = bytes::Bytes::from(vec![b'v'; params.record_bytes]);
+    let records = bytes / params.record_bytes as u64;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Delivery>(65_536);
+    let collector = tokio::spawn(async move {
+        let mut failed = None;
+        while let Some(delivery) = rx.recv().await {
+            if let Err(e) = delivery.await {
+                failed.get_or_insert(e.to_string());
+            }
+        }
+        failed
+    });
+    let mut keys = crate::rng::SplitMix64::new(params.keys, 0);
+    let started = Instant::now();
+    for _ in 0..records {
+        let key = format!("key-{}", keys.next_u64() % params.keys);
+        let record = ProducerRecord::new(topic).key(key).value(value.clone());
+        let delivery = producer.send(record).await.map_err(|e| e.to_string())?;
+        tx.send(delivery).await.map_err(|e| e.to_string())?;
+    }
+    producer.flush().await.map_err(|e| e.to_string())?;
+    drop(tx);
+    if let Some(failed) = collector.await.map_err(|e| e.to_string())? {
+        return Err(format!("a record to {topic} failed: {failed}"));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    producer.close().await.map_err(|e| e.to_string())?;
+    Ok(records as f64 * params.record_bytes as f64 / 1e6 / elapsed)
+}
+
+/// One small record in every partition of `topic`.
+async fn touch_every_partition(
+    broker: &Broker,
+    topic: &str,
+    partitions: u32,
+) -> Result<(), String> {
+    let producer = Producer::new(ProducerConfig::new(client(broker)).acks(Acks::Leader))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut deliveries = Vec::with_capacity(partitions as usize);
+    for p in 0..partitions {
+        let record = ProducerRecord::new(topic).partition(p).value("x");
+        deliveries.push(producer.send(record).await.map_err(|e| e.to_string())?);
+    }
+    for d in deliveries {
+        d.await.map_err(|e| e.to_string())?;
+    }
+    producer.close().await.map_err(|e| e.to_string())
+}
+
+pub fn run(params: &PartitionsParams, dir: &std::path::Path) -> Result<PartitionsResult, String> {
+    let runtime = crate::replication::runtime()?;
+    let mut result = PartitionsResult::default();
+    let bytes = params.mib << 20;
+
+    // 1. Produce over growing partition counts, one broker.
+    {
+        let broker = Broker::start(dir, &params.mode, &flush_args(params))?;
+        for &partitions in &params.produce_partitions {
+            let topic = format!("produce-{partitions}");
+            let mb_s = runtime.block_on(async {
+                create_served(&broker, &topic, partitions).await?;
+                produce(&broker, &topic, params, bytes).await
+            })?;
+            let first = result.produce.first().map_or(mb_s, |r| r.mb_s);
+            let run = ProduceRun {
+                partitions,
+                bytes,
+                mb_s,
+                ratio_to_first: mb_s / first,
+                load_avg_1m: load_avg_1m(),
+            };
+            eprintln!(
+                "produce over {partitions} partitions: {mb_s:.1} MB/s ({:.2} of the first), load {:.1}",
+                run.ratio_to_first, run.load_avg_1m
+            );
+            result.produce.push(run);
+        }
+    }
+
+    // 2. Idle RSS, a fresh broker per count; 3. the last one restarts.
+    let mut last: Option<(Broker, u32)> = None;
+    for &partitions in &params.idle_partitions {
+        drop(last.take());
+        let broker = Broker::start(dir, &params.mode, &flush_args(params))?;
+        runtime.block_on(async {
+            create_served(&broker, "idle", partitions).await?;
+            touch_every_partition(&broker, "idle", partitions).await
+        })?;
+        // Quiet: flushes done, write buffers returned.
+        std::thread::sleep(Duration::from_secs(3));
+        let (_, rss_mb) = broker.usage();
+        let first = result.idle.first().map_or(rss_mb, |r| r.rss_mb);
+        let idle = IdleRss {
+            partitions,
+            rss_mb,
+            ratio_to_first: rss_mb / first,
+            load_avg_1m: load_avg_1m(),
+        };
+        eprintln!(
+            "idle with {partitions} partitions: RSS {rss_mb:.1} MB ({:.2} of the first), load {:.1}",
+            idle.ratio_to_first, idle.load_avg_1m
+        );
+        result.idle.push(idle);
+        last = Some((broker, partitions));
+    }
+    if let Some((mut broker, partitions)) = last {
+        result.startup_partitions = partitions;
+        let stopping = Instant::now();
+        broker.stop()?;
+        result.clean_stop_s = stopping.elapsed().as_secs_f64();
+        result.startup_after_clean_stop_s = time_restart(&runtime, &mut broker, partitions)?;
+        result.startup_after_clean_stop_load_avg_1m = load_avg_1m();
+        eprintln!(
+            "start-up of {partitions} partitions after a clean stop ({:.1} s): {:.1} s, load {:.1}",
+            result.clean_stop_s,
+            result.startup_after_clean_stop_s,
+            result.startup_after_clean_stop_load_avg_1m
+        );
+        broker.kill();
+        result.startup_after_kill_s = time_restart(&runtime, &mut broker, partitions)?;
+        result.startup_after_kill_load_avg_1m = load_avg_1m();
+        eprintln!(
+            "start-up of {partitions} partitions after SIGKILL: {:.1} s, load {:.1}",
+            result.startup_after_kill_s, result.startup_after_kill_load_avg_1m
+        );
+    }
+    Ok(result)
+}
