@@ -11,6 +11,7 @@
 mod e2e;
 mod group;
 mod hop;
+mod kafka;
 mod metadata;
 mod network;
 mod pace;
@@ -82,6 +83,9 @@ enum Scenario {
     /// (the same bytes), idle RSS with 10, 1,000 and 10,000 partitions, start-up time over
     /// 10,000 after a clean stop and after SIGKILL.
     Partitions(PartitionsArgs),
+    /// A Kafka client (confluent-kafka) against the Kafka listener, beside the native client
+    /// in the same run: produce and consume MB/s, and the broker's CPU per GiB fetched.
+    Kafka(KafkaArgs),
     /// Regenerate the markdown results page from the JSON result files in a directory.
     Report(ReportArgs),
 }
@@ -117,6 +121,31 @@ struct PartitionsArgs {
     /// Write the result as JSON here (schema: docs/bench.md).
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct KafkaArgs {
+    /// Directory for benchmark data (removed afterwards).
+    #[arg(long, default_value = "target/sluice-bench-kafka")]
+    dir: PathBuf,
+    /// The virtualenv holding confluent-kafka (made and filled when missing).
+    #[arg(long, default_value = "target/kafka-venv")]
+    venv: PathBuf,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// The embedded broker's `--mode`.
+    #[arg(long, default_value = "throughput", value_parser = ["throughput", "latency"])]
+    mode: String,
+    /// MiB each client writes and reads back.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    mib: u64,
+    /// Bytes per record.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
+    record_bytes: u64,
+    /// Partitions of each topic.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    partitions: u32,
 }
 
 #[derive(Debug, Args)]
@@ -1225,6 +1254,34 @@ fn partitions_scenario(args: PartitionsArgs) -> Result<(), String> {
     record::partitions(params, result).write(args.json.as_deref())
 }
 
+fn kafka(args: KafkaArgs) -> Result<(), String> {
+    let params = kafka::KafkaParams {
+        mib: args.mib,
+        record_bytes: args.record_bytes as usize,
+        partitions: args.partitions,
+        mode: args.mode.clone(),
+        kafka_client: "confluent-kafka 2.16.1 (librdkafka)".into(),
+    };
+    let result = kafka::run(&params, &args.dir, &args.venv);
+    let _ = std::fs::remove_dir_all(&args.dir);
+    let result = result?;
+    eprintln!(
+        "produce: native {:.0} MB/s, confluent-kafka {:.0} MB/s",
+        result.native_produce_mb_s, result.kafka_produce_mb_s
+    );
+    eprintln!(
+        "consume from disk: native {:.0} MB/s, confluent-kafka {:.0} MB/s",
+        result.native_consume_mb_s, result.kafka_consume_mb_s
+    );
+    eprintln!(
+        "broker CPU per GiB fetched: native {:.2} s, Kafka {:.2} s (Kafka / native {:.2}, target ≤ 1.10)",
+        result.native_fetch_cpu_s_per_gib,
+        result.kafka_fetch_cpu_s_per_gib,
+        result.kafka_vs_native_fetch_cpu
+    );
+    record::kafka(params, result).write(args.json.as_deref())
+}
+
 fn scrape(args: ScrapeArgs) -> Result<(), String> {
     if !(args.duration > 0.0 && args.interval > 0.0) {
         return Err("--duration and --interval must be positive".into());
@@ -1310,6 +1367,7 @@ fn main() -> ExitCode {
         Some(Scenario::Catchup(args)) => catchup(args),
         Some(Scenario::Scrape(args)) => scrape(args),
         Some(Scenario::Partitions(args)) => partitions_scenario(args),
+        Some(Scenario::Kafka(args)) => kafka(args),
         Some(Scenario::Report(args)) => report(args),
         None => match Cli::parse_from(["sluice-bench", "e2e"]).scenario {
             Some(Scenario::E2e(args)) => e2e_scenario(args),

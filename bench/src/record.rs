@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::e2e::{ClientParams, ClientResult};
 use crate::group::{GroupParams, GroupResult};
 use crate::hop::{HopParams, HopResult};
+use crate::kafka::{KafkaParams, KafkaResult};
 use crate::metadata::{MetadataParams, MetadataResult};
 use crate::network::{NetworkParams, NetworkResult};
 use crate::partitions::{PartitionsParams, PartitionsResult};
@@ -246,6 +247,10 @@ pub fn hop(params: HopParams, result: HopResult) -> Report<HopParams, HopResult,
     Report::new("hop", params, None, result, None)
 }
 
+pub fn kafka(params: KafkaParams, result: KafkaResult) -> Report<KafkaParams, KafkaResult, ()> {
+    Report::new("kafka", params, None, result, None)
+}
+
 pub fn scrape(
     params: ScrapeParams,
     result: ScrapeResult,
@@ -378,6 +383,10 @@ mod tests {
                         ..Default::default()
                     },
                 )),
+            ),
+            (
+                "kafka",
+                json(&kafka(KafkaParams::default(), KafkaResult::default())),
             ),
             (
                 "produce",
