@@ -5,6 +5,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::histogram::{HistogramSnapshot, LATENCY_BOUNDS_SECONDS, SIZE_BOUNDS_BYTES};
+use super::latency::{with_flush_device, EXPOSED_QUANTILES};
 use crate::groups::coordinator::GroupMetrics;
 use crate::metadata::types::BrokerState;
 use crate::metadata::{ClusterState, NodeId};
@@ -57,6 +58,9 @@ pub struct ShardSnapshot {
     pub write_seconds: HistogramSnapshot,
     pub sync_seconds: HistogramSnapshot,
     pub cache_bytes: u64,
+    /// Produce requests' and flushes' exact latencies at `latency::EXPOSED_QUANTILES`, seconds.
+    pub produce_quantiles: Vec<f64>,
+    pub flush_device_quantiles: Vec<f64>,
     pub partitions: Vec<PartitionSnapshot>,
     /// The groups this shard coordinates (bounded by `limits::GROUP_OFFSET_SERIES_MAX`), and
     /// how many committed offsets that bound left out.
@@ -155,6 +159,8 @@ pub async fn shard_snapshot(ctx: &ShardContext, pulse: &Pulse) -> ShardSnapshot 
         write_seconds,
         sync_seconds,
         cache_bytes,
+        produce_quantiles: m.produce_latency.quantiles_seconds(&EXPOSED_QUANTILES),
+        flush_device_quantiles: with_flush_device(|r| r.quantiles_seconds(&EXPOSED_QUANTILES)),
         partitions,
         groups,
         group_offsets_omitted,
@@ -181,6 +187,8 @@ impl ShardSnapshot {
             write_seconds: HistogramSnapshot::empty(LATENCY_BOUNDS_SECONDS),
             sync_seconds: HistogramSnapshot::empty(LATENCY_BOUNDS_SECONDS),
             cache_bytes: 0,
+            produce_quantiles: vec![0.0; EXPOSED_QUANTILES.len()],
+            flush_device_quantiles: vec![0.0; EXPOSED_QUANTILES.len()],
             partitions: Vec::new(),
             groups: Vec::new(),
             group_offsets_omitted: 0,
