@@ -13,6 +13,7 @@ use crate::e2e::{ClientParams, ClientResult};
 use crate::group::{GroupParams, GroupResult};
 use crate::hop::{HopParams, HopResult};
 use crate::metadata::{MetadataParams, MetadataResult};
+use crate::modes::{ModesParams, ModesRatios, ModesResult};
 use crate::network::{NetworkParams, NetworkResult};
 use crate::probe::ProbeResult;
 use crate::replication::{CatchupParams, CatchupResult, FailoverParams, FailoverResult};
@@ -195,6 +196,9 @@ pub struct ClientRatios {
     pub produce_vs_raw_write: Option<f64>,
     /// Null without consumers.
     pub consume_vs_raw_read: Option<f64>,
+    /// The broker's own produce p99 minus the probe's durable 4 KiB write p99, in µs (issue
+    /// 16's target in latency mode: at most 250). Null when the broker's figure is missing.
+    pub broker_produce_p99_minus_dsync_4k_p99_us: Option<i64>,
 }
 
 fn client_ratios(
@@ -207,6 +211,11 @@ fn client_ratios(
             .filter(|_| params.rate.is_none() && params.prefill_mib.is_none()),
         consume_vs_raw_read: ratio(result.consume_mb_s, probe.disk_read_mb_s)
             .filter(|_| params.consumers > 0),
+        broker_produce_p99_minus_dsync_4k_p99_us: result
+            .broker_produce
+            .as_ref()
+            .filter(|l| l.count > 0 && probe.disk_dsync_4k_writes > 0)
+            .map(|l| l.p99_us as i64 - probe.disk_dsync_4k_p99_us as i64),
     }
 }
 
@@ -228,6 +237,16 @@ pub fn consume(
 ) -> Report<ClientParams, ClientResult, ClientRatios> {
     let ratios = client_ratios(&params, &probe, &result);
     Report::new("consume", params, Some(probe), result, Some(ratios))
+}
+
+/// The `modes` scenario: both broker modes under many producers' small batches.
+pub fn modes(
+    params: ModesParams,
+    probe: ProbeResult,
+    result: ModesResult,
+) -> Report<ModesParams, ModesResult, ModesRatios> {
+    let ratios = crate::modes::ratios(&result);
+    Report::new("modes", params, Some(probe), result, Some(ratios))
 }
 
 pub fn metadata(
@@ -382,6 +401,14 @@ mod tests {
                     ClientParams::default(),
                     ProbeResult::default(),
                     ClientResult::default(),
+                )),
+            ),
+            (
+                "modes",
+                json(&modes(
+                    ModesParams::default(),
+                    ProbeResult::default(),
+                    ModesResult::default(),
                 )),
             ),
             (
