@@ -200,13 +200,6 @@ impl prometheus_client::collector::Collector for Collector {
                 })
             }),
         )?;
-        family(
-            &mut e,
-            "sluice_reactor_watchdog_wakes",
-            "Times the reactor watchdog woke a shard asleep through its own timers.",
-            Counter,
-            per_shard(&|s| s.reactor_wakes),
-        )?;
         // Storage.
         family(
             &mut e,

@@ -9,7 +9,6 @@ use super::latency::{with_flush_device, EXPOSED_QUANTILES};
 use crate::groups::coordinator::GroupMetrics;
 use crate::metadata::types::BrokerState;
 use crate::metadata::{ClusterState, NodeId};
-use crate::reactor::Pulse;
 use crate::server::context::ShardContext;
 use crate::server::RaftStatus;
 use crate::storage::LogStats;
@@ -51,7 +50,6 @@ pub struct ShardSnapshot {
     pub sendfile_bytes: u64,
     pub socket_reads_recovered: u64,
     pub socket_writes_recovered: u64,
-    pub reactor_wakes: u64,
     /// Every log's flush counts (open and retired) summed.
     pub logs: LogStats,
     pub flush_bytes: HistogramSnapshot,
@@ -83,7 +81,7 @@ fn add_stats(total: &mut LogStats, s: &LogStats) {
 
 /// Builds the shard's snapshot (on the shard). Yields now and then: 10,000 partitions must not
 /// hold the shard for long.
-pub async fn shard_snapshot(ctx: &ShardContext, pulse: &Pulse) -> ShardSnapshot {
+pub async fn shard_snapshot(ctx: &ShardContext) -> ShardSnapshot {
     let m = &ctx.metrics;
     let retired = m.retired.borrow().clone();
     let mut logs = retired.stats;
@@ -153,7 +151,6 @@ pub async fn shard_snapshot(ctx: &ShardContext, pulse: &Pulse) -> ShardSnapshot 
         sendfile_bytes: m.sendfile_bytes.get(),
         socket_reads_recovered: ctx.watch_stats.reads_recovered.get(),
         socket_writes_recovered: ctx.watch_stats.writes_recovered.get(),
-        reactor_wakes: pulse.wakes(),
         logs,
         flush_bytes,
         write_seconds,
@@ -181,7 +178,6 @@ impl ShardSnapshot {
             sendfile_bytes: 0,
             socket_reads_recovered: 0,
             socket_writes_recovered: 0,
-            reactor_wakes: 0,
             logs: LogStats::default(),
             flush_bytes: HistogramSnapshot::empty(SIZE_BOUNDS_BYTES),
             write_seconds: HistogramSnapshot::empty(LATENCY_BOUNDS_SECONDS),
@@ -236,13 +232,9 @@ impl MetadataSnapshot {
 pub type SnapshotRequest = flume::Sender<ShardSnapshot>;
 
 /// Serves snapshot requests on the shard until the channel closes.
-pub async fn serve_snapshots(
-    ctx: Rc<ShardContext>,
-    pulse: Arc<Pulse>,
-    requests: flume::Receiver<SnapshotRequest>,
-) {
+pub async fn serve_snapshots(ctx: Rc<ShardContext>, requests: flume::Receiver<SnapshotRequest>) {
     while let Ok(reply) = requests.recv_async().await {
-        let snapshot = shard_snapshot(&ctx, &pulse).await;
+        let snapshot = shard_snapshot(&ctx).await;
         let _ = reply.try_send(snapshot);
     }
 }
