@@ -72,6 +72,9 @@ pub struct Machine {
     pub kernel: String,
     pub cpu_model: Option<String>,
     pub memory_mib: Option<u64>,
+    /// `/proc/loadavg`'s 1, 5 and 15 minute averages when the result was written (the machine
+    /// is shared: latency figures depend on it).
+    pub load_average: Option<[f64; 3]>,
 }
 
 fn machine() -> Machine {
@@ -81,7 +84,14 @@ fn machine() -> Machine {
         kernel: host.kernel.unwrap_or_default(),
         cpu_model: host.cpu_model,
         memory_mib: host.memory_bytes.map(|bytes| bytes >> 20),
+        load_average: load_average(),
     }
+}
+
+fn load_average() -> Option<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut fields = text.split_whitespace().map(|f| f.parse::<f64>().ok());
+    Some([fields.next()??, fields.next()??, fields.next()??])
 }
 
 /// The short hash of the commit checked out where this benchmark was built (not the working
