@@ -31,6 +31,15 @@ fn finishes(name: &str, work: impl FnOnce() + Send + 'static) {
     }
 }
 
+/// An executor whose preemption timer (1 ns) has fired by the time its scheduler looks: the
+/// early preemption that was rare in the broker is then the common case.
+fn preempting_executor() -> glommio::LocalExecutor {
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .preempt_timer(Duration::from_nanos(1))
+        .make()
+        .expect("make executor")
+}
+
 /// glommio 0.9.0 parked an executor whose preemption timer fired before any task queue ran:
 /// `run_task_queues` broke out on `need_preempt()` and reported that nothing ran, `run` took that
 /// for "no work", `spin_poll_io` consumed the timer's completion (which wakes no task), and the
@@ -40,10 +49,7 @@ fn finishes(name: &str, work: impl FnOnce() + Send + 'static) {
 #[test]
 fn an_executor_preempted_before_its_first_task_still_runs_it() {
     finishes("early-preemption", || {
-        let executor = LocalExecutorBuilder::new(Placement::Unbound)
-            .preempt_timer(Duration::from_nanos(1))
-            .make()
-            .expect("make executor");
+        let executor = preempting_executor();
         for round in 0..2_000u32 {
             let answer = executor.run(async move { round + 1 });
             assert_eq!(answer, round + 1);
@@ -56,10 +62,7 @@ fn an_executor_preempted_before_its_first_task_still_runs_it() {
 #[test]
 fn woken_tasks_run_under_constant_preemption() {
     finishes("woken-under-preemption", || {
-        let executor = LocalExecutorBuilder::new(Placement::Unbound)
-            .preempt_timer(Duration::from_nanos(1))
-            .make()
-            .expect("make executor");
+        let executor = preempting_executor();
         let total = executor.run(async {
             let (tx, rx) = glommio::channels::local_channel::new_bounded::<u32>(1);
             let consumer = glommio::spawn_local(async move {
