@@ -172,8 +172,6 @@ pub(crate) fn sendmsg_syscall(
 }
 
 mod dma_buffer;
-// sluice patch: no longer called (see `Reactor::wait`); kept to keep the diff small.
-#[allow(dead_code)]
 mod membarrier;
 pub(crate) mod source;
 pub(crate) mod sysfs;
@@ -308,10 +306,6 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
-        // sluice patch: orders the waker's publication (the channel push before this call)
-        // before reading `should_notify`; pairs with the fence the sleeper issues after
-        // setting it (`Reactor::wait`), which replaced a process-wide membarrier.
-        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
@@ -349,7 +343,7 @@ impl SleepNotifier {
         // This will allow this `eventfd` to be notified. This should not happen
         // for the placeholder (disconnected) case.
         assert_ne!(self.id, usize::MAX);
-        self.should_notify.store(true, Ordering::SeqCst);
+        self.should_notify.store(true, Ordering::Relaxed);
     }
 
     pub(super) fn wake_up(&self) {

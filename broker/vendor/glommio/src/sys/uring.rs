@@ -37,7 +37,7 @@ use crate::{
         self,
         blocking::{BlockingThreadOp, BlockingThreadPool},
         dma_buffer::{BufferStorage, DmaBuffer},
-        DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
+        membarrier, DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
         PollableStatus, Source, SourceType, Statx, TimeSpec64,
     },
     uring_sys::{self, IoRingOp},
@@ -1860,13 +1860,10 @@ impl Reactor {
             // last time until now it could be that something happened in a remote executor
             // that opened up room. If it did we bail on sleep and go process it.
             self.notifier.prepare_to_sleep();
-            // sluice patch: a full fence here, paired with the one in
-            // `SleepNotifier::notify`, instead of `membarrier::heavy()`. The heavy barrier
-            // (`MEMBARRIER_CMD_PRIVATE_EXPEDITED`) interrupted every other CPU running a thread
-            // of this process with an IPI on every sleep, so that remote wakers could skip
-            // their barrier; on a VM each IPI is a VM exit on the other vCPU. Wakers are rare
-            // next to sleeps here, so they pay the (cheap) fence instead.
-            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
+            // details. This translates to `sys_membarrier()` /
+            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
+            membarrier::heavy();
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
