@@ -130,6 +130,11 @@ pub struct ClientResult {
     /// Paced runs: how late each measured send started after its intended time (the harness's
     /// own delay, part of both latencies above). Null at full speed.
     pub send_lateness: Option<Latency>,
+    /// The brokers' own view of the measured phase (every shard, from DescribeLatency): each
+    /// produce request from its frame's first byte read to its response's last byte written,
+    /// and each flush's device time. Null when the brokers could not say.
+    pub broker_produce: Option<Latency>,
+    pub broker_flush_device: Option<Latency>,
     /// Every record sent (warm-up included) and acknowledged, and how many of them the consumers
     /// received, at least once and more than once.
     pub total_acked: u64,
@@ -322,6 +327,55 @@ impl Target {
                 .map(Broker::usage)
                 .fold((0.0, 0.0), |(c, r), (bc, br)| (c + bc, r + br))
         })
+    }
+}
+
+/// The brokers' own latency distributions (every shard of every broker, from DescribeLatency),
+/// cumulative since they started; [`BrokerLatency::since`] makes one interval of two readings.
+struct BrokerLatency {
+    produce: Histogram<u64>,
+    flush_device: Histogram<u64>,
+}
+
+impl BrokerLatency {
+    async fn read(brokers: &str) -> Result<BrokerLatency, String> {
+        let admin = Admin::new(ClientConfig::new(brokers.split(',').map(str::trim)))
+            .map_err(|e| e.to_string())?;
+        let cluster = admin
+            .describe_cluster(Some(&[]))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = BrokerLatency {
+            produce: histogram()?,
+            flush_device: histogram()?,
+        };
+        for address in cluster.brokers.iter().flat_map(|b| &b.shard_addresses) {
+            let shard = admin
+                .describe_latency(address)
+                .await
+                .map_err(|e| format!("{address}: {e}"))?;
+            for (into, buckets) in [
+                (&mut out.produce, &shard.produce),
+                (&mut out.flush_device, &shard.flush_device),
+            ] {
+                for b in buckets {
+                    into.record_n(b.value_us.max(1), b.count)
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// What was recorded after `earlier` (a reading of the same brokers).
+    fn since(mut self, earlier: &BrokerLatency) -> Result<BrokerLatency, String> {
+        self.produce
+            .subtract(&earlier.produce)
+            .map_err(|e| format!("produce latencies went back: {e:?}"))?;
+        self.flush_device
+            .subtract(&earlier.flush_device)
+            .map_err(|e| format!("flush latencies went back: {e:?}"))?;
+        Ok(self)
     }
 }
 
@@ -600,6 +654,14 @@ pub fn run_e2e(
                 }
             }
         }
+        let latency_at_start = tokio::spawn({
+            let brokers = target.brokers.clone();
+            let measure_from = shared.measure_from;
+            async move {
+                tokio::time::sleep_until(measure_from.into()).await;
+                BrokerLatency::read(&brokers).await
+            }
+        });
         let mut rss_peak = usage_start.map(|u| u.1);
         let end = match params.goal() {
             Goal::Seconds(s) => Some(shared.measure_from + Duration::from_secs_f64(s)),
@@ -641,6 +703,16 @@ pub fn run_e2e(
             }
         }
         let measured = shared.measure_from.elapsed().as_secs_f64().max(1e-9);
+        let broker_latency = match (
+            latency_at_start.await,
+            BrokerLatency::read(&target.brokers).await,
+        ) {
+            (Ok(Ok(start)), Ok(end)) => end.since(&start),
+            (Ok(Err(e)), _) | (_, Err(e)) => Err(e),
+            (Err(e), _) => Err(e.to_string()),
+        }
+        .map_err(|e| eprintln!("e2e: the brokers' own latencies are not available: {e}"))
+        .ok();
         let series = monitor.finish();
         for p in &producers {
             p.close().await.map_err(|e| e.to_string())?;
@@ -684,6 +756,12 @@ pub fn run_e2e(
             consume_records_s: consumed.messages as f64 / measured,
             produce_to_consume: (params.consumers > 0).then(|| Latency::from_histogram(&e2e)),
             send_lateness: params.rate.map(|_| Latency::from_histogram(&lateness)),
+            broker_produce: broker_latency
+                .as_ref()
+                .map(|b| Latency::from_histogram(&b.produce)),
+            broker_flush_device: broker_latency
+                .as_ref()
+                .map(|b| Latency::from_histogram(&b.flush_device)),
             total_acked: shared.total_acked.load(Ordering::Relaxed),
             total_consumed: shared.total_consumed.load(Ordering::Relaxed),
             duplicates: shared.duplicates.load(Ordering::Relaxed),
@@ -810,6 +888,8 @@ pub fn run_consume(
             consume_records_s: consumed.messages as f64 / measured,
             produce_to_consume: None,
             send_lateness: None,
+            broker_produce: None,
+            broker_flush_device: None,
             total_acked: filled,
             total_consumed: shared.total_consumed.load(Ordering::Relaxed),
             duplicates: shared.duplicates.load(Ordering::Relaxed),

@@ -31,7 +31,7 @@ pub fn run(params: &HopParams) -> Result<HopResult, String> {
     let (to_caller, caller_inbox) = shared_channel::new_bounded::<u64>(64);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let rounds = params.round_trips;
-    let owner = sluice_broker::shard::spawn_watched(
+    let owner = sluice_broker::shard::spawn_executor(
         sluice_broker::shard::executor_builder(Placement::Fixed(1 % cpus)),
         "hop-owner",
         move || async move {
@@ -49,7 +49,7 @@ pub fn run(params: &HopParams) -> Result<HopResult, String> {
     )
     .map_err(|e| e.to_string())?;
     let batch_bytes = params.batch_bytes;
-    let caller = sluice_broker::shard::spawn_watched(
+    let caller = sluice_broker::shard::spawn_executor(
         sluice_broker::shard::executor_builder(Placement::Fixed(0)),
         "hop-caller",
         move || async move {

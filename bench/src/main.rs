@@ -13,6 +13,7 @@ mod group;
 mod hop;
 mod kafka;
 mod metadata;
+mod modes;
 mod network;
 mod pace;
 mod partitions;
@@ -62,6 +63,9 @@ enum Scenario {
     /// Producers and consumers built on `sluice-client` together: throughput, produce-to-ack and
     /// produce-to-consume latency (the default scenario: 20 s against an embedded broker).
     E2e(E2eArgs),
+    /// Whether the broker's `--mode` matters: many producers' small batches with identical
+    /// client settings in both modes, at full speed (MB/s) and paced (latency).
+    Modes(ModesArgs),
     /// Consumers built on `sluice-client` reading a prefilled topic from the start (from disk),
     /// or at the tail of running producers (`--from tail`).
     Consume(ConsumeArgs),
@@ -412,6 +416,42 @@ impl ClientArgs {
 }
 
 #[derive(Debug, Args)]
+struct ModesArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Seed for the record payloads.
+    #[arg(long, default_value_t = DEFAULT_SEED)]
+    seed: u64,
+    /// Producers, each a `sluice_client::Producer` with its own connections.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=64))]
+    producers: u32,
+    /// Partitions of the topic.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    partitions: u32,
+    /// Producer batch size in bytes (the same in both modes).
+    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u64).range(1024..=16 << 20))]
+    batch_bytes: u64,
+    /// Producer linger in milliseconds (the same in both modes).
+    #[arg(long, default_value_t = 1.0)]
+    linger_ms: f64,
+    /// Bytes of each record's value.
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
+    /// Producer acks: none, leader or all.
+    #[arg(long, default_value = "leader", value_parser = ["none", "leader", "all"])]
+    acks: String,
+    /// Total records per second of the paced runs.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    paced_rate: u64,
+    /// Seconds measured per run (after the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of warm-up per run.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+}
+
+#[derive(Debug, Args)]
 struct FailoverArgs {
     /// Directory for the brokers' data (removed afterwards).
     #[arg(long, default_value = "./sluice-bench-data")]
@@ -577,11 +617,19 @@ fn write_plot(
     Ok(())
 }
 
-fn run_probe(dir: &std::path::Path, disk_mib: u64) -> Result<probe::ProbeResult, String> {
+/// Runs the probe; `dsync_rate` paces its durable 4 KiB writes (a paced scenario's rate).
+fn run_probe(
+    dir: &std::path::Path,
+    disk_mib: u64,
+    dsync_rate: Option<u64>,
+) -> Result<probe::ProbeResult, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let mut config = probe::ProbeConfig::quick(dir.to_path_buf());
     config.write_bytes = disk_mib << 20;
     config.read_bytes = disk_mib << 20;
+    if let Some(rate) = dsync_rate {
+        config.dsync_paced(rate);
+    }
     eprintln!("probe: raw disk and loopback limits ({disk_mib} MiB) ...");
     probe::run(&config).map_err(|e| format!("probe: {e}"))
 }
@@ -599,6 +647,15 @@ fn print_probe(p: &probe::ProbeResult) {
     println!(
         "  loopback TCP, one stream         {:>9.0} MB/s",
         p.tcp_loopback_mb_s
+    );
+    println!(
+        "  O_DSYNC 4 KiB write, depth 1     p50 {} p99 {} p99.9 {} us ({} writes, {})",
+        p.disk_dsync_4k_p50_us,
+        p.disk_dsync_4k_p99_us,
+        p.disk_dsync_4k_p999_us,
+        p.disk_dsync_4k_writes,
+        p.disk_dsync_4k_rate
+            .map_or("back to back".to_string(), |r| format!("{r}/s"))
     );
 }
 
@@ -630,7 +687,7 @@ fn storage(args: StorageArgs) -> Result<(), String> {
         read_bytes_max: args.read_kib << 10,
         seed: args.workload.seed,
     };
-    let probe = run_probe(&args.common.dir, args.common.probe_mib)?;
+    let probe = run_probe(&args.common.dir, args.common.probe_mib, None)?;
     eprintln!(
         "storage: {} shard(s) x {} appenders x {} in flight, {} MiB each, {}-record batches of {} B records ...",
         params.shards,
@@ -824,7 +881,7 @@ fn produce(args: ProduceArgs) -> Result<(), String> {
         read_back: !args.no_read_back,
         seed: args.workload.seed,
     };
-    let probe = run_probe(&args.common.dir, args.common.probe_mib)?;
+    let probe = run_probe(&args.common.dir, args.common.probe_mib, None)?;
     eprintln!(
         "produce: --mode {}, {} partitions, {} x {} B records per request, {} in flight, {} ...",
         params.mode,
@@ -948,6 +1005,24 @@ fn print_client(
             l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.p9999_us, l.max_us, l.mean_us
         );
     }
+    if let Some(l) = &result.broker_produce {
+        println!(
+            "  broker's own produce us (frame in -> response out): p50 {} p90 {} p99 {} p99.9 {} max {} ({} requests); p99 - probe O_DSYNC 4 KiB p99 = {} us",
+            l.p50_us,
+            l.p90_us,
+            l.p99_us,
+            l.p999_us,
+            l.max_us,
+            l.count,
+            l.p99_us as i64 - probe.disk_dsync_4k_p99_us as i64
+        );
+    }
+    if let Some(l) = &result.broker_flush_device {
+        println!(
+            "  broker's flush device us: p50 {} p90 {} p99 {} p99.9 {} max {} ({} flushes)",
+            l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.count
+        );
+    }
     if let Some(l) = &result.send_lateness {
         println!(
             "  send lateness us (the harness's pacing, inside both latencies): p50 {} p99 {} p99.9 {} max {}",
@@ -986,7 +1061,11 @@ fn e2e_scenario(args: E2eArgs) -> Result<(), String> {
     if params.producers == 0 {
         return Err("e2e needs at least one producer".into());
     }
-    let probe = run_probe(&args.client.common.dir, args.client.common.probe_mib)?;
+    let probe = run_probe(
+        &args.client.common.dir,
+        args.client.common.probe_mib,
+        args.client.rate,
+    )?;
     let run = e2e::run_e2e(
         &params,
         &args.client.common.dir.join("broker"),
@@ -1017,6 +1096,87 @@ fn e2e_scenario(args: E2eArgs) -> Result<(), String> {
     )
 }
 
+fn modes(args: ModesArgs) -> Result<(), String> {
+    if args.record_bytes < e2e::STAMP_BYTES || args.record_bytes as u64 > args.batch_bytes {
+        return Err(format!(
+            "record-bytes must be {}..=batch-bytes",
+            e2e::STAMP_BYTES
+        ));
+    }
+    let seconds = |s: f64| (0.0..=network::SECONDS_MAX).contains(&s);
+    if !seconds(args.warmup) || !seconds(args.duration) || args.duration == 0.0 {
+        return Err("duration must be positive and warmup not negative".into());
+    }
+    if !(0.0..=10_000.0).contains(&args.linger_ms) {
+        return Err("linger-ms must be 0..=10000".into());
+    }
+    let params = modes::ModesParams {
+        client: e2e::ClientParams {
+            mode: None,
+            brokers: None,
+            cluster: None,
+            partitions: args.partitions,
+            producers: args.producers,
+            consumers: 0,
+            record_bytes: args.record_bytes,
+            rate: None,
+            duration_s: Some(args.duration),
+            messages: None,
+            warmup_s: args.warmup,
+            acks: args.acks.clone(),
+            linger_ms: args.linger_ms,
+            batch_bytes: args.batch_bytes as usize,
+            compression: "none".into(),
+            segment_mib: None,
+            seed: args.seed,
+            prefill_mib: None,
+        },
+        paced_rate: args.paced_rate,
+    };
+    let probe = run_probe(
+        &args.common.dir,
+        args.common.probe_mib,
+        Some(args.paced_rate),
+    )?;
+    print_probe(&probe);
+    let result = modes::run(
+        &params,
+        &args.common.dir.join("brokers"),
+        progress::stderr_is_terminal(),
+    )?;
+    let report = record::modes(params, probe, result);
+    let r = &report.result;
+    for (name, run) in [
+        ("throughput mode, full speed", &r.throughput_full_speed),
+        ("latency mode, full speed", &r.latency_full_speed),
+        ("throughput mode, paced", &r.throughput_paced),
+        ("latency mode, paced", &r.latency_paced),
+    ] {
+        let l = &run.produce_to_ack;
+        println!(
+            "{name}: {:.0} MB/s, {:.0} records/s; produce-to-ack us p50 {} p99 {} p99.9 {}; broker CPU {:.1} s",
+            run.produce_mb_s,
+            run.produce_records_s,
+            l.p50_us,
+            l.p99_us,
+            l.p999_us,
+            run.broker_cpu_s.unwrap_or(0.0)
+        );
+    }
+    if let Some(ratios) = &report.ratios {
+        println!(
+            "throughput mode / latency mode at full speed: {}; latency mode p99 / throughput mode p99 paced: {}",
+            ratios
+                .full_speed_throughput_vs_latency
+                .map_or("-".into(), |v| format!("{v:.2}x")),
+            ratios
+                .paced_p99_latency_vs_throughput
+                .map_or("-".into(), |v| format!("{v:.2}"))
+        );
+    }
+    report.write(args.common.json.as_deref())
+}
+
 fn consume(args: ConsumeArgs) -> Result<(), String> {
     let tail = args.from == "tail";
     let mut params = args.client.params(
@@ -1035,7 +1195,11 @@ fn consume(args: ConsumeArgs) -> Result<(), String> {
         params.prefill_mib = Some(args.prefill_mib.max(1));
         params.producers = params.producers.max(1);
     }
-    let probe = run_probe(&args.client.common.dir, args.client.common.probe_mib)?;
+    let probe = run_probe(
+        &args.client.common.dir,
+        args.client.common.probe_mib,
+        args.client.rate,
+    )?;
     let dir = args.client.common.dir.join("broker");
     let show = progress::stderr_is_terminal();
     let run = if tail {
@@ -1115,7 +1279,7 @@ fn catchup(args: CatchupArgs) -> Result<(), String> {
         fill_mib: args.fill_mib,
         record_bytes: args.record_bytes,
     };
-    let probe = run_probe(&args.common.dir, args.common.probe_mib)?;
+    let probe = run_probe(&args.common.dir, args.common.probe_mib, None)?;
     eprintln!("catchup: filling {} MiB ...", params.fill_mib);
     let result = replication::run_catchup(&params, &args.common.dir.join("cluster"));
     let _ = std::fs::remove_dir_all(args.common.dir.join("cluster"));
@@ -1142,7 +1306,7 @@ fn catchup(args: CatchupArgs) -> Result<(), String> {
 }
 
 fn probe_only(args: ProbeArgs) -> Result<(), String> {
-    let probe = run_probe(&args.common.dir, args.disk_mib)?;
+    let probe = run_probe(&args.common.dir, args.disk_mib, None)?;
     print_probe(&probe);
     let params = record::ProbeParams {
         disk_mib: args.disk_mib,
@@ -1362,6 +1526,7 @@ fn main() -> ExitCode {
         Some(Scenario::Group(args)) => group_scenario(args),
         Some(Scenario::Produce(args)) => produce(args),
         Some(Scenario::E2e(args)) => e2e_scenario(args),
+        Some(Scenario::Modes(args)) => modes(args),
         Some(Scenario::Consume(args)) => consume(args),
         Some(Scenario::Failover(args)) => failover(args),
         Some(Scenario::Catchup(args)) => catchup(args),

@@ -4,7 +4,11 @@
 //! - write: sequential 1 MiB O_DIRECT writes to a new file, fdatasync after each (the durable
 //!   write ceiling for a log that syncs every MiB);
 //! - read: sequential 1 MiB O_DIRECT reads of that file (nothing comes from the page cache);
-//! - TCP: one stream over 127.0.0.1, 1 MiB writes, measured on the receiver.
+//! - TCP: one stream over 127.0.0.1, 1 MiB writes, measured on the receiver;
+//! - durable 4 KiB writes: `O_DIRECT | O_DSYNC` writes of one 4 KiB block at a time (queue depth
+//!   1), each over zero-filled blocks of a preallocated file, paced at a rate when one is given:
+//!   what latency mode's broker asks of the device for each small flush, so the broker's own
+//!   produce latency can be held against it.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::fs::{File, OpenOptions};
@@ -25,6 +29,10 @@ pub struct ProbeConfig {
     pub read_bytes: u64,
     pub tcp_bytes: u64,
     pub block_bytes: usize,
+    /// Durable 4 KiB writes timed, one at a time.
+    pub dsync_writes: u64,
+    /// Their pace in writes per second; `None` for back to back.
+    pub dsync_rate: Option<u64>,
 }
 
 impl ProbeConfig {
@@ -36,9 +44,25 @@ impl ProbeConfig {
             read_bytes: 256 << 20,
             tcp_bytes: 1 << 30,
             block_bytes: 1 << 20,
+            dsync_writes: DSYNC_WRITES_DEFAULT,
+            dsync_rate: None,
         }
     }
+
+    /// Paces the durable 4 KiB probe at `rate` writes a second (a scenario's own rate), for
+    /// about `DSYNC_PACED_SECONDS`.
+    pub fn dsync_paced(&mut self, rate: u64) {
+        self.dsync_rate = Some(rate.max(1));
+        self.dsync_writes = (rate * DSYNC_PACED_SECONDS).clamp(DSYNC_WRITES_DEFAULT, 40_000);
+    }
 }
+
+/// Durable 4 KiB writes timed back to back (about half a second here).
+const DSYNC_WRITES_DEFAULT: u64 = 4_000;
+/// Seconds a paced durable 4 KiB probe lasts.
+const DSYNC_PACED_SECONDS: u64 = 2;
+/// The probe's preallocated region for durable 4 KiB writes; it wraps around.
+const DSYNC_REGION_BYTES: u64 = 8 << 20;
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ProbeResult {
@@ -52,6 +76,18 @@ pub struct ProbeResult {
     pub tcp_loopback_mb_s: f64,
     /// The file system of `dir`.
     pub fs_type: String,
+    /// One `O_DIRECT | O_DSYNC` 4 KiB write at queue depth 1, in µs (absent in older files).
+    #[serde(default)]
+    pub disk_dsync_4k_p50_us: u64,
+    #[serde(default)]
+    pub disk_dsync_4k_p99_us: u64,
+    #[serde(default)]
+    pub disk_dsync_4k_p999_us: u64,
+    #[serde(default)]
+    pub disk_dsync_4k_writes: u64,
+    /// Their pace, writes per second; null when back to back.
+    #[serde(default)]
+    pub disk_dsync_4k_rate: Option<u64>,
 }
 
 /// An aligned, zero-initialised buffer for O_DIRECT.
@@ -186,6 +222,49 @@ fn disk(config: &ProbeConfig) -> std::io::Result<(f64, u64, f64)> {
     ))
 }
 
+/// Durable 4 KiB writes, one at a time: `(p50, p99, p99.9)` in µs.
+fn dsync_4k(config: &ProbeConfig) -> std::io::Result<(u64, u64, u64)> {
+    let path = config
+        .dir
+        .join(format!(".sluice-probe-dsync-{}", std::process::id()));
+    // Zero-filled first with plain writes, so every timed write overwrites allocated blocks
+    // (as the broker's zero-filled active segment makes its small flushes).
+    std::fs::write(&path, vec![0u8; DSYNC_REGION_BYTES as usize])?;
+    let _cleanup = TempFile(path.clone());
+    let file = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+        .open(&path)?;
+    file.sync_all()?;
+    let mut buf = AlignedBuf::new(ALIGNMENT)?;
+    buf.as_mut_slice().fill(0xa5);
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let interval = config
+        .dsync_rate
+        .map(|rate| Duration::from_secs_f64(1.0 / rate as f64));
+    // SAFETY: sets this thread's own timer slack (paced sleeps as exact as the kernel can).
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
+    let blocks = DSYNC_REGION_BYTES / ALIGNMENT as u64;
+    let started = Instant::now();
+    for i in 0..config.dsync_writes.max(1) {
+        if let Some(interval) = interval {
+            let due = started + interval * i as u32;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let t0 = Instant::now();
+        file.write_all_at(buf.as_slice(), (i % blocks) * ALIGNMENT as u64)?;
+        let _ = histogram.record((t0.elapsed().as_micros() as u64).max(1));
+    }
+    Ok((
+        histogram.value_at_quantile(0.5),
+        histogram.value_at_quantile(0.99),
+        histogram.value_at_quantile(0.999),
+    ))
+}
+
 fn read_exact_at(file: &File, buf: &mut [u8], position: u64) -> std::io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
@@ -238,12 +317,18 @@ pub fn run(config: &ProbeConfig) -> std::io::Result<ProbeResult> {
     std::fs::create_dir_all(&config.dir)?;
     let (write, write_p99, read) = disk(config)?;
     let tcp = tcp(config)?;
+    let (dsync_p50, dsync_p99, dsync_p999) = dsync_4k(config)?;
     Ok(ProbeResult {
         disk_write_fdatasync_mb_s: write,
         disk_write_fdatasync_p99_us: write_p99,
         disk_read_mb_s: read,
         tcp_loopback_mb_s: tcp,
         fs_type: fs_type(&config.dir),
+        disk_dsync_4k_p50_us: dsync_p50,
+        disk_dsync_4k_p99_us: dsync_p99,
+        disk_dsync_4k_p999_us: dsync_p999,
+        disk_dsync_4k_writes: config.dsync_writes.max(1),
+        disk_dsync_4k_rate: config.dsync_rate,
     })
 }
 
@@ -260,6 +345,8 @@ mod tests {
             read_bytes: 8 << 20,
             tcp_bytes: 16 << 20,
             block_bytes: 1 << 20,
+            dsync_writes: 200,
+            dsync_rate: Some(10_000),
         };
         let result = run(&config).unwrap();
         for figure in [
@@ -270,6 +357,10 @@ mod tests {
             assert!(figure.is_finite() && figure > 0.0, "{result:?}");
         }
         assert!(result.disk_write_fdatasync_p99_us > 0);
+        assert!(result.disk_dsync_4k_p50_us > 0);
+        assert!(result.disk_dsync_4k_p50_us <= result.disk_dsync_4k_p99_us);
+        assert!(result.disk_dsync_4k_p99_us <= result.disk_dsync_4k_p999_us);
+        assert_eq!(result.disk_dsync_4k_writes, 200);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -14,6 +14,7 @@ use crate::group::{GroupParams, GroupResult};
 use crate::hop::{HopParams, HopResult};
 use crate::kafka::{KafkaParams, KafkaResult};
 use crate::metadata::{MetadataParams, MetadataResult};
+use crate::modes::{ModesParams, ModesRatios, ModesResult};
 use crate::network::{NetworkParams, NetworkResult};
 use crate::partitions::{PartitionsParams, PartitionsResult};
 use crate::probe::ProbeResult;
@@ -73,6 +74,9 @@ pub struct Machine {
     pub kernel: String,
     pub cpu_model: Option<String>,
     pub memory_mib: Option<u64>,
+    /// `/proc/loadavg`'s 1, 5 and 15 minute averages when the result was written (the machine
+    /// is shared: latency figures depend on it).
+    pub load_average: Option<[f64; 3]>,
 }
 
 fn machine() -> Machine {
@@ -82,7 +86,14 @@ fn machine() -> Machine {
         kernel: host.kernel.unwrap_or_default(),
         cpu_model: host.cpu_model,
         memory_mib: host.memory_bytes.map(|bytes| bytes >> 20),
+        load_average: load_average(),
     }
+}
+
+fn load_average() -> Option<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut fields = text.split_whitespace().map(|f| f.parse::<f64>().ok());
+    Some([fields.next()??, fields.next()??, fields.next()??])
 }
 
 /// The short hash of the commit checked out where this benchmark was built (not the working
@@ -197,6 +208,9 @@ pub struct ClientRatios {
     pub produce_vs_raw_write: Option<f64>,
     /// Null without consumers.
     pub consume_vs_raw_read: Option<f64>,
+    /// The broker's own produce p99 minus the probe's durable 4 KiB write p99, in µs (issue
+    /// 16's target in latency mode: at most 250). Null when the broker's figure is missing.
+    pub broker_produce_p99_minus_dsync_4k_p99_us: Option<i64>,
 }
 
 fn client_ratios(
@@ -209,6 +223,11 @@ fn client_ratios(
             .filter(|_| params.rate.is_none() && params.prefill_mib.is_none()),
         consume_vs_raw_read: ratio(result.consume_mb_s, probe.disk_read_mb_s)
             .filter(|_| params.consumers > 0),
+        broker_produce_p99_minus_dsync_4k_p99_us: result
+            .broker_produce
+            .as_ref()
+            .filter(|l| l.count > 0 && probe.disk_dsync_4k_writes > 0)
+            .map(|l| l.p99_us as i64 - probe.disk_dsync_4k_p99_us as i64),
     }
 }
 
@@ -230,6 +249,16 @@ pub fn consume(
 ) -> Report<ClientParams, ClientResult, ClientRatios> {
     let ratios = client_ratios(&params, &probe, &result);
     Report::new("consume", params, Some(probe), result, Some(ratios))
+}
+
+/// The `modes` scenario: both broker modes under many producers' small batches.
+pub fn modes(
+    params: ModesParams,
+    probe: ProbeResult,
+    result: ModesResult,
+) -> Report<ModesParams, ModesResult, ModesRatios> {
+    let ratios = crate::modes::ratios(&result);
+    Report::new("modes", params, Some(probe), result, Some(ratios))
 }
 
 pub fn metadata(
@@ -410,6 +439,14 @@ mod tests {
                     ClientParams::default(),
                     ProbeResult::default(),
                     ClientResult::default(),
+                )),
+            ),
+            (
+                "modes",
+                json(&modes(
+                    ModesParams::default(),
+                    ProbeResult::default(),
+                    ModesResult::default(),
                 )),
             ),
             (

@@ -288,7 +288,7 @@ pub fn run(params: &StorageParams, root: &Path, show_progress: bool) -> Result<S
         let opened = Arc::clone(&opened);
         let dir = root.join(format!("shard-{shard}")).join("bench-0");
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let handle = sluice_broker::shard::spawn_watched(
+        let handle = sluice_broker::shard::spawn_executor(
             sluice_broker::shard::executor_builder(Placement::Fixed(shard % cpus)),
             &format!("shard-{shard}"),
             move || async move { run_shard(params, dir, shard, meters, opened).await },

@@ -3,7 +3,6 @@
 //! Its modules, from the storage engine every other part builds on outwards:
 //! - [`storage`]: the partition log (segments on direct I/O, indexes, group commit, recovery);
 //! - [`shard`]: how executor threads are made and what each does at start-up;
-//! - [`reactor`]: the watchdog that wakes an executor sleeping through its own timers;
 //! - [`cli`]: the `sluice-broker` command line and start-up;
 //! - [`groups`]: consumer groups (the assignors and the group state machine, pure);
 //! - [`kafka`]: the Kafka-protocol listener, a translation onto the same handlers;
@@ -19,7 +18,6 @@ pub mod limits;
 pub mod metadata;
 pub mod metrics;
 pub mod notify;
-pub mod reactor;
 pub mod replication;
 pub mod server;
 pub mod shard;

@@ -166,19 +166,6 @@ pub const SHARD_PREEMPT_MS: u64 = 1;
 /// small appends (latency mode's rates are low) and adds under 1 ms to one flush in that MiB.
 pub const SEGMENT_PREALLOCATE_BYTES: u64 = 1 << 20;
 
-/// Period of each shard's reactor tick: the shard wakes and drains every io_uring ring at least
-/// this often, in case glommio holds a completion it has not noticed. Before the socket watchdog
-/// (`SOCKET_WATCH_*`) existed a 1 ms tick made the lost-socket-event stall rarer; but every
-/// wake-up and sleep costs a `membarrier` IPI and several VM exits here (a 1 ms tick was about
-/// 5 % of the latency mode's broker CPU), so what is left is cheap insurance: 20 a second.
-pub const SHARD_REACTOR_TICK: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// How many reactor ticks a shard may miss before the reactor watchdog (`server/reactor.rs`)
-/// interrupts its thread's sleep with a signal. Three: a shard busy for one long task should
-/// not be signalled for it, and one that sleeps through its timers is woken within
-/// 150 ms, well inside any client timeout and any Raft election timeout.
-pub const REACTOR_WATCH_TICKS_MAX: u32 = 3;
-
 /// How long a connection waits on its socket in latency mode before trying the `recv` (or
 /// re-trying the `send`) itself: glommio 0.9 sometimes never reports a socket ready
 /// (`server/socket.rs`), and this bounds what such a lost event costs. One timer per wait.

@@ -1,8 +1,10 @@
 //! Shard start-up: how executor threads are made, and what each does before it touches a file.
 //!
-//! Every executor thread is made by [`spawn_with_pulse`] or [`spawn_watched`]: a thread of our
-//! own, registered with the reactor watchdog (`reactor.rs`) before its executor first runs, with
-//! a reactor tick that beats. glommio can sleep through its own timers here, at start-up too.
+//! Every executor thread is made by [`spawn_executor`]: a named thread of our own that makes
+//! its executor with `LocalExecutorBuilder::make` and runs one future on it. No tick and no
+//! watchdog: the shard that slept through its own timers was glommio 0.9.0 parking with
+//! runnable tasks, fixed in the patched glommio (`broker/vendor/README.md`, reproduced by
+//! `tests/glommio_patches.rs`).
 //!
 //! glommio decides whether to poll the device from the first file a thread opens with DMA; if
 //! that file is empty, every later DMA read on the thread fails with "Operation not supported"
@@ -12,18 +14,15 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
 
 use glommio::io::DmaFile;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::limits::SHARD_REACTOR_TICK;
-use crate::reactor::{Pulse, ReactorWatch};
 use crate::storage::error::{io_error, Result, StorageError};
 
 /// The executor builder every shard uses: pinned placement, a 1 ms preemption check, and the
 /// registered I/O memory that write buffers come from. The thread's name is given to
-/// [`spawn_with_pulse`] or [`spawn_watched`], which make the thread.
+/// [`spawn_executor`], which makes the thread.
 pub fn executor_builder(placement: Placement) -> LocalExecutorBuilder {
     LocalExecutorBuilder::new(placement)
         .preempt_timer(std::time::Duration::from_millis(
@@ -32,56 +31,13 @@ pub fn executor_builder(placement: Placement) -> LocalExecutorBuilder {
         .io_memory(crate::limits::SHARD_IO_MEMORY_BYTES)
 }
 
-/// Starts a thread named `name` that makes an executor from `builder`, registers with `pulse`
-/// before the executor first runs, and runs `make()` on it next to a reactor tick that beats
-/// `pulse` (in the default task queue). The thread's result is `make()`'s output, or why the
-/// executor could not be made. Someone must watch `pulse` ([`ReactorWatch`]).
-pub fn spawn_with_pulse<G, F, T>(
-    builder: LocalExecutorBuilder,
-    name: &str,
-    pulse: Arc<Pulse>,
-    make: G,
-) -> std::io::Result<std::thread::JoinHandle<std::result::Result<T, String>>>
-where
-    G: FnOnce() -> F + Send + 'static,
-    F: Future<Output = T> + 'static,
-    T: Send + 'static,
-{
-    // Not `LocalExecutorBuilder::spawn`: it calls its closure only inside the executor's first
-    // task, too late to register a thread whose executor may never run that task.
-    let name = name.to_string();
-    std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(move || {
-            let executor = builder
-                .make()
-                .map_err(|e| format!("cannot make executor {name}: {e}"))?;
-            // Made, not yet run: nothing has slept yet.
-            let registration = pulse.register();
-            let output = executor.run(async move {
-                let beats = Arc::clone(&pulse);
-                glommio::spawn_local(async move {
-                    loop {
-                        beats.beat();
-                        glommio::timer::sleep(SHARD_REACTOR_TICK).await;
-                    }
-                })
-                .detach();
-                make().await
-            });
-            drop(registration);
-            Ok(output)
-        })
-}
-
-/// An executor thread with a watchdog of its own, from [`spawn_watched`].
+/// An executor thread from [`spawn_executor`].
 #[derive(Debug)]
-pub struct Watched<T> {
+pub struct ExecutorThread<T> {
     thread: std::thread::JoinHandle<std::result::Result<T, String>>,
-    _watch: ReactorWatch,
 }
 
-impl<T> Watched<T> {
+impl<T> ExecutorThread<T> {
     /// Waits for the executor's future; an error if the executor could not be made or the
     /// thread panicked.
     pub fn join(self) -> std::result::Result<T, String> {
@@ -89,27 +45,38 @@ impl<T> Watched<T> {
             .join()
             .map_err(|panic| format!("executor thread panicked: {}", panic_message(&panic)))?
     }
+
+    /// The thread's own handle, for a caller that tells a panic apart from an error.
+    pub fn into_thread(self) -> std::thread::JoinHandle<std::result::Result<T, String>> {
+        self.thread
+    }
 }
 
-/// [`spawn_with_pulse`] with a watchdog thread of its own: for tools, tests and benchmarks that
-/// run an executor or two.
-pub fn spawn_watched<G, F, T>(
+/// Starts a thread named `name` that makes an executor from `builder` and runs `make()` on
+/// it. The thread's result is `make()`'s output, or why the executor could not be made.
+pub fn spawn_executor<G, F, T>(
     builder: LocalExecutorBuilder,
     name: &str,
     make: G,
-) -> std::io::Result<Watched<T>>
+) -> std::io::Result<ExecutorThread<T>>
 where
     G: FnOnce() -> F + Send + 'static,
     F: Future<Output = T> + 'static,
     T: Send + 'static,
 {
-    let pulse = Arc::new(Pulse::default());
-    let watch = ReactorWatch::start(vec![Arc::clone(&pulse)])?;
-    let thread = spawn_with_pulse(builder, name, pulse, make)?;
-    Ok(Watched {
-        thread,
-        _watch: watch,
-    })
+    // Not `LocalExecutorBuilder::spawn`: its errors come back only through the join handle,
+    // and a shard's start-up wants the thread's result either way.
+    let name = name.to_string();
+    let thread = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let executor = builder
+                .make()
+                .map_err(|e| format!("cannot make executor {name}: {e}"))?;
+            // `make` runs inside the executor: it may spawn tasks or touch the reactor.
+            Ok(executor.run(async move { make().await }))
+        })?;
+    Ok(ExecutorThread { thread })
 }
 
 /// The message a thread panicked with, when it is text.

@@ -471,3 +471,62 @@ async fn json_logs_carry_significant_events_with_their_ids() {
         .iter()
         .all(|e| e["level"].is_string() && e["timestamp"].is_string()));
 }
+
+/// DescribeLatency and the quantile gauges: every produce request and every flush of a shard is
+/// in its exact distributions (as many as `/metrics` counts of each), and the quantiles are
+/// ordered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_latencies_count_every_produce_request_and_flush() {
+    let broker = Broker::start("metrics-latency", 2, &[]);
+    let topic = "timed";
+    create_topic(&broker, topic, 2).await;
+    let producer = Producer::new(ProducerConfig::new(config(&broker)).linger(Duration::ZERO))
+        .await
+        .unwrap();
+    for i in 0..50u32 {
+        let record = ProducerRecord::new(topic)
+            .partition(i % 2)
+            .value(format!("timed-{i}"));
+        producer.send(record).await.unwrap().await.unwrap();
+    }
+    let admin = Admin::new(config(&broker)).unwrap();
+    let cluster = admin.describe_cluster(Some(&[])).await.unwrap();
+    let values = parse(&get(&broker.metrics, "/metrics").1);
+    let mut produce_total = 0;
+    for (shard, address) in cluster.brokers[0].shard_addresses.iter().enumerate() {
+        let answer = admin.describe_latency(address).await.unwrap();
+        assert_eq!(answer.shard as usize, shard);
+        let shard_label = shard.to_string();
+        let count = |buckets: &[sluice_client::LatencyBucket]| -> u64 {
+            assert!(buckets.windows(2).all(|w| w[0].value_us < w[1].value_us));
+            buckets.iter().map(|b| b.count).sum()
+        };
+        let produce = count(&answer.produce);
+        let requests = values
+            .get(&series(
+                "sluice_requests_total",
+                &[("shard", &shard_label), ("api", "Produce")],
+            ))
+            .copied()
+            .unwrap_or(0.0);
+        assert_eq!(produce as f64, requests, "shard {shard}: produce requests");
+        produce_total += produce;
+        let flushes = values[&series("sluice_log_flushes_total", &[("shard", &shard_label)])];
+        assert_eq!(
+            count(&answer.flush_device) as f64,
+            flushes,
+            "shard {shard}: flushes"
+        );
+        for of in ["produce", "flush_device"] {
+            let q = |quantile: &str| {
+                values[&series(
+                    "sluice_latency_quantile_seconds",
+                    &[("shard", &shard_label), ("of", of), ("quantile", quantile)],
+                )]
+            };
+            assert!(q("0.5") <= q("0.99") && q("0.99") <= q("0.999") && q("0.999") <= q("1"));
+        }
+    }
+    assert!(produce_total >= 50, "{produce_total} produce requests");
+    producer.close().await.unwrap();
+}

@@ -13,8 +13,9 @@ use sluice_protocol::group_api::{
 };
 use sluice_protocol::native::{
     AlterConfigsRequest, ApiKey, ConfigEntry, DescribeConfigsRequest, DescribeConfigsResponse,
-    DescribeLogsRequest, DescribeLogsResponse, ElectPreferredLeaderRequest, ErrorCode,
-    MetadataRequest, MetadataResponse, OffsetQuery, ReassignPartitionRequest, TopicResponse,
+    DescribeLatencyRequest, DescribeLatencyResponse, DescribeLogsRequest, DescribeLogsResponse,
+    ElectPreferredLeaderRequest, ErrorCode, MetadataRequest, MetadataResponse, OffsetQuery,
+    ReassignPartitionRequest, TopicResponse,
 };
 
 use crate::group::{coordinator_call, Shared};
@@ -149,6 +150,20 @@ impl Admin {
             .call(
                 ApiKey::DescribeLogs,
                 &request,
+                self.cluster.config.request_timeout,
+            )
+            .await
+    }
+
+    /// One shard's own latency distributions since it started (`address`: a shard address from
+    /// [`Admin::describe_cluster`]): its produce requests, frame in to response out, and its
+    /// flushes' device time, as hdrhistogram buckets in µs.
+    pub async fn describe_latency(&self, address: &str) -> Result<DescribeLatencyResponse> {
+        let connection = self.cluster.connection(address).await?;
+        connection
+            .call(
+                ApiKey::DescribeLatency,
+                &DescribeLatencyRequest {},
                 self.cluster.config.request_timeout,
             )
             .await

@@ -61,9 +61,9 @@ pub use group::{DeliveryGuarantee, RebalanceListener, Subscription};
 pub use partitioner::{key_partition, murmur2, DefaultPartitioner, Partitioner};
 pub use producer::{Delivery, Producer, ProducerRecord, RecordMetadata};
 pub use sluice_protocol::native::ErrorCode;
-/// What [`Admin::describe_cluster`] and [`Admin::describe_logs`] return: the protocol's own
-/// answers (`docs/protocol.md`).
+/// What [`Admin::describe_cluster`], [`Admin::describe_logs`] and [`Admin::describe_latency`]
+/// return: the protocol's own answers (`docs/protocol.md`).
 pub use sluice_protocol::native::{
-    BrokerInfo, DescribeLogsResponse, LogDescription, MetadataResponse, PartitionMetadata,
-    TopicMetadata,
+    BrokerInfo, DescribeLatencyResponse, DescribeLogsResponse, LatencyBucket, LogDescription,
+    MetadataResponse, PartitionMetadata, TopicMetadata,
 };

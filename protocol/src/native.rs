@@ -66,10 +66,13 @@ pub enum ApiKey {
     CreateTopicWithConfig = 42,
     /// Changes settings of a running topic (the alterable ones).
     AlterConfigs = 43,
+    // Performance introspection.
+    /// The answering shard's own latency distributions (produce requests, device flushes).
+    DescribeLatency = 50,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 23] = [
+    pub const ALL: [ApiKey; 24] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopic,
@@ -93,6 +96,7 @@ impl ApiKey {
         ApiKey::DescribeConfigs,
         ApiKey::CreateTopicWithConfig,
         ApiKey::AlterConfigs,
+        ApiKey::DescribeLatency,
     ];
 
     pub fn from_u16(value: u16) -> Option<ApiKey> {
@@ -125,6 +129,7 @@ impl ApiKey {
             ApiKey::DescribeConfigs => "DescribeConfigs",
             ApiKey::CreateTopicWithConfig => "CreateTopicWithConfig",
             ApiKey::AlterConfigs => "AlterConfigs",
+            ApiKey::DescribeLatency => "DescribeLatency",
         }
     }
 
@@ -546,6 +551,30 @@ pub struct DescribeLogsResponse {
     pub broker_id: u64,
     pub shard: u32,
     pub logs: Vec<LogDescription>,
+}
+
+/// DescribeLatency: the answering shard's latency distributions since it started. Sent to each
+/// shard's own address; a reader wanting one interval subtracts two answers.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct DescribeLatencyRequest {}
+
+/// One recorded value of a latency distribution and how many samples it holds: every sample
+/// in the distribution's bucket that ends at `value_us` (3 significant figures).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct LatencyBucket {
+    pub value_us: u64,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct DescribeLatencyResponse {
+    pub broker_id: u64,
+    pub shard: u32,
+    /// Produce requests, from the first byte of the frame read to the last byte of the response
+    /// written, in µs (non-empty buckets, ascending).
+    pub produce: Vec<LatencyBucket>,
+    /// Each flush's device time (the write, and the fdatasync when the log syncs apart), in µs.
+    pub flush_device: Vec<LatencyBucket>,
 }
 
 /// A configuration setting, by Kafka's name (`retention.ms`, `segment.bytes`, …).

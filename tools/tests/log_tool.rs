@@ -26,7 +26,7 @@ fn text(output: &Output) -> String {
 fn partition(root: &Path) -> PathBuf {
     let dir = root.join("orders-0");
     let path = dir.clone();
-    sluice_broker::shard::spawn_watched(
+    sluice_broker::shard::spawn_executor(
         glommio::LocalExecutorBuilder::default(),
         "writer",
         move || async move {
@@ -177,7 +177,7 @@ fn compacted_partitions_verify_and_dump_their_empty_batches() {
     let root = root();
     let dir = root.path().join("offsets-0");
     let path = dir.clone();
-    sluice_broker::shard::spawn_watched(
+    sluice_broker::shard::spawn_executor(
         glommio::LocalExecutorBuilder::default(),
         "writer",
         move || async move {

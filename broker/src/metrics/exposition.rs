@@ -10,6 +10,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::histogram::HistogramSnapshot;
+use super::latency::EXPOSED_QUANTILES;
 use super::snapshot::{MetadataSnapshot, ShardSnapshot};
 use crate::groups::coordinator::GroupMetrics;
 
@@ -28,6 +29,7 @@ type Labels = Vec<(&'static str, String)>;
 enum Value<'a> {
     Counter(u64),
     Gauge(i64),
+    GaugeF64(f64),
     Histogram(&'a HistogramSnapshot),
 }
 
@@ -55,6 +57,7 @@ fn put(sample: &mut MetricEncoder<'_>, value: Value<'_>) -> fmt::Result {
     match value {
         Value::Counter(v) => sample.encode_counter::<NoLabelSet, _, u64>(&v, None),
         Value::Gauge(v) => sample.encode_gauge(&v),
+        Value::GaugeF64(v) => sample.encode_gauge(&v),
         Value::Histogram(h) => {
             sample.encode_histogram::<NoLabelSet>(h.sum, h.count(), &h.buckets(), None)
         }
@@ -197,13 +200,6 @@ impl prometheus_client::collector::Collector for Collector {
                 })
             }),
         )?;
-        family(
-            &mut e,
-            "sluice_reactor_watchdog_wakes",
-            "Times the reactor watchdog woke a shard asleep through its own timers.",
-            Counter,
-            per_shard(&|s| s.reactor_wakes),
-        )?;
         // Storage.
         family(
             &mut e,
@@ -259,6 +255,32 @@ impl prometheus_client::collector::Collector for Collector {
             shards
                 .iter()
                 .map(|s| (shard_label(s), Value::Histogram(&s.sync_seconds))),
+        )?;
+        family(
+            &mut e,
+            "sluice_latency_quantile_seconds",
+            "Exact latency quantiles since the shard started: `of` = produce (a produce request \
+             from its frame's first byte read to its response's last byte written) or \
+             flush_device (each flush's device write, plus its fdatasync when apart).",
+            Gauge,
+            shards.iter().flat_map(|s| {
+                [
+                    ("produce", &s.produce_quantiles),
+                    ("flush_device", &s.flush_device_quantiles),
+                ]
+                .into_iter()
+                .flat_map(move |(of, values)| {
+                    EXPOSED_QUANTILES
+                        .iter()
+                        .zip(values.iter())
+                        .map(move |(q, v)| {
+                            let mut l = shard_label(s);
+                            l.push(("of", of.to_string()));
+                            l.push(("quantile", q.to_string()));
+                            (l, Value::GaugeF64(*v))
+                        })
+                })
+            }),
         )?;
         family(
             &mut e,

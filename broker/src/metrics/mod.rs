@@ -20,6 +20,7 @@
 pub mod exposition;
 pub mod histogram;
 pub mod http;
+pub mod latency;
 pub mod snapshot;
 
 use std::cell::{Cell, RefCell};
@@ -104,6 +105,8 @@ pub struct ShardMetrics {
     pub response_bytes: Cell<u64>,
     pub sendfile_bytes: Cell<u64>,
     retired: RefCell<RetiredLogs>,
+    /// Produce requests' frame-in to response-out, exactly (`latency.rs`).
+    pub produce_latency: latency::LatencyRecorder,
 }
 
 impl Default for ShardMetrics {
@@ -120,6 +123,7 @@ impl Default for ShardMetrics {
             response_bytes: Cell::new(0),
             sendfile_bytes: Cell::new(0),
             retired: RefCell::default(),
+            produce_latency: latency::LatencyRecorder::new(),
         }
     }
 }
@@ -136,8 +140,12 @@ impl ShardMetrics {
             return;
         };
         let slot = api_slot(api);
+        let elapsed = started.elapsed();
         add(&self.requests[slot], 1);
-        self.latency[slot].observe(started.elapsed().as_secs_f64());
+        self.latency[slot].observe(elapsed.as_secs_f64());
+        if api == ApiKey::Produce {
+            self.produce_latency.record(elapsed);
+        }
     }
 
     /// An error code answered for `api` (`None`: a frame whose API is unknown).

@@ -5,10 +5,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::histogram::{HistogramSnapshot, LATENCY_BOUNDS_SECONDS, SIZE_BOUNDS_BYTES};
+use super::latency::{with_flush_device, EXPOSED_QUANTILES};
 use crate::groups::coordinator::GroupMetrics;
 use crate::metadata::types::BrokerState;
 use crate::metadata::{ClusterState, NodeId};
-use crate::reactor::Pulse;
 use crate::server::context::ShardContext;
 use crate::server::RaftStatus;
 use crate::storage::LogStats;
@@ -50,13 +50,15 @@ pub struct ShardSnapshot {
     pub sendfile_bytes: u64,
     pub socket_reads_recovered: u64,
     pub socket_writes_recovered: u64,
-    pub reactor_wakes: u64,
     /// Every log's flush counts (open and retired) summed.
     pub logs: LogStats,
     pub flush_bytes: HistogramSnapshot,
     pub write_seconds: HistogramSnapshot,
     pub sync_seconds: HistogramSnapshot,
     pub cache_bytes: u64,
+    /// Produce requests' and flushes' exact latencies at `latency::EXPOSED_QUANTILES`, seconds.
+    pub produce_quantiles: Vec<f64>,
+    pub flush_device_quantiles: Vec<f64>,
     pub partitions: Vec<PartitionSnapshot>,
     /// The groups this shard coordinates (bounded by `limits::GROUP_OFFSET_SERIES_MAX`), and
     /// how many committed offsets that bound left out.
@@ -79,7 +81,7 @@ fn add_stats(total: &mut LogStats, s: &LogStats) {
 
 /// Builds the shard's snapshot (on the shard). Yields now and then: 10,000 partitions must not
 /// hold the shard for long.
-pub async fn shard_snapshot(ctx: &ShardContext, pulse: &Pulse) -> ShardSnapshot {
+pub async fn shard_snapshot(ctx: &ShardContext) -> ShardSnapshot {
     let m = &ctx.metrics;
     let retired = m.retired.borrow().clone();
     let mut logs = retired.stats;
@@ -149,12 +151,13 @@ pub async fn shard_snapshot(ctx: &ShardContext, pulse: &Pulse) -> ShardSnapshot 
         sendfile_bytes: m.sendfile_bytes.get(),
         socket_reads_recovered: ctx.watch_stats.reads_recovered.get(),
         socket_writes_recovered: ctx.watch_stats.writes_recovered.get(),
-        reactor_wakes: pulse.wakes(),
         logs,
         flush_bytes,
         write_seconds,
         sync_seconds,
         cache_bytes,
+        produce_quantiles: m.produce_latency.quantiles_seconds(&EXPOSED_QUANTILES),
+        flush_device_quantiles: with_flush_device(|r| r.quantiles_seconds(&EXPOSED_QUANTILES)),
         partitions,
         groups,
         group_offsets_omitted,
@@ -175,12 +178,13 @@ impl ShardSnapshot {
             sendfile_bytes: 0,
             socket_reads_recovered: 0,
             socket_writes_recovered: 0,
-            reactor_wakes: 0,
             logs: LogStats::default(),
             flush_bytes: HistogramSnapshot::empty(SIZE_BOUNDS_BYTES),
             write_seconds: HistogramSnapshot::empty(LATENCY_BOUNDS_SECONDS),
             sync_seconds: HistogramSnapshot::empty(LATENCY_BOUNDS_SECONDS),
             cache_bytes: 0,
+            produce_quantiles: vec![0.0; EXPOSED_QUANTILES.len()],
+            flush_device_quantiles: vec![0.0; EXPOSED_QUANTILES.len()],
             partitions: Vec::new(),
             groups: Vec::new(),
             group_offsets_omitted: 0,
@@ -228,13 +232,9 @@ impl MetadataSnapshot {
 pub type SnapshotRequest = flume::Sender<ShardSnapshot>;
 
 /// Serves snapshot requests on the shard until the channel closes.
-pub async fn serve_snapshots(
-    ctx: Rc<ShardContext>,
-    pulse: Arc<Pulse>,
-    requests: flume::Receiver<SnapshotRequest>,
-) {
+pub async fn serve_snapshots(ctx: Rc<ShardContext>, requests: flume::Receiver<SnapshotRequest>) {
     while let Ok(reply) = requests.recv_async().await {
-        let snapshot = shard_snapshot(&ctx, &pulse).await;
+        let snapshot = shard_snapshot(&ctx).await;
         let _ = reply.try_send(snapshot);
     }
 }

@@ -4,7 +4,6 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::FutureExt;
@@ -24,7 +23,6 @@ use crate::limits::{
 use crate::metrics::snapshot::SnapshotRequest;
 use crate::metrics::ShardMetrics;
 use crate::notify::Latch;
-use crate::reactor::{Pulse, ReactorWatch};
 
 /// How long a stopping shard waits for its connections to finish in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,9 +39,6 @@ pub struct Shards {
     pub snapshots: Vec<flume::Sender<SnapshotRequest>>,
     stops: Vec<flume::Sender<()>>,
     threads: Vec<ShardThread>,
-    /// Wakes a shard that sleeps through its reactor ticks; runs as long as this (or the
-    /// stopper split from it) lives.
-    watch: Arc<ReactorWatch>,
 }
 
 impl Shards {
@@ -84,18 +79,13 @@ impl Shards {
             }
         };
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        // Watched from before the first shard starts: a shard can hang in its first sleep.
-        let pulses: Vec<Arc<Pulse>> = (0..count).map(|_| Arc::default()).collect();
-        let watch = ReactorWatch::start(pulses.clone())
-            .map_err(|e| format!("cannot start the reactor watchdog: {e}"))?;
         let mut shards = Shards {
             addresses: Vec::new(),
             snapshots: Vec::new(),
             stops: Vec::new(),
             threads: Vec::new(),
-            watch: Arc::new(watch),
         };
-        for (shard, pulse) in (0..count).zip(pulses) {
+        for shard in 0..count {
             let main = main_listener
                 .try_clone()
                 .map_err(|e| format!("cannot share the listener on {main}: {e}"))?;
@@ -110,10 +100,9 @@ impl Shards {
                 flume::bounded::<SnapshotRequest>(crate::limits::METRICS_SNAPSHOT_QUEUE_MAX);
             let config = config.clone();
             let link = link.clone();
-            let thread = crate::shard::spawn_with_pulse(
+            let thread = crate::shard::spawn_executor(
                 crate::shard::executor_builder(Placement::Fixed(shard as usize % cpus)),
                 &format!("shard-{shard}"),
-                Arc::clone(&pulse),
                 move || {
                     run(
                         config,
@@ -125,12 +114,12 @@ impl Shards {
                             address_tx,
                             stop_rx,
                             snapshot_rx,
-                            pulse,
                         },
                     )
                 },
             )
-            .map_err(|e| format!("cannot start shard {shard}: {e}"))?;
+            .map_err(|e| format!("cannot start shard {shard}: {e}"))?
+            .into_thread();
             let address = match address_rx.recv() {
                 Ok(address) => address?,
                 // The executor could not be made: the thread says why.
@@ -156,21 +145,14 @@ impl Shards {
     /// Splits the running shards into what stops them and their threads, so a supervisor can
     /// watch the threads while the stopper stays usable.
     pub fn split(self) -> (ShardStopper, Vec<ShardThread>) {
-        (
-            ShardStopper {
-                stops: self.stops,
-                _watch: self.watch,
-            },
-            self.threads,
-        )
+        (ShardStopper { stops: self.stops }, self.threads)
     }
 }
 
-/// Stops shards whose threads are watched elsewhere.
+/// Stops shards whose threads are joined elsewhere.
 #[derive(Debug, Clone)]
 pub struct ShardStopper {
     stops: Vec<flume::Sender<()>>,
-    _watch: Arc<ReactorWatch>,
 }
 
 impl ShardStopper {
@@ -192,7 +174,6 @@ struct ShardLinks {
     address_tx: std::sync::mpsc::Sender<Result<String, String>>,
     stop_rx: flume::Receiver<()>,
     snapshot_rx: flume::Receiver<SnapshotRequest>,
-    pulse: Arc<Pulse>,
 }
 
 async fn run(config: ShardConfig, links: ShardLinks) -> Result<(), String> {
@@ -204,7 +185,6 @@ async fn run(config: ShardConfig, links: ShardLinks) -> Result<(), String> {
         address_tx,
         stop_rx,
         snapshot_rx,
-        pulse,
     } = links;
     let topics_dir = config.data_dir.join("topics");
     let started = async {
@@ -356,11 +336,7 @@ async fn run(config: ShardConfig, links: ShardLinks) -> Result<(), String> {
     let snapshots = queues
         .spawn(
             queues.maintenance,
-            crate::metrics::snapshot::serve_snapshots(
-                Rc::clone(&ctx),
-                Arc::clone(&pulse),
-                snapshot_rx,
-            ),
+            crate::metrics::snapshot::serve_snapshots(Rc::clone(&ctx), snapshot_rx),
         )
         .detach();
 
@@ -479,13 +455,6 @@ async fn run(config: ShardConfig, links: ShardLinks) -> Result<(), String> {
             reads,
             writes,
             "lost socket readiness events recovered by the watchdog"
-        );
-    }
-    if pulse.wakes() > 0 {
-        tracing::info!(
-            shard,
-            wakes = pulse.wakes(),
-            "times the reactor watchdog woke this shard"
         );
     }
     reconcile.cancel();

@@ -334,7 +334,7 @@ mod tests {
     fn on_glommio<T: Send + 'static>(
         f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
     ) -> T {
-        crate::shard::spawn_watched(glommio::LocalExecutorBuilder::default(), "test", f)
+        crate::shard::spawn_executor(glommio::LocalExecutorBuilder::default(), "test", f)
             .expect("spawn executor")
             .join()
             .unwrap_or_else(|error| panic!("{error}"))

@@ -1904,6 +1904,9 @@ impl LogInner {
         });
         self.flushes.bytes.observe(job.buf.len() as f64);
         self.flushes.write_seconds.observe(write_us as f64 / 1e6);
+        crate::metrics::latency::record_flush_device(std::time::Duration::from_micros(
+            write_us + sync_us,
+        ));
         if sync {
             self.flushes.sync_seconds.observe(sync_us as f64 / 1e6);
         }

@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 use sluice_protocol::batch::stamp;
 use sluice_protocol::{BatchBuilder, BatchOptions};
 
-/// Runs `future` on a fresh glommio executor thread, watched as a broker shard is.
+/// Runs `future` on a fresh glommio executor thread, made as a broker shard's is.
 pub fn run<F, Fut, T>(make: F) -> T
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = T> + 'static,
     T: Send + 'static,
 {
-    sluice_broker::shard::spawn_watched(glommio::LocalExecutorBuilder::default(), "test", make)
+    sluice_broker::shard::spawn_executor(glommio::LocalExecutorBuilder::default(), "test", make)
         .expect("spawn executor")
         .join()
         .unwrap_or_else(|error| panic!("{error}"))

@@ -11,10 +11,12 @@
 //! - [`replica_fetch`] serves ReplicaFetch (followers, on the leader);
 //! - [`groups`] serves FindCoordinator and hands the group requests to the shard's coordinator.
 //! - [`describe_logs`] serves DescribeLogs (the shard's partition logs, for operators);
+//! - [`describe_latency`] serves DescribeLatency (the shard's produce and flush latencies);
 //! - [`configs`] serves DescribeConfigs, CreateTopicWithConfig and AlterConfigs.
 
 pub mod admin;
 pub mod configs;
+pub mod describe_latency;
 pub mod describe_logs;
 pub mod fetch;
 pub mod groups;
@@ -28,9 +30,10 @@ use glommio::task::JoinHandle;
 use sluice_protocol::native::{
     decode_control, AddPartitionsRequest, AlterConfigsRequest, ApiKey, ApiRange,
     ApiVersionsResponse, CreateTopicRequest, CreateTopicWithConfigRequest, DeleteTopicRequest,
-    DescribeConfigsRequest, DescribeLogsRequest, ElectPreferredLeaderRequest, FetchRequest,
-    FrameDecodeError, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest,
-    ReassignPartitionRequest, ReplicaFetchRequest, RequestHeader,
+    DescribeConfigsRequest, DescribeLatencyRequest, DescribeLogsRequest,
+    ElectPreferredLeaderRequest, FetchRequest, FrameDecodeError, InitProducerIdRequest,
+    ListOffsetsRequest, MetadataRequest, ProduceRequest, ReassignPartitionRequest,
+    ReplicaFetchRequest, RequestHeader,
 };
 
 use sluice_protocol::group_api::{
@@ -182,6 +185,16 @@ pub async fn dispatch(
             let request: DescribeLogsRequest = decode_control(control)?;
             glommio::spawn_local(async move {
                 Some(response(id, &describe_logs::describe_logs(&ctx, request)))
+            })
+            .detach()
+        }
+        ApiKey::DescribeLatency => {
+            let request: DescribeLatencyRequest = decode_control(control)?;
+            glommio::spawn_local(async move {
+                Some(response(
+                    id,
+                    &describe_latency::describe_latency(&ctx, request),
+                ))
             })
             .detach()
         }

@@ -795,7 +795,7 @@ mod tests {
         Fut: std::future::Future<Output = T> + 'static,
         T: Send + 'static,
     {
-        crate::shard::spawn_watched(glommio::LocalExecutorBuilder::default(), "test", make)
+        crate::shard::spawn_executor(glommio::LocalExecutorBuilder::default(), "test", make)
             .expect("spawn executor")
             .join()
             .unwrap_or_else(|error| panic!("{error}"))
