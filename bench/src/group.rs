@@ -21,7 +21,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use sluice_client::{
     Admin, ClientConfig, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig,
-    ProducerRecord, TopicPartition,
+    TopicPartition,
 };
 
 use crate::network::Broker;
@@ -145,21 +145,7 @@ async fn prefill(brokers: &str, params: &GroupParams) -> Result<u64, String> {
     .map_err(|e| e.to_string())?;
     let records = (params.prefill_mib << 20) / params.record_bytes as u64;
     let value = vec![7u8; params.record_bytes];
-    let mut deliveries = Vec::new();
-    for i in 0..records {
-        let record = ProducerRecord::new(TOPIC)
-            .partition((i % u64::from(params.partitions)) as u32)
-            .value(value.clone());
-        deliveries.push(producer.send(record).await.map_err(|e| e.to_string())?);
-        if deliveries.len() >= 4096 {
-            for d in deliveries.drain(..) {
-                d.await.map_err(|e| e.to_string())?;
-            }
-        }
-    }
-    for d in deliveries {
-        d.await.map_err(|e| e.to_string())?;
-    }
+    crate::network::send_all(&producer, TOPIC, params.partitions, records, &value).await?;
     producer.close().await.map_err(|e| e.to_string())?;
     Ok(records)
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sluice_client::{
     Acks, Admin, ClientConfig, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig,
-    ProducerRecord, TopicPartition,
+    TopicPartition,
 };
 
 use crate::network::{free_address, Broker};
@@ -263,21 +263,7 @@ async fn native_produce(listen: &str, params: &KafkaParams, records: u64) -> Res
     .map_err(|e| e.to_string())?;
     let value = vec![b'n'; params.record_bytes];
     let started = Instant::now();
-    let mut deliveries = Vec::new();
-    for i in 0..records {
-        let record = ProducerRecord::new(NATIVE_TOPIC)
-            .partition((i % u64::from(params.partitions)) as u32)
-            .value(value.clone());
-        deliveries.push(producer.send(record).await.map_err(|e| e.to_string())?);
-        if deliveries.len() >= 4096 {
-            for d in deliveries.drain(..) {
-                d.await.map_err(|e| e.to_string())?;
-            }
-        }
-    }
-    for d in deliveries {
-        d.await.map_err(|e| e.to_string())?;
-    }
+    crate::network::send_all(&producer, NATIVE_TOPIC, params.partitions, records, &value).await?;
     let seconds = started.elapsed().as_secs_f64();
     producer.close().await.map_err(|e| e.to_string())?;
     Ok(seconds)

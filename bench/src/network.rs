@@ -959,6 +959,33 @@ pub fn run(params: &NetworkParams, dir: &Path, show_progress: bool) -> Result<Ne
     })
 }
 
+/// Sends `records` records of `value` round-robin over `partitions` partitions of `topic` and
+/// waits for every acknowledgement (at most 4,096 awaited at once).
+pub async fn send_all(
+    producer: &sluice_client::Producer,
+    topic: &str,
+    partitions: u32,
+    records: u64,
+    value: &[u8],
+) -> Result<(), String> {
+    let mut deliveries = Vec::new();
+    for i in 0..records {
+        let record = sluice_client::ProducerRecord::new(topic)
+            .partition((i % u64::from(partitions)) as u32)
+            .value(value.to_vec());
+        deliveries.push(producer.send(record).await.map_err(|e| e.to_string())?);
+        if deliveries.len() >= 4096 {
+            for d in deliveries.drain(..) {
+                d.await.map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    for d in deliveries {
+        d.await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
