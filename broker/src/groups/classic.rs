@@ -421,10 +421,9 @@ impl ClassicGroup {
         }
         let changed = member.protocols != request.protocols;
         let is_leader = self.leader.as_deref() == Some(request.member_id.as_str());
-        let member = self
-            .members
-            .get_mut(&request.member_id)
-            .expect("found above");
+        let Some(member) = self.members.get_mut(&request.member_id) else {
+            unreachable!("looked up above");
+        };
         member.session_deadline_ms = now_ms + u64::from(request.session_timeout_ms);
         member.session_timeout_ms = request.session_timeout_ms;
         member.rebalance_timeout_ms = request.rebalance_timeout_ms;
@@ -440,11 +439,7 @@ impl ClassicGroup {
                 JoinStep::Answer(self.join_answer_of(&request.member_id))
             }
             Phase::CompletingRebalance | Phase::Stable => {
-                self.prepare_rebalance(now_ms);
-                self.members
-                    .get_mut(&request.member_id)
-                    .expect("found above")
-                    .joined = true;
+                self.prepare_rebalance(now_ms, Some(&request.member_id));
                 self.wait_or_complete(&request.member_id, now_ms)
             }
             Phase::Empty => unreachable!("an empty group has no members"),
@@ -454,7 +449,12 @@ impl ClassicGroup {
     /// A static member back with a new member id: it takes its old place (and assignment); the
     /// old id is fenced. A stable group with the same protocols does not rebalance.
     fn replace_static(&mut self, previous: &str, request: &JoinRequest, now_ms: u64) -> JoinStep {
-        let mut member = self.members.remove(previous).expect("a member");
+        let Some(mut member) = self.members.remove(previous) else {
+            return JoinStep::Answer(JoinResponse::refused(
+                ErrorCode::UnknownMemberId,
+                &request.member_id,
+            ));
+        };
         let member_id = self.new_member_id(&request.client_id);
         let changed = member.protocols != request.protocols;
         member.member_id = member_id.clone();
@@ -471,12 +471,11 @@ impl ClassicGroup {
         match self.phase {
             Phase::Stable if !changed => JoinStep::Answer(self.join_answer_of(&member_id)),
             Phase::PreparingRebalance => {
-                self.members.get_mut(&member_id).expect("inserted").joined = true;
+                self.mark_joined(&member_id);
                 self.wait_or_complete(&member_id, now_ms)
             }
             _ => {
-                self.prepare_rebalance(now_ms);
-                self.members.get_mut(&member_id).expect("inserted").joined = true;
+                self.prepare_rebalance(now_ms, Some(&member_id));
                 self.wait_or_complete(&member_id, now_ms)
             }
         }
@@ -502,12 +501,17 @@ impl ClassicGroup {
             },
         );
         if self.phase != Phase::PreparingRebalance {
-            self.prepare_rebalance(now_ms);
-            self.members.get_mut(&member_id).expect("inserted").joined = true;
+            self.prepare_rebalance(now_ms, Some(&member_id));
         } else {
             self.extend_rebalance(now_ms);
         }
         self.wait_or_complete(&member_id, now_ms)
+    }
+
+    fn mark_joined(&mut self, member_id: &str) {
+        if let Some(member) = self.members.get_mut(member_id) {
+            member.joined = true;
+        }
     }
 
     fn wait_or_complete(&mut self, member_id: &str, now_ms: u64) -> JoinStep {
@@ -519,12 +523,12 @@ impl ClassicGroup {
         }
     }
 
-    /// Starts a join phase: every member must join again.
-    fn prepare_rebalance(&mut self, now_ms: u64) {
+    /// Starts a join phase: every member must join again (but `joining`, joining now).
+    fn prepare_rebalance(&mut self, now_ms: u64, joining: Option<&str>) {
         self.phase = Phase::PreparingRebalance;
         self.assigned = false;
         for member in self.members.values_mut() {
-            member.joined = false;
+            member.joined = Some(member.member_id.as_str()) == joining;
         }
         self.rebalance_deadline_ms = 0;
         self.extend_rebalance(now_ms);
@@ -706,8 +710,9 @@ impl ClassicGroup {
         {
             return refused(ErrorCode::InconsistentGroupProtocol);
         }
-        let member = self.members.get_mut(&request.member_id).expect("validated");
-        member.session_deadline_ms = now_ms + u64::from(member.session_timeout_ms);
+        if let Some(member) = self.members.get_mut(&request.member_id) {
+            member.session_deadline_ms = now_ms + u64::from(member.session_timeout_ms);
+        }
         match self.phase {
             Phase::PreparingRebalance => refused(ErrorCode::RebalanceInProgress),
             Phase::Stable => SyncStep::Answer(self.sync_answer_of(&request.member_id)),
@@ -783,8 +788,9 @@ impl ClassicGroup {
         ) {
             return error;
         }
-        let member = self.members.get_mut(&request.member_id).expect("validated");
-        member.session_deadline_ms = now_ms + u64::from(member.session_timeout_ms);
+        if let Some(member) = self.members.get_mut(&request.member_id) {
+            member.session_deadline_ms = now_ms + u64::from(member.session_timeout_ms);
+        }
         match self.phase {
             Phase::PreparingRebalance => ErrorCode::RebalanceInProgress,
             _ => ErrorCode::None,
@@ -807,14 +813,16 @@ impl ClassicGroup {
             } else {
                 Some(member_id.clone())
             };
-            let error = match id.as_ref().and_then(|id| self.members.get(id)) {
+            let known = id.and_then(|id| self.members.get(&id)).map(|m| {
+                let fenced = instance_id.is_some() && m.instance_id != *instance_id;
+                (m.member_id.clone(), fenced)
+            });
+            let error = match known {
                 None if self.pending.remove(member_id).is_some() => ErrorCode::None,
                 None => ErrorCode::UnknownMemberId,
-                Some(m) if instance_id.is_some() && m.instance_id != *instance_id => {
-                    ErrorCode::FencedInstanceId
-                }
-                Some(_) => {
-                    self.members.remove(id.as_ref().expect("found"));
+                Some((_, true)) => ErrorCode::FencedInstanceId,
+                Some((id, false)) => {
+                    self.members.remove(&id);
                     left = true;
                     ErrorCode::None
                 }
@@ -839,7 +847,7 @@ impl ClassicGroup {
                 self.maybe_complete_join(now_ms);
             }
             _ if self.members.is_empty() => self.complete_join_empty(),
-            _ => self.prepare_rebalance(now_ms),
+            _ => self.prepare_rebalance(now_ms, None),
         }
     }
 
@@ -876,7 +884,7 @@ impl ClassicGroup {
             {
                 // The leader did not send its assignment in time: members that are not
                 // heartbeating go at the next step, everyone joins again.
-                self.prepare_rebalance(now_ms);
+                self.prepare_rebalance(now_ms, None);
             }
             Phase::CompletingRebalance | Phase::Stable => {
                 let before = self.members.len();
@@ -917,7 +925,7 @@ impl ClassicGroup {
     /// again.
     pub fn assignment_failed(&mut self, generation: i32, now_ms: u64) {
         if self.phase == Phase::CompletingRebalance && self.generation_id == generation {
-            self.prepare_rebalance(now_ms);
+            self.prepare_rebalance(now_ms, None);
         }
         self.check();
     }

@@ -210,6 +210,12 @@ pub enum ProduceOutcome {
     Fenced,
 }
 
+/// How a follower's log is cut back before its producers are rebuilt.
+enum Reset {
+    TruncateTo(u64),
+    RestartAt(u64),
+}
+
 /// A partition's idempotent producers and the lock that makes check, append and record of a
 /// producer's batch one step. Owned by the partition's shard (single-threaded, never shared
 /// across executors).
@@ -293,12 +299,8 @@ impl PartitionProducers {
         offset: u64,
         still_following: impl Fn() -> bool,
     ) -> Result<(), StorageError> {
-        let _step = self.step().await?;
-        if !still_following() {
-            return Ok(());
-        }
-        log.truncate_to(offset).await?;
-        self.rebuild(log).await
+        self.reset(log, Reset::TruncateTo(offset), still_following)
+            .await
     }
 
     /// Empties the log and starts it again at `offset` (its producers are forgotten), if
@@ -309,15 +311,26 @@ impl PartitionProducers {
         offset: u64,
         still_following: impl Fn() -> bool,
     ) -> Result<(), StorageError> {
+        self.reset(log, Reset::RestartAt(offset), still_following)
+            .await
+    }
+
+    async fn reset(
+        &self,
+        log: &PartitionLog,
+        reset: Reset,
+        still_following: impl Fn() -> bool,
+    ) -> Result<(), StorageError> {
         let _step = self.step().await?;
         if !still_following() {
             return Ok(());
         }
-        log.restart_at(offset).await?;
-        self.rebuild(log).await
-    }
-
-    async fn rebuild(&self, log: &PartitionLog) -> Result<(), StorageError> {
+        match reset {
+            Reset::TruncateTo(offset) => {
+                log.truncate_to(offset).await?;
+            }
+            Reset::RestartAt(offset) => log.restart_at(offset).await?,
+        }
         *self.state.borrow_mut() = ProducerState::rebuild(log).await?;
         Ok(())
     }
