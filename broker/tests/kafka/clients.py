@@ -15,7 +15,9 @@ Prints one JSON line with what it saw; exits non-zero with a message on any fail
 """
 
 import asyncio
+import io
 import json
+import logging
 import sys
 import time
 
@@ -29,8 +31,25 @@ PARTITIONS = 2
 DEADLINE_S = 60
 
 
+# The Python clients' own logs (their group coordinators' at debug), kept in memory and shown
+# only when the scenario fails: what the client saw is half of a diagnosis.
+CLIENT_LOG = io.StringIO()
+_handler = logging.StreamHandler(CLIENT_LOG)
+_handler.setFormatter(logging.Formatter("%(relativeCreated)8.0f %(threadName)s %(name)s %(levelname)s %(message)s"))
+logging.getLogger().addHandler(_handler)
+logging.getLogger().setLevel(logging.WARNING)
+for _name in ("kafka.coordinator", "aiokafka.consumer.group_coordinator"):
+    logging.getLogger(_name).setLevel(logging.DEBUG)
+# kafka-python's consumer coordinator says "need_rejoin" at every poll.
+logging.getLogger("kafka.coordinator.consumer").setLevel(logging.INFO)
+
+
 def fail(message):
     print(f"FAIL [{CLIENT} {SCENARIO}]: {message}", file=sys.stderr)
+    log = CLIENT_LOG.getvalue()
+    if log:
+        print(f"----- client log (last 200 lines) -----", file=sys.stderr)
+        print("\n".join(log.splitlines()[-200:]), file=sys.stderr)
     sys.exit(1)
 
 
@@ -264,9 +283,17 @@ def kafka_python():
 
         def member(i):
             c = members[i]
+            # kafka-python 3.0.12 drops a join whose SyncGroup answer comes after the poll's
+            # timeout when the join was started by a metadata change (its leader assigned before
+            # it knew the topic): the next poll no longer needs a rejoin and never reads the
+            # answer, heartbeats stay off and the member's session ends. Knowing the topic
+            # before subscribing keeps the first assignment complete, and a longer poll gives
+            # a slow SyncGroup (the coordinator persists the assignment first) time to land.
+            if not c.partitions_for_topic(TOPIC):
+                fail("no metadata for the topic")
             c.subscribe([TOPIC])
             while not done.is_set():
-                c.poll(timeout_ms=100)
+                c.poll(timeout_ms=500)
                 held[i] = {tp.partition for tp in c.assignment()}
 
         threads = [threading.Thread(target=member, args=(i,)) for i in range(2)]
@@ -302,6 +329,7 @@ def kafka_python():
     create_topic()
     produce(0, 200)
     c = consumer()
+    c.partitions_for_topic(TOPIC)  # see `member` above: the first assignment knows the topic
     c.subscribe([TOPIC])
     got = consume(c, 200)
     check_exactly_once_in_order([(k, s) for (_, _, k, s) in got], 200)
@@ -313,6 +341,7 @@ def kafka_python():
     # Resume from the committed offsets: only what was produced since.
     produce(200, 50)
     c = consumer()
+    c.partitions_for_topic(TOPIC)
     c.subscribe([TOPIC])
     resumed = consume(c, 50)
     check_exactly_once_in_order([(k, s) for (_, _, k, s) in resumed], 50)
