@@ -538,6 +538,15 @@ fn cluster_health_exits_3_while_a_partition_is_under_replicated() {
         .collect::<Vec<_>>()
         .join(",");
     let b = brokers.as_str();
+    // Placement uses the brokers registered when the topic is created: wait for all three, or
+    // the victim may hold no replica at all.
+    wait_until("three live brokers", Duration::from_secs(30), || {
+        let output = sluice(b, &["cluster", "info", "--output", "json"]);
+        output.status.success()
+            && json(&stdout(&output))["brokers"]
+                .as_array()
+                .is_some_and(|all| all.iter().filter(|x| x["alive"] == true).count() == 3)
+    });
     create(
         b,
         &[
