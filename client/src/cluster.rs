@@ -48,6 +48,31 @@ struct Snapshot {
     fetched: Instant,
 }
 
+/// One metadata snapshot, to route many partitions with ([`Cluster::routes`]).
+pub(crate) struct Routes {
+    snapshot: Arc<Snapshot>,
+    shard_aware: bool,
+}
+
+impl Routes {
+    /// As [`Cluster::address_of`], borrowed from the snapshot.
+    pub(crate) fn address_of(&self, topic: &str, partition: u32) -> Option<&str> {
+        let info = self
+            .snapshot
+            .topics
+            .get(topic)?
+            .partitions
+            .get(partition as usize)?;
+        let broker = self.snapshot.brokers.get(&info.leader?)?;
+        if self.shard_aware {
+            if let Some(a) = broker.shard_addresses.get(info.shard as usize) {
+                return Some(a);
+            }
+        }
+        Some(&broker.address)
+    }
+}
+
 /// The cluster as seen by one client; shared by its producers, consumers and admin calls.
 #[derive(Debug)]
 pub(crate) struct Cluster {
@@ -279,19 +304,18 @@ impl Cluster {
     /// The address serving `topic`/`partition`: the owning shard's own address when the broker
     /// publishes one and the client is shard-aware, else the leader's main address.
     pub(crate) fn address_of(&self, topic: &str, partition: u32) -> Option<String> {
-        let snapshot = self.snapshot();
-        let info = snapshot
-            .topics
-            .get(topic)?
-            .partitions
-            .get(partition as usize)?;
-        let broker = snapshot.brokers.get(&info.leader?)?;
-        if self.config.shard_aware {
-            if let Some(a) = broker.shard_addresses.get(info.shard as usize) {
-                return Some(a.clone());
-            }
+        self.routes()
+            .address_of(topic, partition)
+            .map(str::to_owned)
+    }
+
+    /// The metadata as it is now, for looking up many partitions' addresses without a lock or
+    /// an allocation each.
+    pub(crate) fn routes(&self) -> Routes {
+        Routes {
+            snapshot: self.snapshot(),
+            shard_aware: self.config.shard_aware,
         }
-        Some(broker.address.clone())
     }
 
     /// Creates a topic (with configuration overrides when `configs` is not empty) and waits until

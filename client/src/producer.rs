@@ -2,10 +2,12 @@
 //! in produce requests, retries keep order and (with idempotence) never write twice.
 //!
 //! Data flow. `send` picks the partition, appends the record to that partition's open batch
-//! under one lock and returns a [`Delivery`] future. A single sender task closes batches when
-//! they are full or their linger has passed, assigns sequence numbers in the order batches first
-//! leave, groups ready batches by destination address and queues one produce request per
-//! address with a free in-flight slot. A task per request waits for the response and completes
+//! under one lock and returns a [`Delivery`] future. A batch is closed when full, or when its
+//! linger has passed and a request has room for it: while every in-flight slot of its
+//! destination is busy, a lingered batch keeps taking records, so a producer spread over many
+//! partitions sends fewer, larger batches the busier it is. A single sender task assigns
+//! sequence numbers in the order batches first leave, groups ready batches by destination
+//! address and queues one produce request per address with a free in-flight slot. A task per request waits for the response and completes
 //! each record's delivery, or puts a batch back at the front of its partition's queue to be
 //! retried.
 //!
@@ -781,11 +783,14 @@ impl PartitionQueue {
 
     /// Whether the oldest ready batch may leave: within `IN_FLIGHT_BATCHES_PER_PARTITION_MAX`
     /// ordinals of the oldest batch in flight (see `in_flight_ordinals`).
+    /// Whether the next batch to leave (the ready front, else the open batch) is within
+    /// `IN_FLIGHT_BATCHES_PER_PARTITION_MAX` ordinals of the oldest in flight.
     fn window_open(&self) -> bool {
-        let Some(front) = self.ready.front() else {
-            return true;
-        };
-        let ordinal = front.ordinal.unwrap_or(self.next_ordinal);
+        let ordinal = self
+            .ready
+            .front()
+            .and_then(|front| front.ordinal)
+            .unwrap_or(self.next_ordinal);
         self.in_flight_ordinals
             .iter()
             .min()
@@ -925,6 +930,19 @@ async fn run_sender(shared: Arc<Shared>) {
 }
 
 impl Shared {
+    /// Closes a partition's open batch (it joins the ready queue) and tells the partitioner.
+    fn close_open(&self, key: &PartitionKey, queue: &mut PartitionQueue) {
+        if queue.open.is_none() {
+            return;
+        }
+        queue.close_open();
+        if let Some(t) = self.cluster.cached_topic(&key.0) {
+            self.config
+                .partitioner
+                .batch_complete(&key.0, key.1, t.partitions.len() as u32);
+        }
+    }
+
     fn plan(&self, now: Instant) -> Plan {
         let mut state = self.lock();
         let state = &mut *state;
@@ -932,23 +950,25 @@ impl Shared {
         let linger_over = state.flushing > 0 || state.closing;
         let delivery_timeout = self.config.delivery_timeout;
         let mut expired: Vec<(PartitionKey, Batch)> = Vec::new();
-        let mut addresses = HashSet::new();
+        let routes = self.cluster.routes();
+        let mut addresses: HashSet<&str> = HashSet::new();
         let deadline = |at: Instant, plan: &mut Plan| {
             plan.next_deadline = Some(plan.next_deadline.map_or(at, |d| d.min(at)));
         };
         for (key, queue) in state.queues.iter_mut() {
-            // Close the open batch once its linger is over.
+            // An open batch whose linger is over may leave, but stays open (taking records)
+            // until a request has room for it: while every in-flight slot is busy, batches
+            // grow instead of queueing up small (Kafka's accumulator does the same). Only one
+            // that outlived its delivery timeout is closed here, to fail below.
+            let mut lingered = false;
             if let Some(open) = &queue.open {
                 let due = open.created + self.config.linger;
-                if linger_over || due <= now {
-                    queue.close_open();
-                    if let Some(t) = self.cluster.cached_topic(&key.0) {
-                        self.config.partitioner.batch_complete(
-                            &key.0,
-                            key.1,
-                            t.partitions.len() as u32,
-                        );
-                    }
+                let expires = open.created + delivery_timeout;
+                if expires <= now {
+                    self.close_open(key, queue);
+                } else if linger_over || due <= now {
+                    lingered = true;
+                    deadline(expires, &mut plan);
                 } else {
                     deadline(due, &mut plan);
                 }
@@ -967,7 +987,7 @@ impl Shared {
                     expired.push((key.clone(), batch));
                 }
             }
-            if queue.ready.is_empty() {
+            if queue.ready.is_empty() && !lingered {
                 continue;
             }
             if queue.paused {
@@ -990,7 +1010,7 @@ impl Shared {
             if queue.in_flight >= IN_FLIGHT_BATCHES_PER_PARTITION_MAX || !queue.window_open() {
                 continue;
             }
-            match self.cluster.address_of(&key.0, key.1) {
+            match routes.address_of(&key.0, key.1) {
                 Some(address) => {
                     addresses.insert(address);
                 }
@@ -1012,7 +1032,7 @@ impl Shared {
             self.complete(state, batch, Err(error), key.1);
         }
         // Queues stay after they empty: a partition's next sequence number must survive.
-        plan.addresses = addresses.into_iter().collect();
+        plan.addresses = addresses.into_iter().map(str::to_owned).collect();
         plan.stale_topics = state.stale_topics.drain().collect();
         plan.exit = state.closing && state.queues.values().all(PartitionQueue::is_idle);
         plan
@@ -1040,22 +1060,36 @@ impl Shared {
                 )
             })
             .collect();
-        let mut bytes: HashMap<String, usize> = HashMap::new();
+        let mut bytes: HashMap<&str, usize> = HashMap::new();
         let request_max = self.config.request_bytes_max;
+        let linger_over = state.flushing > 0 || state.closing;
+        let routes = self.cluster.routes();
         for (key, queue) in state.queues.iter_mut() {
             if queue.paused || queue.retry_at.is_some_and(|t| t > now) {
                 continue;
             }
-            let Some(address) = self.cluster.address_of(&key.0, key.1) else {
+            let Some(address) = routes.address_of(&key.0, key.1) else {
                 continue;
             };
-            let Some(out) = by_address.get_mut(&address) else {
+            let Some(out) = by_address.get_mut(address) else {
                 continue;
             };
             let used = bytes.entry(address).or_default();
             // One batch per partition per request, as in Kafka: a partition's batches pipeline
             // over requests, and a request's batches are all for different partitions.
             if queue.in_flight < IN_FLIGHT_BATCHES_PER_PARTITION_MAX {
+                if queue.ready.is_empty() {
+                    // The open batch leaves once lingered, with every record that joined it
+                    // while it waited for this slot.
+                    let lingered = queue
+                        .open
+                        .as_ref()
+                        .is_some_and(|o| linger_over || o.created + self.config.linger <= now);
+                    if !lingered {
+                        continue;
+                    }
+                    self.close_open(key, queue);
+                }
                 let Some(front) = queue.ready.front() else {
                     continue;
                 };
