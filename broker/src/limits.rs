@@ -144,6 +144,12 @@ pub const LOG_CLOSES_CONCURRENT: usize = 256;
 /// mostly syncs, which the device serves a few at a time).
 pub const SMALL_FILE_OPS_CONCURRENT: usize = 64;
 
+/// Log flushes in one sync round (`storage/sync.rs`) from which the round is one `syncfs` of
+/// their file system rather than an fdatasync per file. Below it the fdatasyncs run side by
+/// side (the journal merges their commits) and leave the rest of the file system alone; from
+/// it on, one journal commit and one cache flush beat as many device round trips as files.
+pub const SHARED_SYNC_FILES_MIN: usize = 8;
+
 /// Rolls a shard runs at once; each holds the previous segment's descriptor until its
 /// background seal ends.
 pub const SEALS_CONCURRENT: usize = 64;

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{batch, run, stamped, test_dir};
-use sluice_broker::storage::{buffers, cache, files, FlushPolicy, LogConfig, PartitionLog};
+use sluice_broker::storage::{buffers, cache, files, sync, FlushPolicy, LogConfig, PartitionLog};
 
 const LOGS: usize = 500;
 const BATCHES: u64 = 4;
@@ -80,6 +80,13 @@ fn five_hundred_logs_share_the_shards_budgets_and_reopen_without_scans() {
             logs.iter().all(|l| l.segment_count() >= 2),
             "every log rolled"
         );
+        // The logs' flushes shared the shard's sync rounds: far fewer syncs than flushes.
+        let syncs = sync::shard_sync_stats();
+        assert!(syncs.files >= (LOGS as u64) * BATCHES, "{syncs:?}");
+        assert!(
+            (syncs.syncfs_rounds + syncs.fdatasync_rounds) * 2 < syncs.files,
+            "{syncs:?}"
+        );
         // Quiet: no log holds a write buffer; the cache is within the shard's budget.
         assert_eq!(
             buffers::shard_write_buffer_bytes(),
@@ -129,6 +136,56 @@ fn five_hundred_logs_share_the_shards_budgets_and_reopen_without_scans() {
             assert!(report.scanned, "log {i}: no marker after a crash");
             assert_eq!(&read_all(&log).await, want, "log {i} after a crash");
             log.close().await.expect("close");
+        }
+    });
+}
+
+/// Files synced at the same moment share one round: a `syncfs` from
+/// `SHARED_SYNC_FILES_MIN` files on, concurrent fdatasyncs below; a lone file gets its own
+/// fdatasync; each caller returns once its round ran.
+#[test]
+fn concurrent_syncs_share_a_round() {
+    let dir = test_dir("shared-sync");
+    let root = dir.path().to_owned();
+    run(move || async move {
+        let mut files = Vec::new();
+        for i in 0..16 {
+            let path = root.join(format!("f-{i}"));
+            let file = glommio::io::DmaFile::create(&path).await.expect("create");
+            let mut buf = file.alloc_dma_buffer(4096);
+            buf.as_bytes_mut().fill(i as u8);
+            file.write_at(buf, 0).await.expect("write");
+            files.push((std::rc::Rc::new(file), path));
+        }
+        let before = sync::shard_sync_stats();
+        // All sixteen ask at once: the first starts a round (its task may run it at once, for
+        // that one file alone); the others gather into the next, one syncfs.
+        let tasks: Vec<_> = files
+            .iter()
+            .map(|(file, path)| {
+                let (file, path) = (std::rc::Rc::clone(file), path.clone());
+                glommio::spawn_local(async move { sync::sync(&file, &path, false).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("sync");
+        }
+        let after = sync::shard_sync_stats();
+        assert_eq!(after.files - before.files, 16);
+        assert_eq!(after.syncfs_rounds - before.syncfs_rounds, 1, "{after:?}");
+        assert!(
+            after.fdatasync_rounds - before.fdatasync_rounds <= 1,
+            "{after:?}"
+        );
+        // One alone: its own fdatasync.
+        sync::sync(&files[0].0, &files[0].1, false)
+            .await
+            .expect("sync");
+        let alone = sync::shard_sync_stats();
+        assert_eq!(alone.fdatasync_rounds - after.fdatasync_rounds, 1);
+        assert_eq!(alone.syncfs_rounds, after.syncfs_rounds);
+        for (file, _) in files {
+            file.close_rc().await.expect("close");
         }
     });
 }

@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use sluice_client::{
@@ -14,23 +13,7 @@ use sluice_client::{
     ProducerRecord, Seek, TopicPartition,
 };
 
-use common::BrokerProcess as Broker;
-
-/// One HTTP/1.1 request to the broker's metrics address: (status line, body).
-fn get(address: &str, path: &str) -> (String, String) {
-    let mut stream = std::net::TcpStream::connect(address).expect("connect to metrics");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("a response head");
-    (
-        head.lines().next().unwrap_or("").to_string(),
-        body.to_string(),
-    )
-}
+use common::{http_get as get, BrokerProcess as Broker};
 
 /// A sample's identity: its name and sorted labels.
 type Series = (String, BTreeMap<String, String>);

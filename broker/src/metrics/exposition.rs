@@ -218,9 +218,23 @@ impl prometheus_client::collector::Collector for Collector {
         family(
             &mut e,
             "sluice_log_fdatasyncs",
-            "fdatasync calls by flushes.",
+            "Flushes made durable (each in a sync round).",
             Counter,
             per_shard(&|s| s.logs.syncs),
+        )?;
+        family(
+            &mut e,
+            "sluice_log_sync_rounds",
+            "Sync rounds shared by this shard's flushing logs: an fdatasync per file for a few, one syncfs for many.",
+            Counter,
+            per_shard(&|s| s.sync.fdatasync_rounds + s.sync.syncfs_rounds),
+        )?;
+        family(
+            &mut e,
+            "sluice_log_syncfs_rounds",
+            "Sync rounds that were one syncfs of the file system for all their logs.",
+            Counter,
+            per_shard(&|s| s.sync.syncfs_rounds),
         )?;
         family(
             &mut e,

@@ -56,6 +56,8 @@ pub struct ShardSnapshot {
     pub write_seconds: HistogramSnapshot,
     pub sync_seconds: HistogramSnapshot,
     pub cache_bytes: u64,
+    /// The shard's sync rounds (`storage/sync.rs`).
+    pub sync: crate::storage::sync::SyncStats,
     /// Produce requests' and flushes' exact latencies at `latency::EXPOSED_QUANTILES`, seconds.
     pub produce_quantiles: Vec<f64>,
     pub flush_device_quantiles: Vec<f64>,
@@ -156,6 +158,7 @@ pub async fn shard_snapshot(ctx: &ShardContext) -> ShardSnapshot {
         write_seconds,
         sync_seconds,
         cache_bytes,
+        sync: crate::storage::sync::shard_sync_stats(),
         produce_quantiles: m.produce_latency.quantiles_seconds(&EXPOSED_QUANTILES),
         flush_device_quantiles: with_flush_device(|r| r.quantiles_seconds(&EXPOSED_QUANTILES)),
         partitions,
@@ -183,6 +186,7 @@ impl ShardSnapshot {
             write_seconds: HistogramSnapshot::empty(LATENCY_BOUNDS_SECONDS),
             sync_seconds: HistogramSnapshot::empty(LATENCY_BOUNDS_SECONDS),
             cache_bytes: 0,
+            sync: Default::default(),
             produce_quantiles: vec![0.0; EXPOSED_QUANTILES.len()],
             flush_device_quantiles: vec![0.0; EXPOSED_QUANTILES.len()],
             partitions: Vec::new(),

@@ -25,6 +25,7 @@ pub mod log;
 pub mod marker;
 pub mod scan;
 pub mod segment;
+pub mod sync;
 
 pub use config::{CleanupPolicy, FlushPolicy, LogConfig};
 pub use epochs::{EpochEnd, EpochHistory, EpochStart};

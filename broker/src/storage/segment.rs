@@ -105,6 +105,11 @@ pub(crate) async fn read_small_file(path: &Path) -> Result<Option<Vec<u8>>> {
 
 /// Writes a small file durably with direct I/O.
 pub(crate) async fn write_small_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_small_file_then(path, bytes, true).await
+}
+
+/// Writes a small file, and fdatasyncs it when `sync` (else a later sync must cover it).
+async fn write_small_file_then(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
     let _permit = super::files::small_file_permit().await?;
     let file = OpenOptions::new()
         .write(true)
@@ -130,9 +135,11 @@ pub(crate) async fn write_small_file(path: &Path, bytes: &[u8]) -> Result<()> {
     file.truncate(bytes.len() as u64)
         .await
         .map_err(io_error("truncate", path))?;
-    file.fdatasync()
-        .await
-        .map_err(io_error("fdatasync", path))?;
+    if sync {
+        file.fdatasync()
+            .await
+            .map_err(io_error("fdatasync", path))?;
+    }
     file.close().await.map_err(io_error("close", path))
 }
 
@@ -158,6 +165,17 @@ pub(crate) async fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result
         .await
         .map_err(io_error("rename", &path))?;
     sync_dir(dir).await
+}
+
+/// As [`replace_file`], but nothing is synced: the caller's next `syncfs` of the file system
+/// (a sync round with `metadata`, `storage/sync.rs`) makes the file and its name durable.
+pub(crate) async fn replace_file_unsynced(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let temporary = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    write_small_file_then(&temporary, bytes, false).await?;
+    glommio::io::rename(&temporary, &path)
+        .await
+        .map_err(io_error("rename", &path))
 }
 
 pub async fn remove_if_exists(path: &Path) -> Result<()> {
@@ -609,22 +627,41 @@ pub struct ZeroFill {
     to: u64,
 }
 
+thread_local! {
+    /// `ZERO_FILL_CHUNK_BYTES` of zeros, shared by every fill of this shard: a thousand logs
+    /// extending at once write the same buffer instead of allocating a megabyte each.
+    static ZEROS: std::cell::OnceCell<Rc<DmaBuffer>> = const { std::cell::OnceCell::new() };
+}
+
+/// Zeros are written in pieces of this size (the span of a fill is a multiple of it).
+const ZERO_FILL_CHUNK_BYTES: u64 = 256 << 10;
+
 impl ZeroFill {
-    /// Writes the zeros (no fdatasync: the next flush's makes them and the new size durable).
+    /// Writes the zeros (no fdatasync: the next flush's makes them and the new size durable),
+    /// in `ZERO_FILL_CHUNK_BYTES` pieces from the shard's zero buffer.
     pub async fn write(&self) -> Result<()> {
-        if self.to <= self.from {
-            return Ok(());
-        }
-        let len = (self.to - self.from) as usize;
-        let mut zeros = self.file.alloc_dma_buffer(len);
-        zeros.as_bytes_mut().fill(0);
-        let written = self
-            .file
-            .write_at(zeros, self.from)
-            .await
-            .map_err(io_error("write", &self.path))?;
-        if written != len {
-            return Err(short_write(&self.path, written, len));
+        let zeros = ZEROS.with(|z| {
+            Rc::clone(z.get_or_init(|| {
+                let mut zeros = self.file.alloc_dma_buffer(ZERO_FILL_CHUNK_BYTES as usize);
+                zeros.as_bytes_mut().fill(0);
+                Rc::new(zeros)
+            }))
+        });
+        let mut at = self.from;
+        while at < self.to {
+            let written = self
+                .file
+                .write_rc_at(Rc::clone(&zeros), at)
+                .await
+                .map_err(io_error("write", &self.path))?;
+            if written != ZERO_FILL_CHUNK_BYTES as usize {
+                return Err(short_write(
+                    &self.path,
+                    written,
+                    ZERO_FILL_CHUNK_BYTES as usize,
+                ));
+            }
+            at += ZERO_FILL_CHUNK_BYTES;
         }
         Ok(())
     }
@@ -1204,7 +1241,9 @@ impl ActiveSegment {
             return None;
         }
         let from = align_up(self.file_size);
-        let to = align_up(job_end.next_multiple_of(ahead.max(DMA_ALIGNMENT)));
+        // Whole chunks from `from`, reaching at least `ahead` past the job's end's multiple.
+        let target = job_end.next_multiple_of(ahead.max(DMA_ALIGNMENT));
+        let to = from + (target.saturating_sub(from)).next_multiple_of(ZERO_FILL_CHUNK_BYTES);
         Some(ZeroFill {
             file: Rc::clone(&self.file),
             path: self.paths.log.clone(),
