@@ -116,6 +116,9 @@ struct PartitionsArgs {
     /// `always` or `never` (no fdatasync: what durability costs at each partition count).
     #[arg(long, default_value = "interval", value_parser = ["interval", "always", "never"])]
     flush: String,
+    /// The producer's linger in ms (the client's default: 5), the same for every count.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    linger_ms: u64,
     /// The embedded broker's mode: throughput or latency.
     #[arg(long, default_value = "throughput", value_parser = ["throughput", "latency"])]
     mode: String,
@@ -1393,12 +1396,13 @@ fn partitions_scenario(args: PartitionsArgs) -> Result<(), String> {
             .filter(|&n| n > 0)
             .collect(),
         flush: args.flush,
+        linger_ms: args.linger_ms,
     };
     let result = partitions::run(&params, &args.dir)?;
     for run in &result.produce {
         println!(
-            "produce over {:>5} partitions: {:>7.1} MB/s, {:.2} of the first (load {:.1})",
-            run.partitions, run.mb_s, run.ratio_to_first, run.load_avg_1m
+            "produce over {:>5} partitions: {:>7.1} MB/s, {:.2} of the first, {:.1} records a batch, {:.1} flushes a sync (load {:.1})",
+            run.partitions, run.mb_s, run.ratio_to_first, run.records_per_batch, run.flushes_per_sync_round, run.load_avg_1m
         );
     }
     for idle in &result.idle {

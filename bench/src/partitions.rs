@@ -40,6 +40,8 @@ pub struct PartitionsParams {
     pub idle_partitions: Vec<u32>,
     /// The brokers' default flush policy.
     pub flush: String,
+    /// The producer's linger (the client's default is 5 ms).
+    pub linger_ms: u64,
 }
 
 impl Default for PartitionsParams {
@@ -52,6 +54,7 @@ impl Default for PartitionsParams {
             keys: 100_000,
             idle_partitions: vec![10, 1_000, 10_000],
             flush: "interval".into(),
+            linger_ms: 5,
         }
     }
 }
@@ -65,6 +68,28 @@ pub struct ProduceRun {
     /// MB/s over the first run's MB/s.
     pub ratio_to_first: f64,
     pub load_avg_1m: f64,
+    /// Records per batch the broker appended (from its counters).
+    pub records_per_batch: f64,
+    /// Flushes made durable per sync round the shards ran: how many logs one sync served.
+    pub flushes_per_sync_round: f64,
+}
+
+/// The broker's counters a produce run moves.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    appends: f64,
+    syncs: f64,
+    rounds: f64,
+}
+
+fn counters(broker: &Broker) -> Result<Counters, String> {
+    let (_, body) = crate::scrape::scrape(&broker.metrics)?;
+    let sum = |name| crate::scrape::counter_sum(&body, name);
+    Ok(Counters {
+        appends: sum("sluice_log_appends_total"),
+        syncs: sum("sluice_log_fdatasyncs_total"),
+        rounds: sum("sluice_log_sync_rounds_total"),
+    })
 }
 
 /// One idle broker's memory.
@@ -179,9 +204,13 @@ async fn produce(
     params: &PartitionsParams,
     bytes: u64,
 ) -> Result<f64, String> {
-    let producer = Producer::new(ProducerConfig::new(client(broker)).acks(Acks::Leader))
-        .await
-        .map_err(|e| e.to_string())?;
+    let producer = Producer::new(
+        ProducerConfig::new(client(broker))
+            .acks(Acks::Leader)
+            .linger(Duration::from_millis(params.linger_ms)),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let value = bytes::Bytes::from(vec![b'v'; params.record_bytes]);
     let records = bytes / params.record_bytes as u64;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Delivery>(65_536);
@@ -242,21 +271,27 @@ pub fn run(params: &PartitionsParams, dir: &std::path::Path) -> Result<Partition
         let broker = Broker::start(dir, &params.mode, &flush_args(params))?;
         for &partitions in &params.produce_partitions {
             let topic = format!("produce-{partitions}");
-            let mb_s = runtime.block_on(async {
+            let (mb_s, before, after) = runtime.block_on(async {
                 create_served(&broker, &topic, partitions).await?;
-                produce(&broker, &topic, params, bytes).await
+                let before = counters(&broker)?;
+                let mb_s = produce(&broker, &topic, params, bytes).await?;
+                Ok::<_, String>((mb_s, before, counters(&broker)?))
             })?;
             let first = result.produce.first().map_or(mb_s, |r| r.mb_s);
+            let records = (bytes / params.record_bytes as u64) as f64;
             let run = ProduceRun {
                 partitions,
                 bytes,
                 mb_s,
                 ratio_to_first: mb_s / first,
                 load_avg_1m: load_avg_1m(),
+                records_per_batch: records / (after.appends - before.appends).max(1.0),
+                flushes_per_sync_round: (after.syncs - before.syncs)
+                    / (after.rounds - before.rounds).max(1.0),
             };
             eprintln!(
-                "produce over {partitions} partitions: {mb_s:.1} MB/s ({:.2} of the first), load {:.1}",
-                run.ratio_to_first, run.load_avg_1m
+                "produce over {partitions} partitions: {mb_s:.1} MB/s ({:.2} of the first), {:.1} records a batch, {:.1} flushes a sync, load {:.1}",
+                run.ratio_to_first, run.records_per_batch, run.flushes_per_sync_round, run.load_avg_1m
             );
             result.produce.push(run);
         }

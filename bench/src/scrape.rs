@@ -57,7 +57,7 @@ pub struct ScrapeResult {
 }
 
 /// One `GET /metrics`: (duration, body).
-fn scrape(address: &str) -> Result<(Duration, String), String> {
+pub(crate) fn scrape(address: &str) -> Result<(Duration, String), String> {
     let started = Instant::now();
     let mut stream =
         std::net::TcpStream::connect(address).map_err(|e| format!("{address}: {e}"))?;
@@ -83,6 +83,17 @@ fn scrape(address: &str) -> Result<(Duration, String), String> {
         ));
     }
     Ok((elapsed, body.to_string()))
+}
+
+/// The sum over shards of a per-shard counter (`name{shard="…"} value` lines).
+pub fn counter_sum(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// The broker's produce latency buckets, summed over shards: (upper bound in seconds,
