@@ -660,6 +660,15 @@ fn print_probe(p: &probe::ProbeResult) {
         p.disk_dsync_4k_rate
             .map_or("back to back".to_string(), |r| format!("{r}/s"))
     );
+    if let (Some(p99), Some(p999)) = (
+        p.disk_dsync_4k_open_loop_p99_us,
+        p.disk_dsync_4k_open_loop_p999_us,
+    ) {
+        println!(
+            "  O_DSYNC 4 KiB write, from due time  p99 {p99} p99.9 {p999} us (max single write {} us)",
+            p.disk_dsync_4k_max_us
+        );
+    }
 }
 
 fn storage(args: StorageArgs) -> Result<(), String> {
@@ -1019,6 +1028,12 @@ fn print_client(
             l.count,
             l.p99_us as i64 - probe.disk_dsync_4k_p99_us as i64
         );
+        if let Some(open_loop) = probe.disk_dsync_4k_open_loop_p99_us {
+            println!(
+                "  broker's own produce p99 - probe O_DSYNC 4 KiB p99 from due time = {} us",
+                l.p99_us as i64 - open_loop as i64
+            );
+        }
     }
     if let Some(l) = &result.broker_flush_device {
         println!(

@@ -211,6 +211,9 @@ pub struct ClientRatios {
     /// The broker's own produce p99 minus the probe's durable 4 KiB write p99, in µs (issue
     /// 16's target in latency mode: at most 250). Null when the broker's figure is missing.
     pub broker_produce_p99_minus_dsync_4k_p99_us: Option<i64>,
+    /// The same against the probe's p99 from each write's due time (paced runs): the device's
+    /// stalls counted as a paced producer meets them. Null when either figure is missing.
+    pub broker_produce_p99_minus_dsync_4k_open_loop_p99_us: Option<i64>,
 }
 
 fn client_ratios(
@@ -228,6 +231,12 @@ fn client_ratios(
             .as_ref()
             .filter(|l| l.count > 0 && probe.disk_dsync_4k_writes > 0)
             .map(|l| l.p99_us as i64 - probe.disk_dsync_4k_p99_us as i64),
+        broker_produce_p99_minus_dsync_4k_open_loop_p99_us: result
+            .broker_produce
+            .as_ref()
+            .filter(|l| l.count > 0)
+            .zip(probe.disk_dsync_4k_open_loop_p99_us)
+            .map(|(l, open_loop)| l.p99_us as i64 - open_loop as i64),
     }
 }
 

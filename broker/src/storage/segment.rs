@@ -633,8 +633,10 @@ thread_local! {
     static ZEROS: std::cell::OnceCell<Rc<DmaBuffer>> = const { std::cell::OnceCell::new() };
 }
 
-/// Zeros are written in pieces of this size (the span of a fill is a multiple of it).
-const ZERO_FILL_CHUNK_BYTES: u64 = 256 << 10;
+/// Zeros are written in pieces of this size (the span of a fill is a multiple of it): one
+/// write per fill of `SEGMENT_PREALLOCATE_BYTES`, since each write-through (`O_DSYNC`) piece
+/// that extends the file costs a journal commit.
+const ZERO_FILL_CHUNK_BYTES: u64 = crate::limits::SEGMENT_PREALLOCATE_BYTES;
 
 impl ZeroFill {
     /// Writes the zeros (no fdatasync: the next flush's makes them and the new size durable),
