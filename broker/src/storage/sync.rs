@@ -29,7 +29,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -55,7 +55,7 @@ type Outcome = std::result::Result<(), (Option<i32>, String)>;
 
 /// One round: the files to make durable, and its outcome once it ran.
 struct Round {
-    files: RefCell<Vec<(Rc<DmaFile>, PathBuf)>>,
+    files: RefCell<Vec<Rc<DmaFile>>>,
     /// A member also needs file-system metadata durable (a file it renamed into place).
     metadata: Cell<bool>,
     done: Latch,
@@ -115,10 +115,7 @@ pub async fn sync(file: &Rc<DmaFile>, path: &Path, metadata: bool) -> Result<()>
                 outcome: RefCell::new(None),
             })
         });
-        round
-            .files
-            .borrow_mut()
-            .push((Rc::clone(file), path.to_path_buf()));
+        round.files.borrow_mut().push(Rc::clone(file));
         if metadata {
             round.metadata.set(true);
         }
@@ -181,7 +178,7 @@ async fn run_rounds(device: u64) {
 
 /// Runs a round: one `syncfs` when `whole`, else an fdatasync per file.
 async fn run_round(
-    files: &[(Rc<DmaFile>, PathBuf)],
+    files: &[Rc<DmaFile>],
     whole: bool,
     handle: Arc<std::fs::File>,
 ) -> std::io::Result<()> {
@@ -202,7 +199,7 @@ async fn run_round(
     // The fdatasyncs run side by side: each in a task of its own, awaited in turn.
     let tasks: Vec<_> = files
         .iter()
-        .map(|(file, _)| {
+        .map(|file| {
             let file = Rc::clone(file);
             glommio::spawn_local(async move { file.fdatasync().await })
         })
