@@ -179,6 +179,19 @@ fn api_versions_lists_what_is_served_at_every_version() {
     let answer = ApiVersionsResponse::decode(&mut response, 0).unwrap();
     assert_eq!(answer.error_code, 35, "UNSUPPORTED_VERSION");
     assert!(!answer.api_keys.is_empty());
+    // The five requests are in the Kafka request metrics (counted once each response is
+    // written, so just after the client has it), latency histogram included.
+    let series = |name: &str| {
+        let (_, body) = common::http_get(&broker.metrics, "/metrics");
+        body.lines()
+            .filter(|l| l.starts_with(name) && l.contains("api=\"ApiVersions\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    common::cluster::wait_until("five ApiVersions counted", Duration::from_secs(10), || {
+        series("sluice_kafka_requests_total{") == 5.0
+    });
+    assert_eq!(series("sluice_kafka_request_duration_seconds_count{"), 5.0);
 }
 
 #[test]

@@ -16,7 +16,7 @@ use glommio::net::TcpStream;
 
 use crate::limits::{KAFKA_FRAME_BYTES_MAX, KAFKA_FRAME_BYTES_MIN};
 use crate::notify::Listener;
-use crate::server::connection::{open, Opened, Pending};
+use crate::server::connection::{open, Opened, Pending, RequestApi};
 use crate::server::context::ShardContext;
 
 /// Serves one Kafka connection until the client closes it, a frame is refused, or the shard
@@ -64,8 +64,8 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
         if watch.read_exact(&mut reader, &mut frame).await.is_err() {
             break;
         }
-        let task = match super::dispatch(&ctx, &client, bytes::Bytes::from(frame)).await {
-            Ok(task) => task,
+        let (api, task) = match super::dispatch(&ctx, &client, bytes::Bytes::from(frame)).await {
+            Ok(handled) => handled,
             Err(reason) => {
                 tracing::debug!(%reason, "kafka: refused request; closing");
                 ctx.metrics.error(None, "KafkaMalformedRequest");
@@ -75,7 +75,7 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
         drop(permit);
         let pending = Pending {
             task,
-            api_key: None,
+            api: Some(RequestApi::Kafka(api)),
             started,
         };
         if pending_tx.send(pending).await.is_err() {

@@ -106,19 +106,32 @@ pub struct Client {
     pub host: String,
 }
 
-/// Parses a frame and starts its handler. Produce appends here, in the connection's reader,
-/// so a connection's batches reach each log in order.
+/// Parses a frame and starts its handler; returns it with the request's API (for the request
+/// metrics). Produce appends here, in the connection's reader, so a connection's batches reach
+/// each log in order.
 pub async fn dispatch(
     ctx: &Rc<ShardContext>,
     client: &Client,
     frame: Bytes,
-) -> Result<Handled, CloseReason> {
-    let mut frame = match frame::parse(frame)? {
+) -> Result<(ApiKey, Handled), CloseReason> {
+    let frame = match frame::parse(frame)? {
         frame::Parsed::Request(frame) => frame,
         frame::Parsed::ApiVersionsFallback { correlation_id } => {
-            return Ok(ready(versions::unsupported_version(correlation_id)))
+            return Ok((
+                ApiKey::ApiVersions,
+                ready(versions::unsupported_version(correlation_id)),
+            ))
         }
     };
+    let api = frame.api;
+    Ok((api, handle(ctx, client, frame).await?))
+}
+
+async fn handle(
+    ctx: &Rc<ShardContext>,
+    client: &Client,
+    mut frame: RequestFrame,
+) -> Result<Handled, CloseReason> {
     let ctx = Rc::clone(ctx);
     let (version, id) = (frame.version, frame.correlation_id);
     Ok(match frame.api {

@@ -147,6 +147,32 @@ impl prometheus_client::collector::Collector for Collector {
                     })
             }),
         )?;
+        family(
+            &mut e,
+            "sluice_kafka_requests",
+            "Kafka-protocol requests handled, by shard and Kafka API.",
+            Counter,
+            shards.iter().flat_map(|s| {
+                s.kafka_requests.iter().map(move |(api, n, _)| {
+                    let mut l = shard_label(s);
+                    l.push(("api", api.clone()));
+                    (l, Value::Counter(*n))
+                })
+            }),
+        )?;
+        family(
+            &mut e,
+            "sluice_kafka_request_duration_seconds",
+            "Kafka-protocol frame in to response out (Produce: to the acknowledgement), by shard and Kafka API.",
+            Histogram,
+            shards.iter().flat_map(|s| {
+                s.kafka_requests.iter().map(move |(api, _, h)| {
+                    let mut l = shard_label(s);
+                    l.push(("api", api.clone()));
+                    (l, Value::Histogram(h))
+                })
+            }),
+        )?;
         // Connections and buffers.
         family(
             &mut e,

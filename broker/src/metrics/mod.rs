@@ -29,6 +29,7 @@ use std::time::Instant;
 
 use sluice_protocol::native::{ApiKey, ErrorCode};
 
+use crate::server::connection::RequestApi;
 use crate::storage::{LogStats, PartitionLog};
 use histogram::{HistogramSnapshot, LocalHistogram, LATENCY_BOUNDS_SECONDS, SIZE_BOUNDS_BYTES};
 
@@ -107,6 +108,9 @@ pub struct ShardMetrics {
     retired: RefCell<RetiredLogs>,
     /// Produce requests' frame-in to response-out, exactly (`latency.rs`).
     pub produce_latency: latency::LatencyRecorder,
+    /// Kafka-listener requests handled and their frame-in to response-out, by Kafka API (only
+    /// the APIs served: at most `kafka::versions`' table).
+    kafka: RefCell<BTreeMap<i16, (u64, LocalHistogram)>>,
 }
 
 impl Default for ShardMetrics {
@@ -124,6 +128,7 @@ impl Default for ShardMetrics {
             sendfile_bytes: Cell::new(0),
             retired: RefCell::default(),
             produce_latency: latency::LatencyRecorder::new(),
+            kafka: RefCell::default(),
         }
     }
 }
@@ -133,9 +138,36 @@ fn add(cell: &Cell<u64>, n: u64) {
 }
 
 impl ShardMetrics {
-    /// A request of `api` (its raw key) answered (or, for `acks = None`, finished) `started`
-    /// after its frame arrived.
-    pub fn request_done(&self, api_key: u16, started: Instant) {
+    /// A request of `api` answered (or, for `acks = None`, finished) `started` after its frame
+    /// arrived.
+    pub(crate) fn request_done(&self, api: RequestApi, started: Instant) {
+        match api {
+            RequestApi::Native(key) => self.native_request_done(key, started),
+            RequestApi::Kafka(key) => {
+                let mut kafka = self.kafka.borrow_mut();
+                let (count, latency) = kafka
+                    .entry(key as i16)
+                    .or_insert_with(|| (0, LocalHistogram::new(LATENCY_BOUNDS_SECONDS)));
+                *count += 1;
+                latency.observe(started.elapsed().as_secs_f64());
+            }
+        }
+    }
+
+    /// Kafka-listener requests by API name: (name, count, latency).
+    pub fn kafka_requests(&self) -> Vec<(String, u64, HistogramSnapshot)> {
+        self.kafka
+            .borrow()
+            .iter()
+            .map(|(key, (count, latency))| {
+                let name = kafka_protocol::messages::ApiKey::try_from(*key)
+                    .map_or_else(|()| key.to_string(), |api| format!("{api:?}"));
+                (name, *count, latency.snapshot())
+            })
+            .collect()
+    }
+
+    fn native_request_done(&self, api_key: u16, started: Instant) {
         let Some(api) = ApiKey::from_u16(api_key) else {
             return;
         };

@@ -41,6 +41,8 @@ pub struct ShardSnapshot {
     pub shard: u32,
     /// By API name: requests handled and their frame-in to response-out latency.
     pub requests: Vec<(&'static str, u64, HistogramSnapshot)>,
+    /// The same for the Kafka listener, by Kafka API name.
+    pub kafka_requests: Vec<(String, u64, HistogramSnapshot)>,
     /// (api, code, count).
     pub errors: Vec<(&'static str, &'static str, u64)>,
     pub connections_accepted: u64,
@@ -145,6 +147,7 @@ pub async fn shard_snapshot(ctx: &ShardContext) -> ShardSnapshot {
     ShardSnapshot {
         shard: ctx.shard,
         requests,
+        kafka_requests: m.kafka_requests(),
         errors,
         connections_accepted: m.connections_accepted.get(),
         connections_open: m.connections_open.get(),
@@ -173,6 +176,7 @@ impl ShardSnapshot {
         ShardSnapshot {
             shard,
             requests: Vec::new(),
+            kafka_requests: Vec::new(),
             errors: Vec::new(),
             connections_accepted: 0,
             connections_open: 0,

@@ -31,9 +31,17 @@ use crate::storage::SendChunk;
 /// its frame could be read) and when its frame arrived.
 pub(crate) struct Pending {
     pub task: JoinHandle<Option<Response>>,
-    /// The native API, for the request metrics.
-    pub api_key: Option<u16>,
+    /// The API, for the request metrics.
+    pub api: Option<RequestApi>,
     pub started: Instant,
+}
+
+/// Which protocol's API a request asked for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RequestApi {
+    /// A native API's raw key.
+    Native(u16),
+    Kafka(kafka_protocol::messages::ApiKey),
 }
 
 fn frame_error_name(code: FrameError) -> &'static str {
@@ -117,7 +125,7 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
             let _ = pending_tx
                 .send(Pending {
                     task,
-                    api_key: None,
+                    api: None,
                     started,
                 })
                 .await;
@@ -165,7 +173,7 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
         drop(permit);
         let pending = Pending {
             task,
-            api_key,
+            api: api_key.map(RequestApi::Native),
             started,
         };
         if pending_tx.send(pending).await.is_err() {
@@ -190,7 +198,7 @@ fn spawn_writer(
         while let Some(pending) = pending_rx.recv().await {
             let Some(Some(response)) = pending.task.await else {
                 // No response (a produce with acks = None): done when handled.
-                if let Some(api) = pending.api_key {
+                if let Some(api) = pending.api {
                     metrics.request_done(api, pending.started);
                 }
                 continue;
@@ -224,7 +232,7 @@ fn spawn_writer(
                 return;
             }
             metrics.sent(memory, file);
-            if let Some(api) = pending.api_key {
+            if let Some(api) = pending.api {
                 metrics.request_done(api, pending.started);
             }
         }
