@@ -84,7 +84,7 @@ struct Counters {
 
 fn counters(broker: &Broker) -> Result<Counters, String> {
     let (_, body) = crate::scrape::scrape(&broker.metrics)?;
-    let sum = |name| crate::scrape::counter_sum(&body, name);
+    let sum = |name| sluice_broker::metrics::exposition::counter_sum(&body, name);
     Ok(Counters {
         appends: sum("sluice_log_appends_total"),
         syncs: sum("sluice_log_fdatasyncs_total"),

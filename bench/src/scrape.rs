@@ -85,17 +85,6 @@ pub(crate) fn scrape(address: &str) -> Result<(Duration, String), String> {
     Ok((elapsed, body.to_string()))
 }
 
-/// The sum over shards of a per-shard counter (`name{shard="…"} value` lines).
-pub fn counter_sum(body: &str, name: &str) -> f64 {
-    body.lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// The broker's produce latency buckets, summed over shards: (upper bound in seconds,
 /// cumulative count), in bound order.
 pub fn produce_buckets(body: &str) -> Vec<(f64, f64)> {

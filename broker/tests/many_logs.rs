@@ -164,7 +164,10 @@ fn concurrent_syncs_share_a_round() {
             .iter()
             .map(|(file, path)| {
                 let (file, path) = (std::rc::Rc::clone(file), path.clone());
-                glommio::spawn_local(async move { sync::sync(&file, &path, false).await })
+                glommio::spawn_local(async move {
+                    let device = sync::device_of(&file, &path)?;
+                    sync::sync(&file, &path, device, false).await
+                })
             })
             .collect();
         for task in tasks {
@@ -178,7 +181,8 @@ fn concurrent_syncs_share_a_round() {
             "{after:?}"
         );
         // One alone: its own fdatasync.
-        sync::sync(&files[0].0, &files[0].1, false)
+        let device = sync::device_of(&files[0].0, &files[0].1).expect("device");
+        sync::sync(&files[0].0, &files[0].1, device, false)
             .await
             .expect("sync");
         let alone = sync::shard_sync_stats();

@@ -614,6 +614,20 @@ impl prometheus_client::collector::Collector for Collector {
     }
 }
 
+/// The sum over shards of a per-shard counter in an exposition this module wrote
+/// (`name{shard="…"} value` lines; `name` with its `_total`): what a benchmark or a test reads
+/// from `/metrics`.
+pub fn counter_sum(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

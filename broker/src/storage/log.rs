@@ -406,6 +406,8 @@ struct LogInner {
     /// Retention limits (time, bytes): the configuration's at open, changed by
     /// [`PartitionLog::set_retention`] when the topic's settings change.
     retention: std::cell::Cell<(Option<Duration>, Option<u64>)>,
+    /// The device of the file system holding the log (its sync rounds'), once first synced.
+    device: std::cell::Cell<Option<u64>>,
 }
 
 /// One partition's log. Cheap to clone; every clone is the same log. Lives on one shard.
@@ -599,6 +601,7 @@ impl PartitionLog {
             stats: Default::default(),
             flushes: FlushObserver::default(),
             retention,
+            device: std::cell::Cell::new(None),
         });
         let flusher = glommio::spawn_local(flusher_loop(Rc::downgrade(&inner))).detach();
         *inner.flusher.borrow_mut() = Some(flusher);
@@ -1804,10 +1807,14 @@ async fn read_high_watermark(dir: &Path) -> Result<Option<u64>> {
 }
 
 impl LogInner {
-    /// Writes the leader-epoch history's checkpoint if it changed since the last one.
-    /// Writes the epoch checkpoint if it changed, without syncing it; returns whether it did
-    /// (the caller's sync round must then cover metadata).
-    async fn write_epochs_unsynced_if_dirty(&self) -> Result<bool> {
+    /// Writes the leader-epoch history's checkpoint if it changed since the last one (durably).
+    async fn checkpoint_epochs_if_dirty(&self) -> Result<()> {
+        self.write_epochs_if_dirty(true).await.map(drop)
+    }
+
+    /// Writes the epoch checkpoint if it changed; returns whether it did. With `sync` it is
+    /// durable on return; without, the caller's sync round must cover metadata.
+    async fn write_epochs_if_dirty(&self, sync: bool) -> Result<bool> {
         let bytes = {
             let mut state = self.state.borrow_mut();
             if !state.epochs_dirty {
@@ -1816,27 +1823,15 @@ impl LogInner {
             state.epochs_dirty = false;
             state.epochs.encode()
         };
-        let written = replace_file_unsynced(&self.dir, EPOCH_CHECKPOINT_FILE, &bytes).await;
+        let written = if sync {
+            replace_file(&self.dir, EPOCH_CHECKPOINT_FILE, &bytes).await
+        } else {
+            replace_file_unsynced(&self.dir, EPOCH_CHECKPOINT_FILE, &bytes).await
+        };
         if written.is_err() {
             self.state.borrow_mut().epochs_dirty = true;
         }
         written.map(|()| true)
-    }
-
-    async fn checkpoint_epochs_if_dirty(&self) -> Result<()> {
-        let bytes = {
-            let mut state = self.state.borrow_mut();
-            if !state.epochs_dirty {
-                return Ok(());
-            }
-            state.epochs_dirty = false;
-            state.epochs.encode()
-        };
-        let written = replace_file(&self.dir, EPOCH_CHECKPOINT_FILE, &bytes).await;
-        if written.is_err() {
-            self.state.borrow_mut().epochs_dirty = true;
-        }
-        written
     }
 
     /// Ends a roll or truncation: appends may go on; a failure stops the log.
@@ -1895,23 +1890,31 @@ impl LogInner {
             // A new epoch's start is on disk before any of its data is reported durable: with a
             // sync, the checkpoint is written unsynced first and the same round (a syncfs, then)
             // makes both durable; without one, it is synced on its own.
-            let times = if sync {
-                let started = Instant::now();
-                write_job(&job).await?;
-                let written = Instant::now();
-                let metadata = self.write_epochs_unsynced_if_dirty().await?;
-                super::sync::sync(&job.file, &job.path, metadata).await?;
-                (
-                    written.duration_since(started).as_micros() as u64,
-                    written.elapsed().as_micros() as u64,
-                )
+            let started = Instant::now();
+            write_job(&job).await?;
+            let written = Instant::now();
+            if sync {
+                let metadata = self.write_epochs_if_dirty(false).await?;
+                let device = match self.device.get() {
+                    Some(device) => device,
+                    None => {
+                        let device = super::sync::device_of(&job.file, &job.path)?;
+                        self.device.set(Some(device));
+                        device
+                    }
+                };
+                super::sync::sync(&job.file, &job.path, device, metadata).await?;
             } else {
-                let started = Instant::now();
-                write_job(&job).await?;
-                let times = (started.elapsed().as_micros() as u64, 0);
                 self.checkpoint_epochs_if_dirty().await?;
-                times
-            };
+            }
+            let times = (
+                written.duration_since(started).as_micros() as u64,
+                if sync {
+                    written.elapsed().as_micros() as u64
+                } else {
+                    0
+                },
+            );
             Ok::<_, StorageError>(times)
         }
         .await;

@@ -154,30 +154,32 @@ fn short_write(path: &Path, written: usize, wanted: usize) -> StorageError {
     }
 }
 
-/// Removes a file, ignoring that it may not exist.
 /// Replaces `dir/name` with `bytes` atomically: a durable temporary file renamed over it, then
 /// the directory synced. A crash leaves the old file or the new one, never a mix.
 pub(crate) async fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let temporary = dir.join(format!("{name}.tmp"));
-    let path = dir.join(name);
-    write_small_file(&temporary, bytes).await?;
-    glommio::io::rename(&temporary, &path)
-        .await
-        .map_err(io_error("rename", &path))?;
-    sync_dir(dir).await
+    replace_file_then(dir, name, bytes, true).await
 }
 
 /// As [`replace_file`], but nothing is synced: the caller's next `syncfs` of the file system
 /// (a sync round with `metadata`, `storage/sync.rs`) makes the file and its name durable.
 pub(crate) async fn replace_file_unsynced(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let temporary = dir.join(format!("{name}.tmp"));
-    let path = dir.join(name);
-    write_small_file_then(&temporary, bytes, false).await?;
-    glommio::io::rename(&temporary, &path)
-        .await
-        .map_err(io_error("rename", &path))
+    replace_file_then(dir, name, bytes, false).await
 }
 
+async fn replace_file_then(dir: &Path, name: &str, bytes: &[u8], sync: bool) -> Result<()> {
+    let temporary = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    write_small_file_then(&temporary, bytes, sync).await?;
+    glommio::io::rename(&temporary, &path)
+        .await
+        .map_err(io_error("rename", &path))?;
+    if sync {
+        sync_dir(dir).await?;
+    }
+    Ok(())
+}
+
+/// Removes a file, ignoring that it may not exist.
 pub async fn remove_if_exists(path: &Path) -> Result<()> {
     match glommio::io::remove(path).await {
         Ok(()) => Ok(()),

@@ -85,8 +85,8 @@ pub fn shard_sync_stats() -> SyncStats {
 /// shard's next round for its file system. With `metadata`, also every change to the file
 /// system made before this call (files written without a sync and renamed into place): the
 /// round is then a `syncfs` whatever its size.
-pub async fn sync(file: &Rc<DmaFile>, path: &Path, metadata: bool) -> Result<()> {
-    let device = device_of(file, path)?;
+/// `device` is the file system's ([`device_of`]; a log's files all share one).
+pub async fn sync(file: &Rc<DmaFile>, path: &Path, device: u64, metadata: bool) -> Result<()> {
     let (round, drive) = FILE_SYSTEMS.with(|systems| -> Result<(Rc<Round>, bool)> {
         let mut systems = systems.borrow_mut();
         let system = match systems.entry(device) {
@@ -214,7 +214,7 @@ async fn run_round(
 }
 
 /// The device id of the file system holding `file`.
-fn device_of(file: &DmaFile, path: &Path) -> Result<u64> {
+pub fn device_of(file: &DmaFile, path: &Path) -> Result<u64> {
     let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: fstat writes a `stat` into the buffer on success; the descriptor is open while
     // `file` is borrowed.

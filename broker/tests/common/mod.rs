@@ -480,14 +480,8 @@ pub fn http_get(address: &str, path: &str) -> (String, String) {
     )
 }
 
-/// The sum over a broker's shards of a per-shard counter (`name{shard="…"} value` lines).
+/// The sum over a broker's shards of a per-shard counter, read from its `/metrics`.
 pub fn shard_counter_sum(metrics_address: &str, name: &str) -> f64 {
     let (_, body) = http_get(metrics_address, "/metrics");
-    body.lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    sluice_broker::metrics::exposition::counter_sum(&body, name)
 }
