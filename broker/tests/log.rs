@@ -84,6 +84,86 @@ fn append_read_round_trip_and_reopen() {
     });
 }
 
+/// The active segment's `.log` file under `dir` (the one file not yet sealed: the newest).
+fn active_segment_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    logs.pop().expect("a segment file")
+}
+
+/// Throughput mode (interval flushes) allocates its active segment ahead of the data with
+/// `fallocate`, so flushes overwrite allocated blocks instead of growing the file: the file is
+/// longer than its data, by at most `SEGMENT_PREALLOCATE_BYTES`, with blocks allocated behind
+/// it. A crash leaves the allocated tail, which reads as zeros and which recovery treats as
+/// padding; a clean close truncates the file to its data.
+#[test]
+fn throughput_mode_allocates_ahead_and_recovery_and_close_cut_it() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = test_dir("allocate-ahead");
+    let path = dir.path().join("t-0");
+    let config = LogConfig {
+        flush: FlushPolicy::Interval {
+            interval: Duration::from_millis(1),
+            bytes: 1 << 20,
+        },
+        ..small_config()
+    };
+    run(move || async move {
+        let (log, _) = PartitionLog::open(&path, config.clone()).await.unwrap();
+        let mut expected = Vec::new();
+        for i in 0..20u64 {
+            let bytes = batch(i, 2, 300, 1000 + i as i64);
+            let appended = log.append_durable(&bytes, 3).await.unwrap();
+            expected.push(stamped(bytes, appended.base_offset, 3));
+        }
+        let data: u64 = expected.iter().map(|b| b.len() as u64).sum();
+        let file = active_segment_file(&path);
+        let meta = std::fs::metadata(&file).unwrap();
+        assert!(
+            meta.len() >= data.next_multiple_of(4096) + 4096,
+            "allocated ahead: file {} bytes for {data} bytes of data",
+            meta.len()
+        );
+        assert!(meta.len() <= data.next_multiple_of(4096) + (1 << 20));
+        assert!(
+            meta.blocks() * 512 >= meta.len(),
+            "the blocks are allocated, not a hole: {} of {}",
+            meta.blocks() * 512,
+            meta.len()
+        );
+        let end = log.next_offset();
+        // A crash: the log is dropped without closing, its file left as it is.
+        drop(log);
+
+        let (log, report) = PartitionLog::open(&path, config.clone()).await.unwrap();
+        assert_eq!(report.log_end, end);
+        let read = log.read(0, 1 << 20).await.unwrap();
+        assert_eq!(
+            read.to_vec(),
+            expected.concat(),
+            "every batch, nothing after"
+        );
+        let next = log
+            .append_durable(&batch(99, 1, 50, 5000), 3)
+            .await
+            .unwrap();
+        assert_eq!(next.base_offset, end);
+        log.close().await.unwrap();
+        let file = active_segment_file(&path);
+        let len = std::fs::metadata(&file).unwrap().len();
+        let (log, report) = PartitionLog::open(&path, config).await.unwrap();
+        assert_eq!(report.log_end, end + 1);
+        assert_eq!(report.tail.truncated_bytes, 0);
+        let read = log.read(0, 1 << 20).await.unwrap().to_vec();
+        assert_eq!(len, read.len() as u64, "closing cut the allocated tail");
+        log.close().await.unwrap();
+    });
+}
+
 #[test]
 fn bad_input_is_a_typed_error_and_changes_nothing() {
     let dir = test_dir("badinput");

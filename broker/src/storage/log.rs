@@ -50,8 +50,9 @@ use super::marker::MARKER_FILE;
 use super::scan::parse_segment_file_name;
 use super::segment::{
     find_batch_position, locate_batches, read_batches, read_small_file, remove_if_exists,
-    replace_file, replace_file_unsynced, seal_failpoint, sync_dir, ActiveSegment, FlushJob,
-    LocateQuery, Padding, ReadStart, SealStep, SealedSegment, SegmentPaths, Stamp, TailRecovery,
+    replace_file, replace_file_unsynced, seal_failpoint, sync_dir, ActiveSegment, ExtendBy,
+    FlushJob, LocateQuery, Padding, ReadStart, SealStep, SealedSegment, SegmentPaths, Stamp,
+    TailRecovery,
 };
 use crate::limits::SEGMENTS_PER_PARTITION_MAX;
 use crate::notify::Notify;
@@ -1855,7 +1856,7 @@ impl LogInner {
     /// and publishes the new durable end. Returns whether there was anything to flush. The
     /// caller holds the flush lock.
     async fn flush_once(&self, sync: bool) -> Result<bool> {
-        let (job, fill) = {
+        let (job, extension) = {
             let mut state = self.state.borrow_mut();
             state.usable()?;
             let job = state.active.take_flush();
@@ -1863,17 +1864,17 @@ impl LogInner {
                 state.first_unflushed_at = None;
                 state.starved = false;
             }
-            // Flushing on every append makes small writes: keep them overwrites (see
-            // `SEGMENT_PREALLOCATE_BYTES`). Larger, rarer flushes are not worth writing twice;
-            // nor are the small flushes of many partitions in throughput mode (measured: no
-            // gain at 1,000 partitions, and a megabyte of zeros for each of 10,000 logs).
-            let fill = match (&job, self.config.flush) {
-                (Some(job), FlushPolicy::Always) => state
-                    .active
-                    .zero_fill_for(job, crate::limits::SEGMENT_PREALLOCATE_BYTES),
-                _ => None,
+            // A flush that would grow the file first extends it ahead (see `ExtendBy`): with
+            // written zeros when every append is flushed (latency mode's small, frequent
+            // writes), with an allocation otherwise (zeros would double the bytes written).
+            let by = match self.config.flush {
+                FlushPolicy::Always => ExtendBy::Zeros,
+                _ => ExtendBy::Allocation,
             };
-            (job, fill)
+            let extension = job
+                .as_ref()
+                .and_then(|job| state.active.extension_for(job, by));
+            (job, extension)
         };
         let Some(job) = job else { return Ok(false) };
         // The new buffer has room again: appenders blocked on space may proceed.
@@ -1884,9 +1885,10 @@ impl LogInner {
                 sync_dir(&self.dir).await?;
                 self.state.borrow_mut().marker_removed_unsynced = false;
             }
-            if let Some(fill) = &fill {
-                fill.write().await?;
-            }
+            let extended = match &extension {
+                Some(extension) => extension.apply().await?,
+                None => false,
+            };
             // A new epoch's start is on disk before any of its data is reported durable: with a
             // sync, the checkpoint is written unsynced first and the same round (a syncfs, then)
             // makes both durable; without one, it is synced on its own.
@@ -1915,15 +1917,16 @@ impl LogInner {
                     0
                 },
             );
-            Ok::<_, StorageError>(times)
+            Ok::<_, StorageError>((times, extended))
         }
         .await;
         let mut state = self.state.borrow_mut();
-        if let Some(fill) = &fill {
-            if outcome.is_ok() {
-                state.active.zero_filled(fill);
+        let outcome = outcome.map(|(times, extended)| {
+            if let (true, Some(extension)) = (extended, &extension) {
+                state.active.extended(extension);
             }
-        }
+            times
+        });
         let (write_us, sync_us) = match outcome {
             Ok(times) => times,
             Err(error) => {

@@ -618,15 +618,30 @@ pub struct FlushJob {
     pub capacity: usize,
 }
 
-/// Zeros written past an active segment's end ahead of its data (see
-/// [`ActiveSegment::zero_fill_for`]). Recovery treats zeros after the last batch as padding and
-/// cuts them; sealing and closing truncate the file to its logical size.
+/// How an active segment is extended ahead of its data, so that its flushes overwrite
+/// allocated blocks instead of growing the file (see [`ActiveSegment::extension_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtendBy {
+    /// Zeros written (latency mode): the blocks are allocated *and* written, so a flush below
+    /// them changes no metadata and its fdatasync is one device round trip.
+    Zeros,
+    /// `fallocate(2)` (throughput mode): allocated, unwritten blocks, no data written. A flush
+    /// into them is still a direct write that needs no block allocation (ext4 issues it from
+    /// the submitting thread instead of punting it to an io_uring worker), and marking the
+    /// blocks written is journalled, which the shard's shared sync rounds make cheap.
+    Allocation,
+}
+
+/// Space added past an active segment's end ahead of its data. Recovery treats zeros after the
+/// last batch as padding and cuts them (unwritten blocks read as zeros); sealing and closing
+/// truncate the file to its logical size.
 #[derive(Debug)]
-pub struct ZeroFill {
+pub struct Extension {
     file: Rc<DmaFile>,
     path: PathBuf,
     from: u64,
     to: u64,
+    by: ExtendBy,
 }
 
 thread_local! {
@@ -640,10 +655,37 @@ thread_local! {
 /// that extends the file costs a journal commit.
 const ZERO_FILL_CHUNK_BYTES: u64 = crate::limits::SEGMENT_PREALLOCATE_BYTES;
 
-impl ZeroFill {
-    /// Writes the zeros (no fdatasync: the next flush's makes them and the new size durable),
-    /// in `ZERO_FILL_CHUNK_BYTES` pieces from the shard's zero buffer.
-    pub async fn write(&self) -> Result<()> {
+/// How far past a flush's end a throughput-mode segment is allocated: 16 × the flush's new
+/// bytes, a power of two within `SEGMENT_ALLOCATE_AHEAD_MIN` and `SEGMENT_PREALLOCATE_BYTES`.
+pub fn allocation_ahead(new_bytes: u64) -> u64 {
+    new_bytes.saturating_mul(16).next_power_of_two().clamp(
+        crate::limits::SEGMENT_ALLOCATE_AHEAD_MIN,
+        crate::limits::SEGMENT_PREALLOCATE_BYTES,
+    )
+}
+
+impl Extension {
+    /// Extends the file (no fdatasync: the next flush's makes the new size durable). Zeros are
+    /// written in `ZERO_FILL_CHUNK_BYTES` pieces from the shard's zero buffer. Returns whether
+    /// the file was extended: an allocation the file system refuses (no space for the range
+    /// ahead, or no `fallocate` support) is skipped, and the flush then grows the file itself.
+    pub async fn apply(&self) -> Result<bool> {
+        if self.by == ExtendBy::Allocation {
+            return match self
+                .file
+                .pre_allocate_range(self.from, self.to - self.from)
+                .await
+            {
+                Ok(()) => Ok(true),
+                Err(error) => {
+                    let error = std::io::Error::from(error);
+                    match error.raw_os_error() {
+                        Some(libc::ENOSPC | libc::EOPNOTSUPP) => Ok(false),
+                        _ => Err(io_error("fallocate", &self.path)(error)),
+                    }
+                }
+            };
+        }
         let zeros = ZEROS.with(|z| {
             Rc::clone(z.get_or_init(|| {
                 let mut zeros = self.file.alloc_dma_buffer(ZERO_FILL_CHUNK_BYTES as usize);
@@ -667,7 +709,7 @@ impl ZeroFill {
             }
             at += ZERO_FILL_CHUNK_BYTES;
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -933,8 +975,8 @@ pub struct ActiveSegment {
     pending_batches: Vec<CachedBatch>,
     /// Logical bytes already handed to completed writes.
     written_size: u64,
-    /// Size of the file: every byte below it has been written (data, or zeros written ahead by
-    /// [`ActiveSegment::zero_fill_for`]), so writes below it overwrite allocated blocks.
+    /// Size of the file: every block below it is allocated (data, zeros or an allocation made
+    /// ahead by [`ActiveSegment::extension_for`]), so writes below it need no block allocation.
     file_size: u64,
 }
 
@@ -1236,29 +1278,37 @@ impl ActiveSegment {
         self.file_size = self.file_size.max(job.position + job.buf.len() as u64);
     }
 
-    /// The zeros to write before `job` so that its write overwrites allocated blocks instead of
-    /// extending the file: from the first whole block past the file's end up to the next multiple
-    /// of `ahead` bytes past the job's end. `None` when the job already fits in the file.
-    pub fn zero_fill_for(&self, job: &FlushJob, ahead: u64) -> Option<ZeroFill> {
+    /// The extension to make before `job` so that its write overwrites allocated blocks
+    /// instead of growing the file, from the first whole block past the file's end. Zeros reach
+    /// the next multiple of `SEGMENT_PREALLOCATE_BYTES` past the job's end, in whole
+    /// `ZERO_FILL_CHUNK_BYTES` pieces; an allocation reaches [`allocation_ahead`] past it, so a
+    /// log's allocations are few and its unused allocated space small. `None` when the job
+    /// already fits in the file.
+    pub fn extension_for(&self, job: &FlushJob, by: ExtendBy) -> Option<Extension> {
         let job_end = job.position + job.buf.len() as u64;
         if job_end <= self.file_size {
             return None;
         }
         let from = align_up(self.file_size);
-        // Whole chunks from `from`, reaching at least `ahead` past the job's end's multiple.
-        let target = job_end.next_multiple_of(ahead.max(DMA_ALIGNMENT));
-        let to = from + (target.saturating_sub(from)).next_multiple_of(ZERO_FILL_CHUNK_BYTES);
-        Some(ZeroFill {
+        let to = match by {
+            ExtendBy::Zeros => {
+                let target = job_end.next_multiple_of(crate::limits::SEGMENT_PREALLOCATE_BYTES);
+                from + (target.saturating_sub(from)).next_multiple_of(ZERO_FILL_CHUNK_BYTES)
+            }
+            ExtendBy::Allocation => align_up(job_end) + allocation_ahead(job.new_bytes),
+        };
+        Some(Extension {
             file: Rc::clone(&self.file),
             path: self.paths.log.clone(),
             from,
             to,
+            by,
         })
     }
 
-    /// Records that a [`ZeroFill`] completed: the file now extends to its end.
-    pub fn zero_filled(&mut self, fill: &ZeroFill) {
-        self.file_size = self.file_size.max(fill.to);
+    /// Records that an [`Extension`] was made: the file now extends to its end.
+    pub fn extended(&mut self, extension: &Extension) {
+        self.file_size = self.file_size.max(extension.to);
     }
 
     /// What sealing needs, owned, so the caller can await it without borrowing the segment.

@@ -545,6 +545,14 @@ impl DmaFile {
         self.file.pre_allocate(size, keep_size).await
     }
 
+    // sluice patch: allocates `[offset, offset + size)` (`fallocate(2)` mode 0: the file grows
+    // to at least `offset + size`, reading zeros there until written), where `pre_allocate`
+    // always starts at offset 0 and so walks every extent of the file on each call.
+    /// Allocates the range `[offset, offset + size)`, growing the file to cover it.
+    pub async fn pre_allocate_range(&self, offset: u64, size: u64) -> Result<()> {
+        self.file.pre_allocate_range(offset, size).await
+    }
+
     /// Hint to the OS the size of increase of this file, to allow more
     /// efficient allocation of blocks.
     ///

@@ -225,6 +225,11 @@ impl GlommioFile {
         self.fallocate("Pre-allocate space", flags, 0, size).await
     }
 
+    // sluice patch: pre-allocates a range, not the whole file from offset 0.
+    pub(crate) async fn pre_allocate_range(&self, offset: u64, size: u64) -> Result<()> {
+        self.fallocate("Pre-allocate space", 0, offset, size).await
+    }
+
     async fn fallocate(&self, op: &'static str, flags: i32, offset: u64, size: u64) -> Result<()> {
         let source =
             self.reactor
