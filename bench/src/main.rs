@@ -1422,8 +1422,8 @@ fn partitions_scenario(args: PartitionsArgs) -> Result<(), String> {
     }
     for idle in &result.idle {
         println!(
-            "idle RSS with {:>5} partitions: {:>7.1} MB, {:.2} of the first (load {:.1})",
-            idle.partitions, idle.rss_mb, idle.ratio_to_first, idle.load_avg_1m
+            "idle RSS with {:>5} partitions: {:>7.1} MB, {:.2} of the first; CPU {:.1} % of a core (load {:.1})",
+            idle.partitions, idle.rss_mb, idle.ratio_to_first, idle.cpu_percent, idle.load_avg_1m
         );
     }
     println!(

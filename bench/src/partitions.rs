@@ -10,7 +10,8 @@
 //! 2. **Idle RSS.** For each count in `--idle-partitions` (default 10, 1,000, 10,000) a fresh
 //!    broker creates a topic of that many partitions, writes one small record to each (so every
 //!    log has its segment, index and producer state), waits until it is quiet and reads its
-//!    RSS (target: RSS at 10,000 ≤ 2 × RSS at 10).
+//!    RSS (target: RSS at 10,000 ≤ 2 × RSS at 10), then its CPU time over the next
+//!    `IDLE_CPU_WINDOW` (an idle broker's periodic work should not grow with its partitions).
 //! 3. **Start-up.** The last idle broker (10,000 partitions) is stopped with SIGTERM and started
 //!    again: the time until every partition answers (its shard has opened its log; a clean
 //!    stop's marker spares the active segments' scan); then it is killed with SIGKILL and
@@ -99,8 +100,14 @@ pub struct IdleRss {
     pub rss_mb: f64,
     /// RSS over the first idle broker's RSS.
     pub ratio_to_first: f64,
+    /// The idle broker's CPU time (user + system) over `IDLE_CPU_WINDOW`, as a percentage of
+    /// one core.
+    pub cpu_percent: f64,
     pub load_avg_1m: f64,
 }
+
+/// How long an idle broker's CPU time is measured.
+const IDLE_CPU_WINDOW: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PartitionsResult {
@@ -308,17 +315,20 @@ pub fn run(params: &PartitionsParams, dir: &std::path::Path) -> Result<Partition
         })?;
         // Quiet: flushes done, write buffers returned.
         std::thread::sleep(Duration::from_secs(3));
-        let (_, rss_mb) = broker.usage();
+        let (cpu_before, rss_mb) = broker.usage();
+        std::thread::sleep(IDLE_CPU_WINDOW);
+        let (cpu_after, _) = broker.usage();
         let first = result.idle.first().map_or(rss_mb, |r| r.rss_mb);
         let idle = IdleRss {
             partitions,
             rss_mb,
             ratio_to_first: rss_mb / first,
+            cpu_percent: (cpu_after - cpu_before) / IDLE_CPU_WINDOW.as_secs_f64() * 100.0,
             load_avg_1m: load_avg_1m(),
         };
         eprintln!(
-            "idle with {partitions} partitions: RSS {rss_mb:.1} MB ({:.2} of the first), load {:.1}",
-            idle.ratio_to_first, idle.load_avg_1m
+            "idle with {partitions} partitions: RSS {rss_mb:.1} MB ({:.2} of the first), CPU {:.1} % of a core, load {:.1}",
+            idle.ratio_to_first, idle.cpu_percent, idle.load_avg_1m
         );
         result.idle.push(idle);
         last = Some((broker, partitions));

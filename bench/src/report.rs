@@ -522,6 +522,13 @@ const FAMILIES: &[Family] = &[
                     )
                 })
             }),
+            col("idle CPU, % of a core, by partitions", |v| {
+                array_cells(v, "/result/idle", |r| match num(r, "/cpu_percent") {
+                    Some(cpu) => format!("{}: {cpu:.1} %", count(num(r, "/partitions"))),
+                    // Runs before the idle CPU was measured.
+                    None => format!("{}: not measured", count(num(r, "/partitions"))),
+                })
+            }),
             col("start-up after clean stop (load)", |v| {
                 format!(
                     "{} ({})",

@@ -26,49 +26,19 @@ use sluice_protocol::native::{
 use sluice_protocol::BatchIter;
 
 use super::context::ShardContext;
-use super::partitions::OwnedPartition;
+use super::partitions::{LeaderShard, OwnedPartition};
 use super::socket::Watch;
 use crate::limits::{
     FRAME_BYTES_MAX, REPLICA_FETCH_BACKOFF_MAX, REPLICA_FETCH_BYTES_MAX, REPLICA_FETCH_WAIT_MAX,
 };
-use crate::metadata::NodeId;
 use crate::storage::{Appended, EpochEnd, StorageError};
-
-/// A leader as a follower addresses it: its broker and the shard that holds the partition.
-type LeaderShard = (NodeId, u32);
-
-/// The partitions this shard follows, by the leader shard they come from.
-fn followed(ctx: &ShardContext) -> HashMap<LeaderShard, Vec<(String, u32, OwnedPartition)>> {
-    let mut out: HashMap<LeaderShard, Vec<_>> = HashMap::new();
-    for ((topic, partition), owned) in ctx.partitions.all() {
-        if owned.leader {
-            continue;
-        }
-        let Some(leader) = owned.info.leader.filter(|l| *l != ctx.node_id) else {
-            continue;
-        };
-        let Some(shard) = owned
-            .info
-            .replicas
-            .iter()
-            .find(|r| r.broker == leader)
-            .map(|r| r.shard)
-        else {
-            continue;
-        };
-        out.entry((leader, shard))
-            .or_default()
-            .push((topic, partition, owned));
-    }
-    out
-}
 
 /// Keeps one fetcher task per followed leader shard, as the metadata changes.
 pub async fn run(ctx: Rc<ShardContext>) {
     let mut tasks: HashMap<LeaderShard, (JoinHandle<()>, Rc<Cell<bool>>)> = HashMap::new();
     let mut state = ctx.link.state.clone();
     loop {
-        let wanted: HashSet<LeaderShard> = followed(&ctx).into_keys().collect();
+        let wanted: HashSet<LeaderShard> = ctx.partitions.followed().keys().copied().collect();
         tasks.retain(|leader, (task, finished)| {
             let keep = wanted.contains(leader) && !finished.get();
             if !keep {
@@ -114,7 +84,12 @@ pub async fn run(ctx: Rc<ShardContext>) {
 async fn fetch_from(ctx: Rc<ShardContext>, leader: LeaderShard) {
     let mut backoff = Duration::from_millis(20);
     loop {
-        if followed(&ctx).get(&leader).is_none_or(Vec::is_empty) {
+        if ctx
+            .partitions
+            .followed()
+            .get(&leader)
+            .is_none_or(|f| f.partitions.is_empty())
+        {
             return;
         }
         let address = {
@@ -165,7 +140,10 @@ async fn session(ctx: &ShardContext, leader: LeaderShard, address: &str) -> Resu
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let mut correlation = 0u32;
     loop {
-        let partitions = followed(ctx).remove(&leader).unwrap_or_default();
+        let Some(followed) = ctx.partitions.followed().get(&leader).cloned() else {
+            return Ok(());
+        };
+        let partitions = &followed.partitions;
         if partitions.is_empty() {
             return Ok(());
         }
@@ -231,10 +209,7 @@ async fn session(ctx: &ShardContext, leader: LeaderShard, address: &str) -> Resu
                 return Err("data shorter than the answer says".into());
             };
             at += len;
-            let Some((_, _, owned)) = partitions
-                .iter()
-                .find(|(t, p, _)| *t == answer.topic && *p == answer.partition)
-            else {
+            let Some(owned) = followed.get(&answer.topic, answer.partition) else {
                 continue;
             };
             let still_following = || {

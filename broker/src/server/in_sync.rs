@@ -32,11 +32,15 @@ pub async fn run(ctx: Rc<ShardContext>) {
             return;
         }
         refused.retain(|_, at| at.elapsed() < IN_SYNC_RETRY_AFTER_REFUSAL);
-        for ((topic, partition), owned) in ctx.partitions.all() {
+        // Only partitions with more than one replica can change their in-sync set; a leader
+        // alone has its high watermark follow its durable end from the moment it leads.
+        let leaders = ctx.partitions.replicated_leaders();
+        for ((topic, partition), owned) in leaders.iter() {
+            let partition = *partition;
             let Some(followers) = owned.followers.as_ref() else {
                 continue;
             };
-            if refused.contains_key(&(topic.clone(), partition)) {
+            if !refused.is_empty() && refused.contains_key(&(topic.clone(), partition)) {
                 continue;
             }
             // Judge against the high watermark as of now (a leader alone in its set publishes its

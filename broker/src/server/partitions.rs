@@ -76,11 +76,48 @@ impl OwnedPartition {
     }
 }
 
+/// A leader as a follower addresses it: its broker and the shard that holds the partition.
+pub type LeaderShard = (NodeId, u32);
+
+/// The partitions a shard follows from one leader shard, in a fixed order, with an index by
+/// topic and partition (a fetch answer is matched to its partition without a scan).
+#[derive(Debug, Default)]
+pub struct Followed {
+    pub partitions: Vec<(String, u32, OwnedPartition)>,
+    index: HashMap<(String, u32), usize>,
+}
+
+impl Followed {
+    pub fn get(&self, topic: &str, partition: u32) -> Option<&OwnedPartition> {
+        // The key is borrowed as a `(String, u32)`: one small allocation per lookup, none per
+        // followed partition.
+        self.index
+            .get(&(topic.to_string(), partition))
+            .map(|&at| &self.partitions[at].2)
+    }
+}
+
+/// Views of a shard's partitions that periodic tasks read (the in-sync check every 100 ms, each
+/// replica fetch round), built on first use after the partitions change instead of from every
+/// partition on every use: an idle broker's CPU no longer grows with its partition count.
+#[derive(Debug, Default)]
+struct Views {
+    /// Partitions led here with more than one replica (the only ones whose in-sync set can change).
+    replicated_leaders: Option<Rc<[OwnedPartitionEntry]>>,
+    /// Partitions followed here, by the leader shard they come from.
+    followed: Option<Rc<HashMap<LeaderShard, Rc<Followed>>>>,
+}
+
+/// A partition with its topic and index.
+pub type OwnedPartitionEntry = ((String, u32), OwnedPartition);
+
 #[derive(Debug)]
 pub struct Partitions {
     config: ShardConfig,
     shard: u32,
     owned: RefCell<HashMap<(String, u32), OwnedPartition>>,
+    /// Rebuilt on first use after `owned` changes (every change of it clears them).
+    views: RefCell<Views>,
     /// Closing logs leave their flush counts here.
     metrics: Rc<ShardMetrics>,
 }
@@ -120,6 +157,7 @@ impl Partitions {
             config,
             shard,
             owned: RefCell::new(HashMap::new()),
+            views: RefCell::new(Views::default()),
             metrics,
         }
     }
@@ -138,6 +176,69 @@ impl Partitions {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
+    }
+
+    /// The partitions led here that have more than one replica, as of the last change.
+    pub fn replicated_leaders(&self) -> Rc<[OwnedPartitionEntry]> {
+        if let Some(view) = &self.views.borrow().replicated_leaders {
+            return Rc::clone(view);
+        }
+        let view: Rc<[OwnedPartitionEntry]> = self
+            .owned
+            .borrow()
+            .iter()
+            .filter(|(_, o)| o.leader && o.followers.is_some() && o.info.replicas.len() > 1)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        self.views.borrow_mut().replicated_leaders = Some(Rc::clone(&view));
+        view
+    }
+
+    /// The partitions followed here (replicas of partitions led by another broker), by the
+    /// leader shard they come from, as of the last change.
+    pub fn followed(&self) -> Rc<HashMap<LeaderShard, Rc<Followed>>> {
+        if let Some(view) = &self.views.borrow().followed {
+            return Rc::clone(view);
+        }
+        let me = self.config.node_id;
+        let mut by_leader: HashMap<LeaderShard, Followed> = HashMap::new();
+        for ((topic, partition), owned) in self.owned.borrow().iter() {
+            if owned.leader {
+                continue;
+            }
+            let Some(leader) = owned.info.leader.filter(|l| *l != me) else {
+                continue;
+            };
+            let Some(shard) = owned
+                .info
+                .replicas
+                .iter()
+                .find(|r| r.broker == leader)
+                .map(|r| r.shard)
+            else {
+                continue;
+            };
+            let followed = by_leader.entry((leader, shard)).or_default();
+            followed
+                .index
+                .insert((topic.clone(), *partition), followed.partitions.len());
+            followed
+                .partitions
+                .push((topic.clone(), *partition, owned.clone()));
+        }
+        let view: Rc<HashMap<LeaderShard, Rc<Followed>>> = Rc::new(
+            by_leader
+                .into_iter()
+                .map(|(leader, followed)| (leader, Rc::new(followed)))
+                .collect(),
+        );
+        self.views.borrow_mut().followed = Some(Rc::clone(&view));
+        view
+    }
+
+    /// Records that `owned` changed: the views are built again on their next use.
+    fn changed(&self) {
+        *self.views.borrow_mut() = Views::default();
     }
 
     fn dir(&self, topic: &str, partition: u32, topic_id: u64) -> PathBuf {
@@ -177,6 +278,7 @@ impl Partitions {
             .collect();
         for (key, owned) in stale {
             self.owned.borrow_mut().remove(&key);
+            self.changed();
             owned.log.close().await?;
             self.metrics.retire(&owned.log);
             let dir = owned.log.dir().to_owned();
@@ -275,6 +377,7 @@ impl Partitions {
             owned.refresh_high_watermark(me);
             let log = owned.log.clone();
             self.owned.borrow_mut().insert(key, owned);
+            self.changed();
             if deposed {
                 // `acks=all` produces waiting on this leadership's high watermark answer now.
                 log.wake_waiters();
