@@ -119,6 +119,10 @@ struct PartitionsArgs {
     /// The producer's linger in ms (the client's default: 5), the same for every count.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     linger_ms: u64,
+    /// The producer's buffer in MiB (the client's default: 64): records buffered and not yet
+    /// acknowledged. Over N partitions a batch holds at most about this / N.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    buffer_mib: u64,
     /// The embedded broker's mode: throughput or latency.
     #[arg(long, default_value = "throughput", value_parser = ["throughput", "latency"])]
     mode: String,
@@ -1412,6 +1416,7 @@ fn partitions_scenario(args: PartitionsArgs) -> Result<(), String> {
             .collect(),
         flush: args.flush,
         linger_ms: args.linger_ms,
+        buffer_mib: args.buffer_mib,
     };
     let result = partitions::run(&params, &args.dir)?;
     for run in &result.produce {

@@ -43,6 +43,8 @@ pub struct PartitionsParams {
     pub flush: String,
     /// The producer's linger (the client's default is 5 ms).
     pub linger_ms: u64,
+    /// The producer's buffer (the client's default is 64 MiB).
+    pub buffer_mib: u64,
 }
 
 impl Default for PartitionsParams {
@@ -56,6 +58,7 @@ impl Default for PartitionsParams {
             idle_partitions: vec![10, 1_000, 10_000],
             flush: "interval".into(),
             linger_ms: 5,
+            buffer_mib: 64,
         }
     }
 }
@@ -214,13 +217,17 @@ async fn produce(
     let producer = Producer::new(
         ProducerConfig::new(client(broker))
             .acks(Acks::Leader)
-            .linger(Duration::from_millis(params.linger_ms)),
+            .linger(Duration::from_millis(params.linger_ms))
+            .buffer_bytes_max((params.buffer_mib << 20) as usize),
     )
     .await
     .map_err(|e| e.to_string())?;
     let value = bytes::Bytes::from(vec![b'v'; params.record_bytes]);
     let records = bytes / params.record_bytes as u64;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Delivery>(65_536);
+    // Deliveries awaited in order: room for every record the buffer can hold, so the channel is
+    // never what holds the producer back.
+    let pending = ((params.buffer_mib << 20) / params.record_bytes as u64).max(65_536);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Delivery>(pending as usize);
     let collector = tokio::spawn(async move {
         let mut failed = None;
         while let Some(delivery) = rx.recv().await {

@@ -1168,7 +1168,8 @@ impl ActiveSegment {
             None => {
                 assert_eq!(self.carry.len(), carried, "carried block out of step");
                 buf.as_bytes_mut()[..carried].copy_from_slice(&self.carry);
-                self.carry = Vec::new();
+                // Kept (under one block) for the next flush's carried block.
+                self.carry.clear();
             }
         }
         self.pending = Some(buf);
@@ -1243,7 +1244,9 @@ impl ActiveSegment {
             panic!("batches to flush without a write buffer");
         };
         let capacity = pending.capacity();
-        self.carry = pending.as_bytes()[carried_from..self.pending_len].to_vec();
+        self.carry.clear();
+        self.carry
+            .extend_from_slice(&pending.as_bytes()[carried_from..self.pending_len]);
         let mut buf = pending.into_dma();
         buf.as_bytes_mut()[self.pending_len..aligned_len].fill(0);
         buf.trim_to_size(aligned_len);
