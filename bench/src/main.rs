@@ -1419,10 +1419,14 @@ fn partitions_scenario(args: PartitionsArgs) -> Result<(), String> {
         buffer_mib: args.buffer_mib,
     };
     let result = partitions::run(&params, &args.dir)?;
+    println!(
+        "probe: {:.0} small direct writes/s (the device's ceiling for one write per flush)",
+        result.disk_small_writes_per_s
+    );
     for run in &result.produce {
         println!(
-            "produce over {:>5} partitions: {:>7.1} MB/s, {:.2} of the first, {:.1} records a batch, {:.1} flushes a sync (load {:.1})",
-            run.partitions, run.mb_s, run.ratio_to_first, run.records_per_batch, run.flushes_per_sync_round, run.load_avg_1m
+            "produce over {:>5} partitions: {:>7.1} MB/s, {:.2} of the first, {:.1} records a batch, {:.1} flushes a sync, {:.0} flushes/s (load {:.1})",
+            run.partitions, run.mb_s, run.ratio_to_first, run.records_per_batch, run.flushes_per_sync_round, run.flushes_per_s, run.load_avg_1m
         );
     }
     for idle in &result.idle {

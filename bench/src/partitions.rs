@@ -76,12 +76,16 @@ pub struct ProduceRun {
     pub records_per_batch: f64,
     /// Flushes made durable per sync round the shards ran: how many logs one sync served.
     pub flushes_per_sync_round: f64,
+    /// The broker's flushes (each one direct write) per second of the run, to hold against
+    /// the probe's `disk_small_writes_per_s`.
+    pub flushes_per_s: f64,
 }
 
 /// The broker's counters a produce run moves.
 #[derive(Debug, Clone, Copy, Default)]
 struct Counters {
     appends: f64,
+    flushes: f64,
     syncs: f64,
     rounds: f64,
 }
@@ -91,6 +95,7 @@ fn counters(broker: &Broker) -> Result<Counters, String> {
     let sum = |name| sluice_broker::metrics::exposition::counter_sum(&body, name);
     Ok(Counters {
         appends: sum("sluice_log_appends_total"),
+        flushes: sum("sluice_log_flushes_total"),
         syncs: sum("sluice_log_fdatasyncs_total"),
         rounds: sum("sluice_log_sync_rounds_total"),
     })
@@ -109,11 +114,22 @@ pub struct IdleRss {
     pub load_avg_1m: f64,
 }
 
+/// The small-write probe: 8 KiB writes (a flush of a few 1 KiB records and its carried block),
+/// 32 threads (queue depth 32), 1,000 files, 3 s.
+const SMALL_WRITE_BYTES: usize = 8 << 10;
+const SMALL_WRITE_THREADS: usize = 32;
+const SMALL_WRITE_FILES: usize = 1_000;
+const SMALL_WRITE_PROBE: Duration = Duration::from_secs(3);
+
 /// How long an idle broker's CPU time is measured.
 const IDLE_CPU_WINDOW: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PartitionsResult {
+    /// The device's ceiling for small writes: `SMALL_WRITE_BYTES` `O_DIRECT` writes per second
+    /// from `SMALL_WRITE_THREADS` threads over `SMALL_WRITE_FILES` files, no sync
+    /// (`probe::small_writes_per_second`), measured before the produce runs.
+    pub disk_small_writes_per_s: f64,
     pub produce: Vec<ProduceRun>,
     pub idle: Vec<IdleRss>,
     /// Partitions of the broker restarted.
@@ -280,6 +296,22 @@ pub fn run(params: &PartitionsParams, dir: &std::path::Path) -> Result<Partition
     let mut result = PartitionsResult::default();
     let bytes = params.mib << 20;
 
+    // 0. The device's small-write ceiling, in the directory the brokers will use.
+    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    result.disk_small_writes_per_s = crate::probe::small_writes_per_second(
+        dir,
+        SMALL_WRITE_FILES,
+        SMALL_WRITE_THREADS,
+        SMALL_WRITE_BYTES,
+        SMALL_WRITE_PROBE,
+    )
+    .map_err(|e| format!("small-write probe in {}: {e}", dir.display()))?;
+    eprintln!(
+        "probe: {:.0} direct {} KiB writes/s ({SMALL_WRITE_THREADS} threads, {SMALL_WRITE_FILES} files)",
+        result.disk_small_writes_per_s,
+        SMALL_WRITE_BYTES >> 10
+    );
+
     // 1. Produce over growing partition counts, one broker.
     {
         let broker = Broker::start(dir, &params.mode, &flush_args(params))?;
@@ -302,10 +334,11 @@ pub fn run(params: &PartitionsParams, dir: &std::path::Path) -> Result<Partition
                 records_per_batch: records / (after.appends - before.appends).max(1.0),
                 flushes_per_sync_round: (after.syncs - before.syncs)
                     / (after.rounds - before.rounds).max(1.0),
+                flushes_per_s: (after.flushes - before.flushes) * mb_s / (bytes as f64 / 1e6),
             };
             eprintln!(
-                "produce over {partitions} partitions: {mb_s:.1} MB/s ({:.2} of the first), {:.1} records a batch, {:.1} flushes a sync, load {:.1}",
-                run.ratio_to_first, run.records_per_batch, run.flushes_per_sync_round, run.load_avg_1m
+                "produce over {partitions} partitions: {mb_s:.1} MB/s ({:.2} of the first), {:.1} records a batch, {:.1} flushes a sync, {:.0} flushes/s, load {:.1}",
+                run.ratio_to_first, run.records_per_batch, run.flushes_per_sync_round, run.flushes_per_s, run.load_avg_1m
             );
             result.produce.push(run);
         }

@@ -8,7 +8,10 @@
 //! - durable 4 KiB writes: `O_DIRECT | O_DSYNC` writes of one 4 KiB block at a time (queue depth
 //!   1), each over zero-filled blocks of a preallocated file, paced at a rate when one is given:
 //!   what latency mode's broker asks of the device for each small flush, so the broker's own
-//!   produce latency can be held against it.
+//!   produce latency can be held against it;
+//! - small writes per second ([`small_writes_per_second`]): `O_DIRECT` writes of a few KiB,
+//!   no sync, from many threads at once into many preallocated files: the ceiling of a broker
+//!   whose every partition's flush is a small write of its own.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::fs::{File, OpenOptions};
@@ -374,6 +377,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_small_write_probe_counts_writes_and_leaves_no_file() {
+        let dir = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/probe-small"
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let per_second =
+            small_writes_per_second(&dir, 5, 2, 8 << 10, Duration::from_millis(200)).unwrap();
+        assert!(per_second.is_finite() && per_second > 0.0, "{per_second}");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "files left");
+        let _ = std::fs::remove_dir(&dir);
+    }
+
+    #[test]
     fn a_tiny_probe_reports_finite_positive_figures() {
         let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/probe-test"));
         let config = ProbeConfig {
@@ -404,4 +421,76 @@ mod tests {
         assert!(result.disk_dsync_4k_max_us >= result.disk_dsync_4k_p999_us);
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// Small direct writes at a high queue depth: `threads` threads each write `block_bytes` with
+/// `O_DIRECT` (no sync), in turn over their share of `files` files allocated ahead with
+/// `fallocate` (as the broker's active segments are), each file written front to back and
+/// wrapping, for `duration`. Returns completed writes per second over all threads.
+pub fn small_writes_per_second(
+    dir: &std::path::Path,
+    files: usize,
+    threads: usize,
+    block_bytes: usize,
+    duration: Duration,
+) -> std::io::Result<f64> {
+    const FILE_BYTES: u64 = 1 << 20;
+    let block = block_bytes.next_multiple_of(ALIGNMENT) as u64;
+    let mut opened = Vec::with_capacity(files.max(1));
+    let mut cleanup = Vec::with_capacity(files.max(1));
+    for i in 0..files.max(1) {
+        let path = dir.join(format!(".sluice-probe-small-{}-{i}", std::process::id()));
+        cleanup.push(TempFile(path.clone()));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)?;
+        // SAFETY: a valid descriptor; mode 0 allocates the range and grows the file.
+        let rc = unsafe {
+            libc::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                0,
+                0,
+                FILE_BYTES as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        opened.push(file);
+    }
+    let opened = std::sync::Arc::new(opened);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let workers: Vec<_> = (0..threads.max(1))
+        .map(|t| {
+            let opened = std::sync::Arc::clone(&opened);
+            std::thread::spawn(move || -> std::io::Result<u64> {
+                let mut buf = AlignedBuf::new(block as usize)?;
+                buf.as_mut_slice().fill(0xa5);
+                let mine: Vec<&File> = opened.iter().skip(t).step_by(threads.max(1)).collect();
+                if mine.is_empty() {
+                    return Ok(0);
+                }
+                let mut positions = vec![0u64; mine.len()];
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    let at = done as usize % mine.len();
+                    mine[at].write_all_at(buf.as_slice(), positions[at])?;
+                    positions[at] = (positions[at] + block) % FILE_BYTES;
+                    done += 1;
+                }
+                Ok(done)
+            })
+        })
+        .collect();
+    let mut total = 0u64;
+    for worker in workers {
+        total += worker
+            .join()
+            .map_err(|_| std::io::Error::other("a probe thread panicked"))??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }

@@ -522,6 +522,20 @@ const FAMILIES: &[Family] = &[
                     )
                 })
             }),
+            col(
+                "broker flushes/s by partitions (probe: small writes/s)",
+                |v| {
+                    let flushes =
+                        array_cells(v, "/result/produce", |r| match num(r, "/flushes_per_s") {
+                            Some(f) => format!("{}: {f:.0}", count(num(r, "/partitions"))),
+                            None => format!("{}: not measured", count(num(r, "/partitions"))),
+                        });
+                    match num(v, "/result/disk_small_writes_per_s") {
+                        Some(p) if p > 0.0 => format!("{flushes} (probe {p:.0})"),
+                        _ => flushes,
+                    }
+                },
+            ),
             col("idle CPU, % of a core, by partitions", |v| {
                 array_cells(v, "/result/idle", |r| match num(r, "/cpu_percent") {
                     Some(cpu) => format!("{}: {cpu:.1} %", count(num(r, "/partitions"))),
