@@ -372,57 +372,6 @@ pub fn run(config: &ProbeConfig) -> std::io::Result<ProbeResult> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_small_write_probe_counts_writes_and_leaves_no_file() {
-        let dir = PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../target/probe-small"
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let per_second =
-            small_writes_per_second(&dir, 5, 2, 8 << 10, Duration::from_millis(200)).unwrap();
-        assert!(per_second.is_finite() && per_second > 0.0, "{per_second}");
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "files left");
-        let _ = std::fs::remove_dir(&dir);
-    }
-
-    #[test]
-    fn a_tiny_probe_reports_finite_positive_figures() {
-        let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/probe-test"));
-        let config = ProbeConfig {
-            dir: dir.clone(),
-            write_bytes: 8 << 20,
-            read_bytes: 8 << 20,
-            tcp_bytes: 16 << 20,
-            block_bytes: 1 << 20,
-            dsync_writes: 200,
-            dsync_rate: Some(10_000),
-        };
-        let result = run(&config).unwrap();
-        for figure in [
-            result.disk_write_fdatasync_mb_s,
-            result.disk_read_mb_s,
-            result.tcp_loopback_mb_s,
-        ] {
-            assert!(figure.is_finite() && figure > 0.0, "{result:?}");
-        }
-        assert!(result.disk_write_fdatasync_p99_us > 0);
-        assert!(result.disk_dsync_4k_p50_us > 0);
-        assert!(result.disk_dsync_4k_p50_us <= result.disk_dsync_4k_p99_us);
-        assert!(result.disk_dsync_4k_p99_us <= result.disk_dsync_4k_p999_us);
-        assert_eq!(result.disk_dsync_4k_writes, 200);
-        // Paced: the latency from each write's due time is at least its own.
-        let open_loop_p99 = result.disk_dsync_4k_open_loop_p99_us.expect("paced");
-        assert!(open_loop_p99 >= result.disk_dsync_4k_p50_us);
-        assert!(result.disk_dsync_4k_max_us >= result.disk_dsync_4k_p999_us);
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
-
 /// Small direct writes at a high queue depth: `threads` threads each write `block_bytes` with
 /// `O_DIRECT` (no sync), in turn over their share of `files` files allocated ahead with
 /// `fallocate` (as the broker's active segments are), each file written front to back and
@@ -493,4 +442,55 @@ pub fn small_writes_per_second(
             .map_err(|_| std::io::Error::other("a probe thread panicked"))??;
     }
     Ok(total as f64 / started.elapsed().as_secs_f64().max(1e-9))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_small_write_probe_counts_writes_and_leaves_no_file() {
+        let dir = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/probe-small"
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let per_second =
+            small_writes_per_second(&dir, 5, 2, 8 << 10, Duration::from_millis(200)).unwrap();
+        assert!(per_second.is_finite() && per_second > 0.0, "{per_second}");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "files left");
+        let _ = std::fs::remove_dir(&dir);
+    }
+
+    #[test]
+    fn a_tiny_probe_reports_finite_positive_figures() {
+        let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/probe-test"));
+        let config = ProbeConfig {
+            dir: dir.clone(),
+            write_bytes: 8 << 20,
+            read_bytes: 8 << 20,
+            tcp_bytes: 16 << 20,
+            block_bytes: 1 << 20,
+            dsync_writes: 200,
+            dsync_rate: Some(10_000),
+        };
+        let result = run(&config).unwrap();
+        for figure in [
+            result.disk_write_fdatasync_mb_s,
+            result.disk_read_mb_s,
+            result.tcp_loopback_mb_s,
+        ] {
+            assert!(figure.is_finite() && figure > 0.0, "{result:?}");
+        }
+        assert!(result.disk_write_fdatasync_p99_us > 0);
+        assert!(result.disk_dsync_4k_p50_us > 0);
+        assert!(result.disk_dsync_4k_p50_us <= result.disk_dsync_4k_p99_us);
+        assert!(result.disk_dsync_4k_p99_us <= result.disk_dsync_4k_p999_us);
+        assert_eq!(result.disk_dsync_4k_writes, 200);
+        // Paced: the latency from each write's due time is at least its own.
+        let open_loop_p99 = result.disk_dsync_4k_open_loop_p99_us.expect("paced");
+        assert!(open_loop_p99 >= result.disk_dsync_4k_p50_us);
+        assert!(result.disk_dsync_4k_max_us >= result.disk_dsync_4k_p999_us);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
