@@ -180,8 +180,9 @@ pub const SEGMENT_PREALLOCATE_BYTES: u64 = 1 << 20;
 /// [`SEGMENT_PREALLOCATE_BYTES`]. Without it every flush grows the file, which ext4 cannot do
 /// from io_uring's submitting thread: each became a hand-off to an io_uring worker thread
 /// (measured: those workers took ~38 % of the broker's CPU over 1,000 partitions; allocating
-/// ahead moved 20–35 % more MB/s there). The bound keeps the space allocated and unused small:
-/// 10,000 logs of tiny flushes hold at most 640 MiB, a busy log at most 1 MiB.
+/// ahead moved 20–35 % more MB/s there). The bound keeps the space allocated and unused small,
+/// a busy log at most 1 MiB; and a segment is allocated ahead only from its second flush, so
+/// partitions written once hold none.
 pub const SEGMENT_ALLOCATE_AHEAD_MIN: u64 = 64 << 10;
 
 /// How long a connection waits on its socket in latency mode before trying the `recv` (or

@@ -96,7 +96,8 @@ fn active_segment_file(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// Throughput mode (interval flushes) allocates its active segment ahead of the data with
-/// `fallocate`, so flushes overwrite allocated blocks instead of growing the file: the file is
+/// `fallocate` from the segment's second flush, so flushes overwrite allocated blocks instead of
+/// growing the file: the file is
 /// longer than its data, by at most `SEGMENT_PREALLOCATE_BYTES`, with blocks allocated behind
 /// it. A crash leaves the allocated tail, which reads as zeros and which recovery treats as
 /// padding; a clean close truncates the file to its data.
@@ -119,6 +120,12 @@ fn throughput_mode_allocates_ahead_and_recovery_and_close_cut_it() {
             let bytes = batch(i, 2, 300, 1000 + i as i64);
             let appended = log.append_durable(&bytes, 3).await.unwrap();
             expected.push(stamped(bytes, appended.base_offset, 3));
+            if i == 0 {
+                // A segment's first flush allocates nothing ahead (a partition written once
+                // holds no spare space): the file is its data in whole blocks.
+                let len = std::fs::metadata(active_segment_file(&path)).unwrap().len();
+                assert_eq!(len, (expected[0].len() as u64).next_multiple_of(4096));
+            }
         }
         let data: u64 = expected.iter().map(|b| b.len() as u64).sum();
         let file = active_segment_file(&path);

@@ -1285,11 +1285,17 @@ impl ActiveSegment {
     /// instead of growing the file, from the first whole block past the file's end. Zeros reach
     /// the next multiple of `SEGMENT_PREALLOCATE_BYTES` past the job's end, in whole
     /// `ZERO_FILL_CHUNK_BYTES` pieces; an allocation reaches [`allocation_ahead`] past it, so a
-    /// log's allocations are few and its unused allocated space small. `None` when the job
-    /// already fits in the file.
+    /// log's allocations are few and its unused allocated space small, and starts with the
+    /// segment's second flush. `None` when the job already fits in the file.
     pub fn extension_for(&self, job: &FlushJob, by: ExtendBy) -> Option<Extension> {
         let job_end = job.position + job.buf.len() as u64;
         if job_end <= self.file_size {
+            return None;
+        }
+        // A segment's first flush grows the file itself: most partitions of a broker with
+        // thousands are written rarely, and allocating ahead for one write would hold
+        // `SEGMENT_ALLOCATE_AHEAD_MIN` of disk for each of them (640 MiB for 10,000).
+        if by == ExtendBy::Allocation && self.file_size == 0 {
             return None;
         }
         let from = align_up(self.file_size);
