@@ -97,6 +97,13 @@ pub const PRODUCER_ID_BLOCK_MAX: u64 = 1000;
 /// of the single-connection limit and 16 reached it. 16 × 24 bytes per producer and partition.
 pub const PRODUCER_BATCHES_REMEMBERED: usize = 16;
 
+/// How much a rebuild of a partition's producer sequences reads before it stops reaching
+/// further back than the newest two segments for a producer with fewer than
+/// `PRODUCER_BATCHES_REMEMBERED` batches in them. Large batches in small segments need more
+/// than two segments for the batches a retry may reach back to; with the default 1 GiB
+/// segments the newest two rarely hold less than this, so start-up reads no more.
+pub const PRODUCER_REBUILD_EXTEND_BYTES_MAX: u64 = 64 << 20;
+
 /// Idempotent producers tracked per partition; the least recently active is forgotten beyond it.
 pub const PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
 

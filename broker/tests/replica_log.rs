@@ -678,3 +678,70 @@ fn a_followers_producer_state_carries_over_to_its_leadership() {
         follower.close().await.unwrap();
     });
 }
+
+/// An idempotent producer's batch of one record with a value of `value_len` bytes.
+fn idempotent_padded(base_sequence: i32, value_len: usize) -> Vec<u8> {
+    let mut builder = sluice_protocol::BatchBuilder::new(sluice_protocol::BatchOptions {
+        producer_id: 7,
+        producer_epoch: 0,
+        base_sequence,
+    });
+    let mut value = format!("{base_sequence}-").into_bytes();
+    value.resize(value_len, b'p');
+    builder.push(1_000, None, Some(&value), &[]);
+    builder.finish()
+}
+
+/// After a restart, a retry of any of a producer's last `PRODUCER_BATCHES_REMEMBERED` batches
+/// is answered as a duplicate, even when large batches in small segments put them further back
+/// than the newest two segments (the rebuild used to read only those: a producer that retried
+/// its oldest unacknowledged batch after a broker restart was refused `OutOfOrderSequence`).
+#[test]
+fn a_rebuilt_producer_state_reaches_back_as_far_as_a_retry_may() {
+    use sluice_broker::server::producers::{PartitionProducers, ProduceOutcome, ProducerState};
+    let dir = test_dir("rebuild-reach");
+    let path = dir.path().join("log");
+    run(move || async move {
+        let (log, _) = PartitionLog::open(&path, config()).await.unwrap();
+        let producers = PartitionProducers::new(ProducerState::new(true));
+        let mut offsets = Vec::new();
+        for n in 0..20 {
+            let outcome = producers
+                .append(&log, &idempotent_padded(n, 12_000), 1)
+                .await
+                .unwrap();
+            let ProduceOutcome::Appended(appended) = outcome else {
+                panic!("{outcome:?}")
+            };
+            log.wait_durable(appended).await.unwrap();
+            offsets.push(appended.base_offset);
+        }
+        assert!(log.segment_count() >= 8, "two batches a segment");
+        log.close().await.unwrap();
+
+        let (log, _) = PartitionLog::open(&path, config()).await.unwrap();
+        let producers = PartitionProducers::new(ProducerState::rebuild(&log).await.unwrap());
+        for n in 4..20 {
+            let retry = producers
+                .append(&log, &idempotent_padded(n, 12_000), 1)
+                .await
+                .unwrap();
+            assert_eq!(
+                retry,
+                ProduceOutcome::Duplicate {
+                    base_offset: offsets[n as usize]
+                },
+                "a retry of batch {n} after the restart"
+            );
+        }
+        let next = producers
+            .append(&log, &idempotent_padded(20, 12_000), 1)
+            .await
+            .unwrap();
+        assert!(
+            matches!(next, ProduceOutcome::Appended(a) if a.base_offset == 20),
+            "{next:?}"
+        );
+        log.close().await.unwrap();
+    });
+}

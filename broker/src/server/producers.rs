@@ -23,7 +23,9 @@ use std::collections::{HashMap, VecDeque};
 use glommio::sync::Semaphore;
 use sluice_protocol::BatchHeader;
 
-use crate::limits::{PRODUCERS_PER_PARTITION_MAX, PRODUCER_BATCHES_REMEMBERED};
+use crate::limits::{
+    PRODUCERS_PER_PARTITION_MAX, PRODUCER_BATCHES_REMEMBERED, PRODUCER_REBUILD_EXTEND_BYTES_MAX,
+};
 use crate::storage::{Appended, PartitionLog, StorageError};
 
 /// One remembered batch of a producer.
@@ -91,22 +93,82 @@ impl ProducerState {
     }
 
     /// Decides what to do with a batch before it is appended.
-    /// Rebuilds the state from the newest two segments of a log (a producer silent for longer
-    /// than that is treated as new: its next batch is accepted whatever its sequence). A log
-    /// read from offset 0 gives a state that knows every producer. The whole log counts, not
-    /// only what is below the high watermark: a replica that becomes leader keeps its tail past
-    /// the old high watermark, and its producers' sequences continue from there.
+    /// Rebuilds the state from the newest segments of a log: the newest two, and older ones
+    /// while a producer seen has fewer than `PRODUCER_BATCHES_REMEMBERED` batches recorded
+    /// (a retry may reach back that far: with large batches in small segments, two segments
+    /// hold fewer), up to `PRODUCER_REBUILD_EXTEND_BYTES_MAX` read. A producer silent for longer
+    /// is treated as new: its next batch is accepted whatever its sequence. A log read from
+    /// offset 0 gives a state that knows every producer. The whole log counts, not only what is
+    /// below the high watermark: a replica that becomes leader keeps its tail past the old high
+    /// watermark, and its producers' sequences continue from there.
     pub async fn rebuild(log: &PartitionLog) -> Result<ProducerState, StorageError> {
         let bases = log.segment_bases();
-        let offset = bases
-            .len()
-            .checked_sub(2)
-            .map_or(log.log_start(), |i| bases[i])
-            .max(log.log_start());
-        let mut state = ProducerState::new(offset == 0);
-        log.for_each_durable_batch(offset, |header, _| state.record(header, header.base_offset))
+        let log_start = log.log_start();
+        let mut first = bases.len().saturating_sub(2);
+        let base = |i: usize| bases.get(i).copied().unwrap_or(0).max(log_start);
+        let mut start = base(first);
+        let mut state = ProducerState::new(true);
+        let mut bytes = 0u64;
+        log.for_each_durable_batch(start, |header, batch| {
+            bytes += batch.len() as u64;
+            state.record(header, header.base_offset);
+        })
+        .await?;
+        while first > 0
+            && start > log_start
+            && bytes < PRODUCER_REBUILD_EXTEND_BYTES_MAX
+            && state.some_history_short()
+        {
+            first -= 1;
+            let older_start = base(first);
+            let mut older = ProducerState::new(true);
+            log.for_each_durable_batch_until(older_start, start, |header, batch| {
+                bytes += batch.len() as u64;
+                older.record(header, header.base_offset);
+            })
             .await?;
+            state.put_behind(older);
+            start = older_start;
+        }
+        state.knows_every_producer &= start == 0;
         Ok(state)
+    }
+
+    /// Whether a producer known here has fewer batches recorded than a retry may reach back.
+    fn some_history_short(&self) -> bool {
+        self.producers
+            .values()
+            .any(|e| e.recent.len() < PRODUCER_BATCHES_REMEMBERED)
+    }
+
+    /// Puts `older`, the state of the part of the log just before the part this state was
+    /// built from, behind it: each producer's older batches before its newer ones (those of an
+    /// older epoch do not count once a newer one began), producers seen only there added.
+    fn put_behind(&mut self, older: ProducerState) {
+        self.knows_every_producer &= older.knows_every_producer;
+        for (id, old) in older.producers {
+            match self.producers.get_mut(&id) {
+                Some(entry) if entry.epoch == old.epoch => {
+                    let room = PRODUCER_BATCHES_REMEMBERED.saturating_sub(entry.recent.len());
+                    for batch in old.recent.into_iter().rev().take(room) {
+                        entry.recent.push_front(batch);
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    // Older than everything recorded here: first to go under the bound.
+                    self.producers
+                        .insert(id, ProducerEntry { touched: 0, ..old });
+                }
+            }
+        }
+        while self.producers.len() > PRODUCERS_PER_PARTITION_MAX {
+            let Some((&oldest, _)) = self.producers.iter().min_by_key(|(_, e)| e.touched) else {
+                break;
+            };
+            self.producers.remove(&oldest);
+            self.knows_every_producer = false;
+        }
     }
 
     pub fn check(&self, header: &BatchHeader) -> SequenceCheck {

@@ -990,10 +990,21 @@ impl PartitionLog {
     pub async fn for_each_durable_batch(
         &self,
         from: u64,
+        visit: impl FnMut(&BatchHeader, &[u8]),
+    ) -> Result<()> {
+        self.for_each_durable_batch_until(from, u64::MAX, visit)
+            .await
+    }
+
+    /// [`PartitionLog::for_each_durable_batch`] for the batches that start below `until`.
+    pub async fn for_each_durable_batch_until(
+        &self,
+        from: u64,
+        until: u64,
         mut visit: impl FnMut(&BatchHeader, &[u8]),
     ) -> Result<()> {
         let mut offset = from;
-        while offset < self.durable_end() {
+        while offset < self.durable_end().min(until) {
             let read = self.read_to(offset, 4 << 20, ReadBound::DurableEnd).await?;
             if read.is_empty() {
                 break;
@@ -1005,6 +1016,9 @@ impl PartitionLog {
                         position: 0,
                         reason: format!("reading the log's batches at offset {offset}: {e}"),
                     })?;
+                    if header.base_offset >= until {
+                        return Ok(());
+                    }
                     visit(&header, batch);
                     offset = header.next_offset();
                 }
