@@ -587,18 +587,21 @@ fn high_watermark_checkpoints_and_a_restart_at_the_leaders_log_start() {
 
 /// An idempotent producer's batch: `records` records from `base_sequence`.
 fn idempotent(base_sequence: i32, records: u32) -> Vec<u8> {
+    idempotent_of(
+        base_sequence,
+        (0..records).map(|i| format!("{base_sequence}-{i}").into_bytes()),
+    )
+}
+
+/// An idempotent producer's batch of the given record values, from `base_sequence`.
+fn idempotent_of(base_sequence: i32, values: impl Iterator<Item = Vec<u8>>) -> Vec<u8> {
     let mut builder = sluice_protocol::BatchBuilder::new(sluice_protocol::BatchOptions {
         producer_id: 7,
         producer_epoch: 0,
         base_sequence,
     });
-    for i in 0..records {
-        builder.push(
-            1_000,
-            None,
-            Some(format!("{base_sequence}-{i}").as_bytes()),
-            &[],
-        );
+    for value in values {
+        builder.push(1_000, None, Some(&value), &[]);
     }
     builder.finish()
 }
@@ -681,15 +684,9 @@ fn a_followers_producer_state_carries_over_to_its_leadership() {
 
 /// An idempotent producer's batch of one record with a value of `value_len` bytes.
 fn idempotent_padded(base_sequence: i32, value_len: usize) -> Vec<u8> {
-    let mut builder = sluice_protocol::BatchBuilder::new(sluice_protocol::BatchOptions {
-        producer_id: 7,
-        producer_epoch: 0,
-        base_sequence,
-    });
     let mut value = format!("{base_sequence}-").into_bytes();
     value.resize(value_len, b'p');
-    builder.push(1_000, None, Some(&value), &[]);
-    builder.finish()
+    idempotent_of(base_sequence, std::iter::once(value))
 }
 
 /// After a restart, a retry of any of a producer's last `PRODUCER_BATCHES_REMEMBERED` batches

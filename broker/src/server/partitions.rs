@@ -84,16 +84,14 @@ pub type LeaderShard = (NodeId, u32);
 #[derive(Debug, Default)]
 pub struct Followed {
     pub partitions: Vec<(String, u32, OwnedPartition)>,
-    index: HashMap<(String, u32), usize>,
+    /// Topic, then partition, to the position in `partitions` (looked up by `&str`).
+    index: HashMap<String, HashMap<u32, usize>>,
 }
 
 impl Followed {
     pub fn get(&self, topic: &str, partition: u32) -> Option<&OwnedPartition> {
-        // The key is borrowed as a `(String, u32)`: one small allocation per lookup, none per
-        // followed partition.
-        self.index
-            .get(&(topic.to_string(), partition))
-            .map(|&at| &self.partitions[at].2)
+        let at = *self.index.get(topic)?.get(&partition)?;
+        Some(&self.partitions[at].2)
     }
 }
 
@@ -219,9 +217,12 @@ impl Partitions {
                 continue;
             };
             let followed = by_leader.entry((leader, shard)).or_default();
+            let at = followed.partitions.len();
             followed
                 .index
-                .insert((topic.clone(), *partition), followed.partitions.len());
+                .entry(topic.clone())
+                .or_default()
+                .insert(*partition, at);
             followed
                 .partitions
                 .push((topic.clone(), *partition, owned.clone()));

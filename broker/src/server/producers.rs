@@ -92,7 +92,6 @@ impl ProducerState {
         }
     }
 
-    /// Decides what to do with a batch before it is appended.
     /// Rebuilds the state from the newest segments of a log: the newest two, and older ones
     /// while a producer seen has fewer than `PRODUCER_BATCHES_REMEMBERED` batches recorded
     /// (a retry may reach back that far: with large batches in small segments, two segments
@@ -162,6 +161,12 @@ impl ProducerState {
                 }
             }
         }
+        self.forget_beyond_bound();
+    }
+
+    /// Forgets the least recently active producers beyond `PRODUCERS_PER_PARTITION_MAX`; the
+    /// state then no longer knows every producer.
+    fn forget_beyond_bound(&mut self) {
         while self.producers.len() > PRODUCERS_PER_PARTITION_MAX {
             let Some((&oldest, _)) = self.producers.iter().min_by_key(|(_, e)| e.touched) else {
                 break;
@@ -171,6 +176,7 @@ impl ProducerState {
         }
     }
 
+    /// Decides what to do with a batch before it is appended.
     pub fn check(&self, header: &BatchHeader) -> SequenceCheck {
         if header.producer_id < 0 {
             return SequenceCheck::Append;
@@ -242,12 +248,7 @@ impl ProducerState {
         while entry.recent.len() > PRODUCER_BATCHES_REMEMBERED {
             entry.recent.pop_front();
         }
-        if self.producers.len() > PRODUCERS_PER_PARTITION_MAX {
-            if let Some((&oldest, _)) = self.producers.iter().min_by_key(|(_, e)| e.touched) {
-                self.producers.remove(&oldest);
-                self.knows_every_producer = false;
-            }
-        }
+        self.forget_beyond_bound();
     }
 
     pub fn len(&self) -> usize {

@@ -252,24 +252,22 @@ impl BatchCache {
             let charge = chunk.charge;
             cache.bytes += charge;
             cache.order.push_back((self.id, chunk_id));
-            let (mut freed, mut added, mut popped) = (0, 0, 0);
+            let cache = &mut *cache;
             if let Some(log) = cache.logs.get_mut(&self.id) {
                 log.bytes += charge;
                 log.chunks.push_back((chunk_id, Rc::new(chunk)));
-                added = 1;
+                cache.live += 1;
                 while log.bytes > log.bytes_max {
                     match log.chunks.pop_front() {
                         Some((_, old)) => {
                             log.bytes -= old.charge;
-                            freed += old.charge;
-                            popped += 1;
+                            cache.bytes -= old.charge;
+                            cache.live -= 1;
                         }
                         None => break,
                     }
                 }
             }
-            cache.bytes -= freed;
-            cache.live = cache.live + added - popped;
             while cache.bytes > cache.bytes_max && cache.evict_oldest() {}
             cache.compact_order();
         });
