@@ -123,6 +123,13 @@ struct PartitionsArgs {
     /// acknowledged. Over N partitions a batch holds at most about this / N.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     buffer_mib: u64,
+    /// The brokers' group-commit window of the `interval` flush policy, in ms (the broker's
+    /// default: 5).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    flush_interval_ms: u64,
+    /// The producer's requests in flight per connection (the client's default: 16).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=32))]
+    in_flight: u64,
     /// The embedded broker's mode: throughput or latency.
     #[arg(long, default_value = "throughput", value_parser = ["throughput", "latency"])]
     mode: String,
@@ -1417,6 +1424,8 @@ fn partitions_scenario(args: PartitionsArgs) -> Result<(), String> {
         flush: args.flush,
         linger_ms: args.linger_ms,
         buffer_mib: args.buffer_mib,
+        flush_interval_ms: args.flush_interval_ms,
+        in_flight: args.in_flight as usize,
     };
     let result = partitions::run(&params, &args.dir)?;
     println!(
@@ -1425,8 +1434,8 @@ fn partitions_scenario(args: PartitionsArgs) -> Result<(), String> {
     );
     for run in &result.produce {
         println!(
-            "produce over {:>5} partitions: {:>7.1} MB/s, {:.2} of the first, {:.1} records a batch, {:.1} flushes a sync, {:.0} flushes/s (load {:.1})",
-            run.partitions, run.mb_s, run.ratio_to_first, run.records_per_batch, run.flushes_per_sync_round, run.flushes_per_s, run.load_avg_1m
+            "produce over {:>5} partitions: {:>7.1} MB/s, {:.2} of the first, {:.1} records a batch, {:.1} flushes a sync, {:.0} flushes/s, CPU s/GB client {:.2} broker {:.2} (load {:.1})",
+            run.partitions, run.mb_s, run.ratio_to_first, run.records_per_batch, run.flushes_per_sync_round, run.flushes_per_s, run.client_cpu_s_per_gb, run.broker_cpu_s_per_gb, run.load_avg_1m
         );
     }
     for idle in &result.idle {

@@ -28,7 +28,7 @@ use sluice_client::{
     TopicPartition,
 };
 
-use crate::network::Broker;
+use crate::network::{process_cpu_seconds, Broker};
 use crate::replication::load_avg_1m;
 
 #[derive(Debug, Clone, Serialize)]
@@ -45,6 +45,10 @@ pub struct PartitionsParams {
     pub linger_ms: u64,
     /// The producer's buffer (the client's default is 64 MiB).
     pub buffer_mib: u64,
+    /// The brokers' group-commit window (`--flush-interval-ms`; the broker's default is 5).
+    pub flush_interval_ms: u64,
+    /// The producer's requests in flight per connection (the client's default is 16).
+    pub in_flight: usize,
 }
 
 impl Default for PartitionsParams {
@@ -59,6 +63,8 @@ impl Default for PartitionsParams {
             flush: "interval".into(),
             linger_ms: 5,
             buffer_mib: 64,
+            flush_interval_ms: 5,
+            in_flight: 16,
         }
     }
 }
@@ -79,6 +85,11 @@ pub struct ProduceRun {
     /// The broker's flushes (each one direct write) per second of the run, to hold against
     /// the probe's `disk_small_writes_per_s`.
     pub flushes_per_s: f64,
+    /// CPU seconds the producer's process (this one: the client and its record loop) spent per
+    /// GB produced.
+    pub client_cpu_s_per_gb: f64,
+    /// CPU seconds the broker's process spent per GB produced.
+    pub broker_cpu_s_per_gb: f64,
 }
 
 /// The broker's counters a produce run moves.
@@ -162,7 +173,12 @@ fn time_restart(
 }
 
 fn flush_args(params: &PartitionsParams) -> Vec<String> {
-    vec!["--flush".into(), params.flush.clone()]
+    vec![
+        "--flush".into(),
+        params.flush.clone(),
+        "--flush-interval-ms".into(),
+        params.flush_interval_ms.to_string(),
+    ]
 }
 
 fn client(broker: &Broker) -> ClientConfig {
@@ -231,7 +247,7 @@ async fn produce(
     bytes: u64,
 ) -> Result<f64, String> {
     let producer = Producer::new(
-        ProducerConfig::new(client(broker))
+        ProducerConfig::new(client(broker).in_flight_max(params.in_flight))
             .acks(Acks::Leader)
             .linger(Duration::from_millis(params.linger_ms))
             .buffer_bytes_max((params.buffer_mib << 20) as usize),
@@ -320,9 +336,16 @@ pub fn run(params: &PartitionsParams, dir: &std::path::Path) -> Result<Partition
             let (mb_s, before, after) = runtime.block_on(async {
                 create_served(&broker, &topic, partitions).await?;
                 let before = counters(&broker)?;
+                let cpu_before = (process_cpu_seconds(), broker.usage().0);
                 let mb_s = produce(&broker, &topic, params, bytes).await?;
-                Ok::<_, String>((mb_s, before, counters(&broker)?))
+                let cpu = (
+                    process_cpu_seconds() - cpu_before.0,
+                    broker.usage().0 - cpu_before.1,
+                );
+                Ok::<_, String>((mb_s, (before, cpu), counters(&broker)?))
             })?;
+            let (before, (client_cpu, broker_cpu)) = before;
+            let gb = bytes as f64 / 1e9;
             let first = result.produce.first().map_or(mb_s, |r| r.mb_s);
             let records = (bytes / params.record_bytes as u64) as f64;
             let run = ProduceRun {
@@ -335,10 +358,12 @@ pub fn run(params: &PartitionsParams, dir: &std::path::Path) -> Result<Partition
                 flushes_per_sync_round: (after.syncs - before.syncs)
                     / (after.rounds - before.rounds).max(1.0),
                 flushes_per_s: (after.flushes - before.flushes) * mb_s / (bytes as f64 / 1e6),
+                client_cpu_s_per_gb: client_cpu / gb,
+                broker_cpu_s_per_gb: broker_cpu / gb,
             };
             eprintln!(
-                "produce over {partitions} partitions: {mb_s:.1} MB/s ({:.2} of the first), {:.1} records a batch, {:.1} flushes a sync, {:.0} flushes/s, load {:.1}",
-                run.ratio_to_first, run.records_per_batch, run.flushes_per_sync_round, run.flushes_per_s, run.load_avg_1m
+                "produce over {partitions} partitions: {mb_s:.1} MB/s ({:.2} of the first), {:.1} records a batch, {:.1} flushes a sync, {:.0} flushes/s, CPU s/GB client {:.2} broker {:.2}, load {:.1}",
+                run.ratio_to_first, run.records_per_batch, run.flushes_per_sync_round, run.flushes_per_s, run.client_cpu_s_per_gb, run.broker_cpu_s_per_gb, run.load_avg_1m
             );
             result.produce.push(run);
         }
