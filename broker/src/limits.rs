@@ -131,6 +131,10 @@ pub const WRITE_BUFFER_BYTES_MIN: usize = 64 << 10;
 /// 64 MiB behind the writers is served from memory; idle partitions' chunks age out.
 pub const SHARD_CACHE_BYTES_MAX: usize = 64 << 20;
 
+/// Bytes of unused small-flush copies (`storage/cache.rs`, `CopiedBytes`) one shard keeps to
+/// reuse instead of returning them to the allocator: 4 MiB is a thousand 4 KiB flushes.
+pub const SHARD_COPY_POOL_BYTES_MAX: usize = 4 << 20;
+
 /// Sealed segments whose descriptor a shard keeps open (`storage/files.rs`); the least recently
 /// read beyond it are closed and reopened on demand. Active segments stay open (one descriptor
 /// per partition), so a broker needs about partitions + shards × this + connections

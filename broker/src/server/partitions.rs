@@ -76,6 +76,46 @@ impl OwnedPartition {
     }
 }
 
+/// A partition's topic and index, so that the map keyed by `(String, u32)` is searched with a
+/// borrowed `(&str, u32)`: every produced batch looks its partition up, and allocating the
+/// topic's name for each was a visible part of a many-partition shard's time.
+trait PartitionKey {
+    fn key(&self) -> (&str, u32);
+}
+
+impl PartitionKey for (String, u32) {
+    fn key(&self) -> (&str, u32) {
+        (&self.0, self.1)
+    }
+}
+
+impl PartitionKey for (&str, u32) {
+    fn key(&self) -> (&str, u32) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn PartitionKey + 'a> for (String, u32) {
+    fn borrow(&self) -> &(dyn PartitionKey + 'a) {
+        self
+    }
+}
+
+// Hashes and compares as `(String, u32)` does (a `String` hashes as its `str`).
+impl std::hash::Hash for dyn PartitionKey + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+impl PartialEq for dyn PartitionKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for dyn PartitionKey + '_ {}
+
 /// A leader as a follower addresses it: its broker and the shard that holds the partition.
 pub type LeaderShard = (NodeId, u32);
 
@@ -163,7 +203,7 @@ impl Partitions {
     pub fn get(&self, topic: &str, partition: u32) -> Option<OwnedPartition> {
         self.owned
             .borrow()
-            .get(&(topic.to_string(), partition))
+            .get(&(topic, partition) as &dyn PartitionKey)
             .cloned()
     }
 
@@ -521,3 +561,21 @@ impl Partitions {
 
 /// Shared handle to a shard's partitions.
 pub type SharedPartitions = Rc<Partitions>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_is_found_by_a_borrowed_topic() {
+        let mut map: HashMap<(String, u32), u8> = HashMap::new();
+        map.insert(("orders".to_string(), 3), 1);
+        map.insert(("orders".to_string(), 4), 2);
+        map.insert(("order".to_string(), 3), 3);
+        assert_eq!(map.get(&("orders", 3u32) as &dyn PartitionKey), Some(&1));
+        assert_eq!(map.get(&("orders", 4u32) as &dyn PartitionKey), Some(&2));
+        assert_eq!(map.get(&("order", 3u32) as &dyn PartitionKey), Some(&3));
+        assert_eq!(map.get(&("orders", 5u32) as &dyn PartitionKey), None);
+        assert_eq!(map.get(&("ordersx", 3u32) as &dyn PartitionKey), None);
+    }
+}

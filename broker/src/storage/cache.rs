@@ -1,8 +1,9 @@
 //! The tail cache: batches recently written to disk, kept in memory for tail consumers.
 //!
 //! Each flush hands its buffer over as one [`Chunk`]; large buffers are shared with the write
-//! (the very bytes that went to disk), small ones are copied to a right-sized allocation so a
-//! burst of tiny flushes does not pin many large buffers. Reads borrow ranges of chunks: no
+//! (the very bytes that went to disk), small ones are copied to a piece of a power-of-two size
+//! (reused across the shard's flushes, [`CopiedBytes`]) so a burst of tiny flushes does not pin
+//! many large buffers. Reads borrow ranges of chunks: no
 //! record bytes are copied. Each log's part is bounded by its `cache_bytes_max`, and all logs of
 //! a shard share one budget (`limits::SHARD_CACHE_BYTES_MAX`): what was written longest ago, in
 //! any log, is evicted first. An idle partition's data thus leaves the cache as busy ones
@@ -19,16 +20,107 @@ use glommio::io::DmaBuffer;
 #[derive(Debug)]
 pub enum ChunkBytes {
     Shared(Rc<DmaBuffer>),
-    Copied(Box<[u8]>),
+    Copied(CopiedBytes),
 }
 
 impl ChunkBytes {
     pub fn as_bytes(&self) -> &[u8] {
         match self {
             ChunkBytes::Shared(buf) => buf.as_bytes(),
-            ChunkBytes::Copied(bytes) => bytes,
+            ChunkBytes::Copied(bytes) => bytes.as_bytes(),
         }
     }
+}
+
+/// Size classes of the copies a shard reuses: powers of two from 4 KiB to
+/// `COPY_CLASS_BYTES_MAX`. A many-partition shard copies tens of thousands of small flushes a
+/// second, and the system allocator spent a tenth of a shard's time on those copies' odd sizes.
+const COPY_CLASS_BYTES_MIN: usize = 4 << 10;
+const COPY_CLASS_BYTES_MAX: usize = 64 << 10;
+const COPY_CLASSES: usize =
+    (COPY_CLASS_BYTES_MAX / COPY_CLASS_BYTES_MIN).trailing_zeros() as usize + 1;
+
+/// Each size class's free copies on a shard, and the bytes they hold together.
+type CopyPool = ([Vec<Box<[u8]>>; COPY_CLASSES], usize);
+
+thread_local! {
+    static COPY_POOL: RefCell<CopyPool> = RefCell::new((Default::default(), 0));
+}
+
+/// The class (and its size) a copy of `len` bytes is taken from, if it is small enough to pool.
+fn copy_class(len: usize) -> Option<(usize, usize)> {
+    if len > COPY_CLASS_BYTES_MAX {
+        return None;
+    }
+    let size = len.max(COPY_CLASS_BYTES_MIN).next_power_of_two();
+    Some((
+        (size / COPY_CLASS_BYTES_MIN).trailing_zeros() as usize,
+        size,
+    ))
+}
+
+/// A copy of a small flush's batches, in memory reused across the shard's flushes (bounded by
+/// `limits::SHARD_COPY_POOL_BYTES_MAX` while unused).
+#[derive(Debug)]
+pub struct CopiedBytes {
+    buf: Box<[u8]>,
+    len: usize,
+}
+
+impl CopiedBytes {
+    pub fn of(bytes: &[u8]) -> CopiedBytes {
+        let len = bytes.len();
+        let reused = copy_class(len).map(|(class, size)| {
+            let buf = COPY_POOL
+                .try_with(|p| {
+                    let mut pool = p.borrow_mut();
+                    let buf = pool.0[class].pop()?;
+                    pool.1 -= size;
+                    Some(buf)
+                })
+                .ok()
+                .flatten();
+            buf.unwrap_or_else(|| vec![0; size].into_boxed_slice())
+        });
+        let mut buf = reused.unwrap_or_else(|| vec![0; len].into_boxed_slice());
+        buf[..len].copy_from_slice(bytes);
+        CopiedBytes { buf, len }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Bytes of memory it holds.
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+impl Drop for CopiedBytes {
+    fn drop(&mut self) {
+        let size = self.buf.len();
+        let Some((class, class_size)) = copy_class(size) else {
+            return;
+        };
+        if class_size != size {
+            return;
+        }
+        let buf = std::mem::take(&mut self.buf);
+        // During thread teardown the pool may already be gone: the copy is simply freed.
+        let _ = COPY_POOL.try_with(|p| {
+            let mut pool = p.borrow_mut();
+            if pool.1 + size <= crate::limits::SHARD_COPY_POOL_BYTES_MAX {
+                pool.0[class].push(buf);
+                pool.1 += size;
+            }
+        });
+    }
+}
+
+/// Bytes of unused copies this shard keeps for reuse.
+pub fn shard_copy_pool_bytes() -> usize {
+    COPY_POOL.try_with(|p| p.borrow().1).unwrap_or(0)
 }
 
 /// Where one batch sits inside a chunk.
@@ -349,7 +441,7 @@ mod tests {
 
     fn chunk(base: u64, records: u64, bytes: usize) -> Chunk {
         Chunk::new(
-            ChunkBytes::Copied(vec![0; bytes].into_boxed_slice()),
+            ChunkBytes::Copied(CopiedBytes::of(&vec![0; bytes])),
             bytes,
             vec![CachedBatch {
                 base_offset: base,
@@ -403,5 +495,49 @@ mod tests {
         drop(logs);
         assert_eq!(counted_and_real(), (0, 0));
         set_shard_cache_bytes_max(crate::limits::SHARD_CACHE_BYTES_MAX);
+    }
+    /// Small copies come from size classes and go back to the shard's pool when dropped, to be
+    /// handed out again; the pool keeps at most its bound; large copies are exact and unpooled.
+    #[test]
+    fn small_copies_are_reused_within_the_pool_bound() {
+        // Each test runs on its own thread: the pool starts empty.
+        assert_eq!(shard_copy_pool_bytes(), 0);
+        let first = CopiedBytes::of(&[7; 1_500]);
+        assert_eq!(first.as_bytes(), &[7; 1_500][..]);
+        assert_eq!(first.capacity(), 4 << 10, "rounded up to its class");
+        let address = first.buf.as_ptr();
+        drop(first);
+        assert_eq!(shard_copy_pool_bytes(), 4 << 10);
+        let second = CopiedBytes::of(&[9; 4_000]);
+        assert_eq!(
+            second.buf.as_ptr(),
+            address,
+            "the pooled copy is handed out again"
+        );
+        assert_eq!(second.as_bytes(), &[9; 4_000][..]);
+        assert_eq!(shard_copy_pool_bytes(), 0);
+        assert_eq!(CopiedBytes::of(&[1; 40_000]).capacity(), 64 << 10);
+        let large = CopiedBytes::of(&vec![3; (64 << 10) + 1]);
+        assert_eq!(
+            large.capacity(),
+            (64 << 10) + 1,
+            "beyond the classes: exact"
+        );
+        drop(large);
+        assert_eq!(
+            shard_copy_pool_bytes(),
+            64 << 10,
+            "only the class-sized copy returned"
+        );
+        let many: Vec<CopiedBytes> = (0..2 * crate::limits::SHARD_COPY_POOL_BYTES_MAX / (64 << 10))
+            .map(|_| CopiedBytes::of(&[0; 60_000]))
+            .collect();
+        drop(many);
+        assert_eq!(
+            shard_copy_pool_bytes(),
+            crate::limits::SHARD_COPY_POOL_BYTES_MAX,
+            "the pool keeps no more than its bound"
+        );
+        drop(second);
     }
 }

@@ -1972,10 +1972,12 @@ impl LogInner {
         let chunk = if job.new_bytes as usize * 4 >= job.capacity {
             Chunk::new(ChunkBytes::Shared(Rc::clone(&job.buf)), charge, job.batches)
         } else {
-            // Small flush: keep a right-sized copy rather than pinning a whole write buffer.
+            // Small flush: keep a copy (from the shard's reused pieces) rather than pinning a whole
+            // write buffer.
             let first = job.batches.first().map_or(0, |b| b.start as usize);
             let last = job.batches.last().map_or(0, |b| (b.start + b.len) as usize);
-            let copy: Box<[u8]> = job.buf.as_bytes()[first..last].into();
+            let copy = super::cache::CopiedBytes::of(&job.buf.as_bytes()[first..last]);
+            let charge = copy.capacity();
             let batches = job
                 .batches
                 .iter()
@@ -1984,7 +1986,7 @@ impl LogInner {
                     ..*b
                 })
                 .collect();
-            Chunk::new(ChunkBytes::Copied(copy), last - first, batches)
+            Chunk::new(ChunkBytes::Copied(copy), charge, batches)
         };
         state.cache.push(chunk);
         drop(state);

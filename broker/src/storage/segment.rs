@@ -655,6 +655,9 @@ thread_local! {
 /// that extends the file costs a journal commit.
 const ZERO_FILL_CHUNK_BYTES: u64 = crate::limits::SEGMENT_PREALLOCATE_BYTES;
 
+/// Entries of a flush's batch list the next one starts with room for (a quiet log keeps it).
+const PENDING_BATCHES_KEPT: usize = 64;
+
 /// How far past a flush's end a throughput-mode segment is allocated: 16 × the flush's new
 /// bytes, a power of two within `SEGMENT_ALLOCATE_AHEAD_MIN` and `SEGMENT_PREALLOCATE_BYTES`.
 pub fn allocation_ahead(new_bytes: u64) -> u64 {
@@ -1250,8 +1253,18 @@ impl ActiveSegment {
         let mut buf = pending.into_dma();
         buf.as_bytes_mut()[self.pending_len..aligned_len].fill(0);
         buf.trim_to_size(aligned_len);
-        let batches = std::mem::take(&mut self.pending_batches);
-        let new_bytes = batches.iter().map(|b| u64::from(b.len)).sum();
+        // The next flush likely holds as many batches: its list starts with room for them (up
+        // to a bound: a quiet log keeps the list).
+        let room = self.pending_batches.len();
+        let batches = std::mem::replace(
+            &mut self.pending_batches,
+            Vec::with_capacity(room.min(PENDING_BATCHES_KEPT)),
+        );
+        let new_bytes = self.unflushed_bytes();
+        debug_assert_eq!(
+            new_bytes,
+            batches.iter().map(|b| u64::from(b.len)).sum::<u64>()
+        );
         self.sizer.observe(
             self.pending_len,
             capacity,
