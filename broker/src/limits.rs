@@ -132,8 +132,9 @@ pub const WRITE_BUFFER_BYTES_MIN: usize = 64 << 10;
 pub const SHARD_CACHE_BYTES_MAX: usize = 64 << 20;
 
 /// Bytes of unused small-flush copies (`storage/cache.rs`, `CopiedBytes`) one shard keeps to
-/// reuse instead of returning them to the allocator: 4 MiB is a thousand 4 KiB flushes.
-pub const SHARD_COPY_POOL_BYTES_MAX: usize = 4 << 20;
+/// reuse instead of returning them to the allocator: 2 MiB is a thousand 2 KiB flushes, more
+/// than a shard's evictions run ahead of its new copies.
+pub const SHARD_COPY_POOL_BYTES_MAX: usize = 2 << 20;
 
 /// Sealed segments whose descriptor a shard keeps open (`storage/files.rs`); the least recently
 /// read beyond it are closed and reopened on demand. Active segments stay open (one descriptor

@@ -32,10 +32,10 @@ impl ChunkBytes {
     }
 }
 
-/// Size classes of the copies a shard reuses: powers of two from 4 KiB to
+/// Size classes of the copies a shard reuses: powers of two from 1 KiB to
 /// `COPY_CLASS_BYTES_MAX`. A many-partition shard copies tens of thousands of small flushes a
 /// second, and the system allocator spent a tenth of a shard's time on those copies' odd sizes.
-const COPY_CLASS_BYTES_MIN: usize = 4 << 10;
+const COPY_CLASS_BYTES_MIN: usize = 1 << 10;
 const COPY_CLASS_BYTES_MAX: usize = 64 << 10;
 const COPY_CLASSES: usize =
     (COPY_CLASS_BYTES_MAX / COPY_CLASS_BYTES_MIN).trailing_zeros() as usize + 1;
@@ -504,17 +504,17 @@ mod tests {
         assert_eq!(shard_copy_pool_bytes(), 0);
         let first = CopiedBytes::of(&[7; 1_500]);
         assert_eq!(first.as_bytes(), &[7; 1_500][..]);
-        assert_eq!(first.capacity(), 4 << 10, "rounded up to its class");
+        assert_eq!(first.capacity(), 2 << 10, "rounded up to its class");
         let address = first.buf.as_ptr();
         drop(first);
-        assert_eq!(shard_copy_pool_bytes(), 4 << 10);
-        let second = CopiedBytes::of(&[9; 4_000]);
+        assert_eq!(shard_copy_pool_bytes(), 2 << 10);
+        let second = CopiedBytes::of(&[9; 2_000]);
         assert_eq!(
             second.buf.as_ptr(),
             address,
             "the pooled copy is handed out again"
         );
-        assert_eq!(second.as_bytes(), &[9; 4_000][..]);
+        assert_eq!(second.as_bytes(), &[9; 2_000][..]);
         assert_eq!(shard_copy_pool_bytes(), 0);
         assert_eq!(CopiedBytes::of(&[1; 40_000]).capacity(), 64 << 10);
         let large = CopiedBytes::of(&vec![3; (64 << 10) + 1]);
