@@ -333,7 +333,7 @@ pub fn run(params: &PartitionsParams, dir: &std::path::Path) -> Result<Partition
         let broker = Broker::start(dir, &params.mode, &flush_args(params))?;
         for &partitions in &params.produce_partitions {
             let topic = format!("produce-{partitions}");
-            let (mb_s, before, after) = runtime.block_on(async {
+            let (mb_s, before, after, (client_cpu, broker_cpu)) = runtime.block_on(async {
                 create_served(&broker, &topic, partitions).await?;
                 let before = counters(&broker)?;
                 let cpu_before = (process_cpu_seconds(), broker.usage().0);
@@ -342,9 +342,8 @@ pub fn run(params: &PartitionsParams, dir: &std::path::Path) -> Result<Partition
                     process_cpu_seconds() - cpu_before.0,
                     broker.usage().0 - cpu_before.1,
                 );
-                Ok::<_, String>((mb_s, (before, cpu), counters(&broker)?))
+                Ok::<_, String>((mb_s, before, counters(&broker)?, cpu))
             })?;
-            let (before, (client_cpu, broker_cpu)) = before;
             let gb = bytes as f64 / 1e9;
             let first = result.produce.first().map_or(mb_s, |r| r.mb_s);
             let records = (bytes / params.record_bytes as u64) as f64;

@@ -76,9 +76,10 @@ impl OwnedPartition {
     }
 }
 
-/// A partition's topic and index, so that the map keyed by `(String, u32)` is searched with a
-/// borrowed `(&str, u32)`: every produced batch looks its partition up, and allocating the
-/// topic's name for each was a visible part of a many-partition shard's time.
+/// A partition's topic and index, so that a map keyed by `(String, u32)` is searched with a
+/// borrowed `(&str, u32)`: every produced batch and every replica fetch answer looks its
+/// partition up, and allocating the topic's name for each was a visible part of a
+/// many-partition shard's time.
 trait PartitionKey {
     fn key(&self) -> (&str, u32);
 }
@@ -124,13 +125,13 @@ pub type LeaderShard = (NodeId, u32);
 #[derive(Debug, Default)]
 pub struct Followed {
     pub partitions: Vec<(String, u32, OwnedPartition)>,
-    /// Topic, then partition, to the position in `partitions` (looked up by `&str`).
-    index: HashMap<String, HashMap<u32, usize>>,
+    /// Topic and partition to the position in `partitions` (looked up by `&str`).
+    index: HashMap<(String, u32), usize>,
 }
 
 impl Followed {
     pub fn get(&self, topic: &str, partition: u32) -> Option<&OwnedPartition> {
-        let at = *self.index.get(topic)?.get(&partition)?;
+        let at = *self.index.get(&(topic, partition) as &dyn PartitionKey)?;
         Some(&self.partitions[at].2)
     }
 }
@@ -258,11 +259,7 @@ impl Partitions {
             };
             let followed = by_leader.entry((leader, shard)).or_default();
             let at = followed.partitions.len();
-            followed
-                .index
-                .entry(topic.clone())
-                .or_default()
-                .insert(*partition, at);
+            followed.index.insert((topic.clone(), *partition), at);
             followed
                 .partitions
                 .push((topic.clone(), *partition, owned.clone()));

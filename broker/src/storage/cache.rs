@@ -70,19 +70,22 @@ pub struct CopiedBytes {
 impl CopiedBytes {
     pub fn of(bytes: &[u8]) -> CopiedBytes {
         let len = bytes.len();
-        let reused = copy_class(len).map(|(class, size)| {
-            let buf = COPY_POOL
-                .try_with(|p| {
-                    let mut pool = p.borrow_mut();
-                    let buf = pool.0[class].pop()?;
-                    pool.1 -= size;
-                    Some(buf)
-                })
-                .ok()
-                .flatten();
-            buf.unwrap_or_else(|| vec![0; size].into_boxed_slice())
-        });
-        let mut buf = reused.unwrap_or_else(|| vec![0; len].into_boxed_slice());
+        let Some((class, size)) = copy_class(len) else {
+            return CopiedBytes {
+                buf: bytes.into(),
+                len,
+            };
+        };
+        let pooled = COPY_POOL
+            .try_with(|p| {
+                let mut pool = p.borrow_mut();
+                let buf = pool.0[class].pop()?;
+                pool.1 -= size;
+                Some(buf)
+            })
+            .ok()
+            .flatten();
+        let mut buf = pooled.unwrap_or_else(|| vec![0; size].into_boxed_slice());
         buf[..len].copy_from_slice(bytes);
         CopiedBytes { buf, len }
     }
